@@ -1,0 +1,401 @@
+"""Side-by-side HTTP/1.1 and L4 benchmark: direct vs nginx vs HAProxy vs tulle (driven by run.sh)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import (
+    BENCH_DIR,
+    REPO_DIR,
+    BenchError,
+    CpuSnapshot,
+    ManagedProcess,
+    Supervisor,
+    cleanup_on_signals,
+    cpu_seconds_between,
+    machine_info,
+    pick_free_ports,
+    process_tree,
+    read_machine_cpu,
+    read_memory_kib,
+    restore_default_signals,
+)
+from targets import BODY_SIZES, TARGET_KEYS, TARGET_LABELS, TULLE_KEYS, Bench, Target, read_tulle_counters
+from wrk import run_wrk, wrk_command
+
+# (numerator, denominator, column title): the comparisons the benchmark exists for
+RATIO_PAIRS = (
+    ("tulle", "nginx", "tulle/nginx"),
+    ("tulle", "haproxy", "tulle/HAProxy"),
+    ("tulle_tcp", "haproxy_tcp", "tulle L4/HAProxy L4"),
+)
+ORIGIN_SATURATION_WARNING = 0.9  # fraction of one core; above it the origin may be what limits a cell
+
+
+@dataclass
+class Cell:
+    body: str
+    connections: int
+    target: str
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    requests: int = 0
+    duration_s: float = 0.0
+    requests_per_s: float = 0.0
+    latency_us: dict[str, float] = field(default_factory=dict)
+    added_p50_us: float | None = None
+    added_p99_us: float | None = None
+    proxy_cpu_s: float | None = None
+    cpu_us_per_request: float | None = None
+    proxy_processes: int = 0
+    rss_kib: int | None = None
+    hwm_kib: int | None = None
+    origin_cpu_util: float = 0.0
+    machine_cpu_busy_pct: float = 0.0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    non_2xx_3xx: int = 0
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx_3xx
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="5 s per cell instead of 10 s")
+    parser.add_argument("--duration", type=float, help="seconds per cell (overrides --quick)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per target (default 3, 2 with --quick)")
+    parser.add_argument("--threads", type=int, default=1 if cpus <= 2 else 2, help="wrk threads (-t)")
+    parser.add_argument("--connections", default="32,64", help="comma-separated wrk -c values")
+    parser.add_argument("--bodies", default=",".join(BODY_SIZES), help="comma-separated: 1k,16k")
+    parser.add_argument("--targets", default=",".join(TARGET_KEYS), help="comma-separated subset of " +
+                        ",".join(TARGET_KEYS))
+    parser.add_argument("--origin-workers", type=int, default=1, help="nginx origin worker_processes")
+    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs for debugging")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (5.0 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 3.0)
+    args.connections = [int(value) for value in args.connections.split(",")]
+    args.bodies = args.bodies.split(",")
+    args.targets = args.targets.split(",")
+    for body in args.bodies:
+        if body not in BODY_SIZES:
+            parser.error(f"unknown body {body!r}; choose from {', '.join(BODY_SIZES)}")
+    for key in args.targets:
+        if key not in TARGET_KEYS:
+            parser.error(f"unknown target {key!r}; choose from {', '.join(TARGET_KEYS)}")
+    # direct is the baseline every "added latency" column is computed against
+    args.targets = [key for key in TARGET_KEYS if key in args.targets or key == "direct"]
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure_cell(
+    bench: Bench, target: Target, body: str, connections: int, args: argparse.Namespace
+) -> Cell:
+    cell = Cell(body, connections, target.key)
+    if not target.available:
+        cell.status, cell.reason = "skipped", f"{target.label} not available"
+        return cell
+    assert bench.origin is not None
+    proxy = target.process
+    url = f"http://127.0.0.1:{target.port}/{body}"
+    argv = wrk_command(url, connections=connections, threads=args.threads, duration_s=args.duration)
+    proxy_before = CpuSnapshot.of_tree(proxy.pid) if proxy else None
+    origin_before = CpuSnapshot.of_tree(bench.origin.pid)
+    machine_busy_before, machine_total_before = read_machine_cpu()
+    try:
+        run = run_wrk(bench.supervisor, "wrk", argv)
+    except BenchError as exc:
+        cell.status, cell.reason = "failed", str(exc)
+        return cell
+    machine_busy_after, machine_total_after = read_machine_cpu()
+    origin_after = CpuSnapshot.of_tree(bench.origin.pid)
+    wall_seconds = run.finished_at - run.started_at
+
+    result = run.result
+    cell.requests, cell.duration_s, cell.requests_per_s = result.requests, result.duration_s, result.requests_per_s
+    cell.latency_us = result.latency_us
+    cell.socket_errors, cell.non_2xx_3xx = result.socket_errors, result.non_2xx_3xx
+    cell.origin_cpu_util = cpu_seconds_between(origin_before, origin_after) / wall_seconds
+    machine_total = max(machine_total_after - machine_total_before, 1)
+    cell.machine_cpu_busy_pct = 100.0 * (machine_busy_after - machine_busy_before) / machine_total
+    if proxy is not None and proxy_before is not None:
+        proxy_after = CpuSnapshot.of_tree(proxy.pid)
+        cell.proxy_processes = len(proxy_after.ticks_by_pid)
+        cell.proxy_cpu_s = cpu_seconds_between(proxy_before, proxy_after)
+        if result.requests:
+            cell.cpu_us_per_request = cell.proxy_cpu_s * 1_000_000.0 / result.requests
+        cell.rss_kib, cell.hwm_kib = read_memory_kib(process_tree(proxy.pid))
+        if not proxy.alive():
+            cell.status = "failed"
+            cell.reason = f"{target.label} exited during the run: {proxy.log_tail()}"
+            target.mark_unavailable(cell.reason)
+    return cell
+
+
+def fill_added_latency(cells: list[Cell]) -> None:
+    direct = {(cell.body, cell.connections): cell for cell in cells if cell.target == "direct" and cell.measured}
+    for cell in cells:
+        baseline = direct.get((cell.body, cell.connections))
+        if baseline is None or not cell.measured or cell.target == "direct":
+            continue
+        cell.added_p50_us = cell.latency_us["p50"] - baseline.latency_us["p50"]
+        cell.added_p99_us = cell.latency_us["p99"] - baseline.latency_us["p99"]
+
+
+def compute_ratios(cells: list[Cell]) -> list[dict[str, object]]:
+    """tulle relative to each reference per (body, connections); None where either side is missing."""
+    by_key = {(cell.body, cell.connections, cell.target): cell for cell in cells}
+    rows: list[dict[str, object]] = []
+    for body, connections in dict.fromkeys((cell.body, cell.connections) for cell in cells):
+        row: dict[str, object] = {"body": body, "connections": connections}
+        for numerator, denominator, title in RATIO_PAIRS:
+            ours = by_key.get((body, connections, numerator))
+            theirs = by_key.get((body, connections, denominator))
+            row[title] = _ratio_entry(ours, theirs)
+        rows.append(row)
+    return rows
+
+
+def _ratio_entry(ours: Cell | None, theirs: Cell | None) -> dict[str, object]:
+    def ratio(mine: float | None, reference: float | None) -> float | None:
+        if mine is None or not reference:
+            return None
+        return mine / reference
+
+    if ours is None or theirs is None or not ours.measured or not theirs.measured:
+        # "pending": tulle could not be measured; "n/a": the reference was not part of this run
+        status = "pending" if ours is not None and not ours.measured else "n/a"
+        return {"status": status, "requests_per_s": None, "cpu_per_request": None, "p99": None}
+    return {
+        "status": "ok",
+        "requests_per_s": ratio(ours.requests_per_s, theirs.requests_per_s),
+        "cpu_per_request": ratio(ours.cpu_us_per_request, theirs.cpu_us_per_request),
+        "p99": ratio(ours.latency_us["p99"], theirs.latency_us["p99"]),
+    }
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _number(value: float | None, digits: int = 0, *, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+,.{digits}f}" if signed else f"{value:,.{digits}f}"
+
+
+def _mib(kib: int | None) -> str:
+    return "—" if kib is None else f"{kib / 1024:.1f}"
+
+
+def results_table(cells: list[Cell]) -> str:
+    header = ("| body | conns | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
+              "| RSS MiB | peak RSS MiB | origin CPU | machine CPU | errors |")
+    lines = [header, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        label = TARGET_LABELS[cell.target]
+        if not cell.measured:
+            note = "pending" if cell.target in TULLE_KEYS and cell.status == "skipped" else cell.status
+            lines.append(f"| {cell.body} | {cell.connections} | {label} | {note} |" + "  |" * 10)
+            continue
+        # direct is bound by wrk and the origin by design; for a proxy a busy origin means a suspect cell
+        origin_busy = cell.target != "direct" and cell.origin_cpu_util > ORIGIN_SATURATION_WARNING
+        origin = f"{cell.origin_cpu_util:.0%}" + (" ⚠" if origin_busy else "")
+        lines.append(
+            f"| {cell.body} | {cell.connections} | {label} | {_number(cell.requests_per_s)} "
+            f"| {_number(cell.latency_us['p50'])} | {_number(cell.latency_us['p99'])} "
+            f"| {_number(cell.added_p50_us, signed=True)} | {_number(cell.added_p99_us, signed=True)} "
+            f"| {_number(cell.cpu_us_per_request, 1)} | {_mib(cell.rss_kib)} | {_mib(cell.hwm_kib)} "
+            f"| {origin} | {cell.machine_cpu_busy_pct:.0f}% | {cell.error_count} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios_table(rows: list[dict[str, object]]) -> str:
+    titles = [title for _, _, title in RATIO_PAIRS]
+    header = "| body | conns | " + " | ".join(f"{t} req/s | {t} CPU/req | {t} p99" for t in titles) + " |"
+    lines = [header, "|---|---:|" + "---:|" * (3 * len(titles))]
+    for row in rows:
+        parts = [str(row["body"]), str(row["connections"])]
+        for title in titles:
+            entry = row[title]
+            assert isinstance(entry, dict)
+            for metric in ("requests_per_s", "cpu_per_request", "p99"):
+                value = entry[metric]
+                if isinstance(value, float):
+                    parts.append(f"{value:.2f}×")
+                else:
+                    parts.append("—" if entry["status"] == "ok" else str(entry["status"]))
+        lines.append("| " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def machine_lines(info: dict[str, object], args: argparse.Namespace) -> str:
+    return "\n".join([
+        f"- machine: {info['nproc']} CPUs, {info['cpu_model']}, kernel {info['kernel']}, {info['os']}",
+        f"- versions: {info['nginx']}, HAProxy {info['haproxy']}, wrk {info['wrk']}, "
+        f"Python {info['tulle_python']} (tulle venv)",
+        f"- load: wrk -t{args.threads} --latency, {args.duration:.0f} s per cell, {args.warmup:.0f} s warm-up per "
+        f"target, HTTP/1.1 keep-alive, loopback; origin nginx with {args.origin_workers} worker(s)",
+        f"- loadavg at start: {' '.join(map(str, info['loadavg_at_start']))}",  # type: ignore[call-overload]
+    ])
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Outcome:
+    info: dict[str, object]
+    targets: dict[str, Target]
+    cells: list[Cell]
+    tulle_counters: dict[str, dict[str, int]]
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    info = machine_info(REPO_DIR / ".venv" / "bin" / "python")
+    log(f"machine: {info['nproc']} CPUs, {info['cpu_model']}, kernel {info['kernel']}")
+    work_dir = Path(tempfile.mkdtemp(prefix="tulle-bench-"))
+    work_dir.chmod(0o755)  # nginx workers may run as an unprivileged user and must read www/
+    supervisor = Supervisor(work_dir)
+    targets: dict[str, Target] = {}
+    cells: list[Cell] = []
+    tulle_counters: dict[str, dict[str, int]] = {}
+    with cleanup_on_signals():
+        try:
+            bench = Bench(work_dir, supervisor, pick_free_ports(12))
+            origin: ManagedProcess = bench.start_origin(args.origin_workers)
+            log(f"origin nginx on 127.0.0.1:{bench.origin_port} (pid {origin.pid})")
+            for key in args.targets:
+                target = bench.start_target(key)
+                targets[key] = target
+                if target.available:
+                    log(f"{target.label} on 127.0.0.1:{target.port}")
+                else:
+                    log(f"tulle not available: {target.error}")
+            warm_up(bench, targets, args)
+            for body in args.bodies:
+                for connections in args.connections:
+                    for key in args.targets:
+                        cell = measure_cell(bench, targets[key], body, connections, args)
+                        cells.append(cell)
+                        log(progress_line(cell))
+            for key in TULLE_KEYS & set(targets):
+                tulle_counters[key] = read_tulle_counters(targets[key])
+        finally:
+            supervisor.stop_all()
+            if args.keep_tmp:
+                log(f"kept configs and logs in {work_dir}")
+            else:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            restore_default_signals()
+    fill_added_latency(cells)
+    return Outcome(info, targets, cells, tulle_counters)
+
+
+def results_json(outcome: Outcome, args: argparse.Namespace) -> dict[str, object]:
+    cells, targets = outcome.cells, outcome.targets
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": os.environ.get("BENCH_COMMAND", " ".join(sys.argv)),
+        "machine": outcome.info,
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+        "settings": {
+            "duration_s": args.duration, "warmup_s": args.warmup, "wrk_threads": args.threads,
+            "connections": args.connections, "bodies": {name: BODY_SIZES[name] for name in args.bodies},
+            "origin_workers": args.origin_workers, "http_version": "HTTP/1.1", "keep_alive": True,
+        },
+        "targets": {
+            key: {"label": target.label, "available": target.available, "error": target.error,
+                  "command": target.command, "admin_counters": outcome.tulle_counters.get(key, {})}
+            for key, target in targets.items()
+        },
+        "cells": [cell_json(cell) for cell in cells],
+        "ratios": compute_ratios(cells),
+    }
+
+
+def warm_up(bench: Bench, targets: dict[str, Target], args: argparse.Namespace) -> None:
+    """One short run per target so pools are filled and caches are hot before anything is recorded."""
+    for target in targets.values():
+        if not target.available:
+            continue
+        argv = wrk_command(f"http://127.0.0.1:{target.port}/1k", connections=max(args.connections),
+                           threads=args.threads, duration_s=args.warmup)
+        try:
+            run_wrk(bench.supervisor, "wrk-warmup", argv)
+        except BenchError as exc:
+            log(f"warm-up of {target.label} failed: {exc}")
+        if target.process is not None and not target.process.alive():
+            target.mark_unavailable(f"exited during warm-up: {target.process.log_tail()}")
+            log(f"{target.label} not available: {target.error}")
+
+
+def progress_line(cell: Cell) -> str:
+    label = f"{cell.body:>3} c{cell.connections:<3} {TARGET_LABELS[cell.target]:<13}"
+    if not cell.measured:
+        return f"{label} {cell.status}: {cell.reason}"
+    cpu = _number(cell.cpu_us_per_request, 1)
+    return (f"{label} {cell.requests_per_s:>10,.0f} req/s  p50 {cell.latency_us['p50']:>7,.0f} µs  "
+            f"p99 {cell.latency_us['p99']:>7,.0f} µs  cpu {cpu:>6} µs/req  origin {cell.origin_cpu_util:.0%}"
+            + (f"  errors {cell.error_count}" if cell.error_count else ""))
+
+
+def cell_json(cell: Cell) -> dict[str, object]:
+    data = dict(cell.__dict__)
+    data["error_count"] = cell.error_count
+    return data
+
+
+def render_report(outcome: Outcome, args: argparse.Namespace) -> str:
+    cells = outcome.cells
+    parts = [machine_lines(outcome.info, args), "", results_table(cells), "", ratios_table(compute_ratios(cells))]
+    for target in outcome.targets.values():
+        if not target.available:
+            parts.append(f"\n{target.label} not available: {target.error}")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        outcome = run(args)
+    except BenchError as exc:
+        log(f"benchmark failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted: every process the benchmark started has been stopped")
+        return 130
+    print(render_report(outcome, args))
+    results = results_json(outcome, args)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    output = args.results_dir / f"{stamp}.json"
+    output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"\nJSON: {output.relative_to(REPO_DIR) if output.is_relative_to(REPO_DIR) else output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

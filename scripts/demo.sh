@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (idempotently) and run the demo: a Tulle proxy canary-routing between two service versions.
+# Usage: bash scripts/demo.sh [--duration SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
+if ! .venv/bin/python -c "import tulle" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+  touch .venv/.installed
+fi
+exec .venv/bin/python -m tulle.samples.proxy_demo "$@"

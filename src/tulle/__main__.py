@@ -1,0 +1,3 @@
+from tulle.cli import main
+
+raise SystemExit(main())

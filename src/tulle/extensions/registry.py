@@ -1,0 +1,47 @@
+"""Extension factories by the full proto type name of their ``typed_config``.
+
+Envoy selects an extension by the type of its typed_config (the ``name`` is a
+human label). A type that is a valid Envoy API but not in these tables is
+refused as an unsupported feature, naming the extension.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+# type name -> "module:attribute" of a factory(proto, field_path, FactoryContext)
+# imported lazily so that validating a config does not import every filter.
+NETWORK_FILTERS: dict[str, str] = {
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+        "tulle.filters.network.tcp_proxy.config:TcpProxyFactory",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
+        "tulle.filters.network.http_connection_manager.config:HttpConnectionManagerFactory",
+}
+
+HTTP_FILTERS: dict[str, str] = {
+    "envoy.extensions.filters.http.router.v3.Router": "tulle.filters.http.router.config:RouterFactory",
+}
+
+ACCESS_LOGGERS: dict[str, str] = {
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": "tulle.access_log.loggers:FileAccessLogFactory",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": "tulle.access_log.loggers:StdoutAccessLogFactory",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": "tulle.access_log.loggers:StderrAccessLogFactory",
+}
+
+# Well-known extension names for configs that give a name but no typed_config.
+NAME_TO_TYPE: dict[str, str] = {
+    "envoy.filters.network.tcp_proxy": "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.filters.network.http_connection_manager":
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.filters.http.router": "envoy.extensions.filters.http.router.v3.Router",
+}
+
+
+def resolve(table: dict[str, str], type_name: str) -> Callable[..., Any] | None:
+    target = table.get(type_name)
+    if target is None:
+        return None
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)

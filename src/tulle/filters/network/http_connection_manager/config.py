@@ -1,0 +1,201 @@
+"""Factory for ``envoy.filters.network.http_connection_manager`` (Envoy's config.cc).
+
+Validates the HttpConnectionManager proto once per worker, builds the route
+table, the HTTP filter factories and the access loggers, and hands every
+accepted connection an :class:`HttpConnection` sharing this immutable config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from tulle.config.errors import ConfigError, UnsupportedFeature, join
+from tulle.config.loader import type_name_of, unpack_any
+from tulle.config.support import check_fields, duration_seconds
+from tulle.extensions import registry
+from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+from tulle.server.context import DownstreamConnection, FactoryContext
+from tulle.stats.store import Store
+
+HCM = hcm_pb2.HttpConnectionManager
+
+SUPPORTED = (
+    "codec_type", "stat_prefix", "route_config", "http_filters", "common_http_protocol_options",
+    "http_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
+    "stream_idle_timeout", "request_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
+    "use_remote_address", "skip_xff_append", "via", "generate_request_id",
+    "preserve_external_request_id", "always_set_request_id_in_response", "merge_slashes",
+    "strip_matching_host_port", "strip_any_host_port", "normalize_path",
+)
+
+# x-envoy-* request headers that change how the proxy treats a request; an external
+# (untrusted) client must not be able to set them (Envoy strips them at the edge).
+ENVOY_CONTROL_HEADERS = (
+    "x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace", "x-envoy-internal",
+)
+
+
+class HcmStats:
+    """``http.<stat_prefix>.*`` stats, attributes for the hot path."""
+
+    COUNTERS = (
+        "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
+        "downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_rx_bytes_total",
+        "downstream_cx_tx_bytes_total", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
+        "downstream_cx_drain_close", "downstream_rq_total", "downstream_rq_http1_total",
+        "downstream_rq_completed", "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+        "downstream_rq_idle_timeout", "downstream_rq_too_large",
+        "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
+        "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
+        "rq_reset_after_downstream_response_started", "access_log_errors",
+    )
+    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        base = f"http.{prefix}."
+        for name in self.COUNTERS:
+            setattr(self, name, store.counter(base + name))
+        for name in self.GAUGES:
+            setattr(self, name, store.gauge(base + name))
+        self.downstream_rq_time = store.histogram(base + "downstream_rq_time")
+        self.downstream_cx_length_ms = store.histogram(base + "downstream_cx_length_ms")
+        # index by status // 100 (1..5); index 0 unused
+        self.rq_by_class = [store.counter(base + "downstream_rq_5xx")] + [
+            store.counter(f"{base}downstream_rq_{n}xx") for n in range(1, 6)
+        ]
+
+    def __getattr__(self, name: str) -> Any:  # for type checkers; real attributes set above
+        raise AttributeError(name)
+
+
+class HcmConfig:
+    """Everything an HttpConnection reads, resolved at config time."""
+
+    def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
+        check_fields(proto, SUPPORTED, field)
+        if proto.codec_type not in (HCM.AUTO, HCM.HTTP1):
+            raise UnsupportedFeature(
+                f"codec_type {HCM.CodecType.Name(proto.codec_type)} (Tulle speaks HTTP/1.1 for now)",
+                field=join(field, "codec_type"),
+            )
+        if proto.normalize_path.value:
+            raise UnsupportedFeature("normalize_path: true", field=join(field, "normalize_path"))
+        if not proto.stat_prefix:
+            raise ConfigError("stat_prefix is required", field=join(field, "stat_prefix"))
+        if not proto.HasField("route_config"):
+            raise ConfigError("route_config is required (rds comes with the control plane)",
+                              field=join(field, "route_config"))
+        self.ctx = ctx
+        self.server_state = ctx.server
+        self.stat_prefix = proto.stat_prefix
+        self.stats = HcmStats(ctx.stats, proto.stat_prefix)
+        self.cluster_manager = ctx.cluster_manager
+
+        common = proto.common_http_protocol_options
+        check_fields(common, ("idle_timeout", "max_headers_count"), join(field, "common_http_protocol_options"))
+        self.idle_timeout = duration_seconds(common.idle_timeout) if common.HasField("idle_timeout") else 3600.0
+        self.max_headers_count = common.max_headers_count.value if common.HasField("max_headers_count") else 100
+        http1_options = proto.http_protocol_options
+        check_fields(http1_options, ("accept_http_10", "default_host_for_http_10", "allow_absolute_url"),
+                     join(field, "http_protocol_options"))
+        self.accept_http_10 = http1_options.accept_http_10
+        self.default_host_for_http_10 = http1_options.default_host_for_http_10
+        self.max_request_headers_bytes = (proto.max_request_headers_kb.value or 60) * 1024
+        self.stream_idle_timeout = (
+            duration_seconds(proto.stream_idle_timeout) if proto.HasField("stream_idle_timeout") else 300.0
+        )
+        self.request_timeout = duration_seconds(proto.request_timeout) if proto.HasField("request_timeout") else 0.0
+        self.server_name = proto.server_name or "envoy"
+        self.server_header_transformation = proto.server_header_transformation
+        self.use_remote_address = proto.use_remote_address.value
+        self.skip_xff_append = proto.skip_xff_append
+        self.via = proto.via
+        self.generate_request_id = (
+            proto.generate_request_id.value if proto.HasField("generate_request_id") else True
+        )
+        self.preserve_external_request_id = proto.preserve_external_request_id
+        self.always_set_request_id_in_response = proto.always_set_request_id_in_response
+        self.merge_slashes = proto.merge_slashes
+        self.strip_envoy_headers = ENVOY_CONTROL_HEADERS if self.use_remote_address else ()
+        self.buffer_limit = 1024 * 1024
+        self.connections: set[HttpConnection] = set()
+
+        # HTTP filters first: an unsupported filter is the clearer message when its
+        # per-route config is what the route table would trip over.
+        self.filter_factories = self._build_http_filters(proto, field)
+        from tulle.router.route_table import RouteTable
+
+        strip = "any" if proto.strip_any_host_port else ("matching" if proto.strip_matching_host_port else "none")
+        self.route_table = RouteTable.from_proto(
+            proto.route_config, field=join(field, "route_config"), strip_port=strip, listener_port=listener_port
+        )
+        self.normalize_host = strip != "none"
+        # Envoy validates an inline route table's clusters unless told otherwise.
+        if self.route_table.validate_clusters is not False:
+            for name in sorted(self.route_table.referenced_clusters()):
+                if ctx.cluster_manager.get(name) is None:
+                    raise ConfigError(f"route references unknown cluster {name!r}",
+                                      field=join(field, "route_config"))
+
+        self.encoder_filters = any(getattr(f, "encodes", False) for f in self.filter_factories)
+        self.access_loggers: list[Any] = []
+        if len(proto.access_log):
+            from tulle.access_log.config import build_access_logs
+
+            self.access_loggers = build_access_logs(proto.access_log, join(field, "access_log"), ctx)
+
+    def _build_http_filters(self, proto: Any, field: str) -> list[Any]:
+        factories = []
+        count = len(proto.http_filters)
+        if count == 0:
+            raise ConfigError("http_filters must end with envoy.filters.http.router", field=join(field, "http_filters"))
+        for index, http_filter in enumerate(proto.http_filters):
+            path = join(join(field, "http_filters"), f"[{index}]")
+            check_fields(http_filter, ("name", "typed_config", "disabled"), path)
+            if http_filter.disabled:
+                raise UnsupportedFeature("disabled HTTP filters (per-route enablement)", field=join(path, "disabled"))
+            if http_filter.HasField("typed_config"):
+                type_name = type_name_of(http_filter.typed_config)
+                message = unpack_any(http_filter.typed_config, field=join(path, "typed_config"))
+            else:
+                type_name = registry.NAME_TO_TYPE.get(http_filter.name, "")
+                if not type_name:
+                    raise UnsupportedFeature(f"HTTP filter {http_filter.name!r}", field=path)
+                from google.protobuf import symbol_database
+
+                message = symbol_database.Default().GetSymbol(type_name)()
+            factory_class = registry.resolve(registry.HTTP_FILTERS, type_name)
+            if factory_class is None:
+                raise UnsupportedFeature(f"HTTP filter {http_filter.name or type_name} ({type_name})", field=path)
+            factories.append(factory_class(message, join(path, "typed_config"), self))
+        if factories[-1].name != "envoy.filters.http.router":
+            raise ConfigError("the last HTTP filter must be envoy.filters.http.router",
+                              field=join(field, f"http_filters[{count - 1}]"))
+        for index, factory in enumerate(factories[:-1]):
+            if factory.name == "envoy.filters.http.router":
+                raise ConfigError("envoy.filters.http.router must be the last HTTP filter",
+                                  field=join(field, f"http_filters[{index}]"))
+        return factories
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.ctx.loop
+        return loop if loop is not None else asyncio.get_running_loop()
+
+
+class HttpConnectionManagerFactory:
+    """NetworkFilterFactory for the HCM."""
+
+    def __init__(self, proto: Any, field: str, ctx: FactoryContext, *, listener_port: int = 0) -> None:
+        self.config = HcmConfig(proto, field, ctx, listener_port)
+
+    def create_protocol(self, connection: DownstreamConnection) -> HttpConnection:
+        return HttpConnection(self.config, connection)
+
+    def drain(self) -> None:
+        for connection in list(self.config.connections):
+            connection.drain()

@@ -1,0 +1,753 @@
+"""The HTTP/1.1 connection manager: one ``asyncio.Protocol`` per downstream connection.
+
+llhttp (via httptools) parses; each request becomes an :class:`ActiveStream`
+that runs the HTTP filter chain (router last). Pipelined requests are parsed
+as they arrive but dispatched one at a time, answered in order, and reading is
+paused while one is queued so a client cannot make us buffer without bound.
+
+Timers are lazy: one per connection, armed for the nearest deadline (idle,
+stream idle, request, route timeout) and re-evaluated when it fires, so a
+request costs no timer operations in the common case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tulle import stream_info as flags
+from tulle.filters.http.base import CONTINUE
+from tulle.http import http1
+from tulle.http.headers import HeaderMap
+from tulle.http.local_reply import BY_FLAG
+from tulle.stream_info import StreamInfo
+
+if TYPE_CHECKING:
+    from tulle.filters.http.base import HttpFilter
+    from tulle.filters.network.http_connection_manager.config import HcmConfig
+    from tulle.server.context import DownstreamConnection
+
+_getrandbits = random.getrandbits
+_monotonic = time.monotonic
+
+
+def request_id() -> str:
+    """A version-4 UUID string. Request ids need uniqueness, not secrecy: no syscall per request."""
+    value = _getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
+    value = value & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class HeadersTooLarge(Exception):
+    pass
+
+
+class ActiveStream:
+    """One request/response exchange and its filter chain."""
+
+    __slots__ = (
+        "connection", "config", "headers", "info", "filters", "decode_index", "request_complete",
+        "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
+        "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
+        "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
+    )
+
+    def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
+        self.connection = connection
+        self.config = connection.config
+        self.headers = headers
+        self.info = info
+        self.filters: list[HttpFilter] = []
+        self.decode_index = 0
+        self.request_complete = False
+        self.end_stream_at_headers = False
+        self.response_started = False
+        self.response_complete = False
+        self.keep_alive = True
+        self.is_head = False
+        self.http10 = False
+        self.chunked_response = False
+        self.close_delimited = False
+        self.pending_body: list[bytes] | None = None  # body parsed while queued behind another request
+        self.route = None
+        self.route_resolved = False
+        self.last_activity = 0.0
+        self.deadline = 0.0  # absolute loop time; 0 = none (route timeout, set by the router)
+        self.deadline_callback = None
+        self.done = False
+        self.expect_continue = False
+        self.upgrade_h2c = False
+
+    # --- for filters ---------------------------------------------------
+    def get_route(self):  # noqa: ANN201 - Route | None
+        if not self.route_resolved:
+            self.route_resolved = True
+            self.route = self.config.route_table.find(self.headers)
+            if self.route is not None:
+                self.info.route_name = self.route.name
+        return self.route
+
+    def clear_route_cache(self) -> None:
+        self.route_resolved = False
+        self.route = None
+
+    def set_deadline(self, deadline: float, callback) -> None:  # noqa: ANN001
+        self.deadline = deadline
+        self.deadline_callback = callback
+        if deadline:
+            self.connection.watch_deadline(deadline)
+
+    def read_disable(self, disable: bool) -> None:
+        self.connection.read_disable(disable)
+
+    def continue_decoding(self) -> None:
+        """A filter that returned STOP resumes the chain from the next filter."""
+        self.decode_index += 1
+        self._decode_headers_from(self.decode_index)
+
+    # --- request path --------------------------------------------------
+    def dispatch(self) -> None:
+        self.last_activity = self.connection.loop_time()
+        self.filters = [factory.create_filter(self) for factory in self.config.filter_factories]
+        self._decode_headers_from(0)
+        if self.done:
+            return
+        pending = self.pending_body
+        if pending:
+            self.pending_body = None
+            for index, chunk in enumerate(pending):
+                last = self.request_complete and index == len(pending) - 1
+                self.decode_data(chunk, last)
+                if self.done:
+                    return
+        elif self.request_complete and not self.end_stream_at_headers:
+            self.decode_data(b"", True)
+
+    def _decode_headers_from(self, start: int) -> None:
+        filters = self.filters
+        end_stream = self.end_stream_at_headers
+        for index in range(start, len(filters)):
+            self.decode_index = index
+            if filters[index].decode_headers(self.headers, end_stream) != CONTINUE or self.done:
+                return
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        # Every filter but the router passes data through unless it overrides decode_data.
+        for flt in self.filters:
+            if flt.decode_data(data, end_stream) != CONTINUE or self.done:
+                return
+
+    # --- response path -------------------------------------------------
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        config = self.config
+        if config.encoder_filters:
+            for flt in reversed(self.filters):
+                if flt.encode_headers(headers, end_stream) != CONTINUE:
+                    return
+        self.response_started = True
+        info = self.info
+        status_text = headers.get(":status") or "200"
+        status = int(status_text)
+        info.response_code = status
+        info.response_headers = headers
+        connection = self.connection
+        connection.stats_rq_by_class[status // 100 if 1 <= status // 100 <= 5 else 5].value += 1
+
+        transformation = config.server_header_transformation
+        if transformation == 0:  # OVERWRITE
+            headers.set("server", config.server_name)
+        elif transformation == 1:  # APPEND_IF_ABSENT
+            headers.set_default("server", config.server_name)
+        if config.always_set_request_id_in_response and info.request_id:
+            headers.set("x-request-id", info.request_id)
+        if config.via:
+            previous = headers.get("via")
+            headers.set("via", f"{previous}, {config.via}" if previous else config.via)
+
+        close = connection.should_close_after(self)
+        if close:
+            self.keep_alive = False
+        no_body_status = status in (204, 304) or status < 200
+        if self.is_head or no_body_status:
+            # The head describes a body that is not sent: keep the upstream's length as is.
+            length = headers.get("content-length")
+            framing = http1.content_length_line(int(length)) if length and length.isdigit() else b""
+            end_stream = True
+        elif end_stream:
+            framing = b"content-length: 0\r\n"
+        else:
+            length = headers.get("content-length")
+            if length is not None and length.isdigit():
+                framing = http1.content_length_line(int(length))
+            elif self.http10:
+                framing = b""
+                self.close_delimited = True
+                self.keep_alive = False
+                close = True
+            else:
+                framing = http1.CHUNKED
+                self.chunked_response = True
+        head = http1.encode_response_head(status, headers, framing, close)
+        connection.write(head)  # %BYTES_SENT% counts body bytes only, as in Envoy
+        if end_stream:
+            self._response_done()
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        if self.config.encoder_filters:
+            for flt in reversed(self.filters):
+                if flt.encode_data(data, end_stream) != CONTINUE:
+                    return
+        connection = self.connection
+        if data:
+            self.info.bytes_sent += len(data)
+            if self.chunked_response:
+                connection.write(http1.chunk(data))
+            else:
+                connection.write(data)
+        if end_stream:
+            if self.chunked_response:
+                connection.write(http1.LAST_CHUNK)
+            self._response_done()
+
+    def send_local_reply(self, flag: str, *, status: int = 0, body: bytes | None = None,
+                         details: str = "", extra_headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer the request ourselves, in Envoy's words; reset if a response already started."""
+        if flag:
+            self.info.add_flag(flag)
+        default_status, default_body, default_details = BY_FLAG.get(flag, (500, b"", "local_reply"))
+        status = status or default_status
+        body = default_body if body is None else body
+        self.info.response_code_details = details or default_details
+        if self.response_started:
+            self.reset(flag or flags.LOCAL_RESET)
+            return
+        headers = HeaderMap.__new__(HeaderMap)
+        items = [(":status", str(status))]
+        if body:
+            items.append(("content-type", "text/plain"))
+        items.append(("content-length", str(len(body))))
+        if extra_headers:
+            items.extend(extra_headers)
+        items.append(("date", http1.http_date()))
+        headers._items = items
+        route = self.route
+        if route is not None:
+            route.finalize_response(headers, self.info)
+        self.encode_headers(headers, not body)
+        if body and not self.done:
+            self.encode_data(body, True)
+
+    # --- completion ----------------------------------------------------
+    def _response_done(self) -> None:
+        self.response_complete = True
+        if self.request_complete:
+            self.connection.stream_finished(self)
+        elif self.end_stream_at_headers:
+            pass  # on_message_complete follows within the same feed_data call
+        else:
+            # The request body is still arriving: the connection cannot be reused.
+            self.keep_alive = False
+            self.connection.stream_finished(self)
+
+    def reset(self, flag: str) -> None:
+        """Abort the exchange: destroy filters; the connection closes if a response started."""
+        if self.done:
+            return
+        self.info.add_flag(flag)
+        self.keep_alive = False
+        self.connection.stream_finished(self, reset=True)
+
+    def destroy(self) -> None:
+        for flt in self.filters:
+            flt.on_destroy()
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
+        "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
+        "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
+        "remote_str", "local_str", "write_paused",
+    )
+
+    def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
+        self.config = config
+        self.downstream = downstream
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.loop = config.loop()
+        self.streams: deque[ActiveStream] = deque()  # [0] is dispatched; the rest wait in order
+        self.parsing: ActiveStream | None = None
+        self.url = b""
+        self.header_list: list[tuple[str, str]] = []
+        self.header_bytes = 0
+        self.read_disabled = 0
+        self.close_when_done = False
+        self.closed = False
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_when = 0.0
+        stats = config.stats
+        self.stats_rx = stats.downstream_cx_rx_bytes_total
+        self.stats_tx = stats.downstream_cx_tx_bytes_total
+        self.stats_rq_by_class = stats.rq_by_class
+        self.remote_str = downstream.remote_str
+        self.local_str = downstream.local_str
+        self.write_paused = False
+
+    def loop_time(self) -> float:
+        return self.loop.time()
+
+    # --- asyncio.Protocol ----------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        limit = self.config.buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        stats = self.config.stats
+        stats.downstream_cx_total.value += 1
+        stats.downstream_cx_http1_total.value += 1
+        stats.downstream_cx_active.value += 1
+        stats.downstream_cx_http1_active.value += 1
+        self.config.connections.add(self)
+        self.last_activity = self.loop.time()
+        self._arm_timer(self._next_deadline())
+
+    def data_received(self, data: bytes) -> None:
+        self.stats_rx.value += len(data)
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HeadersTooLarge:
+            self.protocol_error(431, "header_size_exceeded", b"")
+        except httptools.HttpParserUpgrade as exc:
+            self._after_upgrade(data, exc)
+        except httptools.HttpParserError as exc:
+            self.protocol_error(400, "codec_error:" + type(exc).__name__, b"")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        stats = self.config.stats
+        stats.downstream_cx_active.value -= 1
+        stats.downstream_cx_http1_active.value -= 1
+        stats.downstream_cx_destroy.value += 1
+        if self.close_when_done:
+            stats.downstream_cx_destroy_local.value += 1
+        else:
+            stats.downstream_cx_destroy_remote.value += 1
+        self.config.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        streams = list(self.streams)
+        self.streams.clear()
+        for stream in streams:
+            if not stream.done:
+                stream.info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
+                stats.downstream_rq_rx_reset.value += 1
+                self._finalize(stream)
+        on_close = self.downstream.on_close
+        if on_close is not None:
+            on_close()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading the upstream.
+        self.write_paused = True
+        self.config.stats.downstream_flow_control_paused_reading_total.value += 1
+        if self.streams:
+            for flt in self.streams[0].filters:
+                pause = getattr(flt, "on_downstream_pause_writing", None)
+                if pause is not None:
+                    pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.config.stats.downstream_flow_control_resumed_reading_total.value += 1
+        if self.streams:
+            for flt in self.streams[0].filters:
+                resume = getattr(flt, "on_downstream_resume_writing", None)
+                if resume is not None:
+                    resume()
+
+    # --- llhttp callbacks ----------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.header_list = []
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.config.max_request_headers_bytes:
+            raise HeadersTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        header_list = self.header_list
+        if self.header_bytes > self.config.max_request_headers_bytes or len(header_list) >= self.config.max_headers_count:
+            raise HeadersTooLarge
+        header_list.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        config = self.config
+        parser = self.parser
+        method = parser.get_method().decode("latin-1")
+        target = self.url.decode("latin-1")
+        http10 = parser.get_http_version() == "1.0"
+        items = self.header_list
+        authority = None
+        content_length = None
+        chunked = False
+        connection_tokens = ""
+        expect = False
+        upgrade = None
+        rest = []
+        for item in items:
+            name = item[0]
+            if name == "host":
+                if authority is None:
+                    authority = item[1]
+                continue
+            if name == "content-length":
+                content_length = item[1]
+            elif name == "transfer-encoding":
+                chunked = True
+            elif name == "connection":
+                connection_tokens = item[1].lower()
+            elif name == "expect":
+                if item[1].lower() == "100-continue":
+                    expect = True
+                    continue
+            elif name == "upgrade":
+                upgrade = item[1].lower()
+            rest.append(item)
+        if target[:1] != "/" and target != "*":
+            # absolute-form (a forward-proxy request) takes the authority from the URL
+            scheme_end = target.find("://")
+            if scheme_end > 0 and method != "CONNECT":
+                after = target[scheme_end + 3:]
+                slash = after.find("/")
+                authority = after if slash < 0 else after[:slash]
+                target = "/" if slash < 0 else after[slash:]
+        if config.merge_slashes and "//" in target:
+            target = _merge_slashes(target)
+        info = StreamInfo(self.remote_str, self.local_str)
+        info.protocol = "HTTP/1.0" if http10 else "HTTP/1.1"
+        headers = HeaderMap.__new__(HeaderMap)
+        headers._items = [(":method", method), (":path", target), (":authority", authority or ""),
+                          (":scheme", "http")] + rest
+        stream = ActiveStream(self, headers, info)
+        info.request_headers = headers
+        stream.is_head = method == "HEAD"
+        stream.http10 = http10
+        stream.end_stream_at_headers = not chunked and (content_length is None or content_length == "0")
+        stream.keep_alive = ("keep-alive" in connection_tokens) if http10 else ("close" not in connection_tokens)
+        stream.expect_continue = expect
+        self.parsing = stream
+        self.streams.append(stream)
+        self.config.stats.downstream_rq_total.value += 1
+        self.config.stats.downstream_rq_http1_total.value += 1
+        self.config.stats.downstream_rq_active.value += 1
+
+        error = None
+        if http10 and not config.accept_http_10:
+            error = (426, "low_version")
+        elif authority is None or authority == "":
+            if http10 and config.default_host_for_http_10:
+                headers.set(":authority", config.default_host_for_http_10)
+            elif not http10:
+                error = (400, "missing_host_header")
+            else:
+                error = (400, "missing_host_header")
+        if upgrade is not None and error is None:
+            if upgrade == "h2c":
+                # Downgrade an h2c upgrade offer to plain HTTP/1.1, as Envoy does.
+                headers.remove("upgrade")
+                headers.remove("http2-settings")
+                stream.upgrade_h2c = True
+            else:
+                error = (403, "upgrade_failed")
+        self._prepare_request(stream, headers)
+        if config.normalize_host:
+            config.route_table.normalize_host(headers)
+        if error is not None:
+            stream.request_complete = stream.end_stream_at_headers
+            stream.keep_alive = False
+            if len(self.streams) == 1:
+                stream.send_local_reply("", status=error[0], details=error[1])
+            return
+        if len(self.streams) == 1:
+            if expect:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            stream.dispatch()
+        else:
+            self.read_disable(True)  # pipelined: hold further input until this one's turn
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.parsing
+        if stream is None or stream.done:
+            return
+        if self.streams and self.streams[0] is stream:
+            stream.last_activity = self.last_activity
+            stream.info.bytes_received += len(body)
+            stream.decode_data(body, False)
+        else:
+            stream.info.bytes_received += len(body)
+            if stream.pending_body is None:
+                stream.pending_body = []
+            stream.pending_body.append(body)
+
+    def on_message_complete(self) -> None:
+        stream = self.parsing
+        self.parsing = None
+        if stream is None:
+            return
+        stream.request_complete = True
+        if not self.parser.should_keep_alive():
+            stream.keep_alive = False
+        if stream.done:
+            return
+        if self.streams and self.streams[0] is stream:
+            if stream.response_complete:
+                self.stream_finished(stream)
+            elif not stream.end_stream_at_headers:
+                stream.decode_data(b"", True)
+
+    # --- request preparation (Envoy's HCM header handling) -------------
+    def _prepare_request(self, stream: ActiveStream, headers: HeaderMap) -> None:
+        config = self.config
+        info = stream.info
+        if config.use_remote_address:
+            remote_ip = self.downstream.remote_address[0]
+            if not config.skip_xff_append:
+                previous = headers.get("x-forwarded-for")
+                headers.set("x-forwarded-for", f"{previous},{remote_ip}" if previous else remote_ip)
+            headers.set("x-forwarded-proto", "http")
+        else:
+            headers.set_default("x-forwarded-proto", "http")
+        if config.strip_envoy_headers:
+            # Only a trusted (internal) peer may set x-envoy-* headers that steer the proxy.
+            for name in config.strip_envoy_headers:
+                headers.remove(name)
+        if config.generate_request_id:
+            existing = headers.get("x-request-id")
+            if existing is None or (config.use_remote_address and not config.preserve_external_request_id):
+                existing = request_id()
+                headers.set("x-request-id", existing)
+            info.request_id = existing
+        else:
+            info.request_id = headers.get("x-request-id") or ""
+        if config.via:
+            previous = headers.get("via")
+            headers.set("via", f"{previous}, {config.via}" if previous else config.via)
+
+    # --- stream lifecycle ----------------------------------------------
+    def should_close_after(self, stream: ActiveStream) -> bool:
+        if self.close_when_done or not stream.keep_alive:
+            return True
+        state = self.config.server_state
+        if state.draining or state.healthcheck_failed:
+            self.config.stats.downstream_cx_drain_close.value += 1
+            self.close_when_done = True
+            return True
+        return False
+
+    def stream_finished(self, stream: ActiveStream, reset: bool = False) -> None:
+        if stream.done:
+            return
+        if reset or not stream.keep_alive:
+            self.close_when_done = True
+        self._finalize(stream)
+        streams = self.streams
+        if streams and streams[0] is stream:
+            streams.popleft()
+        elif stream in streams:
+            streams.remove(stream)
+        if self.closed:
+            return
+        if self.close_when_done:
+            if reset and stream.response_started:
+                self.transport.abort()  # type: ignore[union-attr] # a half-sent response must not look complete
+            else:
+                self.transport.close()  # type: ignore[union-attr]
+            return
+        if streams:
+            nxt = streams[0]
+            if nxt.expect_continue:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if len(streams) == 1:
+                self.read_disable(False)
+            nxt.dispatch()
+        if not streams:
+            self._arm_timer(self._next_deadline())
+
+    def _finalize(self, stream: ActiveStream) -> None:
+        stream.done = True
+        stream.destroy()
+        config = self.config
+        stats = config.stats
+        stats.downstream_rq_active.value -= 1
+        info = stream.info
+        info.end_monotonic = _monotonic()
+        if stream.response_complete:
+            stats.downstream_rq_completed.value += 1
+        elif stream.response_started:
+            stats.downstream_rq_tx_reset.value += 1
+        stats.downstream_rq_time.record((info.end_monotonic - info.start_monotonic) * 1000)
+        for logger in config.access_loggers:
+            try:
+                logger.log(info)
+            except Exception:  # noqa: BLE001 - a broken log line must never take the request down
+                config.stats.access_log_errors.value += 1
+
+    def protocol_error(self, status: int, details: str, body: bytes) -> None:
+        """Malformed input: answer ``status`` if we still can, then close."""
+        self.config.stats.downstream_cx_protocol_error.value += 1
+        self.close_when_done = True
+        stream = self.parsing
+        if stream is None or stream.response_started or stream.done:
+            # No request of ours to answer on (or it already started): answer on a fresh stream.
+            for pending in list(self.streams):
+                if pending is not stream and not pending.done:
+                    pending.keep_alive = False
+            if stream is None or stream.done:
+                info = StreamInfo(self.remote_str, self.local_str)
+                headers = HeaderMap([(":method", ""), (":path", ""), (":authority", "")])
+                stream = ActiveStream(self, headers, info)
+                info.request_headers = headers
+                self.config.stats.downstream_rq_active.value += 1
+                self.streams.appendleft(stream)
+        stream.info.add_flag(flags.DOWNSTREAM_PROTOCOL_ERROR)
+        stream.request_complete = True
+        stream.keep_alive = False
+        if stream.response_started:
+            stream.reset(flags.DOWNSTREAM_PROTOCOL_ERROR)
+            return
+        if self.streams and self.streams[0] is not stream:
+            # Earlier pipelined responses still owed: drop them, answer the error, close.
+            for pending in list(self.streams):
+                if pending is not stream:
+                    pending.reset(flags.DOWNSTREAM_PROTOCOL_ERROR)
+        stream.send_local_reply("", status=status, body=body, details=details)
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+        stream = self.streams[-1] if self.streams else None
+        if stream is not None and stream.upgrade_h2c and not self.closed:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            rest = data[offset:]
+            if rest:
+                self.data_received(rest)
+            return
+        # Any other upgrade was answered 403 in on_headers_complete; the bytes after it are not HTTP.
+        self.close_when_done = True
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
+    # --- I/O helpers ---------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.stats_tx.value += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def read_disable(self, disable: bool) -> None:
+        """Reference-counted pause of downstream reading (Envoy's readDisable)."""
+        if self.closed or self.transport is None:
+            return
+        if disable:
+            self.read_disabled += 1
+            if self.read_disabled == 1:
+                self.transport.pause_reading()
+        elif self.read_disabled > 0:
+            self.read_disabled -= 1
+            if self.read_disabled == 0:
+                self.transport.resume_reading()
+
+    def drain(self) -> None:
+        """Finish in-flight work, then close (Connection: close on the next response)."""
+        self.close_when_done = True
+        if not self.streams and self.transport is not None and not self.closed:
+            self.config.stats.downstream_cx_drain_close.value += 1
+            self.transport.close()
+
+    # --- lazy timers ---------------------------------------------------
+    def watch_deadline(self, deadline: float) -> None:
+        if self.timer is None or deadline < self.timer_when:
+            self._arm_timer(deadline)
+
+    def _arm_timer(self, when: float) -> None:
+        if self.timer is not None:
+            if when and when >= self.timer_when:
+                return  # the armed timer fires first and will re-evaluate
+            self.timer.cancel()
+            self.timer = None
+        if when and not self.closed:
+            self.timer_when = when
+            self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _next_deadline(self) -> float:
+        config = self.config
+        candidates = []
+        if self.streams:
+            stream = self.streams[0]
+            if stream.deadline:
+                candidates.append(stream.deadline)
+            if config.stream_idle_timeout:
+                candidates.append(max(stream.last_activity, self.last_activity) + config.stream_idle_timeout)
+            if config.request_timeout and not stream.request_complete:
+                candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
+                                  + config.request_timeout)
+        elif config.idle_timeout:
+            candidates.append(self.last_activity + config.idle_timeout)
+        return min(candidates) if candidates else 0.0
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        config = self.config
+        if self.streams:
+            stream = self.streams[0]
+            if stream.deadline and now >= stream.deadline:
+                callback = stream.deadline_callback
+                stream.deadline = 0.0
+                stream.deadline_callback = None
+                if callback is not None:
+                    callback()
+            elif config.request_timeout and not stream.request_complete and (
+                    _monotonic() - stream.info.start_monotonic >= config.request_timeout):
+                config.stats.downstream_rq_timeout.value += 1
+                stream.keep_alive = False
+                stream.send_local_reply(flags.DURATION_TIMEOUT)
+            elif config.stream_idle_timeout and (
+                    now - max(stream.last_activity, self.last_activity) >= config.stream_idle_timeout):
+                config.stats.downstream_rq_idle_timeout.value += 1
+                stream.keep_alive = False
+                stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT)
+        elif config.idle_timeout and now - self.last_activity >= config.idle_timeout:
+            config.stats.downstream_cx_idle_timeout.value += 1
+            self.close_when_done = True
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._arm_timer(self._next_deadline())
+
+
+def _merge_slashes(target: str) -> str:
+    query_at = target.find("?")
+    path, query = (target, "") if query_at < 0 else (target[:query_at], target[query_at:])
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path + query

@@ -1,0 +1,330 @@
+"""The ``tulle proxy`` process: workers, admin, signals.
+
+Worker 0 runs in the main process next to the admin server; workers
+1..N-1 are forked children, each with its own listening sockets (bound here,
+before the fork, with SO_REUSEPORT) and a control socket back to the main
+process. The admin sums what the workers report, so ``/stats`` reads like one
+Envoy process with N worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from google.protobuf import json_format
+
+from tulle import __version__
+from tulle.config.loader import load_bootstrap
+from tulle.server.context import ServerState
+from tulle.server.worker import Worker
+from tulle.stats.store import merge
+
+log = logging.getLogger("tulle.server")
+
+LOG_LEVELS = {
+    "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+    "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL, "off": logging.CRITICAL + 10,
+}
+
+
+def install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio is the fallback
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class ControlChannel:
+    """The main process's end of one child worker's control socket: JSON lines, request/response."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock = sock
+        self.pid = pid
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.lock = asyncio.Lock()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        async with self.lock:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(sock=self.sock)
+            self.writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            await self.writer.drain()
+            line = await asyncio.wait_for(self.reader.readline(), 10)  # type: ignore[union-attr]
+            if not line:
+                raise ConnectionError(f"worker {self.pid} is gone")
+            return json.loads(line)
+
+
+class ProxyServer:
+    def __init__(self, config_path: str, concurrency: int, log_level: str, drain_time_s: float = 0.0) -> None:
+        self.config_path = config_path
+        self.concurrency = max(1, concurrency)
+        self.log_level = log_level
+        self.drain_time_s = drain_time_s
+        self.bootstrap = load_bootstrap(config_path)
+        self.state = ServerState(concurrency=self.concurrency, node_id=self.bootstrap.node.id,
+                                 node_cluster=self.bootstrap.node.cluster)
+        self.worker = Worker(self.bootstrap, self.state)  # validates everything, binds nothing
+        self.children: list[ControlChannel] = []
+        self.admin: Any = None
+        self.stopped: asyncio.Event | None = None
+
+    # --- start-up --------------------------------------------------------
+    def run(self) -> int:
+        """Bind, fork the other workers, then serve until told to stop."""
+        self.state.start_time = time.time()
+        sockets_per_worker = [self.worker.bind_all() for _ in range(self.concurrency)]
+        for index in range(1, self.concurrency):
+            parent_end, child_end = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:  # child worker
+                parent_end.close()
+                for other, socks in enumerate(sockets_per_worker):
+                    if other != index:
+                        for sock in socks:
+                            sock.close()
+                self.state.worker_index = index
+                code = self._run_child(sockets_per_worker[index], child_end)
+                os._exit(code)
+            child_end.close()
+            self.children.append(ControlChannel(parent_end, pid))
+        for socks in sockets_per_worker[1:]:
+            for sock in socks:
+                sock.close()
+        install_event_loop_policy()
+        return asyncio.run(self._main(sockets_per_worker[0]))
+
+    async def _main(self, sockets: list[socket.socket]) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        await self.worker.start(sockets)
+        if self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address"):
+            from tulle.admin.server import AdminServer
+            from tulle.listener.listener import socket_address_of
+
+            ip, port = socket_address_of(self.bootstrap.admin.address, "admin.address")
+            self.admin = AdminServer(AdminBackendImpl(self), ip, port)
+            await self.admin.start()
+            log.info("admin listening on %s:%s", ip, self.admin.port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        for listener in self.worker.listeners:
+            log.info("listener %s on %s:%s", listener.name, listener.ip, listener.port)
+        log.info("tulle proxy %s started with %d worker(s)", __version__, self.concurrency)
+        await self.stopped.wait()
+        await self._shutdown()
+        return 0
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down")
+        for child in self.children:
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.admin is not None:
+            await self.admin.close()
+        await self.worker.close()
+        for child in self.children:
+            await asyncio.get_running_loop().run_in_executor(None, _reap, child.pid)
+
+    def _run_child(self, sockets: list[socket.socket], control: socket.socket) -> int:
+        install_event_loop_policy()
+        try:
+            return asyncio.run(self._child_main(sockets, control))
+        except KeyboardInterrupt:
+            return 0
+
+    async def _child_main(self, sockets: list[socket.socket], control: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopped.set)
+        await self.worker.start(sockets)
+        reader, writer = await asyncio.open_connection(sock=control)
+
+        async def serve_control() -> None:
+            while True:
+                line = await reader.readline()
+                if not line:  # the main process is gone: so are we
+                    stopped.set()
+                    return
+                request = json.loads(line)
+                reply = await self.handle_control(request)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+
+        task = asyncio.create_task(serve_control())
+        await stopped.wait()
+        task.cancel()
+        await self.worker.close()
+        return 0
+
+    # --- what every worker answers ---------------------------------------
+    async def handle_control(self, request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "stats":
+            return self.worker.snapshot()
+        if op == "clusters":
+            return self.worker.clusters_status()
+        if op == "healthcheck":
+            self.state.healthcheck_failed = bool(request["failed"])
+            return True
+        if op == "drain":
+            inbound_only = request.get("inbound_only", False)
+            self.state.draining = True
+            self.worker.drain(inbound_only)
+            if request.get("stop_accepting", True):
+                self.worker.stop_accepting(inbound_only)
+            return True
+        if op == "log_level":
+            set_log_level(request.get("name"), request["level"])
+            return True
+        return {"error": f"unknown op {op!r}"}
+
+    async def broadcast(self, op: str, **args: Any) -> list[Any]:
+        local = await self.handle_control({"op": op, **args})
+        remote = await asyncio.gather(*(child.call(op, **args) for child in self.children),
+                                      return_exceptions=True)
+        return [local] + [r for r in remote if not isinstance(r, BaseException)]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def set_log_level(name: str | None, level: str) -> None:
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {level!r}")
+    logger = logging.getLogger(f"tulle.{name}" if name else "tulle")
+    logger.setLevel(LOG_LEVELS[level])
+
+
+def log_levels() -> dict[str, str]:
+    names = {v: k for k, v in LOG_LEVELS.items() if k not in ("warn", "trace")}
+    out = {"tulle": names.get(logging.getLogger("tulle").getEffectiveLevel(), "info")}
+    for name, logger in sorted(logging.root.manager.loggerDict.items()):
+        if name.startswith("tulle.") and isinstance(logger, logging.Logger):
+            out[name[len("tulle."):]] = names.get(logger.getEffectiveLevel(), "info")
+    return out
+
+
+def _message_dict(msg: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+class AdminBackendImpl:
+    """What the admin server asks of this process (see tulle.admin.backend.AdminBackend)."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+
+    async def stats_snapshot(self) -> dict[str, Any]:
+        return merge(await self.server.broadcast("stats"))
+
+    async def clusters(self) -> list[dict[str, Any]]:
+        per_worker = await self.server.broadcast("clusters")
+        merged = per_worker[0]
+        for other in per_worker[1:]:
+            for cluster, other_cluster in zip(merged, other, strict=False):
+                for host, other_host in zip(cluster["hosts"], other_cluster["hosts"], strict=False):
+                    for key, value in other_host["stats"].items():
+                        host["stats"][key] += value
+        return merged
+
+    def config_dump(self) -> dict[str, Any]:
+        bootstrap = self.server.bootstrap
+        updated = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(self.server.state.start_time))
+        prefix = "type.googleapis.com/envoy.admin.v3."
+        routes = []
+        for listener in bootstrap.static_resources.listeners:
+            for chain in listener.filter_chains:
+                for network_filter in chain.filters:
+                    if network_filter.typed_config.type_url.endswith("HttpConnectionManager"):
+                        from tulle.config.loader import unpack_any
+
+                        hcm = unpack_any(network_filter.typed_config)
+                        if hcm.HasField("route_config"):
+                            route = _message_dict(hcm.route_config)
+                            route["@type"] = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+                            routes.append({"route_config": route, "last_updated": updated})
+        listeners = []
+        for listener in bootstrap.static_resources.listeners:
+            body = _message_dict(listener)
+            body["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
+            listeners.append({"listener": body, "last_updated": updated})
+        clusters = []
+        for cluster in bootstrap.static_resources.clusters:
+            body = _message_dict(cluster)
+            body["@type"] = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+            clusters.append({"cluster": body, "last_updated": updated})
+        return {"configs": [
+            {"@type": prefix + "BootstrapConfigDump", "bootstrap": _message_dict(bootstrap), "last_updated": updated},
+            {"@type": prefix + "ClustersConfigDump", "static_clusters": clusters},
+            {"@type": prefix + "ListenersConfigDump", "static_listeners": listeners},
+            {"@type": prefix + "RoutesConfigDump", "static_route_configs": routes},
+        ]}
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return [{"name": listener.name, "address": f"{listener.ip}:{listener.port}"}
+                for listener in self.server.worker.listeners]
+
+    def server_info(self) -> dict[str, Any]:
+        server = self.server
+        uptime = int(time.time() - server.state.start_time)
+        return {
+            "version": f"tulle/{__version__}/Python-{sys.version.split()[0]}/RELEASE",
+            "state": "DRAINING" if server.state.draining else "LIVE",
+            "hot_restart_version": "disabled",
+            "command_line_options": {
+                "config_path": server.config_path, "concurrency": server.concurrency,
+                "log_level": server.log_level, "mode": "Serve", "drain_time": f"{server.drain_time_s}s",
+            },
+            "node": _message_dict(server.bootstrap.node),
+            "uptime_current_epoch": f"{uptime}s",
+            "uptime_all_epochs": f"{uptime}s",
+        }
+
+    def ready(self) -> bool:
+        return not self.server.state.draining
+
+    def healthcheck_failed(self) -> bool:
+        return self.server.state.healthcheck_failed
+
+    def set_healthcheck_failed(self, failed: bool) -> None:
+        self.server.state.healthcheck_failed = failed
+        for child in self.server.children:
+            asyncio.get_running_loop().create_task(child.call("healthcheck", failed=failed))
+
+    async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None:
+        if graceful and self.server.drain_time_s:
+            # Envoy's graceful drain: keep accepting while clients are told Connection: close,
+            # then close the listeners when the drain time is up.
+            await self.server.broadcast("drain", inbound_only=inbound_only, stop_accepting=False)
+            await asyncio.sleep(self.server.drain_time_s)
+        await self.server.broadcast("drain", inbound_only=inbound_only)
+
+    async def quit(self) -> None:
+        if self.server.stopped is not None:
+            asyncio.get_running_loop().call_soon(self.server.stopped.set)
+
+    def log_levels(self) -> dict[str, str]:
+        return log_levels()
+
+    def set_log_level(self, name: str | None, level: str) -> None:
+        set_log_level(name, level)
+        for child in self.server.children:
+            asyncio.get_running_loop().create_task(child.call("log_level", name=name, level=level))

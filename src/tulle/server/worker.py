@@ -1,0 +1,105 @@
+"""One worker: a cluster manager, listeners and stats, all built from the bootstrap.
+
+Construction is the validation: it either builds everything or raises a
+ConfigError naming the field, before any socket is bound. ``--mode validate``
+stops there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+from tulle.config.errors import ConfigError, join
+from tulle.listener.listener import Listener
+from tulle.server.bootstrap import check_bootstrap
+from tulle.server.context import FactoryContext, ServerState
+from tulle.stats.store import Store
+from tulle.upstream.cluster_manager import ClusterManager
+
+
+class Worker:
+    def __init__(self, bootstrap: Any, state: ServerState) -> None:
+        check_bootstrap(bootstrap)
+        self.bootstrap = bootstrap
+        self.state = state
+        self.stats = Store()
+        self.cluster_manager = ClusterManager.from_protos(
+            bootstrap.static_resources.clusters, field="static_resources.clusters", stats=self.stats
+        )
+        self.ctx = FactoryContext(stats=self.stats, cluster_manager=self.cluster_manager, server=state)
+        self.listeners: list[Listener] = []
+        seen: dict[str, int] = {}
+        for index, proto in enumerate(bootstrap.static_resources.listeners):
+            field = join("static_resources", f"listeners[{index}]")
+            listener = Listener(proto, field, self.ctx)
+            if listener.name in seen:
+                raise ConfigError(f"duplicate listener name {listener.name!r}", field=join(field, "name"))
+            seen[listener.name] = index
+            self.listeners.append(listener)
+        self._server_stats()
+
+    def _server_stats(self) -> None:
+        self.stats.gauge("server.live").set(1)
+        self.stats.gauge("server.concurrency").set(self.state.concurrency)
+        self.stats.gauge("server.state").set(0)  # 0 = LIVE, as in Envoy
+
+    def bind_all(self) -> list[socket.socket]:
+        return [listener.bind() for listener in self.listeners]
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        self.ctx.loop = loop
+        await self.cluster_manager.start()
+        for listener, sock in zip(self.listeners, sockets, strict=True):
+            await listener.start(sock)
+
+    def snapshot(self) -> dict[str, Any]:
+        uptime = int(time.time() - self.state.start_time) if self.state.start_time else 0
+        self.stats.gauge("server.uptime").set(uptime)
+        self.stats.gauge("server.healthcheck_failed").set(int(self.state.healthcheck_failed))
+        return self.stats.snapshot()
+
+    def clusters_status(self) -> list[dict[str, Any]]:
+        out = []
+        for cluster in self.cluster_manager.clusters.values():
+            hosts = []
+            for host in cluster.hosts:
+                host_stats = host.stats
+                hosts.append({
+                    "address": host.address_str,
+                    "hostname": host.hostname,
+                    "weight": host.weight,
+                    "priority": host.priority,
+                    "region": host.locality[0] if host.locality else "",
+                    "zone": host.locality[1] if host.locality else "",
+                    "sub_zone": host.locality[2] if host.locality else "",
+                    "health_flags": host.health_flags,
+                    "stats": {
+                        name: getattr(host_stats, name)
+                        for name in ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success",
+                                     "rq_error", "rq_active", "rq_timeout")
+                    },
+                })
+            out.append({"name": cluster.name, "type": cluster.type_name, "lb_policy": cluster.lb_policy,
+                        "hosts": hosts})
+        return out
+
+    def stop_accepting(self, inbound_only: bool = False) -> None:
+        for listener in self.listeners:
+            if inbound_only and listener.traffic_direction != 1:  # 1 = INBOUND
+                continue
+            listener.stop_accepting()
+
+    def drain(self, inbound_only: bool = False) -> None:
+        for listener in self.listeners:
+            if inbound_only and listener.traffic_direction != 1:
+                continue
+            listener.drain()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        self.drain()
+        await self.cluster_manager.close()

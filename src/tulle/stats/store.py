@@ -1,0 +1,135 @@
+"""Counters, gauges and histograms named the way Envoy names them.
+
+Hot-path code keeps a reference to a stat object and bumps ``.value``
+directly (an attribute add is the cheapest thing Python can do); the store
+is only consulted at setup time and by the admin endpoints.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+# Envoy's default histogram bucket bounds (milliseconds for *_time stats).
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+    300000, 600000, 1800000, 3600000,
+)
+
+
+class Counter:
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Gauge:
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: int) -> None:
+        self.value = value
+
+
+class Histogram:
+    """Cumulative fixed-bucket histogram (Prometheus style) plus sum and count."""
+
+    __slots__ = ("name", "buckets", "counts", "sum", "count")
+
+    def __init__(self, name: str, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+        self.name = name
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # last slot: above the largest bound
+        self.sum = 0.0
+        self.count = 0
+
+    def record(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile q (as Envoy's summary does roughly)."""
+        if not self.count:
+            return None
+        target = q * self.count
+        running = 0
+        for bound, n in zip(self.buckets, self.counts, strict=False):
+            running += n
+            if running >= target:
+                return bound
+        return float("inf")
+
+
+class Store:
+    """All stats of one worker process. Names are full Envoy names."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, Counter] = {}
+        self.gauges: dict[str, Gauge] = {}
+        self.histograms: dict[str, Histogram] = {}
+
+    def counter(self, name: str) -> Counter:
+        stat = self.counters.get(name)
+        if stat is None:
+            stat = self.counters[name] = Counter(name)
+        return stat
+
+    def gauge(self, name: str) -> Gauge:
+        stat = self.gauges.get(name)
+        if stat is None:
+            stat = self.gauges[name] = Gauge(name)
+        return stat
+
+    def histogram(self, name: str) -> Histogram:
+        stat = self.histograms.get(name)
+        if stat is None:
+            stat = self.histograms[name] = Histogram(name)
+        return stat
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy, summed across workers by :func:`merge`."""
+        return {
+            "counters": {n: c.value for n, c in self.counters.items()},
+            "gauges": {n: g.value for n, g in self.gauges.items()},
+            "histograms": {
+                n: {"buckets": list(h.buckets), "counts": list(h.counts), "sum": h.sum, "count": h.count}
+                for n, h in self.histograms.items()
+            },
+        }
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum worker snapshots: counters, gauges and histogram buckets all add up."""
+    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}}
+    for snap in snapshots:
+        for kind in ("counters", "gauges"):
+            target = out[kind]
+            for name, value in snap[kind].items():
+                target[name] = target.get(name, 0) + value
+        for name, hist in snap["histograms"].items():
+            mine = out["histograms"].get(name)
+            if mine is None:
+                out["histograms"][name] = {
+                    "buckets": list(hist["buckets"]), "counts": list(hist["counts"]),
+                    "sum": hist["sum"], "count": hist["count"],
+                }
+            else:
+                mine["counts"] = [a + b for a, b in zip(mine["counts"], hist["counts"], strict=True)]
+                mine["sum"] += hist["sum"]
+                mine["count"] += hist["count"]
+    return out

@@ -1,0 +1,578 @@
+"""Clusters: validated Envoy v3 ``Cluster`` protos turned into hosts, a load balancer and stats.
+
+Three discovery types, as in Envoy:
+
+* STATIC: endpoints are IP literals; hosts are built once.
+* STRICT_DNS: every endpoint name is resolved on its own schedule and every
+  address becomes a host. A refresh keeps the Host objects whose address is
+  still in the answer (their connection pools survive) and bumps
+  ``membership_change`` only when the set of addresses changed.
+* LOGICAL_DNS: exactly one endpoint and one logical host whose address follows
+  the first address of the latest answer; open connections are left alone.
+
+DNS answers never block the event loop (see :mod:`tulle.upstream.dns`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import message
+
+from tulle.config.errors import ConfigError, UnsupportedFeature, join
+from tulle.config.loader import type_name_of, unpack_any
+from tulle.config.support import check_fields, duration_seconds
+from tulle.stats.store import Store
+from tulle.upstream import dns
+from tulle.upstream.cluster_stats import ClusterStats
+from tulle.upstream.host import Host, Locality
+from tulle.upstream.load_balancer import (
+    DEFAULT_OVERPROVISIONING_FACTOR,
+    LbSettings,
+    LoadBalancer,
+    LoadBalancerContext,
+    create_load_balancer,
+    lb_settings_from_cluster,
+)
+
+log = logging.getLogger("tulle.upstream")
+
+STATIC = "STATIC"
+STRICT_DNS = "STRICT_DNS"
+LOGICAL_DNS = "LOGICAL_DNS"
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_DNS_REFRESH_RATE = 5.0
+MAX_PRIORITY = 128  # Envoy's validation bound for LocalityLbEndpoints.priority
+HTTP_PROTOCOL_OPTIONS_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+_CLUSTER_FIELDS = (
+    "name", "alt_stat_name", "type", "connect_timeout", "per_connection_buffer_limit_bytes", "lb_policy",
+    "load_assignment", "max_requests_per_connection", "common_http_protocol_options",
+    "http_protocol_options", "typed_extension_protocol_options", "dns_refresh_rate",
+    "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
+    "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
+)
+# metadata only feeds subset load balancing and filters, which Tulle refuses or does not read.
+_CLUSTER_IGNORED = ("metadata",)
+_COMMON_HTTP_FIELDS = ("idle_timeout", "max_requests_per_connection")
+_DISCOVERY_TYPES = dict(cluster_pb2.Cluster.DiscoveryType.items())
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One ``lb_endpoints`` entry: an IP (STATIC) or a name to resolve (DNS types)."""
+
+    address: str
+    port: int
+    hostname: str
+    weight: int
+    priority: int
+    locality: Locality
+    health_status: int
+    field: str
+
+    def make_host(self, ip: str, hostname: str | None = None) -> Host:
+        return Host(
+            ip, self.port, hostname=self.hostname if hostname is None else hostname, weight=self.weight,
+            priority=self.priority, locality=self.locality, health_status=self.health_status,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    stat_name: str
+    type_name: str
+    connect_timeout: float
+    per_connection_buffer_limit_bytes: int
+    max_requests_per_connection: int | None
+    idle_timeout: float | None
+    endpoints: tuple[EndpointConfig, ...]
+    overprovisioning_factor: int
+    dns_lookup_family: str
+    dns_refresh_rate: float
+    dns_failure_refresh_rate: tuple[float, float] | None  # (base, max) seconds
+    wait_for_warm_on_init: bool
+    lb: LbSettings
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+def _positive_seconds(msg: message.Message, name: str, field: str, default: float) -> float:
+    if not msg.HasField(name):
+        return default
+    seconds = duration_seconds(getattr(msg, name))
+    if seconds <= 0:
+        raise ConfigError("must be greater than 0s", field=join(field, name))
+    return seconds
+
+
+def _common_http_options(
+    options: protocol_pb2.HttpProtocolOptions, field: str
+) -> tuple[float | None, int | None]:
+    check_fields(options, _COMMON_HTTP_FIELDS, field)
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    if options.HasField("idle_timeout"):
+        idle_timeout = duration_seconds(options.idle_timeout) or None  # 0 disables it, as in Envoy
+    max_requests = options.max_requests_per_connection.value or None
+    return idle_timeout, max_requests
+
+
+def _typed_http_options(
+    options: http_protocol_options_pb2.HttpProtocolOptions, field: str
+) -> tuple[float | None, int | None]:
+    check_fields(
+        options, ("common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"),
+        field,
+    )
+    # Tulle speaks HTTP/1.1 on both sides, so only HTTP/1.1 protocol selections are honoured.
+    for selection in ("explicit_http_config", "use_downstream_protocol_config"):
+        if options.HasField(selection):
+            chosen = getattr(options, selection)
+            check_fields(chosen, ("http_protocol_options",), join(field, selection))
+            check_fields(chosen.http_protocol_options, (), join(field, f"{selection}.http_protocol_options"))
+    if options.HasField("common_http_protocol_options"):
+        return _common_http_options(
+            options.common_http_protocol_options, join(field, "common_http_protocol_options")
+        )
+    return DEFAULT_IDLE_TIMEOUT, None
+
+
+def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> tuple[float | None, int | None]:
+    """(idle_timeout, max_requests_per_connection) from the typed or the deprecated fields."""
+    typed: tuple[float | None, int | None] | None = None
+    for key, value in cluster.typed_extension_protocol_options.items():
+        entry_field = join(field, f"typed_extension_protocol_options[{key!r}]")
+        if type_name_of(value) != HTTP_PROTOCOL_OPTIONS_TYPE:
+            raise UnsupportedFeature(f"protocol options {type_name_of(value) or key}", field=entry_field)
+        options = unpack_any(value, field=entry_field)
+        assert isinstance(options, http_protocol_options_pb2.HttpProtocolOptions)
+        typed = _typed_http_options(options, entry_field)
+
+    deprecated = [
+        name for name in ("common_http_protocol_options", "http_protocol_options", "max_requests_per_connection")
+        if cluster.HasField(name)
+    ]
+    if typed is not None:
+        if deprecated:
+            raise ConfigError(
+                f"{deprecated[0]} cannot be combined with typed_extension_protocol_options "
+                f"{HTTP_PROTOCOL_OPTIONS_TYPE}; use only the latter",
+                field=join(field, deprecated[0]),
+            )
+        return typed
+
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    max_requests: int | None = None
+    if cluster.HasField("http_protocol_options"):
+        check_fields(cluster.http_protocol_options, (), join(field, "http_protocol_options"))
+    if cluster.HasField("common_http_protocol_options"):
+        idle_timeout, max_requests = _common_http_options(
+            cluster.common_http_protocol_options, join(field, "common_http_protocol_options")
+        )
+    if cluster.HasField("max_requests_per_connection"):
+        max_requests = cluster.max_requests_per_connection.value or None
+    return idle_timeout, max_requests
+
+
+def _locality(locality_endpoints: endpoint_components_pb2.LocalityLbEndpoints, field: str) -> Locality:
+    if not locality_endpoints.HasField("locality"):
+        return Locality()
+    locality = locality_endpoints.locality
+    check_fields(locality, ("region", "zone", "sub_zone"), join(field, "locality"))
+    return Locality(locality.region, locality.zone, locality.sub_zone)
+
+
+def _endpoint(
+    lb_endpoint: endpoint_components_pb2.LbEndpoint, priority: int, locality: Locality, field: str
+) -> EndpointConfig:
+    # metadata is read only by subset load balancing and filters Tulle does not have.
+    check_fields(lb_endpoint, ("endpoint", "health_status", "load_balancing_weight"), field, ignored=("metadata",))
+    endpoint = lb_endpoint.endpoint
+    endpoint_field = join(field, "endpoint")
+    check_fields(endpoint, ("address", "hostname", "health_check_config"), endpoint_field)
+    if endpoint.HasField("health_check_config"):
+        check_fields(endpoint.health_check_config, (), join(endpoint_field, "health_check_config"))
+    address_field = join(endpoint_field, "address")
+    if not endpoint.HasField("address"):
+        raise ConfigError("an endpoint needs an address", field=address_field)
+    check_fields(endpoint.address, ("socket_address",), address_field)
+    if not endpoint.address.HasField("socket_address"):
+        raise ConfigError("an endpoint needs a socket_address", field=address_field)
+    socket_field = join(address_field, "socket_address")
+    socket_address = endpoint.address.socket_address
+    # protocol UDP (a non-default enum value) is refused here as an unsupported field.
+    check_fields(socket_address, ("address", "port_value"), socket_field)
+    if not socket_address.address:
+        raise ConfigError("address must not be empty", field=join(socket_field, "address"))
+    if socket_address.port_value > 65535:
+        raise ConfigError("must be at most 65535", field=join(socket_field, "port_value"))
+    weight = 1
+    if lb_endpoint.HasField("load_balancing_weight"):
+        weight = lb_endpoint.load_balancing_weight.value
+        if weight < 1:
+            raise ConfigError("must be at least 1", field=join(field, "load_balancing_weight.value"))
+    return EndpointConfig(
+        address=socket_address.address, port=socket_address.port_value, hostname=endpoint.hostname,
+        weight=weight, priority=priority, locality=locality, health_status=lb_endpoint.health_status,
+        field=socket_field,
+    )
+
+
+def _load_assignment(
+    assignment: endpoint_pb2.ClusterLoadAssignment, field: str
+) -> tuple[list[EndpointConfig], int]:
+    # cluster_name names the assignment for EDS; in a static assignment it is a label.
+    check_fields(assignment, ("cluster_name", "endpoints", "policy"), field)
+    overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR
+    if assignment.HasField("policy"):
+        policy_field = join(field, "policy")
+        check_fields(assignment.policy, ("overprovisioning_factor",), policy_field)
+        if assignment.policy.HasField("overprovisioning_factor"):
+            overprovisioning_factor = assignment.policy.overprovisioning_factor.value
+            if overprovisioning_factor < 1:
+                raise ConfigError("must be greater than 0", field=join(policy_field, "overprovisioning_factor"))
+    endpoints: list[EndpointConfig] = []
+    for locality_index, locality_endpoints in enumerate(assignment.endpoints):
+        locality_field = join(field, f"endpoints[{locality_index}]")
+        # Envoy uses the locality weight only with locality weighted load balancing, which
+        # Tulle refuses; without it Envoy ignores the weight too. metadata: see _endpoint.
+        check_fields(
+            locality_endpoints, ("locality", "lb_endpoints", "load_balancing_weight", "priority"),
+            locality_field, ignored=("metadata",),
+        )
+        if locality_endpoints.HasField("load_balancing_weight") and locality_endpoints.load_balancing_weight.value < 1:
+            raise ConfigError("must be at least 1", field=join(locality_field, "load_balancing_weight.value"))
+        if locality_endpoints.priority > MAX_PRIORITY:
+            raise ConfigError(f"must be at most {MAX_PRIORITY}", field=join(locality_field, "priority"))
+        locality = _locality(locality_endpoints, locality_field)
+        for endpoint_index, lb_endpoint in enumerate(locality_endpoints.lb_endpoints):
+            endpoints.append(
+                _endpoint(
+                    lb_endpoint, locality_endpoints.priority, locality,
+                    join(locality_field, f"lb_endpoints[{endpoint_index}]"),
+                )
+            )
+    return endpoints, overprovisioning_factor
+
+
+def _dns_failure_refresh_rate(cluster: cluster_pb2.Cluster, field: str) -> tuple[float, float] | None:
+    if not cluster.HasField("dns_failure_refresh_rate"):
+        return None
+    rate = cluster.dns_failure_refresh_rate
+    rate_field = join(field, "dns_failure_refresh_rate")
+    check_fields(rate, ("base_interval", "max_interval"), rate_field)
+    if not rate.HasField("base_interval"):
+        raise ConfigError("base_interval is required", field=join(rate_field, "base_interval"))
+    base = _positive_seconds(rate, "base_interval", rate_field, 0.0)
+    maximum = _positive_seconds(rate, "max_interval", rate_field, base * 10)
+    if maximum < base:
+        raise ConfigError(
+            "max_interval must be greater than or equal to the base_interval", field=join(rate_field, "max_interval")
+        )
+    return base, maximum
+
+
+def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
+    """Validate one Cluster proto; raise ConfigError / UnsupportedFeature naming the field path."""
+    if cluster.HasField("cluster_type"):
+        raise UnsupportedFeature(
+            f"custom cluster_type {cluster.cluster_type.name or type_name_of(cluster.cluster_type.typed_config)!r}",
+            field=join(field, "cluster_type"),
+        )
+    type_name = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
+    if type_name == "EDS" or cluster.HasField("eds_cluster_config"):
+        raise UnsupportedFeature(
+            "cluster type EDS (xDS endpoint discovery arrives with the control-plane work)",
+            field=join(field, "type" if type_name == "EDS" else "eds_cluster_config"),
+        )
+    if type_name not in (STATIC, STRICT_DNS, LOGICAL_DNS):
+        raise UnsupportedFeature(f"cluster type {type_name}", field=join(field, "type"))
+    # Fields Envoy reads only for other cluster types (e.g. dns_* on STATIC) are accepted and, as
+    # in Envoy, have no effect there.
+    check_fields(cluster, _CLUSTER_FIELDS, field, ignored=_CLUSTER_IGNORED)
+    if not cluster.name:
+        raise ConfigError("a cluster needs a name", field=join(field, "name"))
+
+    lb_settings = lb_settings_from_cluster(cluster, field)
+    idle_timeout, max_requests = _connection_options(cluster, field)
+    endpoints: list[EndpointConfig] = []
+    overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR
+    if cluster.HasField("load_assignment"):
+        endpoints, overprovisioning_factor = _load_assignment(cluster.load_assignment, join(field, "load_assignment"))
+
+    if type_name == STATIC:
+        resolved = []
+        for endpoint in endpoints:
+            try:
+                ip = str(ipaddress.ip_address(endpoint.address))
+            except ValueError:
+                raise ConfigError(
+                    f"malformed IP address {endpoint.address!r}: a STATIC cluster needs IP addresses "
+                    "(use STRICT_DNS or LOGICAL_DNS for names)",
+                    field=join(endpoint.field, "address"),
+                ) from None
+            resolved.append(replace(endpoint, address=ip))
+        endpoints = resolved
+    elif type_name == LOGICAL_DNS and (
+        len(cluster.load_assignment.endpoints) != 1 or len(cluster.load_assignment.endpoints[0].lb_endpoints) != 1
+    ):
+        raise ConfigError(
+            "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+            field=join(field, "load_assignment"),
+        )
+
+    buffer_limit = DEFAULT_BUFFER_LIMIT
+    if cluster.HasField("per_connection_buffer_limit_bytes"):
+        buffer_limit = cluster.per_connection_buffer_limit_bytes.value
+    return ClusterConfig(
+        name=cluster.name,
+        stat_name=cluster.alt_stat_name or cluster.name,
+        type_name=type_name,
+        connect_timeout=_positive_seconds(cluster, "connect_timeout", field, DEFAULT_CONNECT_TIMEOUT),
+        per_connection_buffer_limit_bytes=buffer_limit,
+        max_requests_per_connection=max_requests,
+        idle_timeout=idle_timeout,
+        endpoints=tuple(endpoints),
+        overprovisioning_factor=overprovisioning_factor,
+        dns_lookup_family=cluster_pb2.Cluster.DnsLookupFamily.Name(cluster.dns_lookup_family),
+        dns_refresh_rate=_positive_seconds(cluster, "dns_refresh_rate", field, DEFAULT_DNS_REFRESH_RATE),
+        dns_failure_refresh_rate=_dns_failure_refresh_rate(cluster, field),
+        wait_for_warm_on_init=cluster.wait_for_warm_on_init.value if cluster.HasField("wait_for_warm_on_init") else True,
+        lb=lb_settings,
+    )
+
+
+# --- runtime ------------------------------------------------------------------
+
+
+class Cluster:
+    """A STATIC cluster; the DNS types below add resolution. Built once per worker."""
+
+    type_name = STATIC
+
+    def __init__(self, config: ClusterConfig, *, store: Store, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.observability_name = config.stat_name
+        self.connect_timeout = config.connect_timeout
+        self.per_connection_buffer_limit_bytes = config.per_connection_buffer_limit_bytes
+        self.max_requests_per_connection = config.max_requests_per_connection
+        self.idle_timeout = config.idle_timeout
+        self.overprovisioning_factor = config.overprovisioning_factor
+        self.wait_for_warm_on_init = config.wait_for_warm_on_init
+        self.stats = ClusterStats(store, config.stat_name)
+        self.fixed_seed = rng is not None
+        self.lb: LoadBalancer = create_load_balancer(config.lb, self.stats, rng)
+        self.lb_policy = self.lb.policy
+        # The router calls this per request: bind the balancer's method, no extra frame.
+        self.choose_host: Callable[[LoadBalancerContext | None], Host | None] = self.lb.choose_host
+        self.hosts: list[Host] = []
+        self.hosts_per_priority: list[list[Host]] = [[]]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._set_hosts([endpoint.make_host(endpoint.address) for endpoint in config.endpoints])
+        # A static membership is complete at construction; Envoy counts it as one change.
+        self.initialized = True
+        if self.hosts:
+            self.stats.membership_change.value += 1
+
+    def _set_hosts(self, hosts: Sequence[Host]) -> None:
+        """Install new membership: per-priority sets, load balancer state and gauges."""
+        ordered = sorted(hosts, key=lambda host: host.priority)  # stable: keeps config order within a priority
+        levels = (ordered[-1].priority + 1) if ordered else 1
+        per_priority: list[list[Host]] = [[] for _ in range(levels)]
+        for host in ordered:
+            per_priority[host.priority].append(host)
+        self.hosts = ordered
+        self.hosts_per_priority = per_priority
+        self.lb.update(per_priority, self.overprovisioning_factor)
+        stats = self.stats
+        stats.membership_total.set(len(ordered))
+        stats.membership_healthy.set(sum(1 for host in ordered if host.healthy))
+        stats.membership_degraded.set(sum(1 for host in ordered if host.degraded))
+        stats.max_host_weight.set(max((host.weight for host in ordered), default=0))
+
+    def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
+        """Pick a host for one request/connection (replaced per instance by the balancer's method).
+
+        Returns None when no host can be picked; the caller then bumps ``upstream_cx_none_healthy``.
+        """
+        return self.lb.choose_host(context)
+
+    def reseed(self) -> None:
+        """Fresh randomness per worker process (round-robin start points must differ between workers)."""
+        if self.fixed_seed:
+            return
+        self.lb.rng.seed()
+        if not self.lb.uses_hash:  # rings and Maglev tables do not depend on the generator
+            self.lb.update(self.hosts_per_priority, self.overprovisioning_factor)
+
+    async def initialize(self) -> None:
+        """First membership (DNS types resolve here); STATIC clusters are ready at construction."""
+
+    def start_refreshing(self) -> None:
+        """Start periodic work on the running loop (nothing for STATIC)."""
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for host in self.hosts:
+            if host.pool is not None:
+                await host.pool.close()
+
+    def _retire(self, hosts: Sequence[Host]) -> None:
+        """Hosts that left the cluster: let their pools wind down (Envoy drains them)."""
+        for host in hosts:
+            drain = getattr(host.pool, "drain", None)
+            if drain is not None:
+                drain()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.lb_policy}, hosts={len(self.hosts)})"
+
+
+class _ResolveTarget:
+    """One endpoint name of a DNS cluster and the hosts its latest answer produced."""
+
+    __slots__ = ("endpoint", "hosts", "backoff", "last_ok")
+
+    def __init__(self, endpoint: EndpointConfig, backoff: dns.FailureBackoff | None) -> None:
+        self.endpoint = endpoint
+        self.hosts: list[Host] = []
+        self.backoff = backoff
+        self.last_ok = True
+
+
+class _DnsCluster(Cluster):
+    lookup_timeout = dns.DEFAULT_LOOKUP_TIMEOUT
+
+    def __init__(self, config: ClusterConfig, *, store: Store, rng: random.Random | None = None) -> None:
+        # endpoints are names here: hosts come from the first DNS answer, not the config
+        super().__init__(replace(config, endpoints=()), store=store, rng=rng)
+        self.config = config
+        self.initialized = False
+        failure = config.dns_failure_refresh_rate
+        self.dns_lookup_family = config.dns_lookup_family
+        self.dns_refresh_rate = config.dns_refresh_rate
+        self.targets = [
+            _ResolveTarget(endpoint, dns.FailureBackoff(failure[0], failure[1], self.lb.rng) if failure else None)
+            for endpoint in config.endpoints
+        ]
+
+    async def initialize(self) -> None:
+        await self.refresh()
+        self.initialized = True
+
+    async def refresh(self) -> None:
+        """Resolve every endpoint name once now (the periodic loops do this on their own schedule)."""
+        await asyncio.gather(*(self._resolve(target) for target in self.targets))
+
+    def start_refreshing(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks.extend(loop.create_task(self._refresh_loop(target)) for target in self.targets)
+
+    async def _refresh_loop(self, target: _ResolveTarget) -> None:
+        while True:
+            if target.last_ok or target.backoff is None:
+                delay = self.dns_refresh_rate
+            else:
+                delay = target.backoff.next_delay()
+            await asyncio.sleep(delay)
+            try:
+                await self._resolve(target)
+            except Exception:  # keep refreshing: one bad round must not freeze membership forever
+                target.last_ok = False
+                log.exception("cluster %s: DNS refresh of %s failed", self.name, target.endpoint.address)
+
+    async def _resolve(self, target: _ResolveTarget) -> bool:
+        stats = self.stats
+        stats.update_attempt.value += 1
+        name = target.endpoint.address
+        try:
+            addresses = await dns.resolve(name, self.dns_lookup_family, timeout=self.lookup_timeout)
+        except dns.DnsResolutionError as exc:
+            stats.update_failure.value += 1
+            target.last_ok = False
+            log.warning("cluster %s: DNS resolution failed, keeping %d host(s): %s",
+                        self.name, len(target.hosts), exc)
+            return False
+        stats.update_success.value += 1
+        target.last_ok = True
+        if target.backoff is not None:
+            target.backoff.reset()
+        self._apply(target, addresses)
+        return True
+
+    def _apply(self, target: _ResolveTarget, addresses: list[str]) -> None:
+        raise NotImplementedError
+
+    def _rebuild_from_targets(self) -> None:
+        self._set_hosts([host for target in self.targets for host in target.hosts])
+
+
+class StrictDnsCluster(_DnsCluster):
+    type_name = STRICT_DNS
+
+    def _apply(self, target: _ResolveTarget, addresses: list[str]) -> None:
+        previous = {host.ip: host for host in target.hosts}
+        if set(addresses) == set(previous):
+            return  # same membership: keep hosts, schedules and rings untouched
+        endpoint = target.endpoint
+        hostname = endpoint.hostname or endpoint.address
+        target.hosts = [previous.get(ip) or endpoint.make_host(ip, hostname) for ip in addresses]
+        kept = set(addresses)
+        self._retire([host for ip, host in previous.items() if ip not in kept])
+        self._rebuild_from_targets()
+        self.stats.membership_change.value += 1
+
+
+class LogicalDnsCluster(_DnsCluster):
+    type_name = LOGICAL_DNS
+
+    def _apply(self, target: _ResolveTarget, addresses: list[str]) -> None:
+        first = addresses[0]
+        if target.hosts:
+            host = target.hosts[0]
+            if host.ip != first:
+                host.set_address(first)  # new connections go to the new address
+            return
+        endpoint = target.endpoint
+        target.hosts = [endpoint.make_host(first, endpoint.hostname or endpoint.address)]
+        self._rebuild_from_targets()
+        self.stats.membership_change.value += 1
+
+
+_CLUSTER_CLASSES: dict[str, type[Cluster]] = {
+    STATIC: Cluster, STRICT_DNS: StrictDnsCluster, LOGICAL_DNS: LogicalDnsCluster,
+}
+
+
+def build_cluster(
+    proto: cluster_pb2.Cluster, field: str, store: Store, rng: random.Random | None = None
+) -> Cluster:
+    """Validate ``proto`` and build the cluster of its type (no I/O; DNS starts in ``initialize``)."""
+    config = parse_cluster(proto, field)
+    return _CLUSTER_CLASSES[config.type_name](config, store=store, rng=rng)

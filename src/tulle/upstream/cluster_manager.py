@@ -1,0 +1,101 @@
+"""The worker's clusters by name: built and validated from the bootstrap, warmed, refreshed, closed.
+
+As with Envoy's cluster warming, :meth:`ClusterManager.start` waits (bounded)
+for the first DNS answer of every DNS cluster before listeners open, so the
+first requests do not fail with "no healthy upstream" just because DNS was slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from tulle.config.errors import ConfigError, join
+from tulle.stats.store import Store
+from tulle.upstream.cluster import Cluster, build_cluster
+
+log = logging.getLogger("tulle.upstream")
+
+# Each lookup is bounded by dns.DEFAULT_LOOKUP_TIMEOUT; this bounds the whole warm-up.
+DEFAULT_WARM_TIMEOUT = 10.0
+
+
+class ClusterManager:
+    def __init__(self, clusters: dict[str, Cluster], stats: Store) -> None:
+        self.clusters = clusters
+        self._stats = stats
+        self._warming: list[asyncio.Task[None]] = []
+        self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
+        stats.gauge("cluster_manager.active_clusters").set(len(clusters))
+        stats.counter("cluster_manager.cluster_added").value += len(clusters)
+
+    @classmethod
+    def from_protos(
+        cls,
+        protos: Iterable[cluster_pb2.Cluster],
+        *,
+        field: str = "static_resources.clusters",
+        stats: Store,
+        seed: int | str | None = None,
+    ) -> ClusterManager:
+        """Validate and build every cluster; raises ConfigError / UnsupportedFeature with the field path.
+
+        ``seed`` makes load-balancer randomness reproducible (tests); by default every
+        worker draws fresh randomness in :meth:`start`.
+        """
+        clusters: dict[str, Cluster] = {}
+        for index, proto in enumerate(protos):
+            cluster_field = join(field, f"[{index}]")
+            rng = random.Random(f"{seed}:{proto.name}") if seed is not None else None
+            cluster = build_cluster(proto, cluster_field, stats, rng)
+            if cluster.name in clusters:
+                raise ConfigError(f"duplicate cluster name {cluster.name!r}", field=join(cluster_field, "name"))
+            clusters[cluster.name] = cluster
+        return cls(clusters, stats)
+
+    def get(self, name: str) -> Cluster | None:
+        return self.clusters.get(name)
+
+    async def start(self, *, warm_timeout: float = DEFAULT_WARM_TIMEOUT) -> None:
+        """Resolve DNS clusters once (bounded by ``warm_timeout``), then refresh them periodically.
+
+        Must run on the worker's loop. A cluster still resolving when the bound
+        expires keeps warming in the background and starts refreshing afterwards.
+        """
+        loop = asyncio.get_running_loop()
+        waited: list[asyncio.Task[None]] = []
+        for cluster in self.clusters.values():
+            cluster.reseed()
+            task = loop.create_task(self._warm(cluster))
+            self._warming.append(task)
+            if cluster.wait_for_warm_on_init:
+                waited.append(task)
+        if waited:
+            await asyncio.wait(waited, timeout=warm_timeout)
+
+    async def _warm(self, cluster: Cluster) -> None:
+        self._warming_gauge.inc()
+        try:
+            await cluster.initialize()
+        except Exception:  # a bug in one cluster's warm-up must not take the worker down
+            log.exception("cluster %s: initial resolution failed", cluster.name)
+        finally:
+            self._warming_gauge.dec()
+        cluster.start_refreshing()
+
+    async def close(self) -> None:
+        """Stop warm-up and refresh tasks and close every host's connection pool."""
+        warming, self._warming = self._warming, []
+        for task in warming:
+            task.cancel()
+        for task in warming:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for cluster in self.clusters.values():
+            await cluster.close()

@@ -1,0 +1,100 @@
+"""Envoy's per-cluster stats (``cluster.<name>.<stat>``), created once per cluster.
+
+Hot-path code holds these objects and bumps ``.value`` directly; only the
+per-status-code counters are created lazily (there are too many possible codes)
+and then cached by code.
+"""
+
+from __future__ import annotations
+
+from tulle.stats.store import Counter, Gauge, Histogram, Store
+
+COUNTERS = (
+    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
+    "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq", "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total", "upstream_cx_idle_timeout", "upstream_cx_none_healthy",
+    "upstream_cx_max_requests", "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_timeout",
+    "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_completed", "membership_change",
+    "update_attempt", "update_success", "update_failure", "update_empty", "lb_healthy_panic",
+)
+GAUGES = (
+    "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active", "membership_healthy",
+    "membership_total", "membership_degraded", "max_host_weight",
+)
+HISTOGRAMS = ("upstream_rq_time", "upstream_cx_length_ms", "upstream_cx_connect_ms")
+
+
+class ClusterStats:
+    __slots__ = (
+        *COUNTERS, *GAUGES, *HISTOGRAMS, "prefix", "_store", "_by_code", "_by_class",
+    )
+
+    upstream_cx_total: Counter
+    upstream_cx_http1_total: Counter
+    upstream_cx_connect_fail: Counter
+    upstream_cx_connect_timeout: Counter
+    upstream_cx_destroy: Counter
+    upstream_cx_destroy_local: Counter
+    upstream_cx_destroy_remote: Counter
+    upstream_cx_destroy_with_active_rq: Counter
+    upstream_cx_rx_bytes_total: Counter
+    upstream_cx_tx_bytes_total: Counter
+    upstream_cx_idle_timeout: Counter
+    upstream_cx_none_healthy: Counter
+    upstream_cx_max_requests: Counter
+    upstream_rq_total: Counter
+    upstream_rq_pending_total: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_rx_reset: Counter
+    upstream_rq_tx_reset: Counter
+    upstream_rq_completed: Counter
+    membership_change: Counter
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    update_empty: Counter
+    lb_healthy_panic: Counter
+    upstream_cx_active: Gauge
+    upstream_rq_active: Gauge
+    upstream_rq_pending_active: Gauge
+    membership_healthy: Gauge
+    membership_total: Gauge
+    membership_degraded: Gauge
+    max_host_weight: Gauge
+    upstream_rq_time: Histogram
+    upstream_cx_length_ms: Histogram
+    upstream_cx_connect_ms: Histogram
+
+    def __init__(self, store: Store, stat_name: str) -> None:
+        """``stat_name`` is the cluster's ``alt_stat_name`` when set, else its name (as in Envoy)."""
+        self.prefix = f"cluster.{stat_name}."
+        self._store = store
+        for name in COUNTERS:
+            setattr(self, name, store.counter(self.prefix + name))
+        for name in GAUGES:
+            setattr(self, name, store.gauge(self.prefix + name))
+        for name in HISTOGRAMS:
+            setattr(self, name, store.histogram(self.prefix + name))
+        # status code -> (upstream_rq_<Nxx>, upstream_rq_<code>)
+        self._by_code: dict[int, tuple[Counter, Counter]] = {}
+        self._by_class: dict[int, Counter] = {}
+
+    def rq_completed(self, status: int) -> None:
+        """A response with ``status`` came back: upstream_rq_completed, _<N>xx and _<code>."""
+        pair = self._by_code.get(status)
+        if pair is None:
+            pair = self._counters_for(status)
+        self.upstream_rq_completed.value += 1
+        pair[0].value += 1
+        pair[1].value += 1
+
+    def _counters_for(self, status: int) -> tuple[Counter, Counter]:
+        status_class = status // 100
+        class_counter = self._by_class.get(status_class)
+        if class_counter is None:
+            class_counter = self._store.counter(f"{self.prefix}upstream_rq_{status_class}xx")
+            self._by_class[status_class] = class_counter
+        pair = (class_counter, self._store.counter(f"{self.prefix}upstream_rq_{status}"))
+        self._by_code[status] = pair
+        return pair

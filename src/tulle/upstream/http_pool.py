@@ -1,0 +1,348 @@
+"""HTTP/1.1 upstream connections and the per-host pool that reuses them.
+
+One request at a time per connection (no upstream pipelining, like Envoy).
+The pool keeps idle connections in a LIFO stack so that the most recently
+used (warmest) connection is reused and the rest can age out on the idle
+timeout. Reusing an idle connection is synchronous: no coroutine, no task,
+no ``connect()`` on the fast path.
+
+Keep-alive is decided from llhttp inside ``on_message_complete``: read later,
+``should_keep_alive()`` reports False and reuse would silently die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+from tulle import stream_info as flags
+from tulle.http.headers import HeaderMap
+
+if TYPE_CHECKING:
+    from tulle.upstream.cluster import Cluster
+    from tulle.upstream.host import Host
+
+
+class UpstreamCallbacks(Protocol):
+    """Implemented by the router's upstream request."""
+
+    def on_upstream_headers(self, status: int, headers: HeaderMap, end_stream: bool) -> None: ...
+    def on_upstream_data(self, data: bytes, end_stream: bool) -> None: ...
+    def on_upstream_reset(self, flag: str, reason: str) -> None: ...
+    def on_upstream_pause_writing(self) -> None: ...
+    def on_upstream_resume_writing(self) -> None: ...
+
+
+class ConnectError(Exception):
+    def __init__(self, flag: str, reason: str) -> None:
+        super().__init__(reason)
+        self.flag = flag
+        self.reason = reason
+
+
+class Http1ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "pool", "transport", "parser", "callbacks", "is_head", "status", "header_list", "headers_sent",
+        "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
+        "response_done", "ended", "head_keep_alive",
+    )
+
+    def __init__(self, pool: HttpConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.callbacks: UpstreamCallbacks | None = None
+        self.is_head = False
+        self.status = 0
+        self.header_list: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.close_delimited = False
+        self.response_done = True
+        self.ended = True  # the end of the response was delivered to callbacks
+        self.head_keep_alive = False
+        self.requests = 0
+        self.closed = False
+        self.idle_since = 0.0
+        self.created = time.monotonic()
+        self.local_reason = ""
+
+    # --- asyncio.Protocol ----------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        limit = self.pool.cluster.per_connection_buffer_limit_bytes
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.stats_rx.value += len(data)
+        if self.callbacks is None:
+            # Bytes on an idle connection are a protocol violation: drop the connection.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._reset(flags.UPSTREAM_PROTOCOL_ERROR, f"protocol error: {exc}")
+            self.close()
+        if self.is_head and self.headers_sent and not self.response_done:
+            # llhttp cannot be told a response answers HEAD; the head alone completes it.
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(keep_alive=self.head_keep_alive)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.on_connection_closed(self, remote=not self.local_reason)
+        callbacks = self.callbacks
+        if callbacks is None:
+            return
+        if self.close_delimited and self.headers_sent and not self.response_done:
+            self.response_done = True
+            self.callbacks = None
+            if not self.ended:
+                self.ended = True
+                callbacks.on_upstream_data(b"", True)
+            return
+        self.callbacks = None
+        if isinstance(exc, ConnectionResetError):
+            callbacks.on_upstream_reset(flags.UPSTREAM_REMOTE_RESET, "remote reset")
+        else:
+            callbacks.on_upstream_reset(flags.UPSTREAM_CONNECTION_TERMINATION, "connection termination")
+
+    def pause_writing(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.on_upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.on_upstream_resume_writing()
+
+    # --- llhttp callbacks ----------------------------------------------
+    def on_message_begin(self) -> None:
+        self.header_list = []
+        self.status = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.status = status
+        if 100 <= status < 200:
+            return  # interim response: swallowed (we answered Expect ourselves)
+        headers = HeaderMap.__new__(HeaderMap)
+        items = self.header_list
+        content_length = None
+        chunked = False
+        for name, value in items:
+            if name == "content-length":
+                content_length = value
+            elif name == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+        items.insert(0, (":status", str(status)))
+        headers._items = items
+        self.headers_sent = True
+        if self.is_head:
+            self.head_keep_alive = self.parser.should_keep_alive()
+            end_stream = True
+        else:
+            end_stream = status in (204, 304) or (content_length is not None and content_length.strip() == "0")
+            self.close_delimited = content_length is None and not chunked and not end_stream
+        self.ended = end_stream
+        self.callbacks.on_upstream_headers(status, headers, end_stream)  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        callbacks = self.callbacks
+        if callbacks is not None:
+            callbacks.on_upstream_data(body, False)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:
+            return
+        if self.is_head:
+            return  # completed in data_received
+        self._complete(keep_alive=self.parser.should_keep_alive())
+
+    # --- driving -------------------------------------------------------
+    def _complete(self, keep_alive: bool) -> None:
+        callbacks = self.callbacks
+        self.response_done = True
+        self.callbacks = None
+        # Release before delivering the end: the next (pipelined) request may reuse us at once.
+        self.pool.release(self, keep_alive and not self.close_delimited)
+        if callbacks is not None and not self.ended:
+            self.ended = True
+            callbacks.on_upstream_data(b"", True)
+
+    def start_request(self, callbacks: UpstreamCallbacks, head: bytes, is_head: bool) -> None:
+        self.callbacks = callbacks
+        self.is_head = is_head
+        self.headers_sent = False
+        self.close_delimited = False
+        self.response_done = False
+        self.ended = False
+        self.requests += 1
+        self.pool.stats_tx.value += len(head)
+        self.transport.write(head)  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        self.pool.stats_tx.value += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _reset(self, flag: str, reason: str) -> None:
+        callbacks = self.callbacks
+        self.callbacks = None
+        if callbacks is not None:
+            callbacks.on_upstream_reset(flag, reason)
+
+    def abort(self, reason: str = "local reset") -> None:
+        """The downstream went away or timed out: this connection's state is unknown, drop it."""
+        self.callbacks = None
+        self.local_reason = reason
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def close(self, reason: str = "local close") -> None:
+        self.local_reason = reason
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+
+class HttpConnectionPool:
+    """Idle HTTP/1.1 connections to one host."""
+
+    def __init__(self, cluster: Cluster, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.loop = loop
+        self.idle: list[Http1ClientConnection] = []
+        self.all: set[Http1ClientConnection] = set()
+        self.closing = False
+        stats = cluster.stats
+        self.stats_rx = stats.upstream_cx_rx_bytes_total
+        self.stats_tx = stats.upstream_cx_tx_bytes_total
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def take_idle(self) -> Http1ClientConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self) -> Http1ClientConnection:
+        cluster = self.cluster
+        stats = cluster.stats
+        host = self.host
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http1_total.value += 1
+        host.stats.cx_total += 1
+        started = time.monotonic()
+        conn = Http1ClientConnection(self)
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: conn, host.ip, host.port),
+                cluster.connect_timeout,
+            )
+        except TimeoutError:
+            stats.upstream_cx_connect_timeout.value += 1
+            stats.upstream_cx_connect_fail.value += 1
+            host.stats.cx_connect_fail += 1
+            raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, "connection timeout") from None
+        except OSError as exc:
+            stats.upstream_cx_connect_fail.value += 1
+            host.stats.cx_connect_fail += 1
+            raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, exc.strerror or str(exc)) from None
+        stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
+        stats.upstream_cx_active.value += 1
+        host.stats.cx_active += 1
+        self.all.add(conn)
+        if self.closing:
+            conn.close("pool closed")
+            raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, "connection pool closed")
+        return conn
+
+    def release(self, conn: Http1ClientConnection, keep_alive: bool) -> None:
+        limit = self.cluster.max_requests_per_connection
+        if limit and conn.requests >= limit:
+            self.cluster.stats.upstream_cx_max_requests.value += 1
+            keep_alive = False
+        if not keep_alive or self.closing or conn.closed:
+            conn.close("no keep-alive")
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._idle_timer is None and self.cluster.idle_timeout:
+            self._idle_timer = self.loop.call_later(self.cluster.idle_timeout, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self.cluster.idle_timeout
+        if not timeout:
+            return
+        now = self.loop.time()
+        keep = []
+        for conn in self.idle:
+            if conn.closed:
+                continue
+            if now - conn.idle_since >= timeout:
+                self.cluster.stats.upstream_cx_idle_timeout.value += 1
+                conn.close("idle timeout")
+            else:
+                keep.append(conn)
+        self.idle = keep
+        if keep:
+            earliest = min(conn.idle_since for conn in keep)
+            self._idle_timer = self.loop.call_later(max(0.01, earliest + timeout - now), self._sweep_idle)
+
+    def on_connection_closed(self, conn: Http1ClientConnection, remote: bool) -> None:
+        if conn not in self.all:
+            return
+        self.all.discard(conn)
+        stats = self.cluster.stats
+        stats.upstream_cx_active.value -= 1
+        self.host.stats.cx_active -= 1
+        stats.upstream_cx_destroy.value += 1
+        if remote:
+            stats.upstream_cx_destroy_remote.value += 1
+        else:
+            stats.upstream_cx_destroy_local.value += 1
+        if conn.callbacks is not None:
+            stats.upstream_cx_destroy_with_active_rq.value += 1
+        stats.upstream_cx_length_ms.record((time.monotonic() - conn.created) * 1000)
+
+    def drain(self) -> None:
+        """The host left the cluster: close idle connections now, busy ones when their request ends."""
+        self.closing = True
+        for conn in self.idle:
+            conn.close("host removed")
+        self.idle.clear()
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for conn in list(self.all):
+            conn.close("pool closed")
+        self.idle.clear()
+
+
+def pool_for(host: Any, cluster: Any, loop: asyncio.AbstractEventLoop) -> HttpConnectionPool:
+    pool = host.pool
+    if pool is None:
+        pool = host.pool = HttpConnectionPool(cluster, host, loop)
+    return pool

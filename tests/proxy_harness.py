@@ -1,0 +1,116 @@
+"""Start real backends and a real ``tulle proxy`` process on loopback for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_listener(name: str, port: int, route_config: dict[str, Any], **hcm: Any) -> dict[str, Any]:
+    typed = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": route_config,
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    typed.update(hcm)
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": typed}]}],
+    }
+
+
+def static_cluster(name: str, ports: list[int], **extra: Any) -> dict[str, Any]:
+    cluster = {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+            for p in ports]}]},
+    }
+    cluster.update(extra)
+    return cluster
+
+
+def simple_route(cluster: str, **route: Any) -> dict[str, Any]:
+    return {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": cluster, **route}}]}]}
+
+
+class ProxyProcess:
+    """A running ``tulle proxy`` with its admin port; stops on exit from the ``with`` block."""
+
+    def __init__(self, bootstrap: dict[str, Any], tmp_path: Path, *, concurrency: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        self.admin_port = free_port()
+        bootstrap = dict(bootstrap)
+        bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}
+        self.config_path = tmp_path / f"bootstrap-{self.admin_port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(bootstrap))
+        self.log_path = tmp_path / f"proxy-{self.admin_port}.log"
+        self.concurrency = concurrency
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ProxyProcess:
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tulle", "proxy", "-c", str(self.config_path),
+             "--concurrency", str(self.concurrency), "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.process.returncode}: {self.log_path.read_text()}")
+            try:
+                if self.admin("GET", "/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy not ready: {self.log_path.read_text()}")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def admin(self, method: str, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def stats(self) -> dict[str, int]:
+        status, body = self.admin("GET", "/stats?format=json")
+        assert status == 200, body
+        return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "value" in s}
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")

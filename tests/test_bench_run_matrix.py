@@ -1,0 +1,85 @@
+"""bench/run_matrix.py: derived columns, ratios and the printed tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from run_matrix import (  # noqa: E402
+    Cell,
+    compute_ratios,
+    fill_added_latency,
+    parse_args,
+    ratios_table,
+    results_table,
+)
+
+
+def measured(target: str, *, rps: float, p50: float, p99: float, cpu: float | None = None,
+             body: str = "1k", connections: int = 32) -> Cell:
+    return Cell(body, connections, target, requests=int(rps * 10), duration_s=10.0, requests_per_s=rps,
+                latency_us={"p50": p50, "p75": p50, "p90": p99, "p99": p99}, cpu_us_per_request=cpu,
+                rss_kib=None if cpu is None else 2048, hwm_kib=None if cpu is None else 4096)
+
+
+def test_added_latency_is_relative_to_direct_of_the_same_cell() -> None:
+    direct_32 = measured("direct", rps=90_000, p50=300, p99=1_000)
+    direct_64 = measured("direct", rps=95_000, p50=600, p99=2_000, connections=64)
+    nginx_32 = measured("nginx", rps=50_000, p50=550, p99=900, cpu=17.0)
+    nginx_64 = measured("nginx", rps=52_000, p50=1_100, p99=2_500, cpu=16.0, connections=64)
+    cells = [direct_32, nginx_32, direct_64, nginx_64]
+    fill_added_latency(cells)
+    assert nginx_32.added_p50_us == nginx_32.latency_us["p50"] - direct_32.latency_us["p50"]
+    assert nginx_32.added_p99_us == nginx_32.latency_us["p99"] - direct_32.latency_us["p99"]
+    assert nginx_64.added_p50_us == nginx_64.latency_us["p50"] - direct_64.latency_us["p50"]
+    assert direct_32.added_p50_us is None
+
+
+def test_ratios_compare_tulle_with_each_reference() -> None:
+    nginx = measured("nginx", rps=50_000, p50=500, p99=1_000, cpu=16.0)
+    haproxy = measured("haproxy", rps=40_000, p50=600, p99=1_200, cpu=20.0)
+    tulle = measured("tulle", rps=10_000, p50=3_000, p99=6_000, cpu=90.0)
+    haproxy_tcp = measured("haproxy_tcp", rps=45_000, p50=550, p99=1_100, cpu=15.0)
+    (row,) = compute_ratios([nginx, haproxy, tulle, haproxy_tcp])
+    assert row["tulle/nginx"]["requests_per_s"] == pytest.approx(tulle.requests_per_s / nginx.requests_per_s)
+    assert row["tulle/nginx"]["cpu_per_request"] == pytest.approx(90.0 / 16.0)
+    assert row["tulle/HAProxy"]["p99"] == pytest.approx(6_000 / 1_200)
+    # no tulle L4 cell in this run: no number, and not "pending" either
+    assert row["tulle L4/HAProxy L4"]["status"] == "n/a"
+    assert row["tulle L4/HAProxy L4"]["requests_per_s"] is None
+
+
+def test_skipped_tulle_is_pending_in_both_tables() -> None:
+    nginx = measured("nginx", rps=50_000, p50=500, p99=1_000, cpu=16.0)
+    tulle = Cell("1k", 32, "tulle", status="skipped", reason="tulle HTTP not available")
+    rows = compute_ratios([nginx, tulle])
+    assert rows[0]["tulle/nginx"]["status"] == "pending"
+    table = ratios_table(rows)
+    assert "pending" in table.splitlines()[-1]
+    results = results_table([nginx, tulle]).splitlines()
+    assert "| tulle HTTP | pending |" in results[-1]
+    assert "50,000" in results[-2]
+
+
+def test_results_table_has_one_row_per_cell_with_matching_columns() -> None:
+    cells = [measured("direct", rps=90_000, p50=300, p99=1_000), measured("nginx", rps=50_000, p50=500,
+                                                                          p99=900, cpu=16.5)]
+    fill_added_latency(cells)
+    lines = results_table(cells).splitlines()
+    assert len(lines) == 2 + len(cells)
+    column_count = lines[0].count("|")
+    assert all(line.count("|") == column_count for line in lines)
+    assert "+200" in lines[-1] and "-100" in lines[-1] and "16.5" in lines[-1]
+
+
+def test_quick_halves_the_cell_duration_and_direct_is_always_measured() -> None:
+    assert parse_args([]).duration == 10.0
+    quick = parse_args(["--quick", "--targets", "tulle"])
+    assert quick.duration == 5.0
+    assert quick.targets == ["direct", "tulle"]
+    with pytest.raises(SystemExit):
+        parse_args(["--bodies", "2k"])
