@@ -90,9 +90,11 @@ def test_every_template_placeholder_is_known() -> None:
         assert "{{" not in render_template(template.read_text(), values), template.name
 
 
-def test_failure_summary_prefers_the_exception_line() -> None:
-    traceback = 'Traceback (most recent call last):\n  File "x", line 1\nUnsupportedFeature: field foo\n'
-    assert summarize_failure_output(traceback) == "UnsupportedFeature: field foo"
+def test_failure_summary_prefers_the_exception_line_of_the_last_traceback() -> None:
+    first = 'Traceback (most recent call last):\n  File "a.py", line 1, in <module>\nKeyError: x\n'
+    last = ('Traceback (most recent call last):\n  File "x.py", line 3, in main\n    run()\n'
+            '  File "y.py", line 9, in run\n    assert ok\nAssertionError\nINFO shutting down\n')
+    assert summarize_failure_output(first + last) == 'AssertionError (File "y.py", line 9, in run)'
     assert summarize_failure_output("a\nb\nc\nd\n") == "b | c | d"
     assert summarize_failure_output("") == "no output"
 

@@ -822,3 +822,62 @@ def test_many_concurrent_connections_and_drain(run: Callable[[Awaitable[None]], 
         await upstream.close()
 
     run(scenario())
+
+
+def test_integration_with_the_real_cluster_manager(run: Callable[[Awaitable[None]], None]) -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from tulle.upstream.cluster_manager import ClusterManager
+
+    def endpoint(port: int) -> dict[str, Any]:
+        return {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+
+    async def scenario() -> None:
+        upstream = await Upstream(echo).start()
+        dead_port = unused_port()
+        cluster_proto = json_format.ParseDict(
+            {
+                "name": "static_backend",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "per_connection_buffer_limit_bytes": 32768,
+                "lb_policy": "ROUND_ROBIN",
+                "load_assignment": {
+                    "cluster_name": "static_backend",
+                    "endpoints": [{"lb_endpoints": [endpoint(dead_port), endpoint(upstream.port)]}],
+                },
+            },
+            cluster_pb2.Cluster(),
+        )
+        store = Store()
+        cluster_manager = ClusterManager.from_protos([cluster_proto], stats=store, seed=5)
+        ctx = FactoryContext(stats=store, cluster_manager=cluster_manager, server=ServerState())
+        proto = json_format.ParseDict(
+            {"stat_prefix": "real", "cluster": "static_backend", "max_connect_attempts": 2},
+            tcp_proxy_pb2.TcpProxy(),
+        )
+        proxy = Proxy(TcpProxyFactory(proto, "filters[0]", ctx), store, FakeClusterManager())
+        await proxy.start()
+        payload = random.Random(3).randbytes(3 << 20)
+        for _ in range(4):  # round robin: every connection meets the dead host first or second
+            reader, writer = await proxy.open()
+            writer.write(payload)
+            writer.write_eof()
+            assert await read_all(reader) == payload
+            writer.close()
+        await wait_for(lambda: proxy.closed_connections == 4, "all closed")
+        await wait_for(lambda: proxy.gauge("cluster.static_backend.upstream_cx_active") == 0, "upstreams closed")
+        hosts = {host.port: host for host in cluster_manager.get("static_backend").hosts}
+        failures = hosts[dead_port].stats.cx_connect_fail
+        assert 3 <= failures <= 4
+        assert hosts[upstream.port].stats.cx_total == 4
+        assert proxy.counter("cluster.static_backend.upstream_cx_connect_fail") == failures
+        assert proxy.counter("cluster.static_backend.upstream_cx_total") == 4 + failures
+        assert proxy.counter("cluster.static_backend.upstream_cx_tx_bytes_total") == 4 * len(payload)
+        assert proxy.counter("cluster.static_backend.upstream_cx_rx_bytes_total") == 4 * len(payload)
+        assert proxy.counter("tcp.real.downstream_cx_total") == 4
+        assert [info.upstream_host for info in proxy.logger.infos] == [f"127.0.0.1:{upstream.port}"] * 4
+        await proxy.close()
+        await upstream.close()
+
+    run(scenario())

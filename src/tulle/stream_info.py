@@ -40,6 +40,7 @@ class StreamInfo:
         "response_flags", "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
         "upstream_local_address", "downstream_remote_address", "downstream_local_address",
         "route_name", "request_id", "connection_termination_details", "filter_state",
+        "last_downstream_rx_monotonic", "health_check",
     )
 
     def __init__(self, downstream_remote_address: str = "", downstream_local_address: str = "") -> None:
@@ -64,6 +65,8 @@ class StreamInfo:
         self.request_id = ""
         self.connection_termination_details = ""
         self.filter_state: dict[str, Any] | None = None
+        self.last_downstream_rx_monotonic: float | None = None  # request fully received
+        self.health_check = False
 
     def add_flag(self, flag: str) -> None:
         if flag not in self.response_flags:
@@ -75,4 +78,5 @@ class StreamInfo:
     def duration_ms(self) -> int | None:
         if self.end_monotonic is None:
             return None
-        return int((self.end_monotonic - self.start_monotonic) * 1000)
+        # round away float error first (0.1 s must not read 99 ms), then truncate like Envoy
+        return round((self.end_monotonic - self.start_monotonic) * 1e6) // 1000

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import re2
 from google.protobuf import symbol_database
 
 from tulle.admin.backend import AdminBackend
@@ -327,6 +326,8 @@ def _compile_filter(params: QueryParams) -> Any:
     pattern = params.get("filter")
     if not pattern:
         return None
+    import re2  # only when a filter is asked for
+
     try:
         return re2.compile(pattern)
     except re2.error:

@@ -59,7 +59,6 @@ class _AdminConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.connections.add(self)
         self.worker = asyncio.get_running_loop().create_task(self._serve())

@@ -62,12 +62,16 @@ class HeaderMap:
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` by one, keeping the first position."""
         name = name.lower()
-        for index, (key, _) in enumerate(self._items):
-            if key == name:
-                self._items[index] = (name, value)
-                self._items = [item for i, item in enumerate(self._items) if i <= index or item[0] != name]
+        items = self._items
+        for index in range(len(items)):
+            if items[index][0] == name:
+                items[index] = (name, value)
+                # rare: drop later duplicates (scan only what follows)
+                for later in range(len(items) - 1, index, -1):
+                    if items[later][0] == name:
+                        del items[later]
                 return
-        self._items.append((name, value))
+        items.append((name, value))
 
     def set_default(self, name: str, value: str) -> None:
         if name not in self:

@@ -58,7 +58,7 @@ def _compile_value(text: str, field: str) -> Any:
         return None
     from tulle.access_log.formatter import compile_format  # only configs that use commands need it
 
-    return compile_format(text, field)
+    return compile_format(text, field, omit_empty_values=True)  # Envoy leaves a header empty, not "-"
 
 
 def _parse_option(option: message.Message, field: str) -> _HeaderToAdd:

@@ -35,6 +35,33 @@ LOG_LEVELS = {
 }
 
 
+def tune_process_memory() -> None:
+    """Keep a worker's resident memory small (the data plane's RSS budget is ~40 MB).
+
+    glibc gives every thread that mallocs its own arena; libuv's getaddrinfo pool
+    would add one per thread. One arena and a two-thread pool are plenty for a
+    proxy whose threads only resolve DNS.
+    """
+    os.environ.setdefault("UV_THREADPOOL_SIZE", "2")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def release_freed_memory() -> None:
+    """Hand pages freed after start-up (config parsing) back to the OS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def install_event_loop_policy() -> None:
     try:
         import uvloop
@@ -78,11 +105,13 @@ class ProxyServer:
         self.children: list[ControlChannel] = []
         self.admin: Any = None
         self.stopped: asyncio.Event | None = None
+        self.background: set[asyncio.Task[None]] = set()
 
     # --- start-up --------------------------------------------------------
     def run(self) -> int:
         """Bind, fork the other workers, then serve until told to stop."""
         self.state.start_time = time.time()
+        tune_process_memory()
         sockets_per_worker = [self.worker.bind_all() for _ in range(self.concurrency)]
         for index in range(1, self.concurrency):
             parent_end, child_end = socket.socketpair()
@@ -121,6 +150,7 @@ class ProxyServer:
         for listener in self.worker.listeners:
             log.info("listener %s on %s:%s", listener.name, listener.ip, listener.port)
         log.info("tulle proxy %s started with %d worker(s)", __version__, self.concurrency)
+        release_freed_memory()
         await self.stopped.wait()
         await self._shutdown()
         return 0
@@ -165,6 +195,7 @@ class ProxyServer:
                 await writer.drain()
 
         task = asyncio.create_task(serve_control())
+        release_freed_memory()
         await stopped.wait()
         task.cancel()
         await self.worker.close()
@@ -310,12 +341,19 @@ class AdminBackendImpl:
             asyncio.get_running_loop().create_task(child.call("healthcheck", failed=failed))
 
     async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None:
-        if graceful and self.server.drain_time_s:
+        server = self.server
+        if graceful and server.drain_time_s:
             # Envoy's graceful drain: keep accepting while clients are told Connection: close,
-            # then close the listeners when the drain time is up.
-            await self.server.broadcast("drain", inbound_only=inbound_only, stop_accepting=False)
-            await asyncio.sleep(self.server.drain_time_s)
-        await self.server.broadcast("drain", inbound_only=inbound_only)
+            # then close the listeners when the drain time is up. Returns once the drain started.
+            await server.broadcast("drain", inbound_only=inbound_only, stop_accepting=False)
+
+            async def finish() -> None:
+                await asyncio.sleep(server.drain_time_s)
+                await server.broadcast("drain", inbound_only=inbound_only)
+
+            server.background.add(asyncio.get_running_loop().create_task(finish()))
+            return
+        await server.broadcast("drain", inbound_only=inbound_only)
 
     async def quit(self) -> None:
         if self.server.stopped is not None:

@@ -103,3 +103,7 @@ class Worker:
         self.stop_accepting()
         self.drain()
         await self.cluster_manager.close()
+        for shared in list(self.ctx.shared.values()):
+            flush = getattr(shared, "flush", None)
+            if flush is not None:
+                flush()  # access-log buffers: nothing logged is lost at shutdown

@@ -33,6 +33,8 @@ class UpstreamCallbacks(Protocol):
     def on_upstream_data(self, data: bytes, end_stream: bool) -> None: ...
     def on_upstream_reset(self, flag: str, reason: str) -> None: ...
     def on_upstream_pause_writing(self) -> None: ...
+    def on_upstream_read_begin(self) -> None: ...
+    def on_upstream_read_end(self) -> None: ...
     def on_upstream_resume_writing(self) -> None: ...
 
 
@@ -81,11 +83,15 @@ class Http1ClientConnection(asyncio.Protocol):
             # Bytes on an idle connection are a protocol violation: drop the connection.
             self.close()
             return
+        callbacks = self.callbacks
+        callbacks.on_upstream_read_begin()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._reset(flags.UPSTREAM_PROTOCOL_ERROR, f"protocol error: {exc}")
             self.close()
+        finally:
+            callbacks.on_upstream_read_end()
         if self.is_head and self.headers_sent and not self.response_done:
             # llhttp cannot be told a response answers HEAD; the head alone completes it.
             self.parser = httptools.HttpResponseParser(self)

@@ -266,6 +266,12 @@ class RouterFilter(HttpFilter):
         else:
             stream.send_local_reply(flag)
 
+    def on_upstream_read_begin(self) -> None:
+        self.stream.connection.cork()
+
+    def on_upstream_read_end(self) -> None:
+        self.stream.connection.uncork()
+
     def on_upstream_pause_writing(self) -> None:
         # The upstream reads the request body slower than the client sends it.
         if not self.paused_downstream:

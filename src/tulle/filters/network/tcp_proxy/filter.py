@@ -246,6 +246,8 @@ class TcpProxySession(asyncio.Protocol):
         if upstream.eof:  # both directions have ended
             upstream.close(flush=True)
             return False
+        if upstream.closed or upstream.transport.is_closing():
+            return False  # the upstream is going away; its connection_lost is on its way
         if upstream.transport.can_write_eof():
             upstream.transport.write_eof()
             return True  # keep the downstream open: the upstream may still answer
@@ -427,9 +429,9 @@ class TcpProxySession(asyncio.Protocol):
             self.downstream_transport.resume_reading()
 
     def on_upstream_eof(self) -> bool:
-        if self._downstream_closed:
-            return False
         downstream = self.downstream_transport
+        if self._downstream_closed or downstream.is_closing():
+            return False
         if self._downstream_eof:  # both directions have ended
             downstream.close()
             return False
