@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from harness import (
     BENCH_DIR,
+    CLOCK_TICKS_PER_SECOND,
     REPO_DIR,
     BenchError,
     CpuSnapshot,
@@ -60,6 +62,9 @@ class Cell:
     hwm_kib: int | None = None
     origin_cpu_util: float = 0.0
     machine_cpu_busy_pct: float = 0.0
+    wrk_cpu_s: float = 0.0
+    # busy CPU not spent by wrk, the origin or the proxy (kernel softirq work, or someone else's load)
+    other_cpu_pct: float = 0.0
     socket_errors: dict[str, int] = field(default_factory=dict)
     non_2xx_3xx: int = 0
 
@@ -124,12 +129,15 @@ def measure_cell(
     proxy_before = CpuSnapshot.of_tree(proxy.pid) if proxy else None
     origin_before = CpuSnapshot.of_tree(bench.origin.pid)
     machine_busy_before, machine_total_before = read_machine_cpu()
+    # wrk is the only child reaped during the run, so the children's rusage delta is wrk's CPU
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         run = run_wrk(bench.supervisor, "wrk", argv)
     except BenchError as exc:
         cell.status, cell.reason = "failed", str(exc)
         return cell
     machine_busy_after, machine_total_after = read_machine_cpu()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     origin_after = CpuSnapshot.of_tree(bench.origin.pid)
     wall_seconds = run.finished_at - run.started_at
 
@@ -137,9 +145,12 @@ def measure_cell(
     cell.requests, cell.duration_s, cell.requests_per_s = result.requests, result.duration_s, result.requests_per_s
     cell.latency_us = result.latency_us
     cell.socket_errors, cell.non_2xx_3xx = result.socket_errors, result.non_2xx_3xx
-    cell.origin_cpu_util = cpu_seconds_between(origin_before, origin_after) / wall_seconds
+    origin_cpu_s = cpu_seconds_between(origin_before, origin_after)
+    cell.origin_cpu_util = origin_cpu_s / wall_seconds
     machine_total = max(machine_total_after - machine_total_before, 1)
     cell.machine_cpu_busy_pct = 100.0 * (machine_busy_after - machine_busy_before) / machine_total
+    cell.wrk_cpu_s = (children_after.ru_utime + children_after.ru_stime
+                      - children_before.ru_utime - children_before.ru_stime)
     if proxy is not None and proxy_before is not None:
         proxy_after = CpuSnapshot.of_tree(proxy.pid)
         cell.proxy_processes = len(proxy_after.ticks_by_pid)
@@ -151,6 +162,10 @@ def measure_cell(
             cell.status = "failed"
             cell.reason = f"{target.label} exited during the run: {proxy.log_tail()}"
             target.mark_unavailable(cell.reason)
+    accounted_s = cell.wrk_cpu_s + origin_cpu_s + (cell.proxy_cpu_s or 0.0)
+    machine_busy_s = (machine_busy_after - machine_busy_before) / CLOCK_TICKS_PER_SECOND
+    machine_capacity_s = machine_total / CLOCK_TICKS_PER_SECOND
+    cell.other_cpu_pct = 100.0 * max(machine_busy_s - accounted_s, 0.0) / machine_capacity_s
     return cell
 
 
@@ -211,7 +226,7 @@ def _mib(kib: int | None) -> str:
 
 def results_table(cells: list[Cell]) -> str:
     header = ("| body | conns | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
-              "| RSS MiB | peak RSS MiB | origin CPU | machine CPU | errors |")
+              "| RSS MiB | peak RSS MiB | origin CPU | machine CPU (other) | errors |")
     lines = [header, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in cells:
         label = TARGET_LABELS[cell.target]
@@ -227,7 +242,7 @@ def results_table(cells: list[Cell]) -> str:
             f"| {_number(cell.latency_us['p50'])} | {_number(cell.latency_us['p99'])} "
             f"| {_number(cell.added_p50_us, signed=True)} | {_number(cell.added_p99_us, signed=True)} "
             f"| {_number(cell.cpu_us_per_request, 1)} | {_mib(cell.rss_kib)} | {_mib(cell.hwm_kib)} "
-            f"| {origin} | {cell.machine_cpu_busy_pct:.0f}% | {cell.error_count} |"
+            f"| {origin} | {cell.machine_cpu_busy_pct:.0f}% ({cell.other_cpu_pct:.0f}%) | {cell.error_count} |"
         )
     return "\n".join(lines)
 

@@ -151,15 +151,15 @@ def test_percent_values_are_compiled_once_and_formatted_per_request(monkeypatch)
         def format(self, info: StreamInfo) -> str:
             return self.text.replace("%DOWNSTREAM_REMOTE_ADDRESS%", info.downstream_remote_address)
 
-    def compile_format(text: str, field: str) -> Formatter:
-        compiled.append((text, field))
+    def compile_format(text: str, field: str, *, omit_empty_values: bool = False) -> Formatter:
+        compiled.append((text, field, omit_empty_values))
         return Formatter(text)
 
     fake = types.ModuleType("tulle.access_log.formatter")
     fake.compile_format = compile_format  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tulle.access_log.formatter", fake)
     compiled_mutation = mutation([{"header": {"key": "x-client", "value": "ip=%DOWNSTREAM_REMOTE_ADDRESS%"}}])
-    assert compiled == [("ip=%DOWNSTREAM_REMOTE_ADDRESS%", "vh.request_headers_to_add[0].header.value")]
+    assert compiled == [("ip=%DOWNSTREAM_REMOTE_ADDRESS%", "vh.request_headers_to_add[0].header.value", True)]
     for address in ("10.0.0.1:5", "10.0.0.2:6"):
         headers = HeaderMap()
         compiled_mutation.apply(headers, StreamInfo(downstream_remote_address=address))

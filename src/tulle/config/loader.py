@@ -11,6 +11,7 @@ all ~600 Envoy modules costs ~15 MB of RSS).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -19,10 +20,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import any_pb2, json_format, message, symbol_database
 
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from tulle.config.errors import ConfigError
+from tulle.config.errors import ConfigError, join
 
 M = TypeVar("M", bound=message.Message)
 
@@ -71,24 +72,76 @@ def ensure_type(type_url: str) -> bool:
         return False
 
 
+_AT_PATH = re.compile(r' at "?([A-Za-z0-9_]+(?:\.[A-Za-z0-9_@]+|\[\d+\])*)"?[.\s]*$')
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
+_AVAILABLE = re.compile(r'Available Fields\(except extensions\): "\[(.*)\]"', re.S)
+_BAD_ENUM = re.compile(r"Invalid enum value (\S+) for enum type (\S+)")
+
+
 def _clean_parse_error(text: str) -> tuple[str, str]:
     """Turn json_format's nested message into (field path, reason)."""
-    # json_format reports "Failed to parse a field: Failed to parse b field: ... reason at Bootstrap.a.b[0]"
+    # "Failed to parse a field: Failed to parse b field: <reason> at Bootstrap.a.b[0]"
+    available = _AVAILABLE.search(text)
+    head = text[: available.start()].strip() if available else text
     path = ""
-    at = re.search(r" at ([A-Za-z0-9_.]+(?:\[\d+\]|\.[A-Za-z0-9_@]+)*)\.?$", text)
-    reason = text
+    at = _AT_PATH.search(head)
     if at:
         path = at.group(1)
-        reason = text[: at.start()]
-        # drop the message type name that json_format puts first
-        path = path.split(".", 1)[1] if "." in path else ""
-    reason = re.sub(r"(Failed to parse \w+ field: )+", "", reason).strip()
+        head = head[: at.start()]
+        path = path.split(".", 1)[1] if "." in path else ""  # drop the message type name
+    reason = re.sub(r"(Failed to parse \w+ field: )+", "", head).strip()
+    unknown = _NO_FIELD.search(reason)
+    if unknown:
+        name = unknown.group(2)
+        reason = f"unknown field {name!r} in {unknown.group(1)}"
+        if available:
+            fields = [re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), f.strip(" '"))
+                      for f in available.group(1).split(",")]
+            close = difflib.get_close_matches(name, fields, n=1)
+            if close:
+                reason += f" (did you mean {close[0]!r}?)"
     return path, reason
+
+
+def _uppercase_enum_at(data: Any, path: str) -> bool:
+    """Envoy parses enum names case-insensitively ("auto" is AUTO); json_format does not."""
+    node = data
+    segments = re.findall(r"([A-Za-z0-9_@]+)|\[(\d+)\]", path)
+    for index, (name, position) in enumerate(segments):
+        last = index == len(segments) - 1
+        if position:
+            if not isinstance(node, list) or int(position) >= len(node):
+                return False
+            if last:
+                return False
+            node = node[int(position)]
+            continue
+        if not isinstance(node, dict):
+            return False
+        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+        key = name if name in node else camel if camel in node else None
+        if key is None:
+            return False
+        if last:
+            value = node[key]
+            if isinstance(value, str) and value != value.upper():
+                node[key] = value.upper()
+                return True
+            if isinstance(value, list):
+                changed = False
+                for i, item in enumerate(value):
+                    if isinstance(item, str) and item != item.upper():
+                        value[i] = item.upper()
+                        changed = True
+                return changed
+            return False
+        node = node[key]
+    return False
 
 
 def parse_message(data: dict[str, Any], msg_class: type[M], *, source: str = "") -> M:
     """Strictly parse a dict into ``msg_class``, importing Any payload types on demand."""
-    for _ in range(64):  # each retry makes at least one more package known
+    for _ in range(256):  # each retry makes one more type known or fixes one enum's case
         msg = msg_class()
         try:
             json_format.ParseDict(data, msg)
@@ -99,12 +152,57 @@ def parse_message(data: dict[str, Any], msg_class: type[M], *, source: str = "")
             if missing and ensure_type(missing.group(1)):
                 continue
             path, reason = _clean_parse_error(text)
+            if _BAD_ENUM.search(reason) and _uppercase_enum_at(data, path):
+                continue
             if missing:
                 reason = f"unknown type {missing.group(1)!r} (not an Envoy v3 API type)"
+            if not path:
+                # Some type errors come without a path: find the field by parsing piecewise.
+                path = _locate_bad_field(data, msg_class.DESCRIPTOR, "")
+                reason = f"wrong type of value: {reason.rstrip('.')}"
             raise ConfigError(reason, field=path, source=source) from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(str(exc), source=source) from None
+            # Raised past json_format without a path: find the field by parsing piecewise.
+            path = _locate_bad_field(data, msg_class.DESCRIPTOR, "")
+            raise ConfigError(f"wrong type of value: {str(exc).rstrip('.')}", field=path, source=source) from None
     raise ConfigError("too many nested Any types", source=source)
+
+
+def _locate_bad_field(data: Any, descriptor: Any, path: str) -> str:
+    """The path of the first field of ``data`` that does not parse into ``descriptor``'s message."""
+    if not isinstance(data, dict):
+        return path
+    by_name = {}
+    for field_descriptor in descriptor.fields:
+        by_name[field_descriptor.name] = field_descriptor
+        by_name[field_descriptor.json_name] = field_descriptor
+    for key, value in data.items():
+        field_descriptor = by_name.get(key)
+        if field_descriptor is None:
+            continue
+        child = join(path, field_descriptor.name)
+        probe_class = _message_class(descriptor)
+        try:
+            json_format.ParseDict({key: value}, probe_class())
+            continue
+        except Exception:  # noqa: BLE001 - any failure means this field holds the problem
+            pass
+        sub = field_descriptor.message_type
+        if sub is None or sub.full_name == "google.protobuf.Any":
+            return child
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                try:
+                    json_format.ParseDict({key: [item]}, probe_class())
+                except Exception:  # noqa: BLE001
+                    return _locate_bad_field(item, sub, f"{child}[{index}]")
+            return child
+        return _locate_bad_field(value, sub, child)
+    return path
+
+
+def _message_class(descriptor: Any) -> Any:
+    return symbol_database.Default().GetSymbol(descriptor.full_name)
 
 
 def read_document(path: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ maps back into HTTP/1.1 head blocks and frames bodies.
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 
@@ -72,13 +73,40 @@ def encode_request_head(headers: HeaderMap, body_framing: bytes) -> bytes:
     return head.encode("latin-1") + body_framing + b"\r\n"
 
 
+# Lines an HTTP/1 proxy never forwards, plus the framing it decides itself.
+_ALWAYS_STRIPPED = tuple(sorted(HOP_BY_HOP | {"content-length"}))
+_strip_cache: dict[tuple[str, ...], re.Pattern[bytes]] = {}
+
+
+def _strip_pattern(overwritten: tuple[str, ...]) -> re.Pattern[bytes]:
+    """One regex removing hop-by-hop lines and the lines of headers that were set() anew."""
+    pattern = _strip_cache.get(overwritten)
+    if pattern is None:
+        names = sorted(set(_ALWAYS_STRIPPED) | set(overwritten))
+        alternatives = b"|".join(re.escape(name.encode("latin-1")) for name in names)
+        pattern = re.compile(rb"\r\n(?:" + alternatives + rb")[ \t]*:[^\r\n]*", re.I)
+        if len(_strip_cache) < 256:
+            _strip_cache[overwritten] = pattern
+    return pattern
+
+
 def encode_response_head(status: int, headers: HeaderMap, body_framing: bytes, close: bool) -> bytes:
+    tail = b"connection: close\r\n\r\n" if close else b"\r\n"
+    wire = headers.wire
+    if wire is not None:
+        # Pass the upstream's header block through, minus hop-by-hop and overwritten lines.
+        sets = headers.wire_sets
+        if sets:
+            block = _strip_pattern(tuple(sets)).sub(b"", wire)
+            block += "".join([f"\r\n{name}: {value}" for name, value in sets.items()]).encode("latin-1")
+        else:
+            block = _strip_pattern(()).sub(b"", wire)
+        return status_line(status)[:-2] + block + b"\r\n" + body_framing + tail
     lines = []
     for name, value in headers:
         if name[0] == ":" or name in HOP_BY_HOP or name == "content-length":
             continue
         lines.append(f"{name}: {value}\r\n")
-    tail = b"connection: close\r\n\r\n" if close else b"\r\n"
     return status_line(status) + "".join(lines).encode("latin-1") + body_framing + tail
 
 

@@ -269,7 +269,7 @@ class Route:
 
     __slots__ = (
         "name", "virtual_host_name", "kind", "is_redirect", "direct_response", "cluster_not_found_response_code",
-        "timeout", "auto_host_rewrite", "hash_policy", "needs_query",
+        "timeout", "timeout_header_value", "auto_host_rewrite", "hash_policy", "needs_query",
         "plain_prefix", "_path_matches", "_header_matchers", "_query_matchers", "_matched_prefix_length",
         "_cluster", "_cluster_header", "_weighted", "_total_weight", "_random_value_header",
         "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite", "_host_rewrite", "_host_rewrite_header",
@@ -303,6 +303,7 @@ class Route:
         self.direct_response: tuple[int, bytes] | None = None
         self.cluster_not_found_response_code = 503
         self.timeout: float | None = None
+        self.timeout_header_value = ""
         self.auto_host_rewrite = False
         self.hash_policy: HashPolicy | None = None
         self._cluster = ""
@@ -403,6 +404,8 @@ class Route:
         self.cluster_not_found_response_code = _CLUSTER_NOT_FOUND_CODES[code]
         timeout_ms = _duration_ms(action.timeout) if action.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        # x-envoy-expected-rq-timeout-ms, formatted once
+        self.timeout_header_value = str(timeout_ms)
 
         if action.prefix_rewrite and action.HasField("regex_rewrite"):
             raise ConfigError("Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy", field=field)

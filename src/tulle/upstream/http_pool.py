@@ -13,6 +13,7 @@ Keep-alive is decided from llhttp inside ``on_message_complete``: read later,
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +25,28 @@ from tulle.http.headers import HeaderMap
 if TYPE_CHECKING:
     from tulle.upstream.cluster import Cluster
     from tulle.upstream.host import Host
+
+
+# Envoy's default max_response_headers_kb
+MAX_RESPONSE_HEAD_BYTES = 60 * 1024
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
+_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
+
+
+def parse_head_slowly(head: bytes) -> list[tuple[str, str]]:
+    """Header lines of a head with bare-LF endings or obs-folds (RFC 9112: fold into one SP)."""
+    items: list[tuple[str, str]] = []
+    for raw_line in head.split(b"\n")[1:]:
+        line = raw_line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t") and items:
+            name, value = items[-1]
+            items[-1] = (name, f"{value} {line.strip().decode('latin-1')}")
+            continue
+        name, _, value = line.partition(b":")
+        items.append((name.decode("latin-1").lower(), value.strip(b" \t").decode("latin-1")))
+    return items
 
 
 class UpstreamCallbacks(Protocol):
@@ -47,9 +70,9 @@ class ConnectError(Exception):
 
 class Http1ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "pool", "transport", "parser", "callbacks", "is_head", "status", "header_list", "headers_sent",
+        "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
         "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-        "response_done", "ended", "head_keep_alive",
+        "response_done", "ended", "head_keep_alive", "head_buf",
     )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
@@ -59,7 +82,7 @@ class Http1ClientConnection(asyncio.Protocol):
         self.callbacks: UpstreamCallbacks | None = None
         self.is_head = False
         self.status = 0
-        self.header_list: list[tuple[str, str]] = []
+        self.head_buf = b""  # the response head, kept as bytes until llhttp says it is complete
         self.headers_sent = False
         self.close_delimited = False
         self.response_done = True
@@ -84,6 +107,13 @@ class Http1ClientConnection(asyncio.Protocol):
             self.close()
             return
         callbacks = self.callbacks
+        if not self.headers_sent:
+            head = self.head_buf + data if self.head_buf else data
+            if len(head) > MAX_RESPONSE_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD_BYTES) < 0:
+                self._reset(flags.UPSTREAM_PROTOCOL_ERROR, "protocol error: response headers too large")
+                self.close()
+                return
+            self.head_buf = head
         callbacks.on_upstream_read_begin()
         try:
             self.parser.feed_data(data)
@@ -128,29 +158,35 @@ class Http1ClientConnection(asyncio.Protocol):
             self.callbacks.on_upstream_resume_writing()
 
     # --- llhttp callbacks ----------------------------------------------
-    def on_message_begin(self) -> None:
-        self.header_list = []
-        self.status = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         self.status = status
+        head = self.head_buf
+        end = head.find(b"\r\n\r\n")
         if 100 <= status < 200:
-            return  # interim response: swallowed (we answered Expect ourselves)
-        headers = HeaderMap.__new__(HeaderMap)
-        items = self.header_list
-        content_length = None
-        chunked = False
-        for name, value in items:
-            if name == "content-length":
-                content_length = value
-            elif name == "transfer-encoding":
-                chunked = "chunked" in value.lower()
-        items.insert(0, (":status", str(status)))
-        headers._items = items
+            # interim response (we answered Expect ourselves): swallow it, keep what follows
+            self.head_buf = head[end + 4:] if end >= 0 else head[head.find(b"\n\n") + 2:]
+            return
+        self.head_buf = b""
+        first = head.find(b"\r\n")
+        block = head[first:end] if 0 <= first <= end else b""
+        if end < 0 or b"\r\n " in block or b"\r\n\t" in block:
+            items = parse_head_slowly(head)
+            items.insert(0, (":status", str(status)))
+            headers = HeaderMap.of(items)
+            content_length = headers.get("content-length")
+            chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
+        else:
+            # the usual case: keep the block as bytes; the encoder passes it through
+            match = _CONTENT_LENGTH.search(block)
+            content_length = match.group(1).decode("latin-1") if match else None
+            match = _TRANSFER_ENCODING.search(block)
+            transfer_encoding = match.group(1).decode("latin-1") if match else None
+            chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
+            headers = HeaderMap.from_wire(
+                [(":status", str(status))], block,
+                {"content-length": content_length, "transfer-encoding": transfer_encoding},
+            )
         self.headers_sent = True
         if self.is_head:
             self.head_keep_alive = self.parser.should_keep_alive()
@@ -188,6 +224,7 @@ class Http1ClientConnection(asyncio.Protocol):
         self.callbacks = callbacks
         self.is_head = is_head
         self.headers_sent = False
+        self.head_buf = b""
         self.close_delimited = False
         self.response_done = False
         self.ended = False

@@ -95,7 +95,10 @@ class RouterFilter(HttpFilter):
             headers.set(":authority", host.hostname)
         timeout = route.timeout
         if timeout and not factory.suppress_envoy_headers:
-            headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
+            if stream.has_envoy_headers:
+                headers.set("x-envoy-expected-rq-timeout-ms", route.timeout_header_value)
+            else:
+                headers._items.append(("x-envoy-expected-rq-timeout-ms", route.timeout_header_value))
         method = headers.method
         self.is_head = method == "HEAD"
         if end_stream:
@@ -230,6 +233,7 @@ class RouterFilter(HttpFilter):
         info = stream.info
         now = _monotonic()
         info.first_upstream_rx_monotonic = now
+        info.response_code_details = "via_upstream"
         self.cluster.stats.rq_completed(status)
         if status >= 500:
             self.host.stats.rq_error += 1

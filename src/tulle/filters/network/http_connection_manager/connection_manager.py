@@ -56,6 +56,7 @@ class ActiveStream:
         "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
         "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
         "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
+        "has_envoy_headers",
     )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
@@ -83,6 +84,7 @@ class ActiveStream:
         self.done = False
         self.expect_continue = False
         self.upgrade_h2c = False
+        self.has_envoy_headers = False  # any x-envoy-* request header (the router may then append blindly)
 
     # --- for filters ---------------------------------------------------
     def get_route(self):  # noqa: ANN201 - Route | None
@@ -229,7 +231,6 @@ class ActiveStream:
         if self.response_started:
             self.reset(flag or flags.LOCAL_RESET)
             return
-        headers = HeaderMap.__new__(HeaderMap)
         items = [(":status", str(status))]
         if body:
             items.append(("content-type", "text/plain"))
@@ -237,7 +238,7 @@ class ActiveStream:
         if extra_headers:
             items.extend(extra_headers)
         items.append(("date", http1.http_date()))
-        headers._items = items
+        headers = HeaderMap.of(items)
         route = self.route
         if route is not None:
             route.finalize_response(headers, self.info)
@@ -275,7 +276,7 @@ class HttpConnection(asyncio.Protocol):
         "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
         "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
         "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-        "remote_str", "local_str", "write_paused", "corked", "out",
+        "remote_str", "local_str", "write_paused", "corked", "out", "in_head",
     )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
@@ -289,6 +290,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.header_list: list[tuple[str, str]] = []
         self.header_bytes = 0
+        self.in_head = False
         self.read_disabled = 0
         self.close_when_done = False
         self.closed = False
@@ -329,12 +331,21 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
+            if self.in_head:
+                # llhttp buffers a header until it is complete: bound the head per read instead of
+                # counting in every header callback (the callbacks are the hot path).
+                self.header_bytes += len(data)
+                if self.header_bytes > self.config.max_request_headers_bytes:
+                    raise HeadersTooLarge
         except HeadersTooLarge:
             self.protocol_error(431, "header_size_exceeded", b"")
         except httptools.HttpParserUpgrade as exc:
             self._after_upgrade(data, exc)
         except httptools.HttpParserError as exc:
-            self.protocol_error(400, "codec_error:" + type(exc).__name__, b"")
+            if isinstance(exc.__context__, HeadersTooLarge):  # raised in a callback, wrapped by httptools
+                self.protocol_error(431, "header_size_exceeded", b"")
+            else:
+                self.protocol_error(400, "codec_error:" + type(exc).__name__, b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -387,37 +398,44 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.header_list = []
         self.header_bytes = 0
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.header_bytes += len(url)
-        if self.header_bytes > self.config.max_request_headers_bytes:
-            raise HeadersTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        header_list = self.header_list
-        if self.header_bytes > self.config.max_request_headers_bytes or len(header_list) >= self.config.max_headers_count:
-            raise HeadersTooLarge
-        header_list.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self.header_list.append((name, value))  # decoded in one pass at on_headers_complete
 
     def on_headers_complete(self) -> None:
         config = self.config
+        self.in_head = False
+        raw = self.header_list
+        if len(raw) > config.max_headers_count or sum(
+                len(name) + len(value) for name, value in raw) + len(self.url) > config.max_request_headers_bytes:
+            raise HeadersTooLarge
         parser = self.parser
         method = parser.get_method().decode("latin-1")
         target = self.url.decode("latin-1")
         http10 = parser.get_http_version() == "1.0"
-        items = self.header_list
+        items = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
         authority = None
         content_length = None
         chunked = False
         connection_tokens = ""
         expect = False
         upgrade = None
+        request_id_seen = forwarded_proto_seen = envoy_seen = False
         rest = []
         for item in items:
             name = item[0]
-            if name == "host":
+            if name[0] == "x":
+                if name == "x-request-id":
+                    request_id_seen = True
+                elif name == "x-forwarded-proto":
+                    forwarded_proto_seen = True
+                elif name.startswith("x-envoy-"):
+                    envoy_seen = True
+            elif name == "host":
                 if authority is None:
                     authority = item[1]
                 continue
@@ -446,9 +464,8 @@ class HttpConnection(asyncio.Protocol):
             target = _merge_slashes(target)
         info = StreamInfo(self.remote_str, self.local_str)
         info.protocol = "HTTP/1.0" if http10 else "HTTP/1.1"
-        headers = HeaderMap.__new__(HeaderMap)
-        headers._items = [(":method", method), (":path", target), (":authority", authority or ""),
-                          (":scheme", "http")] + rest
+        headers = HeaderMap.of([(":method", method), (":path", target), (":authority", authority or ""),
+                                (":scheme", "http")] + rest)
         stream = ActiveStream(self, headers, info)
         info.request_headers = headers
         stream.is_head = method == "HEAD"
@@ -480,7 +497,8 @@ class HttpConnection(asyncio.Protocol):
                 stream.upgrade_h2c = True
             else:
                 error = (403, "upgrade_failed")
-        self._prepare_request(stream, headers)
+        stream.has_envoy_headers = envoy_seen
+        self._prepare_request(stream, headers, request_id_seen, forwarded_proto_seen)
         if config.normalize_host:
             config.route_table.normalize_host(headers)
         if error is not None:
@@ -528,26 +546,32 @@ class HttpConnection(asyncio.Protocol):
                 stream.decode_data(b"", True)
 
     # --- request preparation (Envoy's HCM header handling) -------------
-    def _prepare_request(self, stream: ActiveStream, headers: HeaderMap) -> None:
+    def _prepare_request(self, stream: ActiveStream, headers: HeaderMap, request_id_seen: bool,
+                         forwarded_proto_seen: bool) -> None:
         config = self.config
         info = stream.info
+        items = headers._items  # appends below are for headers known to be absent: no scans
         if config.use_remote_address:
             remote_ip = self.downstream.remote_address[0]
             if not config.skip_xff_append:
                 previous = headers.get("x-forwarded-for")
                 headers.set("x-forwarded-for", f"{previous},{remote_ip}" if previous else remote_ip)
             headers.set("x-forwarded-proto", "http")
-        else:
-            headers.set_default("x-forwarded-proto", "http")
-        if config.strip_envoy_headers:
-            # Only a trusted (internal) peer may set x-envoy-* headers that steer the proxy.
-            for name in config.strip_envoy_headers:
-                headers.remove(name)
+            if stream.has_envoy_headers:
+                # Only a trusted (internal) peer may set x-envoy-* headers that steer the proxy.
+                for name in config.strip_envoy_headers:
+                    headers.remove(name)
+        elif not forwarded_proto_seen:
+            items.append(("x-forwarded-proto", "http"))
         if config.generate_request_id:
-            existing = headers.get("x-request-id")
-            if existing is None or (config.use_remote_address and not config.preserve_external_request_id):
+            if not request_id_seen:
+                existing = request_id()
+                items.append(("x-request-id", existing))
+            elif config.use_remote_address and not config.preserve_external_request_id:
                 existing = request_id()
                 headers.set("x-request-id", existing)
+            else:
+                existing = headers.get("x-request-id") or ""
             info.request_id = existing
         else:
             info.request_id = headers.get("x-request-id") or ""
@@ -594,7 +618,10 @@ class HttpConnection(asyncio.Protocol):
                 self.read_disable(False)
             nxt.dispatch()
         if not streams:
-            self._arm_timer(self._next_deadline())
+            idle = self.config.idle_timeout
+            # re-arm only if the armed timer would fire after the idle deadline (or none is armed)
+            if self.timer is None or (idle and self.timer_when > self.last_activity + idle):
+                self._arm_timer(self._next_deadline())
 
     def _finalize(self, stream: ActiveStream) -> None:
         stream.done = True

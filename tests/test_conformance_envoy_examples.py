@@ -1,0 +1,454 @@
+"""Envoy's own example bootstraps: each one runs on Tulle as it does on Envoy, or is refused naming the gap.
+
+The corpus (``/work/shared/conformance/envoy-examples``, see its README) is the envoyproxy/examples
+configs, unchanged. EXPECTATIONS below says, for every file, what Tulle must do with it. It was worked
+out by reading each file against what Tulle supports, and for refusals by following Tulle's validation
+order (bootstrap top level, then clusters in order, then listeners in order; within the HTTP connection
+manager: its own fields, then HTTP filters, then the route table), so the field named is the FIRST
+unsupported thing Tulle meets. It is not a recording of Tulle's output: a mismatch is a proxy bug.
+
+In-scope files are rewritten for loopback (listeners and admin on free 127.0.0.1 ports, every upstream
+endpoint pointed at an echo backend started here; docker-compose host names map to 127.0.0.1 through the
+test-only TULLE_TEST_DNS_OVERRIDES) and then served by a real ``tulle proxy``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy_harness import ProxyProcess, free_port
+from tulle.samples import echo_server
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "envoy-examples"
+CORPUS_MISSING = f"Envoy examples corpus not found at {CORPUS}"
+
+# Field-path prefixes, to keep the table readable.
+HCM = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+HTTP_OPTIONS = "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
+
+# Tulle's refusal, as rendered by config.errors.ConfigError: "<file>: <field path>: unsupported by Tulle: <feature>"
+REFUSAL = re.compile(r"tulle proxy: error: (?P<source>.+?): (?P<field>\S+): unsupported by Tulle: (?P<feature>.+)")
+
+
+# --- expectations ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refused:
+    """``--mode validate`` exits 1 naming ``feature`` at ``field`` (the first unsupported thing met)."""
+
+    feature: str
+    field: str
+
+
+@dataclass(frozen=True)
+class NotBootstrap:
+    """A resource file (LDS/CDS), not a bootstrap: refused as invalid, naming the unknown field."""
+
+    unknown_field: str
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Validates and serves on loopback; ``check`` sends what the example is about."""
+
+    check: Callable[[RunningExample], None]
+    tls_upstreams: bool = False  # the upstreams speak TLS (passthrough examples)
+
+
+@dataclass
+class RunningExample:
+    proxy: ProxyProcess
+    listener_ports: list[int]
+    backend_labels: dict[tuple[str, int], str]  # original (address, port) -> label of the echo backend
+    tls_certificate_der: bytes = b""
+
+    def wait_for_stats(self, expected: dict[str, int], timeout: float = 5.0) -> None:
+        """Poll /stats until every named stat has the expected value (stats land after the response)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.proxy.stats()
+            actual = {name: stats.get(name) for name in expected}
+            if actual == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert actual == expected, f"stats differ from expectation; proxy log:\n{self.proxy.output()[-2000:]}"
+
+
+# --- talking to the proxy -------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None,
+             context: ssl.SSLContext | None = None) -> tuple[Reply, bytes]:
+    """One GET on a fresh connection; returns the reply and, over TLS, the peer's DER certificate."""
+    if context is None:
+        connection: http.client.HTTPConnection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        peer = connection.sock.getpeercert(binary_form=True) if context is not None else b""
+        return reply, peer or b""
+    finally:
+        connection.close()
+
+
+def insecure_client_context() -> ssl.SSLContext:
+    # The backend's certificate is self-signed; the test compares it byte for byte instead of verifying it.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# --- checks for the in-scope examples -------------------------------------------------------------
+
+
+def check_front_proxy_service(number: int) -> Callable[[RunningExample], None]:
+    """front-proxy/service-envoy*.yaml: /service/<n> goes to cluster service<n>; other paths have no route."""
+
+    def check(example: RunningExample) -> None:
+        port = example.listener_ports[0]
+        backend = example.backend_labels[(f"service{number}", 8080)]
+        reply, _ = http_get(port, f"/service/{number}/trace?probe=1", {"x-probe": "kept"})
+        assert reply.status == 200, reply
+        assert reply.headers.get("x-served-by") == backend
+        echoed = reply.json()
+        assert echoed["path"] == f"/service/{number}/trace?probe=1"  # prefix match, path untouched
+        assert echoed["headers"]["x-probe"] == "kept"
+        assert echoed["headers"]["x-forwarded-proto"] == "http"
+        assert echoed["headers"].get("x-request-id")  # generate_request_id defaults to true
+
+        other = 3 - number
+        missing, _ = http_get(port, f"/service/{other}")
+        assert missing.status == 404  # Envoy's route_not_found local reply
+        assert "x-served-by" not in missing.headers
+
+        prefix = f"service_envoy_{number}"
+        example.wait_for_stats({
+            f"http.{prefix}.downstream_rq_2xx": 1,
+            f"http.{prefix}.downstream_rq_4xx": 1,
+            f"http.{prefix}.no_route": 1,
+            f"cluster.service{number}.upstream_rq_2xx": 1,
+        })
+
+    return check
+
+
+def check_tls_passthrough(upstream: tuple[str, int], stat_prefix: str, cluster: str,
+                          websocket: bool) -> Callable[[RunningExample], None]:
+    """tcp_proxy examples: TLS (and, for wss, a WebSocket handshake) goes through to the backend untouched."""
+
+    def check(example: RunningExample) -> None:
+        port = example.listener_ports[0]
+        headers = {"x-probe": "through"}
+        if websocket:
+            headers.update({"connection": "Upgrade", "upgrade": "websocket",
+                            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13"})
+        reply, peer_certificate = http_get(port, "/passthrough", headers, insecure_client_context())
+        # The TLS session ends at the backend: its certificate, not anything of the proxy's.
+        assert peer_certificate == example.tls_certificate_der
+        assert reply.status == 200, reply
+        assert reply.headers.get("x-served-by") == example.backend_labels[upstream]
+        echoed = reply.json()
+        assert echoed["path"] == "/passthrough"
+        for name, value in headers.items():
+            assert echoed["headers"].get(name) == value  # hop-by-hop upgrade headers too: bytes, not HTTP
+        assert "x-request-id" not in echoed["headers"]  # no HTTP connection manager on the way
+        example.wait_for_stats({
+            f"tcp.{stat_prefix}.downstream_cx_total": 1,
+            f"cluster.{cluster}.upstream_cx_total": 1,
+        })
+
+    return check
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+TRANSPORT_SOCKET = "transport_socket"
+TLS_CLUSTER = Refused(TRANSPORT_SOCKET, "static_resources.clusters[0].transport_socket")
+LISTENER_FILTERS = Refused("listener_filters", "static_resources.listeners[0].listener_filters")
+HCM_TRACING = Refused("tracing", f"{HCM}.tracing")
+DYNAMIC_RESOURCES = Refused("dynamic_resources", "dynamic_resources")
+LAYERED_RUNTIME = Refused("layered_runtime", "layered_runtime")
+NOT_A_BOOTSTRAP = NotBootstrap("resources")
+
+
+def http_filter(feature: str, index: int = 0) -> Refused:
+    return Refused(feature, f"{HCM}.http_filters[{index}]")
+
+
+def upstream_http2(cluster_index: int) -> Refused:
+    return Refused("http2_protocol_options",
+                   f"static_resources.clusters[{cluster_index}].{HTTP_OPTIONS}.explicit_http_config.http2_protocol_options")
+
+
+EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
+    # cors filter first in http_filters (the per-route CorsPolicy comes later, in the route table)
+    "cors/backend/envoy.yaml": http_filter("envoy.filters.http.cors"),
+    "cors/frontend/envoy.yaml": http_filter("envoy.filters.http.cors"),
+    # the csrf example lists cors before csrf
+    "csrf/samesite/envoy.yaml": http_filter("envoy.filters.http.cors"),
+    # its cluster is plain; the listener asks for tls_inspector (and a TLS filter chain after it)
+    "double-proxy/envoy-backend.yaml": LISTENER_FILTERS,
+    # upstream mTLS on the only cluster
+    "double-proxy/envoy-frontend.yaml": TLS_CLUSTER,
+    "dynamic-config-cp/envoy.yaml": DYNAMIC_RESOURCES,
+    "dynamic-config-fs/configs/cds.yaml": NOT_A_BOOTSTRAP,
+    "dynamic-config-fs/configs/lds.yaml": NOT_A_BOOTSTRAP,
+    "dynamic-config-fs/envoy.yaml": DYNAMIC_RESOURCES,
+    # top-level layered_runtime is met before the fault filter
+    "fault-injection/envoy.yaml": LAYERED_RUNTIME,
+    # top-level layered_runtime is met before the TLS listener
+    "front-proxy/envoy.yaml": LAYERED_RUNTIME,
+    "front-proxy/service-envoy-2.yaml": Runs(check_front_proxy_service(2)),
+    "front-proxy/service-envoy.yaml": Runs(check_front_proxy_service(1)),
+    # its LOGICAL_DNS cluster asks only for HTTP/1.1; the HCM's add_user_agent (field 6) precedes the
+    # grpc_http1_bridge filter
+    "grpc-bridge/client/envoy-proxy.yaml": Refused("add_user_agent", f"{HCM}.add_user_agent"),
+    # the cluster talks HTTP/2 upstream (route match grpc: {} would come later)
+    "grpc-bridge/server/envoy-proxy.yaml": upstream_http2(0),
+    "gzip/envoy.yaml": http_filter("envoy.filters.http.compressor"),
+    "jaeger-tracing/envoy.yaml": HCM_TRACING,
+    "local_ratelimit/envoy.yaml": http_filter("envoy.filters.http.local_ratelimit"),
+    # health_checks (field 8) precedes common_lb_config.locality_weighted_lb_config on the cluster
+    "locality-load-balancing/envoy.yaml": Refused("health_checks", "static_resources.clusters[0].health_checks"),
+    # the filter has a custom name: the refusal names it by its type
+    "lua/envoy.yaml": http_filter("envoy.extensions.filters.http.lua.v3.Lua"),
+    # the third cluster (the OTLP collector) talks HTTP/2, and clusters are built before listeners
+    "opentelemetry/envoy-1.yaml": upstream_http2(2),
+    "opentelemetry/envoy-front-proxy.yaml": upstream_http2(2),
+    "rbac/envoy.yaml": http_filter("envoy.filters.http.rbac"),
+    "redis/envoy.yaml": Refused("envoy.filters.network.redis_proxy",
+                                "static_resources.listeners[0].filter_chains[0].filters[0]"),
+    "route-mirror/envoy.yaml": Refused(
+        "request_mirror_policies", f"{HCM}.route_config.virtual_hosts[0].routes[0].route.request_mirror_policies"),
+    # listener_filters (field 9) is checked before the three filter chains
+    "tls-inspector/envoy.yaml": LISTENER_FILTERS,
+    "tls-sni/envoy-client.yaml": TLS_CLUSTER,
+    "tls-sni/envoy.yaml": LISTENER_FILTERS,
+    "tls/envoy-http-https.yaml": TLS_CLUSTER,
+    # plain cluster; downstream TLS on the filter chain
+    "tls/envoy-https-http.yaml": Refused(TRANSPORT_SOCKET,
+                                         "static_resources.listeners[0].filter_chains[0].transport_socket"),
+    # clusters are built first: the upstream TLS is met before the listener's
+    "tls/envoy-https-https.yaml": TLS_CLUSTER,
+    "tls/envoy-https-passthrough.yaml": Runs(
+        check_tls_passthrough(("service-https", 443), "https_passthrough", "service-https", websocket=False),
+        tls_upstreams=True),
+    # Envoy parses enums case-insensitively (codec_type: auto, type: strict_dns); the first unsupported
+    # thing is then the second cluster's upstream_http_protocol_options (before its http2 and wasm filter)
+    "wasm-cc/envoy.yaml": Refused(
+        "upstream_http_protocol_options", f"static_resources.clusters[1].{HTTP_OPTIONS}.upstream_http_protocol_options"),
+    "websocket/envoy-ws-route.yaml": Refused(
+        "upgrade_configs", f"{HCM}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs"),
+    "websocket/envoy-ws.yaml": Refused("upgrade_configs", f"{HCM}.upgrade_configs"),
+    "websocket/envoy-wss-passthrough.yaml": Runs(
+        check_tls_passthrough(("service-wss", 443), "wss_passthrough", "service_wss_passthrough", websocket=True),
+        tls_upstreams=True),
+    # upstream TLS on the cluster is met before the listener's TLS and upgrade_configs
+    "websocket/envoy-wss.yaml": TLS_CLUSTER,
+    "zipkin/envoy-1.yaml": HCM_TRACING,
+    "zipkin/envoy-front-proxy.yaml": HCM_TRACING,
+}
+
+
+def corpus_files() -> list[str]:
+    if not CORPUS.is_dir():
+        return sorted(EXPECTATIONS)
+    return sorted(path.relative_to(CORPUS).as_posix() for path in CORPUS.rglob("*.yaml"))
+
+
+def run_validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tulle", "proxy", "--mode", "validate", "-c", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+# --- loopback rewriting ---------------------------------------------------------------------------
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _endpoint_socket_addresses(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for locality in cluster.get("load_assignment", {}).get("endpoints", []):
+        for lb_endpoint in locality.get("lb_endpoints", []):
+            yield lb_endpoint["endpoint"]["address"]["socket_address"]
+
+
+def upstream_addresses(document: dict[str, Any]) -> list[tuple[str, int]]:
+    found = {
+        (socket_address["address"], socket_address["port_value"])
+        for cluster in document.get("static_resources", {}).get("clusters", [])
+        for socket_address in _endpoint_socket_addresses(cluster)
+    }
+    return sorted(found)
+
+
+def rewrite_for_loopback(document: dict[str, Any], backend_ports: dict[tuple[str, int], int]) -> list[int]:
+    """Point listeners, admin and endpoints at loopback (in place); returns the new listener ports."""
+    listener_ports = []
+    for listener in document["static_resources"].get("listeners", []):
+        socket_address = listener["address"]["socket_address"]
+        socket_address["address"] = "127.0.0.1"
+        socket_address["port_value"] = free_port()
+        listener_ports.append(socket_address["port_value"])
+    for cluster in document["static_resources"].get("clusters", []):
+        for socket_address in _endpoint_socket_addresses(cluster):
+            original = (socket_address["address"], socket_address["port_value"])
+            if _is_ip(original[0]):
+                socket_address["address"] = "127.0.0.1"
+            # host names stay: they resolve to 127.0.0.1 through TULLE_TEST_DNS_OVERRIDES
+            socket_address["port_value"] = backend_ports[original]
+    document["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}}
+    return listener_ports
+
+
+def corpus_tls_identity(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """The self-signed pair front-proxy/envoy.yaml carries inline (CN=front-envoy) -> files + DER cert."""
+    front_proxy = yaml.safe_load((CORPUS / "front-proxy" / "envoy.yaml").read_text())
+    tls_listener = front_proxy["static_resources"]["listeners"][1]
+    pair = tls_listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"][
+        "tls_certificates"][0]
+    cert_path, key_path = tmp_path / "backend-cert.pem", tmp_path / "backend-key.pem"
+    cert_path.write_text(pair["certificate_chain"]["inline_string"])
+    key_path.write_text(pair["private_key"]["inline_string"])
+    return cert_path, key_path, ssl.PEM_cert_to_DER_cert(cert_path.read_text())
+
+
+@dataclass
+class Backends:
+    ports: dict[tuple[str, int], int]
+    labels: dict[tuple[str, int], str]
+    servers: list[Any]
+    certificate_der: bytes
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path) -> Backends:
+    context = None
+    certificate_der = b""
+    if tls:
+        cert_path, key_path, certificate_der = corpus_tls_identity(tmp_path)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+    backends = Backends({}, {}, [], certificate_der)
+    for address, port in addresses:
+        label = f"{address}:{port}"
+        server = echo_server.serve(0, label)
+        if context is not None:
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        backends.servers.append(server)
+        backends.ports[(address, port)] = server.server_address[1]
+        backends.labels[(address, port)] = label
+    return backends
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_expectation_table_covers_the_corpus() -> None:
+    if not CORPUS.is_dir():
+        pytest.skip(CORPUS_MISSING)
+    on_disk = set(corpus_files())
+    assert on_disk - set(EXPECTATIONS) == set(), "corpus files without an expectation: add them to the table"
+    assert set(EXPECTATIONS) - on_disk == set(), "expectations for files the corpus no longer has"
+
+
+@pytest.mark.parametrize("relative", corpus_files())
+def test_envoy_example(relative: str, tmp_path: Path) -> None:
+    if not CORPUS.is_dir():
+        pytest.skip(CORPUS_MISSING)
+    expectation = EXPECTATIONS.get(relative)
+    assert expectation is not None, f"{relative}: no expectation in the table"
+    if isinstance(expectation, Runs):
+        run_in_scope(relative, expectation, tmp_path)
+    elif isinstance(expectation, Refused):
+        assert_refused(relative, expectation)
+    else:
+        assert_not_a_bootstrap(relative, expectation)
+
+
+def assert_refused(relative: str, expectation: Refused) -> None:
+    result = run_validate(CORPUS / relative)
+    assert result.returncode == 1, f"expected a refusal, got rc={result.returncode}: {result.stdout}{result.stderr}"
+    match = REFUSAL.search(result.stderr)
+    assert match is not None, f"not an 'unsupported by Tulle:' refusal:\n{result.stderr}"
+    assert match["source"].endswith(relative), result.stderr
+    assert match["field"] == expectation.field, result.stderr
+    assert expectation.feature in match["feature"], result.stderr
+
+
+def assert_not_a_bootstrap(relative: str, expectation: NotBootstrap) -> None:
+    result = run_validate(CORPUS / relative)
+    assert result.returncode == 1, f"expected a refusal, got rc={result.returncode}: {result.stdout}{result.stderr}"
+    # Invalid rather than unsupported: no Envoy bootstrap has this field.
+    assert "unsupported by Tulle" not in result.stderr
+    assert relative in result.stderr
+    assert re.search(rf"""["']{expectation.unknown_field}["']""", result.stderr), result.stderr
+
+
+def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
+    document = yaml.safe_load((CORPUS / relative).read_text())
+    addresses = upstream_addresses(document)
+    backends = start_backends(addresses, expectation.tls_upstreams, tmp_path)
+    try:
+        listener_ports = rewrite_for_loopback(document, backends.ports)
+        rewritten = tmp_path / Path(relative).name
+        rewritten.write_text(yaml.safe_dump(document))
+        validated = run_validate(rewritten)
+        assert validated.returncode == 0, validated.stderr
+        names = sorted({address for address, _ in addresses if not _is_ip(address)})
+        env = {"TULLE_TEST_DNS_OVERRIDES": ";".join(f"{name}=127.0.0.1" for name in names)}
+        with ProxyProcess(document, tmp_path, env=env) as proxy:
+            example = RunningExample(proxy, listener_ports, backends.labels, backends.certificate_der)
+            # Every cluster has one endpoint resolving to one address: wait for DNS to land it.
+            example.wait_for_stats({
+                f"cluster.{cluster['name']}.membership_total": 1
+                for cluster in document["static_resources"]["clusters"]
+            })
+            expectation.check(example)
+            assert proxy.process is not None and proxy.process.poll() is None, proxy.output()
+    finally:
+        backends.close()

@@ -1,0 +1,237 @@
+"""HttpConnectionManager config: Envoy's defaults, honoured settings, and refusals that
+name the unsupported feature and its field path."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from tulle.config.errors import ConfigError, UnsupportedFeature
+from tulle.config.loader import parse_message
+from tulle.filters.network.http_connection_manager.config import (
+    ENVOY_CONTROL_HEADERS,
+    HcmConfig,
+    HttpConnectionManagerFactory,
+)
+from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+from tulle.server.context import DownstreamConnection, FactoryContext, ServerState
+from tulle.stats.store import Store
+
+FIELD = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+class FakeClusterManager:
+    def __init__(self, *names: str) -> None:
+        self.clusters = {name: object() for name in names}
+
+    def get(self, name: str) -> Any:
+        return self.clusters.get(name)
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "stat_prefix": "ingress_http",
+        "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
+        "http_filters": [ROUTER],
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+def build(doc: dict[str, Any], *clusters: str, store: Store | None = None) -> HcmConfig:
+    ctx = FactoryContext(stats=store or Store(), cluster_manager=FakeClusterManager(*(clusters or ("backend",))),  # type: ignore[arg-type]
+                         server=ServerState())
+    return HttpConnectionManagerFactory(parse_message(doc, hcm_pb2.HttpConnectionManager), FIELD, ctx).config
+
+
+def refused(doc: dict[str, Any], *clusters: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        build(doc, *clusters)
+    return caught.value
+
+
+# --------------------------------------------------------------------------- defaults and settings
+
+
+def test_envoy_defaults() -> None:
+    config = build(document())
+    assert config.idle_timeout == 3600.0
+    assert config.stream_idle_timeout == 300.0
+    assert config.request_timeout == 0.0
+    assert config.max_request_headers_bytes == 60 * 1024
+    assert config.max_headers_count == 100
+    assert config.server_name == "envoy"
+    assert config.generate_request_id is True
+    assert config.use_remote_address is False
+    assert config.strip_envoy_headers == ()
+    assert config.accept_http_10 is False
+    assert config.access_loggers == []
+    assert config.stat_prefix == "ingress_http"
+
+
+def test_settings_are_honoured() -> None:
+    config = build(document(
+        common_http_protocol_options={"idle_timeout": "7s", "max_headers_count": 20},
+        http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "legacy"},
+        max_request_headers_kb=8, stream_idle_timeout="2.5s", request_timeout="30s", server_name="edge",
+        use_remote_address=True, generate_request_id=False, always_set_request_id_in_response=True,
+        merge_slashes=True, via="tulle",
+    ))
+    assert config.idle_timeout == 7.0
+    assert config.max_headers_count == 20
+    assert (config.accept_http_10, config.default_host_for_http_10) == (True, "legacy")
+    assert config.max_request_headers_bytes == 8 * 1024
+    assert config.stream_idle_timeout == 2.5
+    assert config.request_timeout == 30.0
+    assert config.server_name == "edge"
+    assert config.use_remote_address is True
+    assert config.strip_envoy_headers == ENVOY_CONTROL_HEADERS
+    assert config.generate_request_id is False
+    assert config.always_set_request_id_in_response is True
+    assert config.merge_slashes is True
+    assert config.via == "tulle"
+
+
+def test_zero_stream_idle_timeout_disables_it() -> None:
+    assert build(document(stream_idle_timeout="0s")).stream_idle_timeout == 0.0
+
+
+def test_hcm_stats_have_envoy_names() -> None:
+    store = Store()
+    build(document(), store=store)
+    for name in ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total", "downstream_rq_2xx",
+                 "downstream_rq_5xx", "downstream_rq_completed", "no_route", "no_cluster", "rq_redirect",
+                 "rq_direct_response", "downstream_cx_protocol_error", "downstream_rq_timeout"):
+        assert f"http.ingress_http.{name}" in store.counters or f"http.ingress_http.{name}" in store.gauges, name
+    assert "http.ingress_http.downstream_rq_time" in store.histograms
+
+
+def test_router_named_without_typed_config_is_accepted() -> None:
+    config = build(document(http_filters=[{"name": "envoy.filters.http.router"}]))
+    assert [factory.name for factory in config.filter_factories] == ["envoy.filters.http.router"]
+
+
+def test_route_table_and_loggers_are_built(tmp_path: Path) -> None:
+    log = {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(tmp_path / "access.log")}}
+    config = build(document(access_log=[log]))
+    assert len(config.access_loggers) == 1
+    assert config.route_table.referenced_clusters() == {"backend"}
+
+
+def test_unknown_cluster_is_refused_unless_validation_is_off() -> None:
+    error = refused(document(), "other")
+    assert "backend" in str(error)
+    assert error.field == f"{FIELD}.route_config"
+    route_config = document()["route_config"]
+    route_config["validate_clusters"] = False
+    assert build(document(route_config=route_config), "other").route_table is not None
+
+
+def test_factory_hands_each_connection_a_protocol() -> None:
+    ctx = FactoryContext(stats=Store(), cluster_manager=FakeClusterManager("backend"),  # type: ignore[arg-type]
+                         server=ServerState())
+    factory = HttpConnectionManagerFactory(parse_message(document(), hcm_pb2.HttpConnectionManager), FIELD, ctx)
+    connection = DownstreamConnection(("127.0.0.1", 5000), ("127.0.0.1", 10000), "ingress")
+    async def make() -> HttpConnection:
+        return factory.create_protocol(connection)
+
+    protocol = asyncio.run(make())
+    assert isinstance(protocol, HttpConnection)
+    factory.drain()  # no connection open: nothing to do, nothing raised
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("overrides, field, feature", [
+    ({"codec_type": "HTTP2"}, "codec_type", "HTTP2"),
+    ({"codec_type": "HTTP3"}, "codec_type", "HTTP3"),
+    ({"normalize_path": True}, "normalize_path", "normalize_path"),
+    ({"tracing": {}}, "tracing", f"{HCM_TYPE}.tracing"),
+    ({"upgrade_configs": [{"upgrade_type": "websocket"}]}, "upgrade_configs", f"{HCM_TYPE}.upgrade_configs"),
+    ({"http2_protocol_options": {}}, "http2_protocol_options", f"{HCM_TYPE}.http2_protocol_options"),
+    ({"internal_address_config": {"unix_sockets": True}}, "internal_address_config", "internal_address_config"),
+    ({"http_protocol_options": {"enable_trailers": True}}, "http_protocol_options.enable_trailers",
+     "enable_trailers"),
+    ({"common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}},
+     "common_http_protocol_options.headers_with_underscores_action", "headers_with_underscores_action"),
+    ({"common_http_protocol_options": {"max_connection_duration": "10s"}},
+     "common_http_protocol_options.max_connection_duration", "max_connection_duration"),
+])
+def test_unsupported_settings_are_refused_with_their_path(overrides: dict[str, Any], field: str, feature: str) -> None:
+    error = refused(document(**overrides))
+    assert isinstance(error, UnsupportedFeature)
+    assert error.field == f"{FIELD}.{field}"
+    assert feature in str(error)
+    assert "unsupported by Tulle" in str(error)
+
+
+def test_rds_is_refused() -> None:
+    error = refused(document(route_config=None, rds={"route_config_name": "r", "config_source": {"ads": {}}}))
+    assert isinstance(error, UnsupportedFeature)
+    assert error.field == f"{FIELD}.rds"
+
+
+def test_missing_route_config_is_an_error() -> None:
+    error = refused(document(route_config=None))
+    assert error.field == f"{FIELD}.route_config"
+
+
+def test_missing_stat_prefix_is_an_error() -> None:
+    assert refused(document(stat_prefix=None)).field == f"{FIELD}.stat_prefix"
+
+
+def test_http_filters_must_end_with_the_router() -> None:
+    assert refused(document(http_filters=[])).field == f"{FIELD}.http_filters"
+    error = refused(document(http_filters=[ROUTER, ROUTER]))
+    assert error.field == f"{FIELD}.http_filters[0]"
+    assert "last" in str(error)
+
+
+def test_unsupported_http_filter_is_named() -> None:
+    cors = {"name": "envoy.filters.http.cors",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+    error = refused(document(http_filters=[cors, ROUTER]))
+    assert isinstance(error, UnsupportedFeature)
+    assert error.field == f"{FIELD}.http_filters[0]"
+    assert "envoy.extensions.filters.http.cors.v3.Cors" in str(error)
+
+
+def test_unknown_http_filter_name_without_config_is_refused() -> None:
+    error = refused(document(http_filters=[{"name": "acme.filters.http.magic"}, ROUTER]))
+    assert isinstance(error, UnsupportedFeature)
+    assert "acme.filters.http.magic" in str(error)
+    assert error.field == f"{FIELD}.http_filters[0]"
+
+
+def test_disabled_http_filter_is_refused() -> None:
+    disabled = dict(ROUTER, disabled=True)
+    error = refused(document(http_filters=[disabled]))
+    assert isinstance(error, UnsupportedFeature)
+    assert error.field == f"{FIELD}.http_filters[0].disabled"
+
+
+@pytest.mark.parametrize("router_field, value", [("start_child_span", True), ("respect_expected_rq_timeout", True),
+                                                 ("upstream_log", [{"name": "x"}])])
+def test_unsupported_router_settings_are_refused(router_field: str, value: Any) -> None:
+    router = {"name": "envoy.filters.http.router", "typed_config": {**ROUTER["typed_config"], router_field: value}}
+    error = refused(document(http_filters=[router]))
+    assert isinstance(error, UnsupportedFeature)
+    assert error.field == f"{FIELD}.http_filters[0].typed_config.{router_field}"
+
+
+def test_router_settings_are_honoured() -> None:
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {**ROUTER["typed_config"], "suppress_envoy_headers": True}}
+    config = build(document(http_filters=[router]))
+    assert config.filter_factories[-1].suppress_envoy_headers is True

@@ -1,0 +1,593 @@
+"""Malformed HTTP/1.1 against a real ``tulle proxy``: every input gets an HTTP answer or a clean close.
+
+One proxy (two workers, a STATIC cluster to an echo backend) takes hypothesis-generated garbage: bad
+request lines, bad header names and values, bare CR/LF, NUL bytes, conflicting framing, bad chunk sizes,
+oversized and too many headers, truncations, binary noise, the HTTP/2 preface, and mutations of valid
+requests. For each input the client sends the bytes, reads until the proxy closes or falls silent, then
+half-closes; the proxy must then close too. What it sent must be HTTP/1.1 responses only; a local error
+reply for a protocol error must be the last response, say ``connection: close`` and be followed by the
+close. Between and after the examples a well-formed request must still get a 200 and no worker may die.
+
+The regression cases at the end pin Envoy's answers to the classics (Envoy's HTTP/1 codec and HCM).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy_harness import ProxyProcess, free_port, http_listener, simple_route, static_cluster
+from tulle.samples import echo_server
+
+pytestmark = pytest.mark.integration
+
+STAT_PREFIX = "fuzz"
+CLUSTER = "echo"
+BACKEND_LABEL = "fuzz-echo"
+CONCURRENCY = 2
+# Local replies for malformed input: the proxy must close the connection after them.
+PROTOCOL_ERROR_STATUSES = {400, 413, 426, 431, 501, 505}
+SETTLE_SECONDS = 0.25  # silence after which the client gives up waiting and half-closes
+REGRESSION_SETTLE_SECONDS = 1.0  # the explicit cases can afford to wait longer for a slow reply
+CLOSE_DEADLINE_SECONDS = 3.0  # after our half-close the proxy must close within this
+HEALTH_CHECK_EVERY = 50
+MAX_HEADERS_BYTES = 60 * 1024  # Envoy's default max_request_headers_kb
+MAX_HEADERS_COUNT = 100  # Envoy's default common_http_protocol_options.max_headers_count
+
+
+# --- the client side ------------------------------------------------------------------------------
+
+
+ANNOUNCED_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close\r\n", re.IGNORECASE)
+
+
+@dataclass
+class Exchange:
+    data: bytes
+    proxy_closed_first: bool  # FIN or RST from the proxy before our half-close
+    reset: bool
+    finished: bool  # the connection ended before the deadline
+    bytes_before_half_close: int  # len(data) when we half-closed (all of it if we never did)
+
+
+def exchange(port: int, payload: bytes, settle: float = SETTLE_SECONDS) -> Exchange:
+    """Send ``payload``, read until the proxy closes or is silent, half-close, read until it closes.
+
+    Once the proxy has announced ``connection: close`` the client waits for that close instead of
+    half-closing, so a proxy that promises to close but does not is caught, not masked.
+    """
+    data = bytearray()
+    half_closed = reset = finished = False
+    bytes_before_half_close = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=CLOSE_DEADLINE_SECONDS) as sock:
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            # The proxy answered early and closed (e.g. 431 mid-upload) or stopped reading (a pipelined
+            # request waits its turn): what it sent is still to be read and judged.
+            pass
+        deadline = time.monotonic() + CLOSE_DEADLINE_SECONDS
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            waiting_for_close = half_closed or ANNOUNCED_CLOSE.search(data) is not None
+            sock.settimeout(remaining if waiting_for_close else min(settle, remaining))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if waiting_for_close:
+                    break
+                sock.shutdown(socket.SHUT_WR)
+                half_closed = True
+                bytes_before_half_close = len(data)
+                deadline = time.monotonic() + CLOSE_DEADLINE_SECONDS
+                continue
+            except ConnectionResetError:
+                reset = finished = True
+                break
+            if not chunk:
+                finished = True
+                break
+            data += chunk
+    if not half_closed:
+        bytes_before_half_close = len(data)
+    return Exchange(bytes(data), proxy_closed_first=finished and not half_closed, reset=reset, finished=finished,
+                    bytes_before_half_close=bytes_before_half_close)
+
+
+class NotHttp(AssertionError):
+    pass
+
+
+@dataclass
+class WireResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    complete: bool = True
+    end: int = 0  # offset just past this response in the received bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5]\d\d) [^\r\n]*\r\n")
+CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]+)[^\r\n]*\r\n")
+
+
+def parse_responses(data: bytes) -> list[WireResponse]:
+    """Split what the proxy sent into HTTP/1.1 responses; raise NotHttp on anything else.
+
+    Requests here are never HEAD, so a content-length always announces body bytes. A response cut
+    short is returned with ``complete=False`` and ends the list.
+    """
+    responses: list[WireResponse] = []
+    offset = 0
+    while offset < len(data):
+        status_line = STATUS_LINE.match(data, offset)
+        if status_line is None:
+            rest = data[offset:]
+            if b"\n" in rest or not b"HTTP/1.1 ".startswith(rest[:9]):
+                raise NotHttp(f"non-HTTP bytes at offset {offset}: {rest[:80]!r}")
+            responses.append(WireResponse(0, complete=False))  # a status line cut short
+            break
+        response = WireResponse(int(status_line.group(1)))
+        responses.append(response)
+        head_end = data.find(b"\r\n\r\n", status_line.end() - 2)
+        if head_end < 0:
+            response.complete = False
+            break
+        header_block = data[status_line.end():head_end]  # empty when the status line ends the head
+        for line in header_block.split(b"\r\n") if header_block else []:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise NotHttp(f"malformed response header line {line!r}")
+            response.headers.append((name.lower(), value.strip()))
+        body_end = _body_end(data, head_end + 4, response)
+        if body_end is None:
+            response.complete = False
+            break
+        response.end = offset = body_end
+    return responses
+
+
+def _body_end(data: bytes, start: int, response: WireResponse) -> int | None:
+    """Offset just past the body that starts at ``start``, or None if not all of it arrived."""
+    if response.status < 200 or response.status in (204, 304):
+        return start
+    if (response.header(b"transfer-encoding") or b"").lower() == b"chunked":
+        offset = start
+        while True:
+            size_line = CHUNK_SIZE.match(data, offset)
+            if size_line is None:
+                return None
+            size = int(size_line.group(1), 16)
+            offset = size_line.end() + size + 2
+            if offset > len(data):
+                return None
+            if size == 0:
+                return offset
+    length = response.header(b"content-length")
+    if length is None:
+        return len(data)  # delimited by the close
+    end = start + int(length)
+    return end if end <= len(data) else None
+
+
+def child_pids(pid: int) -> set[int]:
+    """Live (non-zombie) children of ``pid``: the forked workers."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            children.add(int(entry))
+    return children
+
+
+# --- the proxy under test -------------------------------------------------------------------------
+
+
+@dataclass
+class FuzzProxy:
+    proxy: ProxyProcess
+    port: int
+    workers: set[int]
+    examples: int = 0
+    error_replies_seen: int = 0
+
+    def assert_healthy(self) -> None:
+        process = self.proxy.process
+        assert process is not None and process.poll() is None, f"proxy died:\n{self.proxy.output()[-3000:]}"
+        assert child_pids(process.pid) == self.workers, f"a worker died:\n{self.proxy.output()[-3000:]}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            connection.request("GET", "/still-serving", headers={"host": "fuzz.test"})
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            assert response.getheader("x-served-by") == BACKEND_LABEL
+        finally:
+            connection.close()
+
+    def stat(self, name: str) -> int:
+        return self.proxy.stats().get(name, 0)
+
+
+@pytest.fixture(scope="module")
+def fuzz_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzProxy]:
+    backend = echo_server.start_in_thread(BACKEND_LABEL)
+    port = free_port()
+    bootstrap = {"static_resources": {
+        "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER))],
+        "clusters": [static_cluster(CLUSTER, [backend.server_address[1]])],
+    }}
+    try:
+        with ProxyProcess(bootstrap, tmp_path_factory.mktemp("fuzz"), concurrency=CONCURRENCY) as proxy:
+            assert proxy.process is not None
+            workers = child_pids(proxy.process.pid)
+            assert len(workers) == CONCURRENCY - 1
+            fuzz = FuzzProxy(proxy, port, workers)
+            fuzz.assert_healthy()
+            yield fuzz
+    finally:
+        backend.shutdown()
+        backend.server_close()
+
+
+def assert_acceptable(fuzz: FuzzProxy, payload: bytes, result: Exchange) -> None:
+    """The property every input must satisfy (see the module docstring)."""
+    context = f"payload {payload[:300]!r}{'...' if len(payload) > 300 else ''} -> {result.data[:300]!r}"
+    assert result.finished, f"connection still open {CLOSE_DEADLINE_SECONDS}s after the proxy announced close or we half-closed: {context}"
+    responses = parse_responses(result.data)
+    if result.proxy_closed_first:
+        assert responses, f"the proxy closed without an HTTP reply: {context}"
+        assert responses[-1].complete, f"the proxy closed in the middle of a response: {context}"
+    for index, response in enumerate(responses):
+        if not response.complete:
+            continue  # cut short because our half-close aborted the exchange
+        from_backend = response.header(b"x-served-by") == BACKEND_LABEL.encode()
+        if from_backend or response.status < 200:
+            continue
+        fuzz.error_replies_seen += 1
+        assert response.status >= 400, f"a local reply that is not an error: {context}"
+        if response.status in PROTOCOL_ERROR_STATUSES:
+            assert index == len(responses) - 1, f"responses after a protocol error reply: {context}"
+            assert response.header(b"connection") == b"close", f"protocol error reply without close: {context}"
+            if response.end <= result.bytes_before_half_close:
+                # It arrived while we were still listening: the proxy must close without our help.
+                assert result.proxy_closed_first, f"protocol error reply but the connection stayed open: {context}"
+
+
+# --- generators -----------------------------------------------------------------------------------
+
+HOST = b"Host: fuzz.test"
+METHODS = [b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"]  # no HEAD: see parse_responses
+SEPARATORS = b'()<>@,;:\\"/[]?={} \t'
+CONTROLS = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def build(request_line: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
+    return request_line + b"\r\n" + b"".join(header + b"\r\n" for header in headers) + b"\r\n" + body
+
+
+def chunked(body: bytes, piece: int) -> bytes:
+    pieces = [body[i:i + piece] for i in range(0, len(body), piece)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+paths = st.lists(st.sampled_from([b"a", b"fuzz", b"x.y", b"%41", b"~t", b"q?x=1", b""]), max_size=4).map(
+    lambda parts: b"/" + b"/".join(parts))
+header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20).map(
+    lambda text: text.strip().encode())
+benign_headers = st.tuples(st.sampled_from([b"X-Fuzz", b"Accept", b"User-Agent", b"X-Trace-Id"]), header_values).map(
+    lambda pair: pair[0] + b": " + pair[1])
+
+
+@st.composite
+def valid_requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(METHODS))
+    headers = [HOST, *draw(st.lists(benign_headers, max_size=3))]
+    body = draw(st.binary(max_size=48)) if method in (b"POST", b"PUT", b"PATCH") else b""
+    if body and draw(st.booleans()):
+        headers.append(b"Transfer-Encoding: chunked")
+        body = chunked(body, draw(st.integers(1, 16)))
+    elif body or method == b"POST":
+        headers.append(b"Content-Length: %d" % len(body))
+    return build(method + b" " + draw(paths) + b" HTTP/1.1", headers, body)
+
+
+@st.composite
+def bad_request_lines(draw: st.DrawFn) -> bytes:
+    method, target, version = b"GET", b"/", b"HTTP/1.1"
+    part = draw(st.sampled_from(["method", "target", "version", "shape"]))
+    if part == "method":
+        method = draw(st.one_of(st.sampled_from([b"get", b"G ET", b"GET\x00", b"", b"FOO", b"PRI", b"GE\x7fT"]),
+                                st.binary(min_size=1, max_size=10)))
+    elif part == "target":
+        target = draw(st.one_of(st.sampled_from([b"", b"/a b", b"/\x00", b"/\x7f", b"/\r", b"a/b", b"/%zz", b"*"]),
+                                st.binary(max_size=16)))
+    elif part == "version":
+        version = draw(st.sampled_from([b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1", b"http/1.1",
+                                        b"HTTP/11.1", b"HTTP/1.1x", b"", b"HTTP/a.b", b"HTTPS/1.1", b"HTTP/1.1 x"]))
+    else:
+        separator = draw(st.sampled_from([b"  ", b"\t", b"", b" \x00 "]))
+        return build(separator.join([method, target, version]), [HOST])
+    return build(b" ".join([method, target, version]), [HOST])
+
+
+@st.composite
+def bad_headers(draw: st.DrawFn) -> bytes:
+    name = draw(st.sampled_from([b"X-Bad", b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection"]))
+    value = draw(header_values)
+    flaw = draw(st.sampled_from(["name_separator", "name_control", "value_control", "no_colon", "space_before_colon",
+                                 "empty_name", "obs_fold", "binary"]))
+    if flaw == "name_separator":
+        at = draw(st.integers(0, len(name)))
+        line = name[:at] + bytes([draw(st.sampled_from(SEPARATORS))]) + name[at:] + b": " + value
+    elif flaw == "name_control":
+        line = name + bytes([draw(st.sampled_from(CONTROLS))]) + b": " + value
+    elif flaw == "value_control":
+        at = draw(st.integers(0, len(value)))
+        line = name + b": " + value[:at] + bytes([draw(st.sampled_from(CONTROLS))]) + value[at:]
+    elif flaw == "no_colon":
+        line = name + b" " + value
+    elif flaw == "space_before_colon":
+        line = name + b" : " + value
+    elif flaw == "empty_name":
+        line = b": " + value
+    elif flaw == "obs_fold":
+        line = name + b": " + value + b"\r\n folded"
+    else:
+        line = draw(st.binary(min_size=1, max_size=40)).replace(b"\r\n", b"")
+    headers = [HOST, line] if name != b"Host" else [line]
+    return build(b"GET /bad-header HTTP/1.1", headers)
+
+
+@st.composite
+def odd_line_endings(draw: st.DrawFn) -> bytes:
+    lines = draw(valid_requests()).split(b"\r\n")
+    endings = [draw(st.sampled_from([b"\r\n", b"\n", b"\r", b"\n\r", b"\r\r\n"])) for _ in lines[:-1]]
+    return b"".join(line + ending for line, ending in zip(lines, endings, strict=False)) + lines[-1]
+
+
+@st.composite
+def with_nul_bytes(draw: st.DrawFn) -> bytes:
+    request = bytearray(draw(valid_requests()))
+    for _ in range(draw(st.integers(1, 3))):
+        request.insert(draw(st.integers(0, len(request))), 0)
+    return bytes(request)
+
+
+FRAMING_CONFLICTS = [
+    [b"Content-Length: 5", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: chunked", b"Content-Length: 5"],
+    [b"Content-Length: 5", b"Content-Length: 6"],
+    [b"Content-Length: 5, 6"],
+    [b"Content-Length: -1"],
+    [b"Content-Length: +5"],
+    [b"Content-Length: 5x"],
+    [b"Content-Length: 99999999999999999999999"],
+    [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: gzip"],
+    [b"Transfer-Encoding: gzip, chunked"],
+    [b"Transfer-Encoding: chunked, gzip"],
+    [b"Transfer-Encoding: identity"],
+    [b"Transfer-Encoding:  chunked"],
+    [b"Transfer-Encoding: chunked\x0b"],
+    [b"Transfer-Encoding: xchunked"],
+]
+
+
+@st.composite
+def framing_conflicts(draw: st.DrawFn) -> bytes:
+    headers = [HOST, *draw(st.sampled_from(FRAMING_CONFLICTS))]
+    body = draw(st.sampled_from([b"0\r\n\r\n", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b""]))
+    smuggled = draw(st.sampled_from([b"", b"GET /smuggled HTTP/1.1\r\nHost: fuzz.test\r\n\r\n"]))
+    return build(b"POST /framing HTTP/1.1", headers, body + smuggled)
+
+
+@st.composite
+def bad_chunked_bodies(draw: st.DrawFn) -> bytes:
+    size = draw(st.one_of(
+        st.sampled_from([b"zz", b"-1", b"", b"0x5", b"fffffffffffffffffffff", b"5 5", b"+5", b"\t5", b"5\x00"]),
+        st.binary(min_size=1, max_size=6).filter(lambda raw: b"\r" not in raw and b"\n" not in raw),
+    ))
+    tail = draw(st.sampled_from([b"\r\nhello\r\n0\r\n\r\n", b"\r\nhelloXX0\r\n\r\n", b"\r\n", b"\nhello\n0\n\n"]))
+    return build(b"POST /chunks HTTP/1.1", [HOST, b"Transfer-Encoding: chunked"], size + tail)
+
+
+@st.composite
+def oversized_headers(draw: st.DrawFn) -> bytes:
+    total = draw(st.integers(MAX_HEADERS_BYTES + 1, MAX_HEADERS_BYTES + 12 * 1024))
+    where = draw(st.sampled_from(["value", "url", "spread"]))
+    if where == "value":
+        return build(b"GET / HTTP/1.1", [HOST, b"X-Big: " + b"v" * total])
+    if where == "url":
+        return build(b"GET /" + b"u" * total + b" HTTP/1.1", [HOST])
+    per_header = 2000
+    return build(b"GET / HTTP/1.1", [HOST] + [b"X-Spread-%d: %s" % (i, b"s" * per_header)
+                                              for i in range(total // per_header + 1)])
+
+
+@st.composite
+def too_many_headers(draw: st.DrawFn) -> bytes:
+    count = draw(st.integers(MAX_HEADERS_COUNT + 1, MAX_HEADERS_COUNT + 60))
+    return build(b"GET / HTTP/1.1", [HOST] + [b"X-N-%d: v" % i for i in range(count)])
+
+
+@st.composite
+def truncated_requests(draw: st.DrawFn) -> bytes:
+    request = draw(valid_requests())
+    return request[:draw(st.integers(1, len(request) - 1))]
+
+
+@st.composite
+def mutated_requests(draw: st.DrawFn) -> bytes:
+    request = bytearray(draw(valid_requests()))
+    for _ in range(draw(st.integers(1, 4))):
+        if not request:
+            break
+        at = draw(st.integers(0, len(request) - 1))
+        operation = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "duplicate"]))
+        if operation == "flip":
+            request[at] ^= 1 << draw(st.integers(0, 7))
+        elif operation == "insert":
+            request[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif operation == "delete":
+            del request[at:at + draw(st.integers(1, 8))]
+        elif operation == "truncate":
+            del request[at:]
+        else:
+            request[at:at] = request[at:at + draw(st.integers(1, 16))]
+    return bytes(request) or b"\r\n"
+
+
+@st.composite
+def pipelined(draw: st.DrawFn) -> bytes:
+    return draw(valid_requests()) + draw(st.one_of(valid_requests(), bad_headers(), bad_request_lines()))
+
+
+malformed_requests = st.one_of(
+    bad_request_lines(), bad_headers(), odd_line_endings(), with_nul_bytes(), framing_conflicts(),
+    bad_chunked_bodies(), oversized_headers(), too_many_headers(), truncated_requests(),
+    st.binary(min_size=1, max_size=256), st.sampled_from([H2_PREFACE, H2_PREFACE + H2_SETTINGS_FRAME]),
+    mutated_requests(), pipelined(), valid_requests(),
+)
+
+
+# --- the property ---------------------------------------------------------------------------------
+
+
+def test_malformed_requests_never_break_the_proxy(fuzz_proxy: FuzzProxy) -> None:
+    errors_before = (fuzz_proxy.stat(f"http.{STAT_PREFIX}.downstream_rq_4xx")
+                     + fuzz_proxy.stat(f"http.{STAT_PREFIX}.downstream_rq_5xx"))
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(payload=malformed_requests)
+    def one_input(payload: bytes) -> None:
+        assert_acceptable(fuzz_proxy, payload, exchange(fuzz_proxy.port, payload))
+        fuzz_proxy.examples += 1
+        if fuzz_proxy.examples % HEALTH_CHECK_EVERY == 0:
+            fuzz_proxy.assert_healthy()
+
+    one_input()
+    fuzz_proxy.assert_healthy()
+    # Every error reply the clients saw was counted (the proxy may have counted more: replies our
+    # half-close cut off never reached us).
+    errors_after = (fuzz_proxy.stat(f"http.{STAT_PREFIX}.downstream_rq_4xx")
+                    + fuzz_proxy.stat(f"http.{STAT_PREFIX}.downstream_rq_5xx"))
+    assert errors_after - errors_before >= fuzz_proxy.error_replies_seen > 0
+
+
+# --- regression cases -----------------------------------------------------------------------------
+
+
+def single_local_reply(fuzz: FuzzProxy, payload: bytes) -> WireResponse:
+    """Send ``payload``; assert exactly one local reply came back, then the proxy closed."""
+    result = exchange(fuzz.port, payload, settle=REGRESSION_SETTLE_SECONDS)
+    responses = parse_responses(result.data)
+    assert len(responses) == 1, result.data
+    reply = responses[0]
+    assert reply.complete, result.data
+    assert reply.header(b"x-served-by") is None, "the request reached the backend"
+    assert reply.header(b"connection") == b"close"
+    assert result.proxy_closed_first, "the proxy did not close after its error reply"
+    return reply
+
+
+def test_content_length_with_chunked_is_refused_not_smuggled(fuzz_proxy: FuzzProxy) -> None:
+    # Envoy refuses both framings at once (allow_chunked_length defaults to false): 400, nothing forwarded.
+    upstream_before = fuzz_proxy.stat(f"cluster.{CLUSTER}.upstream_rq_total")
+    payload = build(b"POST /front HTTP/1.1", [HOST, b"Content-Length: 4", b"Transfer-Encoding: chunked"],
+                    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: fuzz.test\r\n\r\n")
+    assert single_local_reply(fuzz_proxy, payload).status == 400
+    assert fuzz_proxy.stat(f"cluster.{CLUSTER}.upstream_rq_total") == upstream_before
+
+
+@pytest.mark.parametrize("where", ["one_header", "url", "spread_over_headers"])
+def test_headers_over_max_request_headers_kb_get_431(fuzz_proxy: FuzzProxy, where: str) -> None:
+    big = MAX_HEADERS_BYTES + 1024
+    payload = {
+        "one_header": build(b"GET / HTTP/1.1", [HOST, b"X-Big: " + b"v" * big]),
+        "url": build(b"GET /" + b"u" * big + b" HTTP/1.1", [HOST]),
+        "spread_over_headers": build(b"GET / HTTP/1.1", [HOST] + [b"X-S-%d: %s" % (i, b"s" * 1024)
+                                                                  for i in range(big // 1024 + 1)]),
+    }[where]
+    assert single_local_reply(fuzz_proxy, payload).status == 431
+
+
+def test_more_than_max_headers_count_gets_431(fuzz_proxy: FuzzProxy) -> None:
+    payload = build(b"GET / HTTP/1.1", [HOST] + [b"X-N-%d: v" % i for i in range(MAX_HEADERS_COUNT + 1)])
+    assert single_local_reply(fuzz_proxy, payload).status == 431
+
+
+def test_http11_without_host_gets_400(fuzz_proxy: FuzzProxy) -> None:
+    assert single_local_reply(fuzz_proxy, build(b"GET / HTTP/1.1", [b"Accept: */*"])).status == 400
+
+
+def test_http10_without_accept_http_10_gets_426(fuzz_proxy: FuzzProxy) -> None:
+    assert single_local_reply(fuzz_proxy, build(b"GET / HTTP/1.0", [HOST])).status == 426
+
+
+@pytest.mark.parametrize("version", [b"HTTP/0.9", b"HTTP/2.0"])
+def test_other_http_versions_are_not_proxied(fuzz_proxy: FuzzProxy, version: bytes) -> None:
+    # Envoy's codec treats every version but 1.1 as HTTP/1.0 (426 without accept_http_10); 505 would be
+    # the RFC's answer. Forwarding it as HTTP/1.1 is neither.
+    assert single_local_reply(fuzz_proxy, build(b"GET / " + version, [HOST])).status in (426, 505)
+
+
+@pytest.mark.parametrize("size", [b"zz", b"-1", b"fffffffffffffffffffff"])
+def test_invalid_chunk_size_gets_400(fuzz_proxy: FuzzProxy, size: bytes) -> None:
+    payload = build(b"POST /chunks HTTP/1.1", [HOST, b"Transfer-Encoding: chunked"], size + b"\r\nhello\r\n0\r\n\r\n")
+    assert single_local_reply(fuzz_proxy, payload).status == 400
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked"])
+def test_transfer_codings_other_than_chunked_get_501(fuzz_proxy: FuzzProxy, coding: bytes) -> None:
+    # Envoy's HTTP/1 codec rejects any Transfer-Encoding other than exactly "chunked" with 501.
+    payload = build(b"POST /coded HTTP/1.1", [HOST, b"Transfer-Encoding: " + coding], b"0\r\n\r\n")
+    assert single_local_reply(fuzz_proxy, payload).status == 501
+
+
+def test_pipelined_good_then_bad_answers_in_order_then_closes(fuzz_proxy: FuzzProxy) -> None:
+    # Envoy parses one request at a time: the first is answered before the second's error is found.
+    payload = (build(b"GET /first HTTP/1.1", [HOST])
+               + build(b"GET /second HTTP/1.1", [HOST, b"Bad Header: space in the name"]))
+    result = exchange(fuzz_proxy.port, payload, settle=REGRESSION_SETTLE_SECONDS)
+    responses = parse_responses(result.data)
+    assert [response.status for response in responses] == [200, 400], result.data
+    assert responses[0].header(b"x-served-by") == BACKEND_LABEL.encode()
+    assert responses[1].header(b"x-served-by") is None
+    assert responses[1].header(b"connection") == b"close"
+    assert result.proxy_closed_first
+
+
+def test_h2_preface_on_http1_listener_gets_an_http1_error(fuzz_proxy: FuzzProxy) -> None:
+    reply = single_local_reply(fuzz_proxy, H2_PREFACE + H2_SETTINGS_FRAME)
+    assert 400 <= reply.status < 600
+
+
+def test_proxy_survives_the_regression_cases(fuzz_proxy: FuzzProxy) -> None:
+    fuzz_proxy.assert_healthy()

@@ -1,0 +1,55 @@
+"""The stats store: Envoy-named counters/gauges/histograms, summed across workers."""
+
+from __future__ import annotations
+
+from tulle.stats.store import DEFAULT_BUCKETS, Histogram, Store, merge
+
+
+def test_store_returns_the_same_stat_for_a_name() -> None:
+    store = Store()
+    counter = store.counter("cluster.a.upstream_rq_total")
+    counter.inc()
+    counter.value += 2
+    assert store.counter("cluster.a.upstream_rq_total") is counter
+    assert store.snapshot()["counters"]["cluster.a.upstream_rq_total"] == 3
+
+
+def test_gauges_go_up_and_down() -> None:
+    gauge = Store().gauge("cluster.a.upstream_cx_active")
+    gauge.inc()
+    gauge.inc(4)
+    gauge.dec(2)
+    assert gauge.value == 3
+    gauge.set(7)
+    assert gauge.value == 7
+
+
+def test_histogram_buckets_sum_count_and_quantiles() -> None:
+    hist = Histogram("x")
+    for value in (0.2, 3, 3, 40, 70_000):
+        hist.record(value)
+    assert hist.count == 5
+    assert hist.sum == 0.2 + 3 + 3 + 40 + 70_000
+    assert hist.counts[0] == 1  # <= 0.5
+    assert hist.counts[DEFAULT_BUCKETS.index(5)] == 2  # (1, 5]
+    assert hist.quantile(0.5) == 5
+    assert hist.quantile(1.0) == 300000
+    assert Histogram("empty").quantile(0.5) is None
+
+
+def test_merge_sums_workers() -> None:
+    first, second = Store(), Store()
+    first.counter("c").inc(2)
+    second.counter("c").inc(5)
+    second.counter("only_second").inc()
+    first.gauge("g").set(1)
+    second.gauge("g").set(2)
+    first.histogram("h").record(1)
+    second.histogram("h").record(1000)
+    merged = merge([first.snapshot(), second.snapshot()])
+    assert merged["counters"] == {"c": 7, "only_second": 1}
+    assert merged["gauges"] == {"g": 3}
+    assert merged["histograms"]["h"]["count"] == 2
+    assert sum(merged["histograms"]["h"]["counts"]) == 2
+    # merging must not alias the first worker's lists
+    assert first.snapshot()["histograms"]["h"]["count"] == 1
