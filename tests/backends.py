@@ -522,6 +522,9 @@ def established_on_port(pid: int, port: int) -> int:
     return count
 
 
+ProxyContext = contextlib.AbstractContextManager[tuple[ProxyProcess, int]]
+
+
 @contextlib.contextmanager
 def http_proxy(tmp_path: Path, route_config: dict[str, Any], clusters: list[dict[str, Any]], *,
                concurrency: int = 1, **hcm: Any) -> Iterator[tuple[ProxyProcess, int]]:

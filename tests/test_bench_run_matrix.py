@@ -83,3 +83,41 @@ def test_quick_halves_the_cell_duration_and_direct_is_always_measured() -> None:
     assert quick.targets == ["direct", "tulle"]
     with pytest.raises(SystemExit):
         parse_args(["--bodies", "2k"])
+
+
+def test_a_cell_disturbed_by_other_processes_is_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import run_matrix
+
+    monkeypatch.setattr(run_matrix, "RETRY_PAUSE_SECONDS", 0.0)
+    other_loads = iter([40.0, 25.0, 30.0])
+    attempts: list[Cell] = []
+
+    def fake_measure(*_args: object) -> Cell:
+        cell = measured("nginx", rps=40_000 + len(attempts), p50=500, p99=900, cpu=16.0)
+        cell.other_cpu_pct = next(other_loads)
+        attempts.append(cell)
+        return cell
+
+    monkeypatch.setattr(run_matrix, "measure_cell", fake_measure)
+    args = parse_args(["--max-other-cpu", "15", "--retries", "2"])
+    kept = run_matrix.measure_cell_on_quiet_machine(None, None, "1k", 32, args)
+    assert len(attempts) == 3
+    assert kept is attempts[1]  # the quietest attempt, whatever its result
+    assert kept.attempts == 3
+
+
+def test_a_quiet_cell_is_measured_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import run_matrix
+
+    calls: list[int] = []
+
+    def fake_measure(*_args: object) -> Cell:
+        calls.append(1)
+        cell = measured("nginx", rps=40_000, p50=500, p99=900, cpu=16.0)
+        cell.other_cpu_pct = 3.0
+        return cell
+
+    monkeypatch.setattr(run_matrix, "measure_cell", fake_measure)
+    kept = run_matrix.measure_cell_on_quiet_machine(None, None, "1k", 32, parse_args([]))
+    assert calls == [1]
+    assert kept.attempts == 1

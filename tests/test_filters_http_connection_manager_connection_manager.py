@@ -17,6 +17,7 @@ import pytest
 
 from backends import (
     Client,
+    ProxyContext,
     RawBackend,
     chunked_body,
     echo_backend,
@@ -42,7 +43,7 @@ def echo_port() -> Iterator[int]:
         yield port
 
 
-def echo_proxy(tmp_path: Path, echo_port: int, **hcm: object):  # noqa: ANN201 - context manager
+def echo_proxy(tmp_path: Path, echo_port: int, **hcm: object) -> ProxyContext:
     return http_proxy(tmp_path, simple_route("backend"), [static_cluster("backend", [echo_port])], **hcm)
 
 
@@ -318,6 +319,18 @@ def test_server_name_is_configurable(tmp_path: Path, echo_port: int) -> None:
         assert get(port, "/server").header_all("server") == ["tulle-edge"]
 
 
+def test_absolute_form_target_sets_authority_and_path(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port) as (_, port), Client(port) as client:
+        echo = client.request("GET", "http://other.example:8080/abs?x=1", host="ignored.example").json()
+    assert echo["path"] == "/abs?x=1"
+    assert echo["headers"]["host"] == "other.example:8080"
+
+
+def test_merge_slashes(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, merge_slashes=True) as (_, port):
+        assert get(port, "//a///b//?q=//x").json()["path"] == "/a/b/?q=//x"
+
+
 # --------------------------------------------------------------------------- limits and malformed input
 
 
@@ -383,6 +396,24 @@ def test_stream_idle_timeout_answers_408(tmp_path: Path, echo_port: int) -> None
         assert (response.status, response.body) == (408, b"stream timeout")
         assert client.closed_by_peer()
         assert proxy.stats()["http.ingress.downstream_rq_idle_timeout"] == 1
+
+
+def test_stream_idle_timeout_waiting_for_the_upstream_is_504(tmp_path: Path) -> None:
+    # Envoy (maybeRequestTimeoutCode): 408 only while the request is incomplete; once it is
+    # fully received an idle stream is answered 504 "stream timeout".
+    with RawBackend(never_answer) as backend, http_proxy(
+            tmp_path, simple_route("backend"), [static_cluster("backend", [backend.port])],
+            stream_idle_timeout="0.3s") as (proxy, port), Client(port) as client:
+        response = client.request("GET", "/silent")
+        assert (response.status, response.body) == (504, b"stream timeout")
+        assert proxy.stats()["http.ingress.downstream_rq_idle_timeout"] == 1
+
+
+def test_request_timeout_stops_once_the_request_is_received(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, request_timeout="0.3s") as (proxy, port), Client(port) as client:
+        response = client.request("POST", "/delay/700", body=b"complete")
+        assert (response.status, response.body) == (200, b"delayed\n")
+        assert proxy.stats()["http.ingress.downstream_rq_timeout"] == 0
 
 
 def test_idle_timeout_closes_an_idle_client_connection(tmp_path: Path, echo_port: int) -> None:

@@ -3,10 +3,11 @@
 One proxy (two workers, a STATIC cluster to an echo backend) takes hypothesis-generated garbage: bad
 request lines, bad header names and values, bare CR/LF, NUL bytes, conflicting framing, bad chunk sizes,
 oversized and too many headers, truncations, binary noise, the HTTP/2 preface, and mutations of valid
-requests. For each input the client sends the bytes, reads until the proxy closes or falls silent, then
-half-closes; the proxy must then close too. What it sent must be HTTP/1.1 responses only; a local error
-reply for a protocol error must be the last response, say ``connection: close`` and be followed by the
-close. Between and after the examples a well-formed request must still get a 200 and no worker may die.
+requests. For each input the client sends the bytes and reads until the proxy closes; if the proxy falls
+silent without having announced ``connection: close`` the client half-closes, and the proxy must then
+close too (no half-open hang). What it sent must be HTTP/1.1 responses only; a local reply to a protocol
+error must be the last response, say ``connection: close`` and be followed by the close. Every 50
+examples and after the run a well-formed request must still get a 200, and no worker may have died.
 
 The regression cases at the end pin Envoy's answers to the classics (Envoy's HTTP/1 codec and HCM).
 """
@@ -55,7 +56,6 @@ ANNOUNCED_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close\r\n", re.IGNORECASE)
 class Exchange:
     data: bytes
     proxy_closed_first: bool  # FIN or RST from the proxy before our half-close
-    reset: bool
     finished: bool  # the connection ended before the deadline
     bytes_before_half_close: int  # len(data) when we half-closed (all of it if we never did)
 
@@ -67,7 +67,7 @@ def exchange(port: int, payload: bytes, settle: float = SETTLE_SECONDS) -> Excha
     half-closing, so a proxy that promises to close but does not is caught, not masked.
     """
     data = bytearray()
-    half_closed = reset = finished = False
+    half_closed = finished = False
     bytes_before_half_close = 0
     with socket.create_connection(("127.0.0.1", port), timeout=CLOSE_DEADLINE_SECONDS) as sock:
         try:
@@ -94,7 +94,7 @@ def exchange(port: int, payload: bytes, settle: float = SETTLE_SECONDS) -> Excha
                 deadline = time.monotonic() + CLOSE_DEADLINE_SECONDS
                 continue
             except ConnectionResetError:
-                reset = finished = True
+                finished = True
                 break
             if not chunk:
                 finished = True
@@ -102,7 +102,7 @@ def exchange(port: int, payload: bytes, settle: float = SETTLE_SECONDS) -> Excha
             data += chunk
     if not half_closed:
         bytes_before_half_close = len(data)
-    return Exchange(bytes(data), proxy_closed_first=finished and not half_closed, reset=reset, finished=finished,
+    return Exchange(bytes(data), proxy_closed_first=finished and not half_closed, finished=finished,
                     bytes_before_half_close=bytes_before_half_close)
 
 
@@ -256,7 +256,8 @@ def fuzz_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzProxy]:
 def assert_acceptable(fuzz: FuzzProxy, payload: bytes, result: Exchange) -> None:
     """The property every input must satisfy (see the module docstring)."""
     context = f"payload {payload[:300]!r}{'...' if len(payload) > 300 else ''} -> {result.data[:300]!r}"
-    assert result.finished, f"connection still open {CLOSE_DEADLINE_SECONDS}s after the proxy announced close or we half-closed: {context}"
+    assert result.finished, (
+        f"connection still open {CLOSE_DEADLINE_SECONDS}s after the proxy announced close or we half-closed: {context}")
     responses = parse_responses(result.data)
     if result.proxy_closed_first:
         assert responses, f"the proxy closed without an HTTP reply: {context}"
@@ -296,12 +297,28 @@ def chunked(body: bytes, piece: int) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
 
-paths = st.lists(st.sampled_from([b"a", b"fuzz", b"x.y", b"%41", b"~t", b"q?x=1", b""]), max_size=4).map(
-    lambda parts: b"/" + b"/".join(parts))
+def _join_path(parts: list[bytes]) -> bytes:
+    return b"/" + b"/".join(parts)
+
+
+def _header_value(text: str) -> bytes:
+    return text.strip().encode()
+
+
+def _header_line(pair: tuple[bytes, bytes]) -> bytes:
+    return pair[0] + b": " + pair[1]
+
+
+def _single_line(raw: bytes) -> bool:
+    return b"\r" not in raw and b"\n" not in raw
+
+
+# Named functions rather than lambdas: hypothesis would otherwise parse their source to describe them.
+paths = st.lists(st.sampled_from([b"a", b"fuzz", b"x.y", b"%41", b"~t", b"q?x=1", b""]), max_size=4).map(_join_path)
 header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20).map(
-    lambda text: text.strip().encode())
-benign_headers = st.tuples(st.sampled_from([b"X-Fuzz", b"Accept", b"User-Agent", b"X-Trace-Id"]), header_values).map(
-    lambda pair: pair[0] + b": " + pair[1])
+    _header_value)
+benign_headers = st.tuples(
+    st.sampled_from([b"X-Fuzz", b"Accept", b"User-Agent", b"X-Trace-Id"]), header_values).map(_header_line)
 
 
 @st.composite
@@ -411,7 +428,7 @@ def framing_conflicts(draw: st.DrawFn) -> bytes:
 def bad_chunked_bodies(draw: st.DrawFn) -> bytes:
     size = draw(st.one_of(
         st.sampled_from([b"zz", b"-1", b"", b"0x5", b"fffffffffffffffffffff", b"5 5", b"+5", b"\t5", b"5\x00"]),
-        st.binary(min_size=1, max_size=6).filter(lambda raw: b"\r" not in raw and b"\n" not in raw),
+        st.binary(min_size=1, max_size=6).filter(_single_line),
     ))
     tail = draw(st.sampled_from([b"\r\nhello\r\n0\r\n\r\n", b"\r\nhelloXX0\r\n\r\n", b"\r\n", b"\nhello\n0\n\n"]))
     return build(b"POST /chunks HTTP/1.1", [HOST, b"Transfer-Encoding: chunked"], size + tail)

@@ -130,12 +130,15 @@ class HeaderMap:
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` by one, keeping the first position."""
         name = name.lower()
-        if self.wire is not None and name[0] != ":":
-            # wire form: the encoder drops the block's own lines of this name
-            if self.wire_sets is None:
-                self.wire_sets = {}
-            self.wire_sets[name] = value
-            return
+        if self.wire is not None:
+            if name[0] == ":":
+                self.wire_index[name] = value  # pseudo-headers live in items and the index
+            else:
+                # wire form: the encoder drops the block's own lines of this name
+                if self.wire_sets is None:
+                    self.wire_sets = {}
+                self.wire_sets[name] = value
+                return
         items = self._items
         for index in range(len(items)):
             if items[index][0] == name:

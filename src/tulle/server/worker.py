@@ -31,20 +31,30 @@ class Worker:
         )
         self.ctx = FactoryContext(stats=self.stats, cluster_manager=self.cluster_manager, server=state)
         self.listeners: list[Listener] = []
-        seen: dict[str, int] = {}
+        names: dict[str, int] = {}
+        addresses: dict[tuple[str, int], str] = {}
         for index, proto in enumerate(bootstrap.static_resources.listeners):
             field = join("static_resources", f"listeners[{index}]")
             listener = Listener(proto, field, self.ctx)
-            if listener.name in seen:
+            if listener.name in names:
                 raise ConfigError(f"duplicate listener name {listener.name!r}", field=join(field, "name"))
-            seen[listener.name] = index
+            address = (listener.ip, listener.port)
+            # SO_REUSEPORT would let both bind and split the traffic between them: refuse, as Envoy does.
+            if listener.port and address in addresses:
+                raise ConfigError(
+                    f"error adding listener '{listener.name}': has duplicate address "
+                    f"'{listener.ip}:{listener.port}' as existing listener '{addresses[address]}'",
+                    field=join(field, "address"),
+                )
+            names[listener.name] = index
+            addresses[address] = listener.name
             self.listeners.append(listener)
         self._server_stats()
 
     def _server_stats(self) -> None:
-        self.stats.gauge("server.live").set(1)
-        self.stats.gauge("server.concurrency").set(self.state.concurrency)
-        self.stats.gauge("server.state").set(0)  # 0 = LIVE, as in Envoy
+        self.stats.gauge("server.live", per_worker=False).set(1)
+        self.stats.gauge("server.concurrency", per_worker=False).set(self.state.concurrency)
+        self.stats.gauge("server.state", per_worker=False).set(0)  # 0 = LIVE, as in Envoy
 
     def bind_all(self) -> list[socket.socket]:
         return [listener.bind() for listener in self.listeners]
@@ -58,8 +68,8 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         uptime = int(time.time() - self.state.start_time) if self.state.start_time else 0
-        self.stats.gauge("server.uptime").set(uptime)
-        self.stats.gauge("server.healthcheck_failed").set(int(self.state.healthcheck_failed))
+        self.stats.gauge("server.uptime", per_worker=False).set(uptime)
+        self.stats.gauge("server.healthcheck_failed", per_worker=False).set(int(self.state.healthcheck_failed))
         return self.stats.snapshot()
 
     def clusters_status(self) -> list[dict[str, Any]]:

@@ -29,11 +29,15 @@ class Counter:
 
 
 class Gauge:
-    __slots__ = ("name", "value")
+    """``per_worker=False`` marks a process-wide value that every worker sets alike
+    (server.live, membership_total): summed across workers it would be multiplied."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("name", "value", "per_worker")
+
+    def __init__(self, name: str, per_worker: bool = True) -> None:
         self.name = name
         self.value = 0
+        self.per_worker = per_worker
 
     def inc(self, amount: int = 1) -> None:
         self.value += amount
@@ -89,10 +93,10 @@ class Store:
             stat = self.counters[name] = Counter(name)
         return stat
 
-    def gauge(self, name: str) -> Gauge:
+    def gauge(self, name: str, *, per_worker: bool = True) -> Gauge:
         stat = self.gauges.get(name)
         if stat is None:
-            stat = self.gauges[name] = Gauge(name)
+            stat = self.gauges[name] = Gauge(name, per_worker)
         return stat
 
     def histogram(self, name: str) -> Histogram:
@@ -106,6 +110,7 @@ class Store:
         return {
             "counters": {n: c.value for n, c in self.counters.items()},
             "gauges": {n: g.value for n, g in self.gauges.items()},
+            "process_wide_gauges": [n for n, g in self.gauges.items() if not g.per_worker],
             "histograms": {
                 n: {"buckets": list(h.buckets), "counts": list(h.counts), "sum": h.sum, "count": h.count}
                 for n, h in self.histograms.items()
@@ -115,12 +120,18 @@ class Store:
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum worker snapshots: counters, gauges and histogram buckets all add up."""
-    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}}
-    for snap in snapshots:
+    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}, "process_wide_gauges": []}
+    for index, snap in enumerate(snapshots):
+        process_wide = set(snap.get("process_wide_gauges", ()))
+        if index == 0:
+            out["process_wide_gauges"] = sorted(process_wide)
         for kind in ("counters", "gauges"):
             target = out[kind]
             for name, value in snap[kind].items():
-                target[name] = target.get(name, 0) + value
+                if name in process_wide:
+                    target.setdefault(name, value)  # the same in every worker: take it once
+                else:
+                    target[name] = target.get(name, 0) + value
         for name, hist in snap["histograms"].items():
             mine = out["histograms"].get(name)
             if mine is None:

@@ -29,8 +29,8 @@ class ClusterManager:
         self.clusters = clusters
         self._stats = stats
         self._warming: list[asyncio.Task[None]] = []
-        self._warming_gauge = stats.gauge("cluster_manager.warming_clusters")
-        stats.gauge("cluster_manager.active_clusters").set(len(clusters))
+        self._warming_gauge = stats.gauge("cluster_manager.warming_clusters", per_worker=False)
+        stats.gauge("cluster_manager.active_clusters", per_worker=False).set(len(clusters))
         stats.counter("cluster_manager.cluster_added").value += len(clusters)
 
     @classmethod

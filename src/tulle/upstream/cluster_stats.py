@@ -73,7 +73,9 @@ class ClusterStats:
         for name in COUNTERS:
             setattr(self, name, store.counter(self.prefix + name))
         for name in GAUGES:
-            setattr(self, name, store.gauge(self.prefix + name))
+            # membership and weights are the same in every worker; activity gauges add up
+            process_wide = name.startswith("membership_") or name == "max_host_weight"
+            setattr(self, name, store.gauge(self.prefix + name, per_worker=not process_wide))
         for name in HISTOGRAMS:
             setattr(self, name, store.histogram(self.prefix + name))
         # status code -> (upstream_rq_<Nxx>, upstream_rq_<code>)

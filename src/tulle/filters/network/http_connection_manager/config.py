@@ -110,6 +110,9 @@ class HcmConfig:
             duration_seconds(proto.stream_idle_timeout) if proto.HasField("stream_idle_timeout") else 300.0
         )
         self.request_timeout = duration_seconds(proto.request_timeout) if proto.HasField("request_timeout") else 0.0
+        # the soonest a per-stream timeout can fire after a stream starts (0: none configured)
+        self.stream_timeout_span = min(
+            (t for t in (self.stream_idle_timeout, self.request_timeout) if t), default=0.0)
         self.server_name = proto.server_name or "envoy"
         self.server_header_transformation = proto.server_header_transformation
         self.use_remote_address = proto.use_remote_address.value

@@ -45,7 +45,11 @@ def request_id() -> str:
 
 
 class HeadersTooLarge(Exception):
-    pass
+    """The request head is over max_request_headers_kb or max_headers_count: 431."""
+
+
+class UnsupportedTransferCoding(Exception):
+    """A transfer coding other than exactly "chunked": Envoy's codec answers 501."""
 
 
 class ActiveStream:
@@ -56,7 +60,7 @@ class ActiveStream:
         "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
         "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
         "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
-        "has_envoy_headers",
+        "has_envoy_headers", "error_reply",
     )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
@@ -85,6 +89,7 @@ class ActiveStream:
         self.expect_continue = False
         self.upgrade_h2c = False
         self.has_envoy_headers = False  # any x-envoy-* request header (the router may then append blindly)
+        self.error_reply: tuple[int, str] | None = None  # (status, details) owed instead of proxying
 
     # --- for filters ---------------------------------------------------
     def get_route(self):  # noqa: ANN201 - Route | None
@@ -115,7 +120,17 @@ class ActiveStream:
 
     # --- request path --------------------------------------------------
     def dispatch(self) -> None:
-        self.last_activity = self.connection.loop_time()
+        if self.error_reply is not None:
+            # a malformed or refused request: answered in its turn, then the connection closes
+            status, details = self.error_reply
+            self.keep_alive = False
+            self.send_local_reply("", status=status, details=details)
+            return
+        connection = self.connection
+        now = self.last_activity = connection.loop_time()
+        span = self.config.stream_timeout_span
+        if span and (connection.timer is None or connection.timer_when > now + span):
+            connection._arm_timer(now + span)  # the lazy timer must wake up for this stream's timeouts
         self.filters = [factory.create_filter(self) for factory in self.config.filter_factories]
         self._decode_headers_from(0)
         if self.done:
@@ -276,7 +291,7 @@ class HttpConnection(asyncio.Protocol):
         "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
         "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
         "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-        "remote_str", "local_str", "write_paused", "corked", "out", "in_head",
+        "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed",
     )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
@@ -291,6 +306,7 @@ class HttpConnection(asyncio.Protocol):
         self.header_list: list[tuple[str, str]] = []
         self.header_bytes = 0
         self.in_head = False
+        self.parse_failed = False
         self.read_disabled = 0
         self.close_when_done = False
         self.closed = False
@@ -327,6 +343,8 @@ class HttpConnection(asyncio.Protocol):
         self._arm_timer(self._next_deadline())
 
     def data_received(self, data: bytes) -> None:
+        if self.parse_failed:
+            return  # after a malformed request nothing more is parsed; the connection is closing
         self.stats_rx.value += len(data)
         self.last_activity = self.loop.time()
         try:
@@ -338,14 +356,17 @@ class HttpConnection(asyncio.Protocol):
                 if self.header_bytes > self.config.max_request_headers_bytes:
                     raise HeadersTooLarge
         except HeadersTooLarge:
-            self.protocol_error(431, "header_size_exceeded", b"")
+            self.protocol_error(431, "header_size_exceeded")
         except httptools.HttpParserUpgrade as exc:
             self._after_upgrade(data, exc)
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, HeadersTooLarge):  # raised in a callback, wrapped by httptools
-                self.protocol_error(431, "header_size_exceeded", b"")
+            cause = exc.__context__  # raised in one of our callbacks, wrapped by httptools
+            if isinstance(cause, HeadersTooLarge):
+                self.protocol_error(431, "header_size_exceeded")
+            elif isinstance(cause, UnsupportedTransferCoding):
+                self.protocol_error(501, "invalid_transfer_encoding")
             else:
-                self.protocol_error(400, "codec_error:" + type(exc).__name__, b"")
+                self.protocol_error(400, "codec_error:" + type(exc).__name__)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -416,7 +437,8 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("latin-1")
         target = self.url.decode("latin-1")
-        http10 = parser.get_http_version() == "1.0"
+        # Envoy treats every version but 1.1 (0.9, 1.0, 2.0 spoken as text) as HTTP/1.0
+        http10 = parser.get_http_version() != "1.1"
         items = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
         authority = None
         content_length = None
@@ -442,6 +464,8 @@ class HttpConnection(asyncio.Protocol):
             if name == "content-length":
                 content_length = item[1]
             elif name == "transfer-encoding":
+                if item[1].strip().lower() != "chunked":
+                    raise UnsupportedTransferCoding
                 chunked = True
             elif name == "connection":
                 connection_tokens = item[1].lower()
@@ -502,10 +526,10 @@ class HttpConnection(asyncio.Protocol):
         if config.normalize_host:
             config.route_table.normalize_host(headers)
         if error is not None:
-            stream.request_complete = stream.end_stream_at_headers
             stream.keep_alive = False
+            stream.error_reply = error
             if len(self.streams) == 1:
-                stream.send_local_reply("", status=error[0], details=error[1])
+                stream.dispatch()
             return
         if len(self.streams) == 1:
             if expect:
@@ -642,36 +666,29 @@ class HttpConnection(asyncio.Protocol):
             except Exception:  # noqa: BLE001 - a broken log line must never take the request down
                 config.stats.access_log_errors.value += 1
 
-    def protocol_error(self, status: int, details: str, body: bytes) -> None:
-        """Malformed input: answer ``status`` if we still can, then close."""
+    def protocol_error(self, status: int, details: str) -> None:
+        """Malformed input: nothing after it is read; earlier pipelined requests are still
+        answered in order, then ``status``, then the connection closes (as Envoy does)."""
         self.config.stats.downstream_cx_protocol_error.value += 1
-        self.close_when_done = True
+        self.parse_failed = True
         stream = self.parsing
-        if stream is None or stream.response_started or stream.done:
-            # No request of ours to answer on (or it already started): answer on a fresh stream.
-            for pending in list(self.streams):
-                if pending is not stream and not pending.done:
-                    pending.keep_alive = False
-            if stream is None or stream.done:
-                info = StreamInfo(self.remote_str, self.local_str)
-                headers = HeaderMap([(":method", ""), (":path", ""), (":authority", "")])
-                stream = ActiveStream(self, headers, info)
-                info.request_headers = headers
-                self.config.stats.downstream_rq_active.value += 1
-                self.streams.appendleft(stream)
+        self.parsing = None
+        if stream is not None and not stream.done and stream.response_started:
+            stream.reset(flags.DOWNSTREAM_PROTOCOL_ERROR)  # its response is half out: abort
+            return
+        if stream is None or stream.done:
+            info = StreamInfo(self.remote_str, self.local_str)
+            headers = HeaderMap([(":method", ""), (":path", ""), (":authority", "")])
+            stream = ActiveStream(self, headers, info)
+            info.request_headers = headers
+            self.config.stats.downstream_rq_active.value += 1
+            self.streams.append(stream)
         stream.info.add_flag(flags.DOWNSTREAM_PROTOCOL_ERROR)
         stream.request_complete = True
         stream.keep_alive = False
-        if stream.response_started:
-            stream.reset(flags.DOWNSTREAM_PROTOCOL_ERROR)
-            return
-        if self.streams and self.streams[0] is not stream:
-            # Earlier pipelined responses still owed: drop them, answer the error, close.
-            for pending in list(self.streams):
-                if pending is not stream:
-                    pending.reset(flags.DOWNSTREAM_PROTOCOL_ERROR)
-        stream.send_local_reply("", status=status, body=body, details=details)
-        self.close_transport()
+        stream.error_reply = (status, details)
+        if self.streams[0] is stream:
+            stream.dispatch()  # replaces anything the stream had started upstream
 
     def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         stream = self.streams[-1] if self.streams else None
@@ -788,7 +805,8 @@ class HttpConnection(asyncio.Protocol):
                     now - max(stream.last_activity, self.last_activity) >= config.stream_idle_timeout):
                 config.stats.downstream_rq_idle_timeout.value += 1
                 stream.keep_alive = False
-                stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT)
+                # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
+                stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=504 if stream.request_complete else 0)
         elif config.idle_timeout and now - self.last_activity >= config.idle_timeout:
             config.stats.downstream_cx_idle_timeout.value += 1
             self.close_when_done = True
