@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from tulle.config.errors import ConfigError, UnsupportedFeature
 from tulle.config.loader import parse_message
@@ -153,9 +154,9 @@ REFUSALS = [
     ({"dns_resolvers": [{"socket_address": {"address": "8.8.8.8", "port_value": 53}}]}, "dns_resolvers"),
     ({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares"}}, "typed_dns_resolver_config"),
     ({"respect_dns_ttl": True}, "respect_dns_ttl"),
-    ({"type": "EDS"}, "type"),
     ({"type": "ORIGINAL_DST"}, "type"),
-    ({"eds_cluster_config": {"service_name": "x"}}, "eds_cluster_config"),
+    ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/x"}}}},
+     "eds_cluster_config.eds_config.path_config_source"),
     ({"cluster_type": {"name": "envoy.clusters.aggregate"}}, "cluster_type"),
     ({"upstream_connection_options": {"tcp_keepalive": {}}}, "upstream_connection_options"),
     ({"protocol_selection": "USE_DOWNSTREAM_PROTOCOL"}, "protocol_selection"),
@@ -181,9 +182,37 @@ def test_unsupported_cluster_features_are_refused_with_their_path(fields, path):
     assert "unsupported by Tulle" in str(caught.value)
 
 
-def test_eds_refusal_points_to_the_control_plane_work():
-    with pytest.raises(UnsupportedFeature, match="EDS.*control-plane"):
-        build(cluster_dict(type="EDS"))
+def test_eds_cluster_needs_an_ads_config_source():
+    with pytest.raises(UnsupportedFeature, match="other than ads"):
+        build(cluster_dict(type="EDS", eds_cluster_config={"eds_config": {"resource_api_version": "V3"}}))
+    with pytest.raises(ConfigError, match="only for clusters of type EDS"):
+        build(cluster_dict(eds_cluster_config={"service_name": "x"}))
+
+
+def test_eds_cluster_applies_assignments_and_keeps_surviving_hosts():
+    data = cluster_dict(type="EDS", eds_cluster_config={"eds_config": {"ads": {}}, "service_name": "svc"})
+    del data["load_assignment"]
+    cluster = build(data)
+    assert cluster.service_name == "svc" and not cluster.initialized and cluster.choose_host(None) is None
+
+    def assignment(*endpoints):
+        return parse_message({"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}},
+             "load_balancing_weight": weight} for ip, port, weight in endpoints]}]}, ClusterLoadAssignment)
+
+    cluster.apply_assignment(assignment(("10.0.0.1", 80, 1), ("10.0.0.2", 80, 1)))
+    assert cluster.initialized and len(cluster.hosts) == 2
+    survivor = next(h for h in cluster.hosts if h.ip == "10.0.0.2")
+    survivor.pool = object()  # stands for a live connection pool
+    cluster.apply_assignment(assignment(("10.0.0.2", 80, 5), ("10.0.0.3", 80, 1)))
+    assert {h.address_str for h in cluster.hosts} == {"10.0.0.2:80", "10.0.0.3:80"}
+    kept = next(h for h in cluster.hosts if h.ip == "10.0.0.2")
+    assert kept is survivor and kept.weight == 5 and kept.pool is not None
+    assert cluster.stats.membership_total.value == 2
+    with pytest.raises(ConfigError) as err:
+        cluster.apply_assignment(assignment(("not-an-ip", 80, 1)))
+    assert "malformed IP address" in str(err.value)
+    assert {h.address_str for h in cluster.hosts} == {"10.0.0.2:80", "10.0.0.3:80"}  # unchanged
 
 
 ENDPOINT_REFUSALS = [

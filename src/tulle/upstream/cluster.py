@@ -21,6 +21,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
@@ -49,6 +50,7 @@ log = logging.getLogger("tulle.upstream")
 STATIC = "STATIC"
 STRICT_DNS = "STRICT_DNS"
 LOGICAL_DNS = "LOGICAL_DNS"
+EDS = "EDS"
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
@@ -63,6 +65,7 @@ _CLUSTER_FIELDS = (
     "http_protocol_options", "typed_extension_protocol_options", "dns_refresh_rate",
     "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
     "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
+    "eds_cluster_config",
 )
 # metadata only feeds subset load balancing and filters, which Tulle refuses or does not read.
 _CLUSTER_IGNORED = ("metadata",)
@@ -106,6 +109,7 @@ class ClusterConfig:
     dns_failure_refresh_rate: tuple[float, float] | None  # (base, max) seconds
     wait_for_warm_on_init: bool
     lb: LbSettings
+    eds_service_name: str = ""  # EDS clusters: the ClusterLoadAssignment name to subscribe to
 
 
 # --- parsing ------------------------------------------------------------------
@@ -294,12 +298,17 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
             field=join(field, "cluster_type"),
         )
     type_name = cluster_pb2.Cluster.DiscoveryType.Name(cluster.type)
-    if type_name == "EDS" or cluster.HasField("eds_cluster_config"):
-        raise UnsupportedFeature(
-            "cluster type EDS (xDS endpoint discovery arrives with the control-plane work)",
-            field=join(field, "type" if type_name == "EDS" else "eds_cluster_config"),
-        )
-    if type_name not in (STATIC, STRICT_DNS, LOGICAL_DNS):
+    eds_service_name = ""
+    if cluster.HasField("eds_cluster_config"):
+        if type_name != EDS:
+            raise ConfigError("eds_cluster_config is only for clusters of type EDS",
+                              field=join(field, "eds_cluster_config"))
+    if type_name == EDS:
+        eds_field = join(field, "eds_cluster_config")
+        check_fields(cluster.eds_cluster_config, ("eds_config", "service_name"), eds_field)
+        check_ads_config_source(cluster.eds_cluster_config.eds_config, join(eds_field, "eds_config"))
+        eds_service_name = cluster.eds_cluster_config.service_name or cluster.name
+    elif type_name not in (STATIC, STRICT_DNS, LOGICAL_DNS):
         raise UnsupportedFeature(f"cluster type {type_name}", field=join(field, "type"))
     # Fields Envoy reads only for other cluster types (e.g. dns_* on STATIC) are accepted and, as
     # in Envoy, have no effect there.
@@ -314,7 +323,7 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
     if cluster.HasField("load_assignment"):
         endpoints, overprovisioning_factor = _load_assignment(cluster.load_assignment, join(field, "load_assignment"))
 
-    if type_name == STATIC:
+    if type_name in (STATIC, EDS):
         resolved = []
         for endpoint in endpoints:
             try:
@@ -353,6 +362,7 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         dns_failure_refresh_rate=_dns_failure_refresh_rate(cluster, field),
         wait_for_warm_on_init=cluster.wait_for_warm_on_init.value if cluster.HasField("wait_for_warm_on_init") else True,
         lb=lb_settings,
+        eds_service_name=eds_service_name,
     )
 
 
@@ -426,6 +436,13 @@ class Cluster:
 
     def start_refreshing(self) -> None:
         """Start periodic work on the running loop (nothing for STATIC)."""
+
+    def stop_refreshing(self) -> None:
+        """The cluster was replaced or removed: its periodic work (DNS) ends."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
 
     async def close(self) -> None:
         self._closed = True
@@ -565,8 +582,78 @@ class LogicalDnsCluster(_DnsCluster):
         self.stats.membership_change.value += 1
 
 
+def check_ads_config_source(source: Any, field: str) -> None:
+    """Tulle subscribes over the bootstrap's ADS stream only (Istio's way); refuse other sources."""
+    check_fields(source, ("ads", "resource_api_version", "initial_fetch_timeout"), field)
+    if not source.HasField("ads"):
+        raise UnsupportedFeature("config sources other than ads (path, api_config_source)", field=field)
+
+
+def parse_assignment(assignment: endpoint_pb2.ClusterLoadAssignment, field: str) -> tuple[list[EndpointConfig], int]:
+    """A ClusterLoadAssignment from EDS: IP endpoints only (names are resolved by the control plane)."""
+    endpoints, overprovisioning_factor = _load_assignment(assignment, field)
+    resolved = []
+    for endpoint in endpoints:
+        try:
+            ip = str(ipaddress.ip_address(endpoint.address))
+        except ValueError:
+            raise ConfigError(f"malformed IP address {endpoint.address!r}",
+                              field=join(endpoint.field, "address")) from None
+        resolved.append(replace(endpoint, address=ip))
+    return resolved, overprovisioning_factor
+
+
+class EdsCluster(Cluster):
+    """Endpoints arrive over xDS as ClusterLoadAssignments; hosts whose ip:port stays keep their pools."""
+
+    type_name = EDS
+
+    def __init__(self, config: ClusterConfig, *, store: Store, rng: random.Random | None = None) -> None:
+        super().__init__(config, store=store, rng=rng)
+        self.initialized = bool(config.endpoints)  # an inline load_assignment counts as the first one
+        self.service_name = config.eds_service_name
+        self.assignment: endpoint_pb2.ClusterLoadAssignment | None = None
+        self._first_assignment = asyncio.Event()
+        if self.initialized:
+            self._first_assignment.set()
+
+    def apply_assignment(self, assignment: endpoint_pb2.ClusterLoadAssignment, field: str = "") -> None:
+        """Validate, then install: nothing changes if the assignment is refused."""
+        endpoints, overprovisioning_factor = parse_assignment(assignment, field)
+        current = {(host.ip, host.port): host for host in self.hosts}
+        hosts: list[Host] = []
+        for endpoint in endpoints:
+            fresh = endpoint.make_host(endpoint.address)
+            existing = current.pop((fresh.ip, fresh.port), None)
+            if existing is not None:
+                existing.update_from(fresh)
+                hosts.append(existing)
+            else:
+                hosts.append(fresh)
+        self.overprovisioning_factor = overprovisioning_factor
+        self._set_hosts(hosts)
+        self._retire(list(current.values()))
+        self.assignment = assignment
+        self.stats.membership_change.value += 1
+        self.stats.update_success.value += 1
+        self.initialized = True
+        self._first_assignment.set()
+
+    def adopt(self, previous: Cluster) -> None:
+        """A CDS update replaced this cluster: keep serving the previous endpoints (and their pools)
+        until EDS says otherwise, as Envoy keeps the old cluster until the new one is warm."""
+        if isinstance(previous, EdsCluster) and previous.assignment is not None:
+            self._set_hosts(previous.hosts)
+            self.assignment = previous.assignment
+            self.initialized = True
+            self._first_assignment.set()
+
+    async def initialize(self) -> None:
+        await self._first_assignment.wait()
+
+
 _CLUSTER_CLASSES: dict[str, type[Cluster]] = {
-    STATIC: Cluster, STRICT_DNS: StrictDnsCluster, LOGICAL_DNS: LogicalDnsCluster,
+    STATIC: Cluster, STRICT_DNS: StrictDnsCluster, LOGICAL_DNS: LogicalDnsCluster, EDS: EdsCluster,
 }
 
 

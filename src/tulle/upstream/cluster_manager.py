@@ -60,6 +60,46 @@ class ClusterManager:
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
 
+    # --- dynamic clusters (CDS) --------------------------------------------------
+    def build(self, proto: cluster_pb2.Cluster, field: str) -> Cluster:
+        """Validate and build one cluster without installing it (an xDS update is all-or-nothing)."""
+        return build_cluster(proto, field, self._stats)
+
+    def install(self, cluster: Cluster) -> None:
+        """Add or replace a cluster. Requests in flight keep the cluster object they picked; the
+        replaced cluster's hosts that are not carried over wind their pools down."""
+        previous = self.clusters.get(cluster.name)
+        if previous is not None:
+            adopt = getattr(cluster, "adopt", None)
+            if adopt is not None:
+                adopt(previous)
+            kept = {id(host) for host in cluster.hosts}
+            previous._retire([host for host in previous.hosts if id(host) not in kept])
+            previous.stop_refreshing()
+            self._stats.counter("cluster_manager.cluster_modified").value += 1
+        else:
+            self._stats.counter("cluster_manager.cluster_added").value += 1
+        self.clusters[cluster.name] = cluster
+        self._stats.gauge("cluster_manager.active_clusters", per_worker=False).set(len(self.clusters))
+        cluster.reseed()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: start() warms it
+        task = loop.create_task(self._warm(cluster))
+        self._warming.append(task)
+        task.add_done_callback(self._warming.remove)
+
+    def remove(self, name: str) -> bool:
+        cluster = self.clusters.pop(name, None)
+        if cluster is None:
+            return False
+        cluster._retire(cluster.hosts)
+        cluster.stop_refreshing()
+        self._stats.counter("cluster_manager.cluster_removed").value += 1
+        self._stats.gauge("cluster_manager.active_clusters", per_worker=False).set(len(self.clusters))
+        return True
+
     async def start(self, *, warm_timeout: float = DEFAULT_WARM_TIMEOUT) -> None:
         """Resolve DNS clusters once (bounded by ``warm_timeout``), then refresh them periodically.
 

@@ -101,6 +101,20 @@ class Host:
         self.stats = HostStats()
         self.pool: Any = None  # the connection pool, owned by upstream.http_pool
 
+    def update_from(self, other: Host) -> None:
+        """EDS: the same ip:port came back with new weight/priority/locality/health.
+
+        The Host object (its stats and connection pool) survives; only its attributes change.
+        """
+        self.hostname = other.hostname
+        self.weight = other.weight
+        self.priority = other.priority
+        self.locality = other.locality
+        self.health_status = other.health_status
+        self.health_flags = other.health_flags
+        self.healthy = other.healthy
+        self.degraded = other.degraded
+
     def set_address(self, ip: str) -> None:
         """LOGICAL_DNS: the one logical host follows the latest DNS answer; new connections use it."""
         self.ip = ip
