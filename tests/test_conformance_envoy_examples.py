@@ -14,6 +14,7 @@ test-only TULLE_TEST_DNS_OVERRIDES) and then served by a real ``tulle proxy``.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import ipaddress
 import json
@@ -28,11 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from proxy_harness import ProxyProcess, free_port
+from scripted_ads import ScriptedAds, assignment, eds_cluster, rds_listener, route_config
 from tulle.samples import echo_server
+from tulle.samples.echo_server import start_in_thread
+from tulle.xds_client.apply import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +77,11 @@ class Runs:
 
     check: Callable[[RunningExample], None]
     tls_upstreams: bool = False  # the upstreams speak TLS (passthrough examples)
+
+
+@dataclass(frozen=True)
+class RunsWithAds:
+    """Validates, connects to the ADS server its xDS cluster names, and serves what it is sent."""
 
 
 @dataclass
@@ -198,7 +209,7 @@ TRANSPORT_SOCKET = "transport_socket"
 TLS_CLUSTER = Refused(TRANSPORT_SOCKET, "static_resources.clusters[0].transport_socket")
 LISTENER_FILTERS = Refused("listener_filters", "static_resources.listeners[0].listener_filters")
 HCM_TRACING = Refused("tracing", f"{HCM}.tracing")
-DYNAMIC_RESOURCES = Refused("dynamic_resources", "dynamic_resources")
+PATH_CONFIG_SOURCE = Refused("path_config_source", "dynamic_resources.lds_config.path_config_source")
 LAYERED_RUNTIME = Refused("layered_runtime", "layered_runtime")
 NOT_A_BOOTSTRAP = NotBootstrap("resources")
 
@@ -222,10 +233,12 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "double-proxy/envoy-backend.yaml": LISTENER_FILTERS,
     # upstream mTLS on the only cluster
     "double-proxy/envoy-frontend.yaml": TLS_CLUSTER,
-    "dynamic-config-cp/envoy.yaml": DYNAMIC_RESOURCES,
+    # ADS over gRPC to a control plane, as in the example (go-control-plane there, a scripted one here)
+    "dynamic-config-cp/envoy.yaml": RunsWithAds(),
     "dynamic-config-fs/configs/cds.yaml": NOT_A_BOOTSTRAP,
     "dynamic-config-fs/configs/lds.yaml": NOT_A_BOOTSTRAP,
-    "dynamic-config-fs/envoy.yaml": DYNAMIC_RESOURCES,
+    # file-based LDS/CDS: Tulle takes dynamic config over ADS only
+    "dynamic-config-fs/envoy.yaml": PATH_CONFIG_SOURCE,
     # top-level layered_runtime is met before the fault filter
     "fault-injection/envoy.yaml": LAYERED_RUNTIME,
     # top-level layered_runtime is met before the TLS listener
@@ -404,6 +417,8 @@ def test_envoy_example(relative: str, tmp_path: Path) -> None:
     assert expectation is not None, f"{relative}: no expectation in the table"
     if isinstance(expectation, Runs):
         run_in_scope(relative, expectation, tmp_path)
+    elif isinstance(expectation, RunsWithAds):
+        run_with_ads(relative, tmp_path)
     elif isinstance(expectation, Refused):
         assert_refused(relative, expectation)
     else:
@@ -452,3 +467,55 @@ def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
             assert proxy.process is not None and proxy.process.poll() is None, proxy.output()
     finally:
         backends.close()
+
+
+def run_with_ads(relative: str, tmp_path: Path) -> None:
+    """Point the example's xDS cluster at a scripted ADS server, serve it a listener, a route, an EDS
+    cluster and its endpoints (what go-control-plane's example serves), and send a request through."""
+    document = yaml.safe_load((CORPUS / relative).read_text())
+    backend = start_in_thread("service")
+    listen_port = free_port()
+
+    async def scenario() -> None:
+        ads = ScriptedAds()
+        server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+        xds_port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            names = []
+            for cluster in document["static_resources"]["clusters"]:
+                for socket_address in _endpoint_socket_addresses(cluster):
+                    names.append(socket_address["address"])
+                    socket_address["port_value"] = xds_port
+            document["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": free_port()}
+            rewritten = tmp_path / Path(relative).name
+            rewritten.write_text(yaml.safe_dump(document))
+            validated = await asyncio.to_thread(run_validate, rewritten)
+            assert validated.returncode == 0, validated.stderr
+            ads.publish(CLUSTER_TYPE, "1", [eds_cluster("example_proxy_cluster")])
+            ads.publish(ENDPOINT_TYPE, "1", [assignment("example_proxy_cluster", backend.server_address[1])])
+            ads.publish(LISTENER_TYPE, "1", [rds_listener("listener_0", listen_port, "local_route", "http")])
+            ads.publish(ROUTE_TYPE, "1", [route_config("local_route", "example_proxy_cluster")])
+            env = {"TULLE_TEST_DNS_OVERRIDES": ";".join(f"{name}=127.0.0.1" for name in names if not _is_ip(name))}
+            with ProxyProcess(document, tmp_path, env=env) as proxy:
+                deadline = time.monotonic() + 10
+                reply = None
+                while time.monotonic() < deadline:
+                    try:
+                        reply, _ = await asyncio.to_thread(http_get, listen_port, "/")
+                        if reply.status == 200:
+                            break
+                    except OSError:
+                        pass
+                    await asyncio.sleep(0.05)
+                assert reply is not None and reply.status == 200, proxy.output()
+                assert reply.headers.get("x-served-by") == "service"
+                assert ads.requests[0].node.id == "test-id" and ads.requests[0].node.cluster == "test-cluster"
+        finally:
+            await server.stop(None)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        backend.shutdown()

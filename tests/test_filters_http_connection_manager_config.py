@@ -18,6 +18,7 @@ from tulle.filters.network.http_connection_manager.config import (
     HttpConnectionManagerFactory,
 )
 from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+from tulle.http.headers import HeaderMap
 from tulle.server.context import DownstreamConnection, FactoryContext, ServerState
 from tulle.stats.store import Store
 
@@ -176,10 +177,18 @@ def test_unsupported_settings_are_refused_with_their_path(overrides: dict[str, A
     assert "unsupported by Tulle" in str(error)
 
 
-def test_rds_is_refused() -> None:
-    error = refused(document(route_config=None, rds={"route_config_name": "r", "config_source": {"ads": {}}}))
+def test_rds_over_ads_starts_with_an_empty_table_named_for_rds() -> None:
+    config = build(document(route_config=None, rds={"route_config_name": "9080", "config_source": {"ads": {}}}))
+    assert config.route_config_name == "9080"
+    headers = HeaderMap([(":method", "GET"), (":path", "/"), (":authority", "x")])
+    assert config.route_table.find(headers) is None  # 404 until RDS delivers the table
+
+
+def test_rds_from_other_config_sources_is_refused() -> None:
+    error = refused(document(route_config=None, rds={"route_config_name": "r",
+                                                     "config_source": {"path_config_source": {"path": "/r.yaml"}}}))
     assert isinstance(error, UnsupportedFeature)
-    assert error.field == f"{FIELD}.rds"
+    assert error.field == f"{FIELD}.rds.config_source.path_config_source"
 
 
 def test_missing_route_config_is_an_error() -> None:

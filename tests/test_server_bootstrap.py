@@ -7,11 +7,14 @@ from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 from tulle.config.errors import UnsupportedFeature
 from tulle.config.loader import parse_message
-from tulle.server.bootstrap import check_bootstrap
+from tulle.server.bootstrap import check_bootstrap, xds_settings
 
 
 @pytest.mark.parametrize(("document", "field", "words"), [
-    ({"dynamic_resources": {"ads_config": {}}}, "dynamic_resources", "xDS"),
+    ({"dynamic_resources": {"lds_config": {"path_config_source": {"path": "/lds.yaml"}}}},
+     "dynamic_resources.lds_config.path_config_source", "path_config_source"),
+    ({"dynamic_resources": {"ads_config": {"api_type": "REST"}}}, "dynamic_resources.ads_config.api_type", "REST"),
+    ({"dynamic_resources": {"cds_config": {"ads": {}}}}, "dynamic_resources", "without ads_config"),
     ({"layered_runtime": {"layers": [{"name": "x", "static_layer": {}}]}}, "layered_runtime", "runtime"),
     ({"tracing": {}}, "tracing", "tracing"),
     ({"stats_sinks": [{"name": "s"}]}, "stats_sinks", "prometheus"),
@@ -33,3 +36,14 @@ def test_supported_top_level_parts_pass() -> None:
                   "access_log_path": "/dev/null"},
         "static_resources": {"listeners": [], "clusters": []},
     }, Bootstrap))
+
+
+def test_ads_bootstrap_is_accepted_and_names_the_xds_cluster() -> None:
+    bootstrap = parse_message({"dynamic_resources": {
+        "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
+                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+        "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        "cds_config": {"ads": {}, "resource_api_version": "V3"},
+    }}, Bootstrap)
+    check_bootstrap(bootstrap)
+    assert xds_settings(bootstrap) == ("xds-grpc", True)

@@ -10,6 +10,7 @@ Envoy process with N worker threads.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -110,6 +111,8 @@ class ProxyServer:
         self.admin: Any = None
         self.stopped: asyncio.Event | None = None
         self.background: set[asyncio.Task[None]] = set()
+        self.applier: Any = None  # xDS: the dynamic part of this process's worker
+        self.ads: Any = None  # the ADS client (main process only)
 
     # --- start-up --------------------------------------------------------
     def run(self) -> int:
@@ -141,6 +144,7 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         await self.worker.start(sockets)
+        self._start_xds_client()
         if self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address"):
             from tulle.admin.server import AdminServer
             from tulle.listener.listener import socket_address_of
@@ -159,8 +163,59 @@ class ProxyServer:
         await self._shutdown()
         return 0
 
+    def _start_xds_client(self) -> None:
+        """The main process holds the ADS stream; children get each applied update forwarded."""
+        if self.worker.xds is None:
+            return
+        from tulle.xds_client.ads import AdsClient
+        from tulle.xds_client.apply import XdsApplier
+
+        self.applier = XdsApplier(self.worker)
+        self.ads = AdsClient(self.worker.xds_target(), self.bootstrap.node, self.applier,
+                             delta=self.worker.xds[1], on_applied=self._forward_update)
+        task = asyncio.get_running_loop().create_task(self.ads.run())
+        self.background.add(task)
+        log.info("xDS: ADS (%s) to %s", "delta" if self.worker.xds[1] else "state of the world",
+                 self.worker.xds_target())
+
+    def _forward_update(self, type_url: str, resources: dict[str, Any], removed: set[str], sotw: bool) -> None:
+        if not self.children:
+            return
+        payload = {
+            "type_url": type_url, "sotw": sotw, "removed": sorted(removed),
+            "resources": [base64.b64encode(r.SerializeToString(deterministic=True)).decode() for r in resources.values()],
+        }
+        loop = asyncio.get_running_loop()
+        for child in self.children:
+            task = loop.create_task(child.call("xds", **payload))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    async def _apply_forwarded(self, request: dict[str, Any]) -> Any:
+        from google.protobuf import symbol_database
+
+        from tulle.xds_client.apply import UpdateRejected, XdsApplier, resource_name
+
+        if self.applier is None:
+            self.applier = XdsApplier(self.worker)
+        message_class = symbol_database.Default().GetSymbol(request["type_url"].rsplit("/", 1)[-1])
+        resources = {}
+        for encoded in request["resources"]:
+            resource = message_class.FromString(base64.b64decode(encoded))
+            resources[resource_name(resource)] = resource
+        try:
+            await self.applier.apply(request["type_url"], resources, set(request["removed"]), request["sotw"])
+        except UpdateRejected as exc:  # the main process accepted it: this would be a bug, say so loudly
+            log.error("worker %d refused an update the main process applied: %s", self.state.worker_index, exc)
+            return {"error": str(exc)}
+        return True
+
     async def _shutdown(self) -> None:
         log.info("shutting down")
+        if self.ads is not None:
+            self.ads.stop()
+        for task in list(self.background):
+            task.cancel()
         for child in self.children:
             try:
                 os.kill(child.pid, signal.SIGTERM)
@@ -222,6 +277,8 @@ class ProxyServer:
             if request.get("stop_accepting", True):
                 self.worker.stop_accepting(inbound_only)
             return True
+        if op == "xds":
+            return await self._apply_forwarded(request)
         if op == "log_level":
             set_log_level(request.get("name"), request["level"])
             return True
@@ -261,6 +318,13 @@ def _message_dict(msg: Any) -> dict[str, Any]:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
+def _typed(msg: Any) -> dict[str, Any]:
+    """A resource as config_dump shows it: its fields plus its @type."""
+    body = _message_dict(msg)
+    body["@type"] = "type.googleapis.com/" + msg.DESCRIPTOR.full_name
+    return body
+
+
 class AdminBackendImpl:
     """What the admin server asks of this process (see tulle.admin.backend.AdminBackend)."""
 
@@ -293,24 +357,34 @@ class AdminBackendImpl:
 
                         hcm = unpack_any(network_filter.typed_config)
                         if hcm.HasField("route_config"):
-                            route = _message_dict(hcm.route_config)
-                            route["@type"] = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-                            routes.append({"route_config": route, "last_updated": updated})
-        listeners = []
-        for listener in bootstrap.static_resources.listeners:
-            body = _message_dict(listener)
-            body["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
-            listeners.append({"listener": body, "last_updated": updated})
-        clusters = []
-        for cluster in bootstrap.static_resources.clusters:
-            body = _message_dict(cluster)
-            body["@type"] = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-            clusters.append({"cluster": body, "last_updated": updated})
+                            routes.append({"route_config": _typed(hcm.route_config), "last_updated": updated})
+        listeners = [{"listener": _typed(listener), "last_updated": updated}
+                     for listener in bootstrap.static_resources.listeners]
+        clusters = [{"cluster": _typed(cluster), "last_updated": updated}
+                    for cluster in bootstrap.static_resources.clusters]
+        dynamic_clusters, dynamic_listeners, dynamic_routes, endpoints = [], [], [], []
+        applier = self.server.applier
+        if applier is not None:
+            dynamic_clusters = [{"cluster": _typed(proto), "last_updated": updated}
+                                for _, proto in sorted(applier.cluster_protos.items())]
+            dynamic_listeners = [
+                {"name": name, ("active_state" if dynamic.started else "warming_state"):
+                    {"listener": _typed(dynamic.proto), "last_updated": updated}}
+                for name, dynamic in sorted(applier.listeners.items())
+            ]
+            dynamic_routes = [{"route_config": _typed(proto), "last_updated": updated}
+                              for _, proto in sorted(applier.route_protos.items())]
+            endpoints = [{"endpoint_config": _typed(proto), "last_updated": updated}
+                         for _, proto in sorted(applier.assignments.items())]
         return {"configs": [
             {"@type": prefix + "BootstrapConfigDump", "bootstrap": _message_dict(bootstrap), "last_updated": updated},
-            {"@type": prefix + "ClustersConfigDump", "static_clusters": clusters},
-            {"@type": prefix + "ListenersConfigDump", "static_listeners": listeners},
-            {"@type": prefix + "RoutesConfigDump", "static_route_configs": routes},
+            {"@type": prefix + "ClustersConfigDump", "static_clusters": clusters,
+             "dynamic_active_clusters": dynamic_clusters},
+            {"@type": prefix + "ListenersConfigDump", "static_listeners": listeners,
+             "dynamic_listeners": dynamic_listeners},
+            {"@type": prefix + "RoutesConfigDump", "static_route_configs": routes,
+             "dynamic_route_configs": dynamic_routes},
+            {"@type": prefix + "EndpointsConfigDump", "dynamic_endpoint_configs": endpoints},
         ]}
 
     def listeners(self) -> list[dict[str, Any]]:

@@ -14,10 +14,20 @@ from typing import Any
 
 from tulle.config.errors import ConfigError, join
 from tulle.listener.listener import Listener
-from tulle.server.bootstrap import check_bootstrap
+from tulle.server.bootstrap import check_bootstrap, xds_settings
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 from tulle.upstream.cluster_manager import ClusterManager
+
+
+def _as_grpc_server_cluster(cluster: Any) -> Any:
+    """The xDS server's cluster speaks HTTP/2 (gRPC), which grpcio handles, not Tulle's HTTP/1
+    pools: its HTTP/2 options are for the gRPC client, so they are set aside here."""
+    copy = type(cluster)()
+    copy.CopyFrom(cluster)
+    copy.ClearField("http2_protocol_options")
+    copy.typed_extension_protocol_options.pop("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", None)
+    return copy
 
 
 class Worker:
@@ -26,9 +36,17 @@ class Worker:
         self.bootstrap = bootstrap
         self.state = state
         self.stats = Store()
+        self.xds = xds_settings(bootstrap)
+        clusters = list(bootstrap.static_resources.clusters)
+        if self.xds is not None:
+            clusters = [_as_grpc_server_cluster(c) if c.name == self.xds[0] else c for c in clusters]
+            if not any(c.name == self.xds[0] for c in clusters):
+                raise ConfigError(f"unknown xDS cluster {self.xds[0]!r}: it must be a static cluster",
+                                  field="dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
         self.cluster_manager = ClusterManager.from_protos(
-            bootstrap.static_resources.clusters, field="static_resources.clusters", stats=self.stats
+            clusters, field="static_resources.clusters", stats=self.stats
         )
+        self.static_cluster_names = frozenset(c.name for c in clusters)
         self.ctx = FactoryContext(stats=self.stats, cluster_manager=self.cluster_manager, server=state)
         self.listeners: list[Listener] = []
         names: dict[str, int] = {}
@@ -49,6 +67,7 @@ class Worker:
             names[listener.name] = index
             addresses[address] = listener.name
             self.listeners.append(listener)
+        self.static_listener_names = frozenset(names)
         self._server_stats()
 
     def _server_stats(self) -> None:
@@ -58,6 +77,14 @@ class Worker:
 
     def bind_all(self) -> list[socket.socket]:
         return [listener.bind() for listener in self.listeners]
+
+    def xds_target(self) -> str:
+        """host:port of the xDS server (the first endpoint of its static cluster)."""
+        cluster = self.cluster_manager.get(self.xds[0])  # type: ignore[index]
+        if cluster is None or not cluster.hosts:
+            raise ConfigError("the xDS cluster has no endpoint", field="static_resources.clusters")
+        host = cluster.hosts[0]
+        return f"[{host.ip}]:{host.port}" if ":" in host.ip else f"{host.ip}:{host.port}"
 
     async def start(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()

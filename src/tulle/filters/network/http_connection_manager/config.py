@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
@@ -23,7 +24,7 @@ from tulle.stats.store import Store
 HCM = hcm_pb2.HttpConnectionManager
 
 SUPPORTED = (
-    "codec_type", "stat_prefix", "route_config", "http_filters", "common_http_protocol_options",
+    "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "common_http_protocol_options",
     "http_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
     "stream_idle_timeout", "request_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "use_remote_address", "skip_xff_append", "via", "generate_request_id",
@@ -87,9 +88,16 @@ class HcmConfig:
             raise UnsupportedFeature("normalize_path: true", field=join(field, "normalize_path"))
         if not proto.stat_prefix:
             raise ConfigError("stat_prefix is required", field=join(field, "stat_prefix"))
-        if not proto.HasField("route_config"):
-            raise ConfigError("route_config is required (rds comes with the control plane)",
-                              field=join(field, "route_config"))
+        if proto.HasField("rds"):
+            rds_field = join(field, "rds")
+            check_fields(proto.rds, ("config_source", "route_config_name"), rds_field)
+            from tulle.upstream.cluster import check_ads_config_source
+
+            check_ads_config_source(proto.rds.config_source, join(rds_field, "config_source"))
+            if not proto.rds.route_config_name:
+                raise ConfigError("route_config_name is required", field=join(rds_field, "route_config_name"))
+        elif not proto.HasField("route_config"):
+            raise ConfigError("one of route_config or rds is required", field=join(field, "route_config"))
         self.ctx = ctx
         self.server_state = ctx.server
         self.stat_prefix = proto.stat_prefix
@@ -131,26 +139,37 @@ class HcmConfig:
         # HTTP filters first: an unsupported filter is the clearer message when its
         # per-route config is what the route table would trip over.
         self.filter_factories = self._build_http_filters(proto, field)
-        from tulle.router.route_table import RouteTable
-
         strip = "any" if proto.strip_any_host_port else ("matching" if proto.strip_matching_host_port else "none")
-        self.route_table = RouteTable.from_proto(
-            proto.route_config, field=join(field, "route_config"), strip_port=strip, listener_port=listener_port
-        )
+        self.strip_port = strip
+        self.listener_port = listener_port
         self.normalize_host = strip != "none"
-        # Envoy validates an inline route table's clusters unless told otherwise.
-        if self.route_table.validate_clusters is not False:
-            for name in sorted(self.route_table.referenced_clusters()):
-                if ctx.cluster_manager.get(name) is None:
-                    raise ConfigError(f"route references unknown cluster {name!r}",
-                                      field=join(field, "route_config"))
-
+        # With rds the table arrives later over ADS (the listener warms until it does).
+        self.route_config_name = proto.rds.route_config_name if proto.HasField("rds") else ""
+        if self.route_config_name:
+            self.route_table = self.build_route_table(RouteConfiguration(), "")  # 404 until RDS arrives
+        else:
+            self.route_table = self.build_route_table(proto.route_config, join(field, "route_config"))
+            # Envoy validates an inline route table's clusters unless told otherwise.
+            self.check_clusters(self.route_table, join(field, "route_config"))
         self.encoder_filters = any(getattr(f, "encodes", False) for f in self.filter_factories)
         self.access_loggers: list[Any] = []
         if len(proto.access_log):
             from tulle.access_log.config import build_access_logs
 
             self.access_loggers = build_access_logs(proto.access_log, join(field, "access_log"), ctx)
+
+    def build_route_table(self, route_config: Any, field: str) -> Any:
+        from tulle.router.route_table import RouteTable
+
+        return RouteTable.from_proto(route_config, field=field, strip_port=self.strip_port,
+                                     listener_port=self.listener_port)
+
+    def check_clusters(self, table: Any, field: str) -> None:
+        if table.validate_clusters is False:
+            return
+        for name in sorted(table.referenced_clusters()):
+            if self.cluster_manager.get(name) is None:
+                raise ConfigError(f"route references unknown cluster {name!r}", field=field)
 
     def _build_http_filters(self, proto: Any, field: str) -> list[Any]:
         factories = []

@@ -1,0 +1,1 @@
+"""The Tulle control plane: Istio's API in, xDS out (see docs/control-plane.md)."""

@@ -1,0 +1,230 @@
+"""Applying xDS resources to a running worker: validate the whole response, then swap.
+
+Every response is all-or-nothing, as Envoy does: each resource is built (which
+validates it) before anything is installed, so a bad update is NACKed with the
+resource name and field path and the last good config keeps serving. Nothing in
+flight is dropped: a replaced listener keeps its socket and its open
+connections finish on the config they started with (HTTP connections are
+drained: ``Connection: close`` on their next response); a new route table is
+picked up by new requests only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import message
+
+from tulle.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tulle.server.worker import Worker
+
+log = logging.getLogger("tulle.xds")
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# Envoy's ADS ordering: clusters before their endpoints, listeners before their routes.
+SUBSCRIPTION_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
+
+
+class UpdateRejected(Exception):
+    """An xDS response that cannot be applied; the message becomes the NACK's error_detail."""
+
+
+def resource_name(resource: message.Message) -> str:
+    return getattr(resource, "cluster_name", "") if resource.DESCRIPTOR.name == "ClusterLoadAssignment" \
+        else resource.name  # type: ignore[attr-defined]
+
+
+def _rejected(kind: str, name: str, exc: ConfigError) -> UpdateRejected:
+    where = f"{exc.field}: " if exc.field else ""
+    return UpdateRejected(f"{kind} '{name}': {where}{exc.reason}")
+
+
+@dataclass
+class _DynamicListener:
+    proto: message.Message
+    listener: Any  # tulle.listener.listener.Listener
+    started: bool = False
+
+
+class XdsApplier:
+    """The dynamic part of one worker's config."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.cluster_protos: dict[str, message.Message] = {}
+        self.assignments: dict[str, message.Message] = {}
+        self.route_protos: dict[str, message.Message] = {}
+        self.listeners: dict[str, _DynamicListener] = {}
+
+    # --- what to subscribe to ---------------------------------------------------
+    def wanted(self, type_url: str) -> set[str]:
+        if type_url == ENDPOINT_TYPE:
+            return {c.service_name for c in self.worker.cluster_manager.clusters.values() if c.type_name == "EDS"}
+        if type_url == ROUTE_TYPE:
+            return {config.route_config_name for config in self._hcm_configs() if config.route_config_name}
+        return set()
+
+    def _hcm_configs(self) -> list[Any]:
+        configs = []
+        for dynamic in self.listeners.values():
+            config = getattr(dynamic.listener.factory, "config", None)
+            if config is not None and hasattr(config, "route_config_name"):
+                configs.append(config)
+        return configs
+
+    # --- one response -------------------------------------------------------------
+    async def apply(self, type_url: str, resources: dict[str, message.Message], removed: set[str],
+                    state_of_the_world: bool) -> None:
+        """Apply one response. SotW responses carry the full set for wildcard types (LDS/CDS);
+        delta responses carry changes and ``removed`` names."""
+        if type_url == CLUSTER_TYPE:
+            self._apply_clusters(resources, removed, state_of_the_world)
+        elif type_url == ENDPOINT_TYPE:
+            self._apply_endpoints(resources)
+        elif type_url == LISTENER_TYPE:
+            await self._apply_listeners(resources, removed, state_of_the_world)
+        elif type_url == ROUTE_TYPE:
+            await self._apply_routes(resources)
+        else:
+            raise UpdateRejected(f"unsupported resource type {type_url}")
+
+    def _apply_clusters(self, resources: dict[str, message.Message], removed: set[str], sotw: bool) -> None:
+        manager = self.worker.cluster_manager
+        static = self.worker.static_cluster_names
+        built = []
+        for name, proto in resources.items():
+            if name in static:
+                raise UpdateRejected(f"Cluster '{name}': a static cluster of the bootstrap cannot be replaced")
+            if self.cluster_protos.get(name) == proto:
+                continue  # unchanged: keep the running cluster (and its pools)
+            try:
+                built.append((name, proto, manager.build(proto, "")))
+            except ConfigError as exc:
+                raise _rejected("Cluster", name, exc) from None
+        gone = set(removed)
+        if sotw:
+            gone |= set(self.cluster_protos) - set(resources)
+        for name, proto, cluster in built:
+            self.cluster_protos[name] = proto
+            manager.install(cluster)
+            assignment = self.assignments.get(getattr(cluster, "service_name", ""))
+            if assignment is not None and not cluster.initialized:
+                cluster.apply_assignment(assignment)
+        for name in gone:
+            if self.cluster_protos.pop(name, None) is not None:
+                manager.remove(name)
+
+    def _apply_endpoints(self, resources: dict[str, message.Message]) -> None:
+        from tulle.upstream.cluster import parse_assignment
+
+        for name, assignment in resources.items():
+            try:
+                parse_assignment(assignment, "")
+            except ConfigError as exc:
+                raise _rejected("ClusterLoadAssignment", name, exc) from None
+        for name, assignment in resources.items():
+            self.assignments[name] = assignment
+            for cluster in self.worker.cluster_manager.clusters.values():
+                if cluster.type_name == "EDS" and cluster.service_name == name:
+                    cluster.apply_assignment(assignment)
+
+    async def _apply_listeners(self, resources: dict[str, message.Message], removed: set[str], sotw: bool) -> None:
+        from tulle.listener.listener import Listener
+
+        worker = self.worker
+        built = []
+        for name, proto in resources.items():
+            if name in worker.static_listener_names:
+                raise UpdateRejected(f"Listener '{name}': a static listener of the bootstrap cannot be replaced")
+            current = self.listeners.get(name)
+            if current is not None and current.proto == proto:
+                continue
+            try:
+                listener = Listener(proto, "", worker.ctx)
+            except ConfigError as exc:
+                raise _rejected("Listener", name, exc) from None
+            for config in [getattr(listener.factory, "config", None)]:
+                route_name = getattr(config, "route_config_name", "")
+                if route_name and route_name in self.route_protos:
+                    try:
+                        table = config.build_route_table(self.route_protos[route_name], "")
+                    except ConfigError as exc:
+                        raise _rejected("RouteConfiguration", route_name, exc) from None
+                    config.route_table = table
+            built.append((name, proto, listener))
+        gone = set(removed)
+        if sotw:
+            gone |= set(self.listeners) - set(resources)
+        for name, proto, listener in built:
+            current = self.listeners.get(name)
+            if current is not None and current.started and (current.listener.ip, current.listener.port) == (
+                    listener.ip, listener.port):
+                # Same address: the socket stays, new connections get the new filter chain,
+                # connections on the old one finish and are drained.
+                old_factory = current.listener.factory
+                current.listener.factory = listener.factory
+                current.listener.stats = listener.stats
+                current.proto = proto
+                old_factory.drain()
+                continue
+            if current is not None:
+                self._retire(current)
+            dynamic = _DynamicListener(proto, listener)
+            self.listeners[name] = dynamic
+            await self._maybe_start(dynamic)
+        for name in gone:
+            current = self.listeners.pop(name, None)
+            if current is not None:
+                self._retire(current)
+
+    async def _apply_routes(self, resources: dict[str, message.Message]) -> None:
+        swaps = []
+        for name, proto in resources.items():
+            for config in self._hcm_configs():
+                if config.route_config_name == name:
+                    try:
+                        swaps.append((config, config.build_route_table(proto, "")))
+                    except ConfigError as exc:
+                        raise _rejected("RouteConfiguration", name, exc) from None
+        for name, proto in resources.items():
+            self.route_protos[name] = proto
+        for config, table in swaps:
+            config.route_table = table  # new requests route on it; requests in flight keep their route
+        for dynamic in list(self.listeners.values()):
+            await self._maybe_start(dynamic)
+
+    # --- listener lifecycle ---------------------------------------------------
+    async def _maybe_start(self, dynamic: _DynamicListener) -> None:
+        """A listener whose HTTP routes come from RDS warms until they have arrived (as in Envoy)."""
+        if dynamic.started:
+            return
+        config = getattr(dynamic.listener.factory, "config", None)
+        route_name = getattr(config, "route_config_name", "")
+        if route_name and route_name not in self.route_protos:
+            return
+        try:
+            sock = dynamic.listener.bind()
+        except ConfigError as exc:
+            log.error("listener %s: %s", dynamic.listener.name, exc)
+            return
+        await dynamic.listener.start(sock)
+        dynamic.started = True
+        self.worker.listeners.append(dynamic.listener)
+        log.info("listener %s (xDS) on %s:%s", dynamic.listener.name, dynamic.listener.ip, dynamic.listener.port)
+
+    def _retire(self, dynamic: _DynamicListener) -> None:
+        listener = dynamic.listener
+        listener.stop_accepting()
+        listener.drain()
+        for sock in listener.sockets:
+            sock.close()
+        if listener in self.worker.listeners:
+            self.worker.listeners.remove(listener)
