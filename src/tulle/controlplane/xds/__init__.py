@@ -1,0 +1,23 @@
+"""xDS serving: the per-node snapshot cache and the gRPC ADS server (see docs/control-plane.md)."""
+
+from tulle.controlplane.xds.cache import (
+    Nack,
+    NodeStatus,
+    Snapshot,
+    SnapshotCache,
+    StreamStatus,
+    TypeStatus,
+    Watch,
+)
+from tulle.controlplane.xds.server import XdsServer
+
+__all__ = [
+    "Nack",
+    "NodeStatus",
+    "Snapshot",
+    "SnapshotCache",
+    "StreamStatus",
+    "TypeStatus",
+    "Watch",
+    "XdsServer",
+]

@@ -1,0 +1,480 @@
+"""gRPC xDS server (grpc.aio): ADS state-of-the-world and incremental (delta) streams.
+
+It serves whatever the :class:`SnapshotCache` holds for the node named by a stream's first
+request and knows nothing of how those resources were built. Each stream runs one loop over a
+queue fed by two sources, the client's requests and the cache's change callbacks, so all of a
+stream's protocol state is touched by one task only. Whenever it handles either, it first
+catches up with the node's current snapshot, pushing every changed type in Envoy's ADS order
+(CDS, EDS, LDS, RDS: ``types.PUSH_ORDER``).
+
+State of the world, per type (xDS protocol, "ACK/NACK", "When to send an update"):
+  * LDS/CDS requests with no names (and never any names before) or with ``*`` are wildcard;
+    otherwise only the named resources that exist are sent.
+  * A response goes out when the client has answered our last one of that type (as in
+    go-control-plane, one response per type is in flight) and either the snapshot's version differs from what we last sent on the stream, the
+    subscribed names changed, or it is the type's first request on the stream.
+  * A request whose ``response_nonce`` is not the last nonce we sent is stale and ignored.
+    With the current nonce it is an ACK, or a NACK when ``error_detail`` is set: the NACK is
+    recorded and the rejected version is not sent again; the next version is.
+Incremental, per type: the server tracks the versions the client holds (from
+``initial_resource_versions`` on reconnect, then from what it sent) and sends only resources
+whose version differs, plus ``removed_resources`` for those gone from the snapshot or subscribed
+but nonexistent. Subscription changes are honoured whatever the nonce; ACK/NACK is matched to
+the nonce that carried it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.cluster.v3 import cds_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
+from google.protobuf import any_pb2
+
+from tulle.controlplane.xds import types
+from tulle.controlplane.xds.cache import Snapshot, SnapshotCache, StreamStatus, Watch
+
+log = logging.getLogger("tulle.controlplane.xds")
+
+_MAX_OUTSTANDING_DELTA_NONCES = 32  # unanswered delta responses whose ACK we can still attribute
+
+
+class XdsServer:
+    """Serves ``cache`` over gRPC: ADS always, the per-type LDS/CDS/RDS/EDS services optionally."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        serve_separate_services: bool = True,
+        control_plane_id: str = "tulle",
+        grpc_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.cache = cache
+        self.serve_separate_services = serve_separate_services
+        self.control_plane = base_pb2.ControlPlane(identifier=control_plane_id)
+        self._grpc_options = list(grpc_options)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Bind and start serving; returns the bound port (useful with ``port=0``)."""
+        if self._server is not None:
+            raise RuntimeError("xDS server already started")
+        server = grpc.aio.server(options=self._grpc_options)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_AdsServicer(self), server)
+        if self.serve_separate_services:
+            _add_single_type_services(self, server)
+        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"xDS server could not bind {address}")
+        await server.start()
+        self._server, self.port = server, bound
+        log.info("xDS server listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting streams; open streams are cancelled after ``grace`` seconds."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def serve_sotw(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, fixed_type: str | None = None
+    ) -> None:
+        await _SotwStream(self, context, fixed_type).run(requests)
+
+    async def serve_delta(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, fixed_type: str | None = None
+    ) -> None:
+        await _DeltaStream(self, context, fixed_type).run(requests)
+
+
+class _AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, server: XdsServer) -> None:
+        self._server = server
+
+    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        await self._server.serve_sotw(request_iterator, context)
+
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        await self._server.serve_delta(request_iterator, context)
+
+
+def _add_single_type_services(xds: XdsServer, server: grpc.aio.Server) -> None:
+    """The non-aggregated discovery services: same streams, each pinned to one type URL.
+    Their unary Fetch* methods stay UNIMPLEMENTED (the base servicers' default)."""
+    services = (
+        (lds_pb2_grpc, "ListenerDiscoveryService", "Listeners", types.LISTENER),
+        (cds_pb2_grpc, "ClusterDiscoveryService", "Clusters", types.CLUSTER),
+        (rds_pb2_grpc, "RouteDiscoveryService", "Routes", types.ROUTE),
+        (eds_pb2_grpc, "EndpointDiscoveryService", "Endpoints", types.ENDPOINT),
+    )
+    for module, service, noun, type_url in services:
+
+        async def stream(_self: Any, request_iterator: Any, context: Any, _type: str = type_url) -> None:
+            await xds.serve_sotw(request_iterator, context, _type)
+
+        async def delta(_self: Any, request_iterator: Any, context: Any, _type: str = type_url) -> None:
+            await xds.serve_delta(request_iterator, context, _type)
+
+        base = getattr(module, f"{service}Servicer")
+        servicer_class = type(f"_{service}", (base,), {f"Stream{noun}": stream, f"Delta{noun}": delta})
+        getattr(module, f"add_{service}Servicer_to_server")(servicer_class(), server)
+
+
+class _Stream:
+    """The loop shared by both protocols: first request names the node, then requests and
+    snapshot changes are handled one at a time in arrival order."""
+
+    protocol = ""
+
+    def __init__(self, server: XdsServer, context: grpc.aio.ServicerContext, fixed_type: str | None) -> None:
+        self.server = server
+        self.cache = server.cache
+        self.context = context
+        self.fixed_type = fixed_type
+        self.node_id = ""
+        self.status: StreamStatus | None = None
+        self.seen_snapshot: Snapshot | None = None
+        self._nonce_prefix = os.urandom(4).hex()
+        self._nonce_counter = 0
+
+    def next_nonce(self) -> str:
+        self._nonce_counter += 1
+        return f"{self._nonce_prefix}-{self._nonce_counter}"
+
+    async def run(self, requests: AsyncIterator[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        async def read_requests() -> None:
+            try:
+                async for request in requests:
+                    events.put_nowait(("request", request))
+            except Exception as error:  # the client went away mid-read; nothing to answer
+                log.debug("xDS stream of node %s ended: %r", self.node_id or "?", error)
+            finally:
+                events.put_nowait(("end", None))
+
+        def on_change(_changed: frozenset[str]) -> None:
+            # Only a wake-up: catch_up() works out what changed since this stream last looked.
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, ("changed", None))
+            except RuntimeError:  # loop closed: the stream is gone
+                pass
+
+        reader = asyncio.create_task(read_requests())
+        watch: Watch | None = None
+        try:
+            while True:
+                kind, payload = await events.get()
+                if kind == "end":
+                    break
+                if kind == "changed":
+                    await self.catch_up()
+                    continue
+                if self.status is None:
+                    node = payload.node
+                    if not node.id:
+                        await self.context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, "the first xDS request must carry node.id"
+                        )
+                    self.node_id = node.id
+                    # Watch first: on_node_connected may set the snapshot right away.
+                    watch = self.cache.watch(self.node_id, on_change)
+                    self.status = self.cache.stream_opened(node, self.protocol)
+                    log.info(
+                        "%s xDS stream %d opened by node %s", self.protocol, self.status.stream_id, node.id
+                    )
+                type_url = payload.type_url or self.fixed_type or ""
+                if not type_url or (self.fixed_type and type_url != self.fixed_type):
+                    await self.context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"type_url {payload.type_url!r} is not served on this stream",
+                    )
+                self.on_request(type_url, payload)
+                await self.catch_up(type_url)
+        finally:
+            reader.cancel()
+            if watch is not None:
+                watch.cancel()
+            if self.status is not None:
+                log.info("xDS stream %d of node %s closed", self.status.stream_id, self.node_id)
+                self.cache.stream_closed(self.status)
+
+    async def catch_up(self, requested_type: str | None = None) -> None:
+        """Answer ``requested_type`` and push every type changed since the snapshot this stream
+        last looked at, in push order. A request can be handled before the change callback that
+        a newer snapshot queued behind it; sweeping here keeps CDS ahead of EDS even then."""
+        snapshot = self.cache.get_snapshot(self.node_id)
+        if snapshot is None:
+            return
+        pending = (
+            set(snapshot.changed_types(self.seen_snapshot)) if snapshot is not self.seen_snapshot else set()
+        )
+        self.seen_snapshot = snapshot
+        if requested_type is not None:
+            pending.add(requested_type)
+        for type_url in sorted(pending, key=types.push_rank):
+            await self.respond_if_needed(type_url, snapshot)
+
+    def on_request(self, type_url: str, request: Any) -> None:
+        """Update the type's subscription and ACK/NACK state from a client request."""
+        raise NotImplementedError
+
+    async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
+        raise NotImplementedError
+
+    def record_client_answer(
+        self, type_url: str, version: str, nonce: str, error_message: str | None
+    ) -> None:
+        assert self.status is not None
+        if error_message is None:
+            self.status.record_ack(type_url, version, nonce)
+            return
+        self.status.record_nack(type_url, version, nonce, error_message)
+        log.warning(
+            "node %s rejected %s version %s (nonce %s): %s",
+            self.node_id,
+            types.short_name(type_url),
+            version,
+            nonce,
+            error_message,
+        )
+
+
+# --- state of the world -------------------------------------------------------------------------
+
+
+@dataclass
+class _SotwType:
+    type_url: str
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    ever_named: bool = False  # once names were sent, an empty list means "none", not wildcard
+    awaiting_response: bool = False  # the client's latest request has not been answered yet
+    names_changed: bool = False
+    responded: bool = False
+    sent_version: str = ""
+    sent_nonce: str = ""
+
+
+class _SotwStream(_Stream):
+    protocol = "sotw"
+
+    def __init__(self, server: XdsServer, context: grpc.aio.ServicerContext, fixed_type: str | None) -> None:
+        super().__init__(server, context, fixed_type)
+        self.types: dict[str, _SotwType] = {}
+
+    def on_request(self, type_url: str, request: discovery_pb2.DiscoveryRequest) -> None:
+        assert self.status is not None
+        state = self.types.get(type_url)
+        if state is None:
+            # A nonce from an earlier stream means nothing here: treat this as a first request.
+            state = self.types[type_url] = _SotwType(type_url)
+        elif request.response_nonce:
+            if request.response_nonce != state.sent_nonce:
+                return  # superseded by a later response of ours; its answer will come
+            if request.HasField("error_detail"):
+                error: str | None = request.error_detail.message
+            elif request.version_info != state.sent_version:
+                # Clients predating error_detail NACK by answering with their old version.
+                error = f"kept version {request.version_info!r} (no error_detail)"
+            else:
+                error = None
+            self.record_client_answer(type_url, state.sent_version, request.response_nonce, error)
+        names = frozenset(request.resource_names)
+        if names:
+            state.ever_named = True
+        wildcard = types.WILDCARD_NAME in names or (
+            not names and not state.ever_named and type_url in types.WILDCARD_TYPES
+        )
+        names -= {types.WILDCARD_NAME}
+        if (wildcard, names) != (state.wildcard, state.names):
+            state.wildcard, state.names, state.names_changed = wildcard, names, True
+            self.status.record_subscription(type_url, names, wildcard)
+        state.awaiting_response = True
+
+    async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
+        state = self.types.get(type_url)
+        if state is None or not state.awaiting_response or not snapshot.has_type(state.type_url):
+            return
+        version = snapshot.version(state.type_url)
+        if state.responded and not state.names_changed and version == state.sent_version:
+            return  # the client has (or rejected) exactly this; wait for a newer version
+        available = snapshot.resources(state.type_url)
+        selected = sorted(available) if state.wildcard else sorted(state.names & available.keys())
+        nonce = self.next_nonce()
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=state.type_url,
+            nonce=nonce,
+            control_plane=self.server.control_plane,
+            resources=[
+                any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name))
+                for name in selected
+            ],
+        )
+        state.sent_version, state.sent_nonce = version, nonce
+        state.awaiting_response = state.names_changed = False
+        state.responded = True
+        assert self.status is not None
+        self.status.record_sent(state.type_url, version, nonce, len(selected))
+        log.debug(
+            "push %s version %s (%d resources) to %s",
+            types.short_name(state.type_url),
+            version,
+            len(selected),
+            self.node_id,
+        )
+        await self.context.write(response)
+
+
+# --- incremental (delta) ------------------------------------------------------------------------
+
+
+@dataclass
+class _DeltaType:
+    type_url: str
+    wildcard: bool = False
+    subscribed: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
+    # Names owed an answer although nothing about them changed: newly (re)subscribed ones, and
+    # names unsubscribed while a wildcard may still cover them (xDS protocol, "Unsubscribing").
+    owed: set[str] = field(default_factory=set)
+    responded: bool = False
+    outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> system version sent
+
+    def interested_in(self, name: str) -> bool:
+        return self.wildcard or name in self.subscribed
+
+
+class _DeltaStream(_Stream):
+    protocol = "delta"
+
+    def __init__(self, server: XdsServer, context: grpc.aio.ServicerContext, fixed_type: str | None) -> None:
+        super().__init__(server, context, fixed_type)
+        self.types: dict[str, _DeltaType] = {}
+
+    def on_request(self, type_url: str, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        assert self.status is not None
+        subscribe = list(request.resource_names_subscribe)
+        unsubscribe = list(request.resource_names_unsubscribe)
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = _DeltaType(type_url)
+            # Legacy wildcard: a first request that names nothing at all.
+            state.wildcard = type_url in types.WILDCARD_TYPES and not subscribe and not unsubscribe
+            state.known = dict(request.initial_resource_versions)
+            initial = True
+        else:
+            initial = False
+            self._record_answer(state, request)
+        for name in unsubscribe:
+            if name == types.WILDCARD_NAME:
+                state.wildcard = False
+                continue
+            state.subscribed.discard(name)
+            state.owed.discard(name)
+            if state.wildcard:
+                state.known.pop(name, None)
+                state.owed.add(name)  # say whether the wildcard still covers it
+        for name in subscribe:
+            if name == types.WILDCARD_NAME:
+                state.wildcard = True
+                continue
+            state.subscribed.add(name)
+            if not initial:
+                # The client may have forgotten it: a subscribe always gets an answer.
+                state.known.pop(name, None)
+            state.owed.add(name)
+        # Whatever the client holds but no longer wants, it drops itself: no removal needed.
+        for name in [n for n in state.known if not state.interested_in(n)]:
+            del state.known[name]
+        if subscribe or unsubscribe or initial:
+            self.status.record_subscription(type_url, state.subscribed, state.wildcard)
+
+    def _record_answer(self, state: _DeltaType, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        nonce = request.response_nonce
+        if not nonce or nonce not in state.outstanding:
+            return
+        version = state.outstanding[nonce]
+        # This answer also settles every earlier response still outstanding.
+        for sent_nonce in list(state.outstanding):
+            del state.outstanding[sent_nonce]
+            if sent_nonce == nonce:
+                break
+        rejected = request.HasField("error_detail")
+        self.record_client_answer(
+            state.type_url, version, nonce, request.error_detail.message if rejected else None
+        )
+
+    async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
+        state = self.types.get(type_url)
+        if state is None or not snapshot.has_type(type_url):
+            return
+        available = snapshot.resources(type_url)
+        versions = snapshot.resource_versions(type_url)
+        updated = sorted(
+            name
+            for name in available
+            if state.interested_in(name) and state.known.get(name) != versions[name]
+        )
+        removed = {name for name in state.known if name not in available}
+        removed |= {name for name in state.owed if name not in available}
+        # Envoy needs an answer to its first wildcard request to finish initializing, even if empty.
+        if not updated and not removed and (state.responded or not state.wildcard):
+            state.owed.clear()
+            return
+        nonce = self.next_nonce()
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=snapshot.version(type_url),
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self.server.control_plane,
+            removed_resources=sorted(removed),
+            resources=[
+                discovery_pb2.Resource(
+                    name=name,
+                    version=versions[name],
+                    resource=any_pb2.Any(type_url=type_url, value=snapshot.serialized(type_url, name)),
+                )
+                for name in updated
+            ],
+        )
+        # Optimistic: a NACKed resource counts as held, so the same version is not sent again.
+        for name in updated:
+            state.known[name] = versions[name]
+        for name in removed:
+            state.known.pop(name, None)
+        state.owed.clear()
+        state.responded = True
+        state.outstanding[nonce] = snapshot.version(type_url)
+        while len(state.outstanding) > _MAX_OUTSTANDING_DELTA_NONCES:
+            del state.outstanding[next(iter(state.outstanding))]
+        assert self.status is not None
+        self.status.record_sent(type_url, snapshot.version(type_url), nonce, len(updated) + len(removed))
+        log.debug(
+            "delta push %s: %d updated, %d removed to %s",
+            types.short_name(type_url),
+            len(updated),
+            len(removed),
+            self.node_id,
+        )
+        await self.context.write(response)
