@@ -1,0 +1,33 @@
+"""Mesh-wide settings the translation reads (the part of Istio's MeshConfig it needs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    # MeshConfig.connectTimeout (Istio's default 10s); DestinationRule tcp.connectTimeout overrides it.
+    connect_timeout: str = "10s"
+    # Istio gives every outbound route without VirtualService retries 2 retries on connect
+    # failures and 503s (MeshConfig.defaultHttpRetryPolicy unset).
+    default_http_retries: bool = True
+    # Istio puts circuit breaker thresholds at 2^32-1 on every cluster (Envoy's defaults are 1024);
+    # without them a cluster gets thresholds only when a connectionPool sets some.
+    circuit_breaker_defaults: bool = True
+    # MeshConfig.localityLbSetting (Istio's default: enabled, so a DestinationRule with
+    # outlierDetection fails over by locality). None: off unless a DestinationRule turns it on.
+    mesh_locality_lb_setting: dict[str, Any] | None = field(default_factory=lambda: {"enabled": True})
+    # Where a sidecar without iptables listens (docs/control-plane.md: ports).
+    outbound_bind_address: str = "127.0.0.1"
+    forward_proxy_port: int = 15001
+    inbound_port: int = 15006
+    reserved_ports: tuple[int, ...] = (15000, 15001, 15006, 15010, 15020, 15021, 15090)
+
+
+ISTIO_DEFAULTS = TranslateOptions()
+
+# What today's Tulle proxy accepts: it refuses retry_policy and circuit_breakers until the
+# resilience work lands, so routes and clusters carry them only when a resource asks.
+TULLE_PROXY_TODAY = TranslateOptions(default_http_retries=False, circuit_breaker_defaults=False)

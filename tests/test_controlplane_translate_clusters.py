@@ -1,0 +1,175 @@
+"""Outbound and inbound clusters with DestinationRule traffic policies applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from tulle.config.loader import parse_message
+from tulle.controlplane.model import (
+    MeshSnapshot,
+    ProxyIdentity,
+    Resource,
+    Service,
+    ServicePort,
+    WorkloadInstance,
+)
+from tulle.controlplane.translate.clusters import (
+    apply_connection_pool,
+    apply_outlier_detection,
+    build_inbound_clusters,
+    build_outbound_cluster,
+)
+from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY, TranslateOptions
+from tulle.controlplane.translate.plan import plan_outbound_clusters
+from tulle.controlplane.translate.scope import build_scope
+from tulle.controlplane.translate.values import UINT32_MAX
+
+HOST = "api.default.svc.cluster.local"
+CLIENT = ProxyIdentity("c", "default", workload_name="c")
+
+
+def clusters(policy: dict | None = None, *, resolution: str = "STATIC", protocol: str = "HTTP",
+             instances: tuple[WorkloadInstance, ...] = (), options: TranslateOptions | None = None,
+             subsets: list | None = None) -> dict[str, dict[str, Any] | None]:
+    service = Service(HOST, "default", [ServicePort("p", 80, protocol)], resolution=resolution)
+    resources = []
+    if policy is not None or subsets:
+        resources.append(Resource("DestinationRule", "networking.istio.io/v1", "r", spec={
+            "host": "api", "trafficPolicy": policy or {}, "subsets": subsets or []}))
+    snapshot = MeshSnapshot(resources, [service], list(instances))
+    scope = build_scope(snapshot, CLIENT, options or ISTIO_DEFAULTS)
+    built = {plan.name: build_outbound_cluster(scope, plan) for plan in plan_outbound_clusters(scope)}
+    for cluster in built.values():
+        if cluster is not None:
+            parse_message(cluster, cluster_pb2.Cluster)  # every cluster is a valid Envoy Cluster
+    return built
+
+
+def default_cluster(**kwargs: Any) -> dict[str, Any]:
+    cluster = clusters(**kwargs)[f"outbound|80||{HOST}"]
+    assert cluster is not None
+    return cluster
+
+
+def test_registry_services_are_eds_with_ads_and_istio_defaults() -> None:
+    cluster = default_cluster()
+    assert cluster["type"] == "EDS"
+    assert cluster["eds_cluster_config"] == {"service_name": f"outbound|80||{HOST}", "eds_config": {
+        "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}
+    assert cluster["lb_policy"] == "LEAST_REQUEST" and cluster["connect_timeout"] == "10s"
+    assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == UINT32_MAX
+    assert "circuit_breakers" not in default_cluster(options=TULLE_PROXY_TODAY)
+
+
+def test_connection_pool() -> None:
+    cluster = default_cluster(policy={"connectionPool": {
+        "tcp": {"maxConnections": 7, "connectTimeout": "250ms", "maxConnectionDuration": "1h",
+                "tcpKeepalive": {"probes": 3, "time": "90s", "interval": "500ms"}},
+        "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 9, "maxRetries": 0,
+                 "maxRequestsPerConnection": 4, "idleTimeout": "30s"},
+    }}, options=TULLE_PROXY_TODAY)
+    assert cluster["connect_timeout"] == "0.25s"
+    assert cluster["circuit_breakers"] == {"thresholds": [
+        {"max_connections": 7, "max_pending_requests": 5, "max_requests": 9}]}  # maxRetries 0 is unset
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"] == {
+        "idle_timeout": "30s", "max_requests_per_connection": 4, "max_connection_duration": "3600s"}
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+    assert cluster["upstream_connection_options"] == {"tcp_keepalive": {
+        "keepalive_probes": 3, "keepalive_time": 90, "keepalive_interval": 1}}
+
+
+def test_upstream_protocol() -> None:
+    def protocol_options(cluster: dict[str, Any]) -> dict[str, Any] | None:
+        return (cluster.get("typed_extension_protocol_options") or {}).get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+
+    assert protocol_options(default_cluster()) is None
+    assert protocol_options(default_cluster(protocol="GRPC"))["explicit_http_config"] == {"http2_protocol_options": {}}
+    upgraded = default_cluster(policy={"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE",
+                                                                   "maxConcurrentStreams": 10}}})
+    assert protocol_options(upgraded)["explicit_http_config"] == {"http2_protocol_options": {
+        "max_concurrent_streams": 10}}
+    kept = default_cluster(protocol="GRPC", policy={"connectionPool": {"http": {"h2UpgradePolicy": "DO_NOT_UPGRADE"}}})
+    assert protocol_options(kept) is None
+    client = default_cluster(policy={"connectionPool": {"http": {"useClientProtocol": True}}})
+    assert "use_downstream_protocol_config" in protocol_options(client)
+
+
+def test_outlier_detection() -> None:
+    cluster: dict[str, Any] = {}
+    apply_outlier_detection(cluster, {"consecutive5xxErrors": 5, "consecutiveGatewayErrors": 0, "interval": "5s",
+                                      "baseEjectionTime": "1m", "maxEjectionPercent": 30, "minHealthPercent": 40})
+    assert cluster["outlier_detection"] == {
+        "enforcing_success_rate": 0, "consecutive_5xx": 5, "enforcing_consecutive_5xx": 100,
+        "consecutive_gateway_failure": 0, "enforcing_consecutive_gateway_failure": 0, "interval": "5s",
+        "base_ejection_time": "60s", "max_ejection_percent": 30}
+    assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 40.0}
+    untouched: dict[str, Any] = {}
+    apply_outlier_detection(untouched, None)
+    assert untouched == {}
+
+
+def test_load_balancer_policies() -> None:
+    assert default_cluster(policy={"loadBalancer": {"simple": "ROUND_ROBIN"}})["lb_policy"] == "ROUND_ROBIN"
+    assert default_cluster(policy={"loadBalancer": {"simple": "LEAST_CONN"}})["lb_policy"] == "LEAST_REQUEST"
+    assert default_cluster(policy={"loadBalancer": {"simple": "RANDOM"}})["lb_policy"] == "RANDOM"
+    maglev = default_cluster(policy={"loadBalancer": {"consistentHash": {"maglev": {"tableSize": 1031}}}})
+    assert (maglev["lb_policy"], maglev["maglev_lb_config"]) == ("MAGLEV", {"table_size": 1031})
+    ring = default_cluster(policy={"loadBalancer": {"consistentHash": {"httpHeaderName": "x"}}})
+    assert (ring["lb_policy"], ring["ring_hash_lb_config"]) == ("RING_HASH", {"minimum_ring_size": 1024})
+    warm = default_cluster(policy={"loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "20s"}})
+    assert warm["round_robin_lb_config"] == {"slow_start_config": {"slow_start_window": "20s"}}
+    passthrough = default_cluster(policy={"loadBalancer": {"simple": "PASSTHROUGH"}})
+    assert (passthrough["type"], passthrough["lb_policy"]) == ("ORIGINAL_DST", "CLUSTER_PROVIDED")
+    assert "eds_cluster_config" not in passthrough
+
+
+def test_locality_weighted_config_only_when_locality_lb_acts() -> None:
+    failover = {"loadBalancer": {"localityLbSetting": {"failover": [{"from": "a", "to": "b"}]}}}
+    assert "locality_weighted_lb_config" not in default_cluster(policy=failover)["common_lb_config"]
+    failover["outlierDetection"] = {"consecutive5xxErrors": 1}
+    assert default_cluster(policy=failover)["common_lb_config"]["locality_weighted_lb_config"] == {}
+    distribute = {"loadBalancer": {"localityLbSetting": {"distribute": [{"from": "*", "to": {"*": 100}}]}}}
+    assert "locality_weighted_lb_config" in default_cluster(policy=distribute)["common_lb_config"]
+
+
+def test_dns_clusters_carry_endpoints_and_skip_empty_subsets() -> None:
+    built = clusters(resolution="DNS", subsets=[{"name": "v1", "labels": {"v": "1"}}])
+    cluster = built[f"outbound|80||{HOST}"]
+    assert cluster["type"] == "STRICT_DNS" and cluster["dns_lookup_family"] == "V4_ONLY"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"socket_address": {"address": HOST, "port_value": 80}}
+    assert built[f"outbound|80|v1|{HOST}"] is None  # no endpoint carries the subset's labels
+    logical = default_cluster(resolution="DNS_ROUND_ROBIN", instances=(
+        WorkloadInstance("a", "default", "a.example.com", {}, service_hostnames=(HOST,)),
+        WorkloadInstance("b", "default", "b.example.com", {}, locality="r/z", service_hostnames=(HOST,))))
+    assert logical["type"] == "LOGICAL_DNS"
+    assert [len(group["lb_endpoints"]) for group in logical["load_assignment"]["endpoints"]] == [1]
+
+
+def test_inbound_clusters_for_the_proxys_own_ports() -> None:
+    service = Service("web.default.svc.cluster.local", "default",
+                      [ServicePort("http", 80, "HTTP", 8080), ServicePort("tcp", 5000, "TCP")])
+    mine = WorkloadInstance("c", "default", "10.0.0.1", {"http": 8081}, service_hostnames=(service.hostname,))
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "web", spec={"host": "web", "trafficPolicy": {
+        "connectionPool": {"tcp": {"maxConnections": 3}}}})
+    scope = build_scope(MeshSnapshot([rule], [service], [mine]), CLIENT, TULLE_PROXY_TODAY)
+    inbound = build_inbound_clusters(scope)
+    assert [cluster["name"] for cluster in inbound] == ["inbound|5000||", "inbound|8081||"]
+    socket = inbound[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert socket == {"address": "127.0.0.1", "port_value": 8081}
+    assert inbound[1]["type"] == "STATIC"
+    assert inbound[1]["circuit_breakers"] == {"thresholds": [{"max_connections": 3}]}
+    for cluster in inbound:
+        parse_message(cluster, cluster_pb2.Cluster)
+
+
+def test_connection_pool_without_settings_adds_defaults_only() -> None:
+    cluster: dict[str, Any] = {}
+    apply_connection_pool(cluster, None, defaults=False)
+    assert cluster == {}
+    apply_connection_pool(cluster, {}, defaults=True)
+    assert list(cluster) == ["circuit_breakers"]
