@@ -5,7 +5,9 @@
   (or the VirtualService's weighted TCP route);
 * ``http_forward_proxy`` on 127.0.0.1:15001 for ``HTTP_PROXY`` clients (absolute-form requests,
   RDS ``http_proxy`` covering every HTTP service);
-* ``virtualInbound`` on 0.0.0.0:15006 routing to the ``inbound|<port>||`` clusters.
+* ``virtualInbound`` on 0.0.0.0:15006 routing to the ``inbound|<port>||`` clusters; or, with a
+  workload address (one loopback IP per workload, no iptables), ``inbound_<ip>_<port>`` on
+  ``<ip>:<service port>`` for every port the workload serves.
 
 A port claimed by the proxy's own workload (or one of the proxy's reserved ports) gets no
 outbound listener: binding it would fail beside the application; the forward proxy still
@@ -21,7 +23,12 @@ from typing import Any
 
 from tulle.controlplane.model import Service, ServicePort
 from tulle.controlplane.translate.clusters import ads_config_source
-from tulle.controlplane.translate.names import is_http, labels_match, outbound_cluster_name
+from tulle.controlplane.translate.names import (
+    inbound_cluster_name,
+    is_http,
+    labels_match,
+    outbound_cluster_name,
+)
 from tulle.controlplane.translate.policy import port_traffic_policy
 from tulle.controlplane.translate.routes import (
     CORS_FILTER,
@@ -176,3 +183,23 @@ def inbound_listener(scope: ProxyScope, route_config: dict[str, Any]) -> dict[st
     port = scope.options.inbound_port
     return listener(INBOUND_LISTENER, "0.0.0.0", port, "INBOUND",
                     http_connection_manager(f"inbound_0.0.0.0_{port}", set(), route_config=route_config))
+
+
+def per_port_inbound_listeners(scope: ProxyScope, address: str) -> list[dict[str, Any]]:
+    """``<workload ip>:<service port>`` -> ``inbound|<workload port>||``: what other sidecars reach
+    as this workload's endpoint when there is no iptables to redirect a pod IP to 15006."""
+    listeners = []
+    for inbound in scope.inbound_ports():
+        cluster = inbound_cluster_name(inbound.workload_port)
+        name = f"inbound_{address}_{inbound.port.port}"
+        if is_http(inbound.port.protocol):
+            route_config = {"name": name, "virtual_hosts": [{
+                "name": "inbound", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+            }]}
+            network_filter = http_connection_manager(name, set(), route_config=route_config)
+        else:
+            network_filter = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": TCP_PROXY_TYPE, "stat_prefix": name, "cluster": cluster}}
+        listeners.append(listener(name, address, inbound.port.port, "INBOUND", network_filter))
+    return listeners

@@ -24,6 +24,10 @@ class TranslateOptions:
     forward_proxy_port: int = 15001
     inbound_port: int = 15006
     reserved_ports: tuple[int, ...] = (15000, 15001, 15006, 15010, 15020, 15021, 15090)
+    # A workload's own loopback address (docs/control-plane.md, "Sidecars without iptables"): when
+    # set, every listener binds it and inbound gets one listener per service port the workload serves,
+    # at <workload address>:<service port>, which is the endpoint registered for it.
+    workload_address: str | None = None
 
 
 ISTIO_DEFAULTS = TranslateOptions()

@@ -25,6 +25,7 @@ from tulle.controlplane.translate.listeners import (
     inbound_listener,
     outbound_listeners,
     outbound_ports,
+    per_port_inbound_listeners,
 )
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TranslateOptions
 from tulle.controlplane.translate.plan import plan_outbound_clusters
@@ -90,9 +91,12 @@ def translate_json(
         listeners = outbound_listeners(scope, ports, filters_by_route)
         listeners.append(forward_proxy_listener(scope, http_filters_needed([forward_route])))
         routes.append(forward_route)
-        inbound_routes = inbound_route_configuration(scope, INBOUND_ROUTE_NAME)
-        if inbound_routes is not None:
-            listeners.append(inbound_listener(scope, inbound_routes))
+        if options.workload_address:
+            listeners.extend(per_port_inbound_listeners(scope, options.workload_address))
+        else:
+            inbound_routes = inbound_route_configuration(scope, INBOUND_ROUTE_NAME)
+            if inbound_routes is not None:
+                listeners.append(inbound_listener(scope, inbound_routes))
     return {
         CLUSTER_TYPE: _by_name(clusters),
         ENDPOINT_TYPE: _by_name(assignments, "cluster_name"),

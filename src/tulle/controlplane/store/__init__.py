@@ -1,0 +1,8 @@
+"""Where the control plane keeps Istio (and Tulle) resources: the ConfigStore interface and its
+implementations (see docs/control-plane.md, "Store and registry")."""
+
+from tulle.controlplane.store.base import ChangeListener, ConfigStore, StoreError, parse_ref
+from tulle.controlplane.store.memory import MemoryStore
+from tulle.controlplane.store.sqlite import SqliteStore
+
+__all__ = ["ChangeListener", "ConfigStore", "MemoryStore", "SqliteStore", "StoreError", "parse_ref"]

@@ -1,0 +1,434 @@
+"""The HTTP API, every route, through aiohttp's test client (and once through a real loopback server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
+from envoy.config.cluster.v3 import cluster_pb2
+
+from tulle.controlplane.api import ApiServer
+from tulle.controlplane.istio import analyze
+from tulle.controlplane.model import Diagnostic, Resource
+from tulle.controlplane.registry import Registry
+from tulle.controlplane.store import MemoryStore
+
+REVIEWS_YAML = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: prod
+  labels: {team: books}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+"""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_api(**kwargs: Any) -> tuple[ApiServer, FakeClock]:
+    clock = FakeClock()
+    store = MemoryStore()
+    return ApiServer(store, Registry(store, clock=clock), **kwargs), clock
+
+
+def run(api: ApiServer, scenario: Callable[[TestClient], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with TestClient(TestServer(api.app)) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+def test_healthz() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.get("/healthz")
+        assert response.status == 200
+        assert await response.text() == "ok"
+
+    run(api, scenario)
+
+
+def test_resource_lifecycle() -> None:
+    api, _ = make_api(validator=analyze)
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources", data=REVIEWS_YAML)
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+        assert answer["created"] == ["DestinationRule default/reviews", "VirtualService prod/reviews"]
+        assert answer["updated"] == []
+
+        changed = REVIEWS_YAML.replace("version: v1}", "version: v1, track: stable}")
+        answer = await (await client.post("/apis/v1/resources", data=changed)).json()
+        assert (answer["created"], answer["updated"]) == ([], ["DestinationRule default/reviews"])
+
+        items = (await (await client.get("/apis/v1/resources")).json())["items"]
+        assert [(i["kind"], i["metadata"]["namespace"]) for i in items] == [
+            ("DestinationRule", "default"), ("VirtualService", "prod")]
+        only = (await (await client.get("/apis/v1/resources?kind=VirtualService&namespace=prod")).json())["items"]
+        assert [i["metadata"]["name"] for i in only] == ["reviews"]
+        assert (await (await client.get("/apis/v1/resources?namespace=nowhere")).json())["items"] == []
+
+        response = await client.get("/apis/v1/resources/DestinationRule/default/reviews")
+        resource = await response.json()
+        assert resource["apiVersion"] == "networking.istio.io/v1"
+        assert resource["metadata"]["generation"] == 2
+        assert resource["spec"]["subsets"][0]["labels"] == {"version": "v1", "track": "stable"}
+        labelled = await (await client.get("/apis/v1/resources/virtualservice/prod/reviews")).json()
+        assert labelled["metadata"]["labels"] == {"team": "books"}
+
+        response = await client.delete("/apis/v1/resources/VirtualService/prod/reviews")
+        assert (response.status, await response.json()) == (200, {"deleted": "VirtualService prod/reviews"})
+        assert (await client.get("/apis/v1/resources/VirtualService/prod/reviews")).status == 404
+        assert (await client.delete("/apis/v1/resources/VirtualService/prod/reviews")).status == 404
+
+    run(api, scenario)
+
+
+def test_json_list_body_and_namespace_query() -> None:
+    api, _ = make_api()
+    body = [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+             "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "default"}, "spec": {}}]
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources?namespace=edge", data=json.dumps(body))
+        assert response.status == 200, await response.text()
+        assert (await response.json())["created"] == ["Gateway edge/gw", "Sidecar edge/default"]
+
+    run(api, scenario)
+    assert api.store.get("Gateway", "edge", "gw") is not None
+
+
+def test_bad_yaml_names_the_document_and_applies_nothing() -> None:
+    api, _ = make_api()
+    body = REVIEWS_YAML + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw\n"
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources?source=mesh.yaml", data=body)
+        assert response.status == 400
+        errors = (await response.json())["errors"]
+        assert [e["source"] for e in errors] == ["mesh.yaml#3"]
+        assert "invalid YAML" in errors[0]["message"]
+
+    run(api, scenario)
+    assert api.store.list() == []
+
+
+def test_unknown_kind_is_named_and_the_batch_refused() -> None:
+    api, _ = make_api()
+    body = REVIEWS_YAML + "---\napiVersion: networking.istio.io/v1\nkind: VirtualServis\nmetadata: {name: typo}\n"
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources", data=body)
+        assert response.status == 400
+        errors = (await response.json())["errors"]
+        assert len(errors) == 1
+        assert errors[0]["resource"] == "VirtualServis default/typo"
+        assert "VirtualServis" in errors[0]["message"] and "VirtualService" in errors[0]["message"]
+
+    run(api, scenario)
+    assert api.store.list() == []
+
+
+def test_validator_errors_block_and_warnings_are_returned() -> None:
+    seen: list[list[str]] = []
+
+    def validator(resources: list[Resource]) -> list[Diagnostic]:
+        seen.append(sorted(r.ref for r in resources))
+        found = []
+        for resource in resources:
+            if resource.spec.get("bad"):
+                found.append(Diagnostic("error", resource.ref, "spec.bad", "bad is bad"))
+            found.append(Diagnostic("warning", resource.ref, "", "just saying"))
+        return found
+
+    api, _ = make_api(validator=validator)
+    gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: %s}\nspec: {bad: %s}\n"
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources", data=gateway % ("a", "false"))
+        answer = await response.json()
+        assert response.status == 200
+        assert [w["resource"] for w in answer["warnings"]] == ["Gateway default/a"]
+
+        response = await client.post("/apis/v1/resources", data=gateway % ("b", "true"))
+        answer = await response.json()
+        assert response.status == 400
+        assert [(e["resource"], e["field"]) for e in answer["errors"]] == [("Gateway default/b", "spec.bad")]
+        # The validator saw what is stored too, but only findings about the request come back.
+        assert seen[-1] == ["Gateway default/a", "Gateway default/b"]
+        assert [w["resource"] for w in answer["warnings"]] == ["Gateway default/b"]
+
+    run(api, scenario)
+    assert [r.name for r in api.store.list()] == ["a"]
+
+
+def test_async_validator_and_real_analyze_reports() -> None:
+    async def validator(resources: list[Resource]) -> list[Diagnostic]:
+        return analyze(resources)
+
+    api, _ = make_api(validator=validator)
+    broken = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hostz: [a]}\n"
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources", data=broken)
+        assert response.status == 400
+        assert "spec.hostz" in [e["field"] for e in (await response.json())["errors"]]
+
+    run(api, scenario)
+
+
+def test_dry_run_applies_nothing() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources?dry_run=true", data=REVIEWS_YAML)
+        answer = await response.json()
+        assert response.status == 200
+        assert answer["created"] == ["DestinationRule default/reviews", "VirtualService prod/reviews"]
+        assert answer["dryRun"] is True
+        assert api.store.list() == []
+        await client.post("/apis/v1/resources", data=REVIEWS_YAML)
+        changed = REVIEWS_YAML.replace("team: books", "team: films")
+        answer = await (await client.post("/apis/v1/resources?dry_run=1", data=changed)).json()
+        assert (answer["created"], answer["updated"]) == ([], ["VirtualService prod/reviews"])
+        stored = api.store.get("VirtualService", "prod", "reviews")
+        assert stored is not None and stored.labels == {"team": "books"}
+
+    run(api, scenario)
+
+
+def test_empty_and_non_text_bodies() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        for body in (b"", b"  \n", b"---\n# nothing\n", b"\xff\xfe\x00"):
+            response = await client.post("/apis/v1/resources", data=body)
+            assert response.status == 400, body
+            assert (await response.json())["error"]
+
+    run(api, scenario)
+
+
+def test_registry_services_through_resources_and_services_routes() -> None:
+    api, _ = make_api(validator=analyze)
+    service_yaml = ("apiVersion: registry.tulle.dev/v1\nkind: Service\nmetadata: {name: ratings}\n"
+                    "spec:\n  ports: [{name: grpc, port: 9090}]\n")
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/resources", data=service_yaml)
+        assert response.status == 200, await response.text()
+
+        response = await client.post("/apis/v1/services", json={
+            "name": "reviews", "namespace": "prod", "labels": {"app": "reviews"},
+            "ports": [{"name": "http", "port": 9080, "targetPort": 8080}, {"name": "x", "port": 81, "protocol": "HTTP2"}]})
+        service = await response.json()
+        assert response.status == 200, service
+        assert service["hostname"] == "reviews.prod.svc.cluster.local"
+        assert service["ports"] == [{"name": "http", "port": 9080, "protocol": "HTTP", "targetPort": 8080},
+                                    {"name": "x", "port": 81, "protocol": "HTTP2", "targetPort": 0}]
+
+        items = (await (await client.get("/apis/v1/services")).json())["items"]
+        assert [(i["hostname"], i["ports"][0]["protocol"]) for i in items] == [
+            ("ratings.default.svc.cluster.local", "GRPC"), ("reviews.prod.svc.cluster.local", "HTTP")]
+        assert [i["name"] for i in (await (await client.get("/apis/v1/services?namespace=prod")).json())["items"]] \
+            == ["reviews"]
+
+        response = await client.delete("/apis/v1/services/prod/reviews")
+        assert (response.status, await response.json()) == (200, {"deleted": "Service prod/reviews"})
+        assert (await client.delete("/apis/v1/services/prod/reviews")).status == 404
+
+    run(api, scenario)
+
+
+def test_invalid_service_requests() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        cases = [
+            "not json",
+            json.dumps(["a list"]),
+            json.dumps({"namespace": "default", "ports": [{"name": "http", "port": 80}]}),  # no name
+            json.dumps({"name": "a", "ports": "80"}),
+            json.dumps({"name": "a", "ports": [{"name": "http", "port": 70000}]}),
+            json.dumps({"name": "a", "ports": [{"name": "http", "port": 80}], "portz": []}),
+        ]
+        for body in cases:
+            response = await client.post("/apis/v1/services", data=body)
+            assert response.status == 400, body
+            assert (await response.json())["error"]
+        bad_version = ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n"
+                       "spec: {ports: [{name: http, port: 80}]}\n")
+        errors = (await (await client.post("/apis/v1/resources", data=bad_version)).json())["errors"]
+        assert [e["field"] for e in errors] == ["apiVersion"]
+
+    run(api, scenario)
+    assert api.store.list() == []
+
+
+def test_instance_lifecycle() -> None:
+    api, clock = make_api()
+    api.registry.put_service("reviews", "default", [{"name": "http", "port": 9080}])
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/instances", json={
+            "name": "reviews-1", "namespace": "default", "address": "10.0.0.1", "ports": {"http": 8080},
+            "labels": {"version": "v1"}, "serviceAccount": "bookinfo", "locality": "eu/west/a",
+            "services": ["reviews"], "ttlSeconds": 10})
+        answer = await response.json()
+        assert response.status == 200, answer
+        lease_id = answer["id"]
+        assert answer["ttlSeconds"] == 10
+
+        items = (await (await client.get("/apis/v1/instances")).json())["items"]
+        assert [(i["id"], i["address"], i["hostnames"], i["serviceAccount"]) for i in items] == [
+            (lease_id, "10.0.0.1", ["reviews.default.svc.cluster.local"], "bookinfo")]
+
+        clock.now += 8
+        response = await client.put(f"/apis/v1/instances/{lease_id}/heartbeat")
+        assert (response.status, (await response.json())["id"]) == (200, lease_id)
+        clock.now += 8
+        assert (await client.put(f"/apis/v1/instances/{lease_id}/heartbeat")).status == 200
+        clock.now += 11
+        response = await client.put(f"/apis/v1/instances/{lease_id}/heartbeat")
+        assert response.status == 404
+        assert "register again" in (await response.json())["error"]
+        assert (await (await client.get("/apis/v1/instances")).json())["items"] == []
+
+        second = (await (await client.post("/apis/v1/instances", json={
+            "name": "reviews-2", "address": "10.0.0.2"})).json())["id"]
+        response = await client.delete(f"/apis/v1/instances/{second}")
+        assert (response.status, await response.json()) == (200, {"deregistered": second})
+        assert (await client.delete(f"/apis/v1/instances/{second}")).status == 404
+
+    run(api, scenario)
+
+
+def test_invalid_instance_requests() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        for body in ({"name": "a"}, {"name": "a", "address": "10.0.0.1", "ttlSeconds": 0},
+                     {"name": "a", "address": "10.0.0.1", "ports": {"http": "80"}},
+                     {"name": "a", "address": "10.0.0.1", "servics": ["x"]}):
+            response = await client.post("/apis/v1/instances", json=body)
+            assert response.status == 400, body
+            assert (await response.json())["error"]
+
+    run(api, scenario)
+    assert api.registry.leases() == []
+
+
+def test_debug_proxies() -> None:
+    proxy = {"id": "sidecar~10.0.0.1~reviews.default~default.svc.cluster.local", "connected_since": 1.0,
+             "types": {"clusters": {"sent": "v1", "acked": "v1"}}}
+
+    async def xds_status() -> list[dict[str, Any]]:
+        return [proxy]
+
+    api, _ = make_api(xds_status=xds_status)
+    empty, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        assert await (await client.get("/debug/proxies")).json() == {"proxies": [proxy]}
+
+    async def empty_scenario(client: TestClient) -> None:
+        assert await (await client.get("/debug/proxies")).json() == {"proxies": []}
+
+    run(api, scenario)
+    run(empty, empty_scenario)
+
+
+def test_debug_config() -> None:
+    asked: list[tuple[str, str]] = []
+
+    def config_view(proxy_id: str, config_type: str) -> list[Any] | None:
+        asked.append((proxy_id, config_type))
+        if proxy_id != "known":
+            return None
+        if config_type == "clusters":
+            return [cluster_pb2.Cluster(name="outbound|9080||reviews.default.svc.cluster.local")]
+        return [{"name": f"a {config_type[:-1]}"}]
+
+    api, _ = make_api(config_view=config_view)
+
+    async def scenario(client: TestClient) -> None:
+        answer = await (await client.get("/debug/config/known?type=clusters")).json()
+        assert answer == {"resources": [{"name": "outbound|9080||reviews.default.svc.cluster.local"}]}
+        everything = await (await client.get("/debug/config/known")).json()
+        assert [r["name"] for r in everything["resources"]] == [
+            "a listener", "a route", "outbound|9080||reviews.default.svc.cluster.local", "a endpoint"]
+        assert (await client.get("/debug/config/unknown?type=listeners")).status == 404
+        response = await client.get("/debug/config/known?type=secrets")
+        assert response.status == 400
+        assert "listeners" in (await response.json())["error"]
+
+    run(api, scenario)
+    assert ("unknown", "listeners") in asked
+
+
+def test_a_failing_callable_answers_json_500() -> None:
+    def xds_status() -> list[Any]:
+        raise RuntimeError("cache exploded")
+
+    api, _ = make_api(xds_status=xds_status)
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.get("/debug/proxies")
+        assert response.status == 500
+        assert "cache exploded" in (await response.json())["error"]
+
+    run(api, scenario)
+
+
+def test_real_loopback_server_start_and_stop() -> None:
+    api, _ = make_api()
+
+    async def main() -> None:
+        port = await api.start("127.0.0.1", 0)
+        assert port > 0
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    assert (response.status, await response.text()) == (200, "ok")
+                async with session.post(f"http://127.0.0.1:{port}/apis/v1/resources", data=REVIEWS_YAML) as response:
+                    assert response.status == 200
+        finally:
+            await api.stop()
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz"):
+                    raise AssertionError("still listening after stop()")
+            except aiohttp.ClientConnectionError:
+                pass
+
+    asyncio.run(main())
+    assert len(api.store.list()) == 2
