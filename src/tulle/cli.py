@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from tulle import __version__
 from tulle.config.errors import ConfigError
+from tulle.controlplane.cli import register as register_controlplane_commands
+from tulle.sidecar.agent import add_sidecar_parser
 
 
 def _proxy_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,10 +56,52 @@ def run_proxy(args: argparse.Namespace) -> int:
         return 1
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _control_plane_parser(sub: argparse._SubParsersAction) -> None:
+    cp = sub.add_parser("control-plane", help="run the control plane: Istio's API in, xDS out")
+    cp.add_argument("--state-dir", default=os.environ.get("TULLE_STATE_DIR", ".tulle-state"),
+                    help="where config is kept across restarts (default .tulle-state, or $TULLE_STATE_DIR)")
+    cp.add_argument("--in-memory", action="store_true", help="keep nothing across restarts")
+    cp.add_argument("--xds-address", type=_address, default=("127.0.0.1", 15010),
+                    help="gRPC xDS (ADS) listen address (Istio's 15010)")
+    cp.add_argument("--http-address", type=_address, default=("127.0.0.1", 15014),
+                    help="HTTP API and debug views (default 127.0.0.1:15014)")
+    cp.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
+    cp.add_argument("-l", "--log-level", default="info",
+                    choices=("debug", "info", "warning", "error", "critical"))
+    cp.set_defaults(func=run_control_plane)
+
+
+def run_control_plane(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tulle.controlplane.server import serve
+    from tulle.server.server import install_event_loop_policy
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="[%(asctime)s][%(process)d][%(levelname)s][%(name)s] %(message)s")
+    install_event_loop_policy()
+    state_dir = None if args.in_memory else args.state_dir
+    try:
+        return asyncio.run(serve(state_dir, args.xds_address, args.http_address, args.ready_file))
+    except OSError as exc:
+        print(f"tulle control-plane: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tulle", description="Tulle service mesh")
     parser.add_argument("--version", action="version", version=f"tulle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _proxy_parser(sub)
+    _control_plane_parser(sub)
+    add_sidecar_parser(sub)
+    register_controlplane_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
