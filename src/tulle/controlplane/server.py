@@ -151,7 +151,9 @@ class ControlPlane:
         anything else (Envoy with iptables) gets Istio's defaults."""
         metadata = _metadata(node)
         if metadata.get("TULLE_AGENT") or "tulle" in node.user_agent_name.lower():
-            return replace(TULLE_PROXY_TODAY, workload_address=proxy.ip, outbound_bind_address=proxy.ip)
+            app_ports = tuple(sorted((int(port), int(local)) for port, local in (metadata.get("APP_PORTS") or {}).items()))
+            return replace(TULLE_PROXY_TODAY, workload_address=proxy.ip, outbound_bind_address=proxy.ip,
+                           app_ports=app_ports)
         return ISTIO_DEFAULTS
 
     # --- hooks from the xDS server --------------------------------------------------------------

@@ -110,7 +110,9 @@ class AdsClient:
                     return
                 yield request
 
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        # The xDS stream goes straight to the control plane, never through an HTTP proxy from the
+        # environment (a sidecar's own HTTP_PROXY would point back at itself).
+        async with grpc.aio.insecure_channel(self.target, options=(("grpc.enable_http_proxy", 0),)) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             if self.delta:
                 call = stub.DeltaAggregatedResources(requests())

@@ -225,15 +225,17 @@ def build_inbound_clusters(scope: ProxyScope) -> list[dict[str, Any]]:
     pool applies here too, so the server side admits the traffic its clients may send.
     """
     clusters = []
+    app_ports = dict(scope.options.app_ports)
     for inbound in scope.inbound_ports():
         name = inbound_cluster_name(inbound.workload_port)
+        local_port = app_ports.get(inbound.workload_port, inbound.workload_port)
         cluster: dict[str, Any] = {
             "name": name,
             "type": STATIC,
             "connect_timeout": duration(scope.options.connect_timeout),
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
                 "endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                            "port_value": inbound.workload_port}}},
+                                                            "port_value": local_port}}},
             }]}]},
         }
         rule = scope.destination_rule_for(inbound.service.hostname, inbound.service.namespace)

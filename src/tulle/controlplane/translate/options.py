@@ -28,6 +28,9 @@ class TranslateOptions:
     # set, every listener binds it and inbound gets one listener per service port the workload serves,
     # at <workload address>:<service port>, which is the endpoint registered for it.
     workload_address: str | None = None
+    # Where the app listens locally, by workload port (node metadata APP_PORTS): the inbound clusters
+    # go to 127.0.0.1:<app port>; without an entry, to the workload port itself.
+    app_ports: tuple[tuple[int, int], ...] = ()
 
 
 ISTIO_DEFAULTS = TranslateOptions()

@@ -1,0 +1,1 @@
+"""A bookinfo-like sample application for the mesh demos (see :mod:`tulle.samples.bookinfo.app`)."""

@@ -1,0 +1,1 @@
+"""``tulle sidecar``: per-workload agent (istio-agent's job) and the proxy bootstrap it writes."""
