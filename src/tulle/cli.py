@@ -95,12 +95,24 @@ def run_control_plane(args: argparse.Namespace) -> int:
         return 1
 
 
+def _run_demo(args: argparse.Namespace) -> int:
+    from tulle.samples.mesh_demo import run
+
+    return run(args.duration, args.delta, args.keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tulle", description="Tulle service mesh")
     parser.add_argument("--version", action="version", version=f"tulle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _proxy_parser(sub)
     _control_plane_parser(sub)
+    demo = sub.add_parser("demo", help="a whole local mesh: control plane, bookinfo with sidecars, a canary")
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="run unattended for this many seconds, print the summary and exit 0")
+    demo.add_argument("--delta", action="store_true", help="sidecars use delta xDS")
+    demo.add_argument("--keep", action="store_true", help="keep the work directory (logs, state) afterwards")
+    demo.set_defaults(func=_run_demo)
     add_sidecar_parser(sub)
     register_controlplane_commands(sub)
     args = parser.parse_args(argv)

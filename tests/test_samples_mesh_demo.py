@@ -1,0 +1,25 @@
+"""The README's main command: `tulle demo --duration N` brings up the mesh, splits, promotes, exits 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.integration
+def test_mesh_demo_runs_unattended_and_reports_the_canary() -> None:
+    result = subprocess.run([sys.executable, "-m", "tulle", "demo", "--duration", "10"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    canary = out.split("== canary")[1].split("==")[0]
+    shares = {m[1]: float(m[2]) for m in re.finditer(r"^\s+reviews-(v\d)\s+\d+\s+([\d.]+)%", canary, re.M)}
+    assert set(shares) <= {"v1", "v2", "v3"} and shares.get("v1", 0) >= 55, canary  # 80/10/10
+    assert re.search(r"status codes: 200: \d+$", canary, re.M), canary  # no errors
+    stats = dict(re.findall(r"^\s+(\S+-v\d)\s+(\d+)\s+\d+\s+(?:\d+)$", out, re.M))
+    assert int(stats["productpage-v1"]) > 0 and int(stats["details-v1"]) == int(stats["productpage-v1"])
+    promoted = out.split("== after reviews-v3.yaml")[1]
+    assert re.search(r"^\s+reviews-v3\s+\d+\s+100\.0%", promoted, re.M), promoted
