@@ -19,6 +19,7 @@ from tulle.samples.echo_server import start_in_thread
 
 pytestmark = pytest.mark.integration
 CLIENT_IP = "127.0.0.2"  # the client workload's own loopback address (docs/control-plane.md)
+UPSTREAM_PORT = 19999  # an explicit local upstream port for reviews:9080 on the client's address
 
 CANARY = """
 apiVersion: networking.istio.io/v1
@@ -67,6 +68,13 @@ def _through_forward_proxy(path: str = "/", headers: dict[str, str] | None = Non
         return response.headers.get("x-served-by", "-")
 
 
+def _through_upstream_port(headers: dict[str, str] | None = None) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"http://{CLIENT_IP}:{UPSTREAM_PORT}/", headers=headers or {})
+    with opener.open(request, timeout=5) as response:
+        return response.headers.get("x-served-by", "-")
+
+
 def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -> None:
     v1, v2 = start_in_thread("v1"), start_in_thread("v2")
 
@@ -91,7 +99,8 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                 "node": {"id": f"sidecar~{CLIENT_IP}~productpage-v1.default~default.svc.cluster.local",
                          "cluster": "productpage.default",
                          "metadata": {"TULLE_AGENT": True, "NAMESPACE": "default",
-                                      "LABELS": {"app": "productpage", "version": "v1"}}},
+                                      "LABELS": {"app": "productpage", "version": "v1"},
+                                      "UPSTREAMS": {"reviews:9080": UPSTREAM_PORT}}},
                 "dynamic_resources": {
                     "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
                                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
@@ -114,6 +123,10 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                 assert set(served) == {"v1", "v2"} and 130 <= served["v1"] <= 190, served
                 jason = {await asyncio.to_thread(_through_forward_proxy, "/", {"end-user": "jason"}) for _ in range(10)}
                 assert jason == {"v2"}
+                # the explicit upstream port applies the same VirtualService
+                via_upstream = {await asyncio.to_thread(_through_upstream_port, {"end-user": "jason"}) for _ in range(10)}
+                assert via_upstream == {"v2"}
+                assert {await asyncio.to_thread(_through_upstream_port) for _ in range(40)} == {"v1", "v2"}
 
                 status = await asyncio.to_thread(_call, api, "GET", "/debug/proxies")
                 assert [p["id"] for p in status["proxies"]] == [bootstrap["node"]["id"]]

@@ -23,6 +23,7 @@ from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource
 from tulle.controlplane.registry.registry import Registry
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.store.sqlite import SqliteStore
+from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.translate.translate import translate
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
@@ -140,8 +141,9 @@ class ControlPlane:
 
     def _push_node(self, node: Any, mesh: MeshSnapshot) -> None:
         proxy = proxy_identity(node)
+        generate = translate_grpc if is_proxyless(node.id, _metadata(node)) else translate
         try:
-            resources = translate(mesh, proxy, self._options(node, proxy))
+            resources = generate(mesh, proxy, self._options(node, proxy))
             self.cache.set_snapshot(node.id, Snapshot(resources))
         except Exception:  # one proxy's translation failing must not starve the others
             log.exception("translation for %s failed; it keeps its last config", node.id)
@@ -150,10 +152,13 @@ class ControlPlane:
         """Tulle sidecars (no iptables) get the loopback-IP layout and what Tulle proxies run today;
         anything else (Envoy with iptables) gets Istio's defaults."""
         metadata = _metadata(node)
+        if is_proxyless(node.id, metadata):  # gRPC clients route in-process, with Istio's defaults
+            return ISTIO_DEFAULTS
         if metadata.get("TULLE_AGENT") or "tulle" in node.user_agent_name.lower():
             app_ports = tuple(sorted((int(port), int(local)) for port, local in (metadata.get("APP_PORTS") or {}).items()))
+            upstreams = tuple(sorted((str(t), int(p)) for t, p in (metadata.get("UPSTREAMS") or {}).items()))
             return replace(TULLE_PROXY_TODAY, workload_address=proxy.ip, outbound_bind_address=proxy.ip,
-                           app_ports=app_ports)
+                           app_ports=app_ports, upstreams=upstreams)
         return ISTIO_DEFAULTS
 
     # --- hooks from the xDS server --------------------------------------------------------------

@@ -16,7 +16,7 @@ what gRPC implements (gRFCs A27, A28, A31, A33, A39, A42, A44):
   the gRPC status conditions only (none left: no retries) and drops what A44 does not support;
 * CDS: EDS clusters (DNS services: LOGICAL_DNS, one address), ROUND_ROBIN or RING_HASH (gRPC
   NACKs other policies), circuit breaking by ``max_requests`` only (A32);
-* EDS: the sidecar's ClusterLoadAssignments unchanged.
+* EDS: the sidecar's ClusterLoadAssignments, every locality group naming its locality.
 
 Not for gRPC: ORIGINAL_DST (``PASSTHROUGH``) clusters, which a client cannot resolve, and
 xDS-enabled gRPC servers (A36 inbound listeners), which are not generated yet.
@@ -225,7 +225,7 @@ def grpc_cluster(scope: ProxyScope, plan: ClusterPlan) -> dict[str, Any] | None:
         cluster["eds_cluster_config"] = {"service_name": plan.name, "eds_config": ads_config_source()}
     elif plan.discovery_type in (STRICT_DNS, LOGICAL_DNS):
         # gRPC resolves one DNS name per cluster (A37): the first endpoint, as LOGICAL_DNS does.
-        groups = [group for group in load_assignment(scope, plan)["endpoints"] if group["lb_endpoints"]]
+        groups = [group for group in grpc_load_assignment(scope, plan)["endpoints"] if group["lb_endpoints"]]
         if not groups:
             return None
         first = {key: value for key, value in groups[0].items() if key != "priority"}
@@ -240,6 +240,15 @@ def grpc_cluster(scope: ProxyScope, plan: ClusterPlan) -> dict[str, Any] | None:
     if max_requests > 0:
         cluster["circuit_breakers"] = {"thresholds": [{"max_requests": max_requests}]}
     return cluster
+
+
+def grpc_load_assignment(scope: ProxyScope, plan: ClusterPlan) -> dict[str, Any]:
+    """The sidecar's ClusterLoadAssignment; gRPC NACKs a locality group without ``locality``,
+    which Envoy reads as the empty locality, so that is spelled out."""
+    assignment = load_assignment(scope, plan)
+    for group in assignment["endpoints"]:
+        group.setdefault("locality", {})
+    return assignment
 
 
 # --- all together -------------------------------------------------------------------------
@@ -261,7 +270,7 @@ def translate_grpc_json(
             continue
         clusters.append(cluster)
         if cluster["type"] == EDS:
-            assignments.append(load_assignment(scope, plan))
+            assignments.append(grpc_load_assignment(scope, plan))
     routes = [grpc_route_configuration(scope, service, port)
               for service in scope.services if not service.hostname.startswith("*") for port in service.ports]
     return {

@@ -35,6 +35,7 @@ from tulle.controlplane.translate.routes import (
     FAULT_FILTER,
     HTTP_PROXY_ROUTE_NAME,
     destination_cluster,
+    http_filters_needed,
 )
 from tulle.controlplane.translate.scope import MESH_GATEWAY, ProxyScope
 from tulle.controlplane.translate.values import duration
@@ -202,4 +203,40 @@ def per_port_inbound_listeners(scope: ProxyScope, address: str) -> list[dict[str
             network_filter = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                 "@type": TCP_PROXY_TYPE, "stat_prefix": name, "cluster": cluster}}
         listeners.append(listener(name, address, inbound.port.port, "INBOUND", network_filter))
+    return listeners
+
+
+def upstream_listeners(scope: ProxyScope, upstreams: tuple[tuple[str, int], ...], address: str) -> list[dict[str, Any]]:
+    """Explicit local upstream ports (``tulle sidecar --upstream reviews:9080=19080``): the app connects
+    to ``<workload ip>:<local port>`` and reaches the service with its routing rules (HTTP) or its
+    cluster (TCP). The Host the app sends is the local address, so the service's virtual host
+    answers every domain here."""
+    from tulle.controlplane.istio.hosts import resolve_host
+    from tulle.controlplane.translate.routes import virtual_hosts_for_port
+
+    listeners = []
+    for target, local_port in upstreams:
+        host, _, port_text = target.rpartition(":")
+        if not host or not port_text.isdigit():
+            continue
+        port_number = int(port_text)
+        fqdn = resolve_host(host, scope.proxy.namespace, scope.domain_suffix, scope.known_namespaces)
+        match = next(((service, port) for service in scope.services if service.hostname == fqdn
+                      for port in service.ports if port.port == port_number), None)
+        if match is None:
+            continue  # not visible to this proxy (Sidecar scoping / exportTo) or not registered yet
+        service, service_port = match
+        name = f"upstream_{address}_{local_port}"
+        if is_http(service_port.protocol):
+            virtual_host = next((vh for vh in virtual_hosts_for_port(scope, port_number)
+                                 if vh["name"].rsplit(":", 1)[0] == fqdn), None)
+            if virtual_host is None:
+                continue
+            virtual_host["domains"] = ["*"]
+            route_config = {"name": name, "virtual_hosts": [virtual_host]}
+            network_filter = http_connection_manager(name, http_filters_needed([route_config]),
+                                                     route_config=route_config)
+        else:
+            network_filter = tcp_proxy(scope, service, service_port)
+        listeners.append(listener(name, address, local_port, "OUTBOUND", network_filter))
     return listeners

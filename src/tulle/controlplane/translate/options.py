@@ -31,6 +31,8 @@ class TranslateOptions:
     # Where the app listens locally, by workload port (node metadata APP_PORTS): the inbound clusters
     # go to 127.0.0.1:<app port>; without an entry, to the workload port itself.
     app_ports: tuple[tuple[int, int], ...] = ()
+    # Explicit local upstream ports (node metadata UPSTREAMS): ("reviews:9080", 19080), ...
+    upstreams: tuple[tuple[str, int], ...] = ()
 
 
 ISTIO_DEFAULTS = TranslateOptions()

@@ -26,6 +26,7 @@ from tulle.controlplane.translate.listeners import (
     outbound_listeners,
     outbound_ports,
     per_port_inbound_listeners,
+    upstream_listeners,
 )
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TranslateOptions
 from tulle.controlplane.translate.plan import plan_outbound_clusters
@@ -93,6 +94,7 @@ def translate_json(
         routes.append(forward_route)
         if options.workload_address:
             listeners.extend(per_port_inbound_listeners(scope, options.workload_address))
+            listeners.extend(upstream_listeners(scope, options.upstreams, options.workload_address))
         else:
             inbound_routes = inbound_route_configuration(scope, INBOUND_ROUTE_NAME)
             if inbound_routes is not None:
