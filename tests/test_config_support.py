@@ -35,3 +35,13 @@ def test_join_paths() -> None:
     assert join("", "a") == "a"
     assert join("a", "b") == "a.b"
     assert join("a", "[3]") == "a[3]"
+
+
+def test_refusals_name_envoys_canonical_extension() -> None:
+    from tulle.extensions.registry import canonical_name, describe
+
+    assert canonical_name("envoy.extensions.filters.http.lua.v3.Lua") == "envoy.filters.http.lua"
+    assert canonical_name("envoy.extensions.filters.http.router.v3.Router") == "envoy.filters.http.router"
+    assert canonical_name("acme.v1.Thing") == "acme.v1.Thing"
+    assert describe("my_lua", "envoy.extensions.filters.http.lua.v3.Lua") == (
+        "my_lua (envoy.filters.http.lua, type envoy.extensions.filters.http.lua.v3.Lua)")

@@ -45,3 +45,24 @@ def resolve(table: dict[str, str], type_name: str) -> Callable[..., Any] | None:
         return None
     module_name, attribute = target.split(":")
     return getattr(importlib.import_module(module_name), attribute)
+
+
+def canonical_name(type_name: str) -> str:
+    """Envoy's extension name for a typed_config type, e.g.
+    envoy.extensions.filters.http.lua.v3.Lua -> envoy.filters.http.lua (for messages)."""
+    for name, known_type in NAME_TO_TYPE.items():
+        if known_type == type_name:
+            return name
+    parts = type_name.split(".")
+    if len(parts) > 3 and parts[:2] == ["envoy", "extensions"] and parts[-2].startswith("v"):
+        return ".".join(["envoy", *parts[2:-2]])
+    return type_name
+
+
+def describe(user_name: str, type_name: str) -> str:
+    """'lua_filter (envoy.filters.http.lua, type envoy.extensions.filters.http.lua.v3.Lua)'."""
+    canonical = canonical_name(type_name)
+    label = user_name or canonical
+    if canonical != type_name and canonical != label:
+        return f"{label} ({canonical}, type {type_name})"
+    return f"{label} ({type_name})"

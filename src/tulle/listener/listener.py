@@ -104,7 +104,7 @@ class Listener:
         type_name = type_name_of(network_filter.typed_config)
         factory_class = registry.resolve(registry.NETWORK_FILTERS, type_name)
         if factory_class is None:
-            raise UnsupportedFeature(f"network filter {network_filter.name or type_name} ({type_name})", field=path)
+            raise UnsupportedFeature(f"network filter {registry.describe(network_filter.name, type_name)}", field=path)
         message = unpack_any(network_filter.typed_config, field=join(path, "typed_config"))
         if type_name.endswith("HttpConnectionManager"):
             factory = factory_class(message, join(path, "typed_config"), self.ctx, listener_port=self.port)

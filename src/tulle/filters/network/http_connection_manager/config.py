@@ -193,7 +193,7 @@ class HcmConfig:
                 message = symbol_database.Default().GetSymbol(type_name)()
             factory_class = registry.resolve(registry.HTTP_FILTERS, type_name)
             if factory_class is None:
-                raise UnsupportedFeature(f"HTTP filter {http_filter.name or type_name} ({type_name})", field=path)
+                raise UnsupportedFeature(f"HTTP filter {registry.describe(http_filter.name, type_name)}", field=path)
             factories.append(factory_class(message, join(path, "typed_config"), self))
         if factories[-1].name != "envoy.filters.http.router":
             raise ConfigError("the last HTTP filter must be envoy.filters.http.router",
