@@ -135,6 +135,15 @@ def test_ads_programs_the_proxy_nacks_bad_updates_and_survives_the_control_plane
                 assert "filter_chains[0].filters[0]" in nack.error_detail.message
                 assert _served_by(listen_port) == "v1"
 
+                # a request in flight when routes and endpoints change completes on what it started with
+                slow = asyncio.ensure_future(asyncio.to_thread(_get, listen_port, "/delay/800"))
+                await asyncio.sleep(0.3)
+                ads.publish(ROUTE_TYPE, "r1b", [route_config("9080", "reviews", "during")])
+                ads.publish(ENDPOINT_TYPE, "e1b", [assignment("reviews", v1.server_address[1], v2.server_address[1])])
+                status, headers, body = await slow
+                assert (status, body, headers.get("x-route")) == (200, b"delayed\n", "first")
+                await _until(lambda: _get(listen_port)[1].get("x-route") == "during")
+
                 # endpoints move: traffic follows, no listener churn
                 ads.publish(ENDPOINT_TYPE, "e2", [assignment("reviews", v2.server_address[1])])
                 await _until(lambda: _served_by(listen_port) == "v2")
