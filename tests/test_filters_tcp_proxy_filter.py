@@ -24,6 +24,7 @@ from tulle.filters.network.tcp_proxy.config import TcpProxyFactory
 from tulle.filters.network.tcp_proxy.filter import TcpProxySession
 from tulle.server.context import DownstreamConnection, FactoryContext, ServerState
 from tulle.stats.store import Store
+from tulle.upstream.host import NO_OUTLIER_MONITOR
 
 try:
     import uvloop
@@ -51,6 +52,7 @@ class FakeHost:
         self.port = port
         self.address_str = f"{ip}:{port}"
         self.stats = FakeHostStats()
+        self.outlier = NO_OUTLIER_MONITOR  # tcp_proxy reports connect results to it
 
 
 class FakeClusterStats:

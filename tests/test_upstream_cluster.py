@@ -144,8 +144,9 @@ def test_typed_and_deprecated_protocol_options_cannot_be_mixed():
 
 REFUSALS = [
     ({"transport_socket": {"name": "envoy.transport_sockets.tls"}}, "transport_socket"),
-    ({"health_checks": [{"timeout": "1s", "interval": "1s", "tcp_health_check": {}}]}, "health_checks"),
-    ({"outlier_detection": {}}, "outlier_detection"),
+    ({"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+                         "grpc_health_check": {}}]}, "health_checks[0].grpc_health_check"),
+    ({"outlier_detection": {"monitors": [{"name": "custom"}]}}, "outlier_detection.monitors"),
     ({"circuit_breakers": {"thresholds": [{"max_connections": 1}]}}, "circuit_breakers"),
     ({"http2_protocol_options": {}}, "http2_protocol_options"),
     ({"upstream_bind_config": {"source_address": {"address": "0.0.0.0", "port_value": 0}}}, "upstream_bind_config"),

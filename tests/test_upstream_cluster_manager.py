@@ -44,8 +44,9 @@ def test_builds_every_cluster_and_looks_them_up():
 
 def test_refusal_names_the_cluster_index():
     with pytest.raises(UnsupportedFeature) as caught:
-        ClusterManager.from_protos(clusters_of(cluster("a"), cluster("b", outlier_detection={})), stats=Store())
-    assert caught.value.field == "static_resources.clusters[1].outlier_detection"
+        ClusterManager.from_protos(clusters_of(cluster("a"), cluster("b", outlier_detection={"monitors": [{}]})),
+                                   stats=Store())
+    assert caught.value.field == "static_resources.clusters[1].outlier_detection.monitors"
 
 
 def test_duplicate_names_are_refused():

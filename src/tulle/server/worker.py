@@ -114,6 +114,7 @@ class Worker:
                     "zone": host.locality[1] if host.locality else "",
                     "sub_zone": host.locality[2] if host.locality else "",
                     "health_flags": host.health_flags,
+                    "success_rate": host.outlier.success_rate,
                     "stats": {
                         name: getattr(host_stats, name)
                         for name in ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success",

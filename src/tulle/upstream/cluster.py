@@ -11,6 +11,12 @@ Three discovery types, as in Envoy:
   the first address of the latest answer; open connections are left alone.
 
 DNS answers never block the event loop (see :mod:`tulle.upstream.dns`).
+
+``health_checks`` and ``outlier_detection`` attach a :class:`HealthChecker` and an
+:class:`OutlierDetector` that set hosts' health flags; the cluster rebuilds its load
+balancer whenever a host's health changes. As in Envoy, with active health checking a
+host that service discovery removes stays (``/pending_dynamic_removal``) until it fails
+its checks, unless ``ignore_health_on_host_removal`` is set.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.stats.store import Store
 from tulle.upstream import dns
-from tulle.upstream.cluster_stats import ClusterStats
+from tulle.upstream.cluster_stats import ClusterStats, HealthCheckStats, OutlierDetectionStats
+from tulle.upstream.health_check import HealthCheckConfig, HealthChecker, parse_health_checks
 from tulle.upstream.host import Host, Locality
 from tulle.upstream.load_balancer import (
     DEFAULT_OVERPROVISIONING_FACTOR,
@@ -44,6 +51,7 @@ from tulle.upstream.load_balancer import (
     create_load_balancer,
     lb_settings_from_cluster,
 )
+from tulle.upstream.outlier_detection import OutlierDetectionConfig, OutlierDetector, parse_outlier_detection
 
 log = logging.getLogger("tulle.upstream")
 
@@ -65,7 +73,7 @@ _CLUSTER_FIELDS = (
     "http_protocol_options", "typed_extension_protocol_options", "dns_refresh_rate",
     "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
     "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
-    "eds_cluster_config",
+    "eds_cluster_config", "health_checks", "outlier_detection", "ignore_health_on_host_removal",
 )
 # metadata only feeds subset load balancing and filters, which Tulle refuses or does not read.
 _CLUSTER_IGNORED = ("metadata",)
@@ -110,6 +118,9 @@ class ClusterConfig:
     wait_for_warm_on_init: bool
     lb: LbSettings
     eds_service_name: str = ""  # EDS clusters: the ClusterLoadAssignment name to subscribe to
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierDetectionConfig | None = None
+    ignore_health_on_host_removal: bool = False
 
 
 # --- parsing ------------------------------------------------------------------
@@ -318,6 +329,10 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
 
     lb_settings = lb_settings_from_cluster(cluster, field)
     idle_timeout, max_requests = _connection_options(cluster, field)
+    health_check = parse_health_checks(list(cluster.health_checks), join(field, "health_checks"))
+    outlier_detection = None
+    if cluster.HasField("outlier_detection"):
+        outlier_detection = parse_outlier_detection(cluster.outlier_detection, join(field, "outlier_detection"))
     endpoints: list[EndpointConfig] = []
     overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR
     if cluster.HasField("load_assignment"):
@@ -363,6 +378,9 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         wait_for_warm_on_init=cluster.wait_for_warm_on_init.value if cluster.HasField("wait_for_warm_on_init") else True,
         lb=lb_settings,
         eds_service_name=eds_service_name,
+        health_check=health_check,
+        outlier_detection=outlier_detection,
+        ignore_health_on_host_removal=cluster.ignore_health_on_host_removal,
     )
 
 
@@ -394,6 +412,20 @@ class Cluster:
         self.hosts_per_priority: list[list[Host]] = [[]]
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self.outlier_detector: OutlierDetector | None = None
+        self.health_checker: HealthChecker | None = None
+        if config.outlier_detection is not None:
+            self.outlier_detector = OutlierDetector(
+                config.outlier_detection, OutlierDetectionStats(store, config.stat_name),
+                self._update_load_balancing, rng=self.lb.rng,
+            )
+        if config.health_check is not None:
+            self.health_checker = HealthChecker(
+                config.health_check, cluster_name=config.name, stats=HealthCheckStats(store, config.stat_name),
+                on_health_changed=self._on_host_health_changed,
+                on_check_passed=self.outlier_detector.on_active_health_check_success if self.outlier_detector else None,
+                rng=self.lb.rng,
+            )
         self._set_hosts([endpoint.make_host(endpoint.address) for endpoint in config.endpoints])
         # A static membership is complete at construction; Envoy counts it as one change.
         self.initialized = True
@@ -402,6 +434,14 @@ class Cluster:
 
     def _set_hosts(self, hosts: Sequence[Host]) -> None:
         """Install new membership: per-priority sets, load balancer state and gauges."""
+        joining = {id(host) for host in hosts}
+        for host in self.hosts:
+            if id(host) not in joining:
+                self._stop_monitoring_host(host)
+        present = {id(host) for host in self.hosts}
+        for host in hosts:
+            if id(host) not in present:
+                self._start_monitoring_host(host)
         ordered = sorted(hosts, key=lambda host: host.priority)  # stable: keeps config order within a priority
         levels = (ordered[-1].priority + 1) if ordered else 1
         per_priority: list[list[Host]] = [[] for _ in range(levels)]
@@ -409,12 +449,69 @@ class Cluster:
             per_priority[host.priority].append(host)
         self.hosts = ordered
         self.hosts_per_priority = per_priority
-        self.lb.update(per_priority, self.overprovisioning_factor)
         stats = self.stats
         stats.membership_total.set(len(ordered))
-        stats.membership_healthy.set(sum(1 for host in ordered if host.healthy))
-        stats.membership_degraded.set(sum(1 for host in ordered if host.degraded))
         stats.max_host_weight.set(max((host.weight for host in ordered), default=0))
+        self._update_load_balancing()
+
+    def _update_load_balancing(self) -> None:
+        """Membership or some host's health changed: rebuild the balancer and the health gauges."""
+        self.lb.update(self.hosts_per_priority, self.overprovisioning_factor)
+        stats = self.stats
+        stats.membership_healthy.set(sum(1 for host in self.hosts if host.healthy))
+        stats.membership_degraded.set(sum(1 for host in self.hosts if host.degraded))
+
+    # --- health checking and outlier detection ------------------------------------
+    def _start_monitoring_host(self, host: Host) -> None:
+        host.reset_monitoring(active_health_checked=self.health_checker is not None)
+        if self.outlier_detector is not None:
+            self.outlier_detector.add_host(host)
+        if self.health_checker is not None:
+            self.health_checker.add_host(host)
+
+    def _stop_monitoring_host(self, host: Host) -> None:
+        if self.outlier_detector is not None:
+            self.outlier_detector.remove_host(host)
+        if self.health_checker is not None:
+            self.health_checker.remove_host(host)
+
+    def _on_host_health_changed(self, host: Host) -> None:
+        if host.pending_dynamic_removal and host.failed_active_hc:
+            self._remove_pending_host(host)  # discovery dropped it earlier; now it failed its checks too
+        else:
+            self._update_load_balancing()
+
+    def _hold_for_health_check(self, removed: Sequence[Host]) -> list[Host]:
+        """Of the hosts service discovery removed, those Envoy keeps: healthy under active checks."""
+        if self.health_checker is None or self.config.ignore_health_on_host_removal:
+            return []
+        held = [host for host in removed if not host.failed_active_hc]
+        for host in held:
+            host.pending_dynamic_removal = True
+            host.refresh_health()
+        return held
+
+    def _remove_pending_host(self, host: Host) -> None:
+        self._set_hosts([other for other in self.hosts if other is not host])
+        self._retire([host])
+        self.stats.membership_change.value += 1
+
+    def _start_monitoring(self) -> None:
+        if self._closed:
+            return
+        if self.health_checker is not None:
+            self.health_checker.start()
+        if self.outlier_detector is not None:
+            self.outlier_detector.start(asyncio.get_running_loop())
+
+    def _stop_monitoring(self) -> list[asyncio.Task[None]]:
+        """Stop checks and the ejection timer; returns the check tasks to await."""
+        tasks: list[asyncio.Task[None]] = []
+        if self.health_checker is not None:
+            tasks = self.health_checker.stop()
+        if self.outlier_detector is not None:
+            self.outlier_detector.stop()
+        return tasks
 
     def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
         """Pick a host for one request/connection (replaced per instance by the balancer's method).
@@ -432,14 +529,23 @@ class Cluster:
             self.lb.update(self.hosts_per_priority, self.overprovisioning_factor)
 
     async def initialize(self) -> None:
+        """Envoy's cluster warm-up: the first membership, then (with active health checking)
+        every host's first check. Health checks and the outlier timer start here."""
+        self._start_monitoring()
+        await self._discover()
+        if self.health_checker is not None:
+            await self.health_checker.wait_first_round()
+
+    async def _discover(self) -> None:
         """First membership (DNS types resolve here); STATIC clusters are ready at construction."""
 
     def start_refreshing(self) -> None:
         """Start periodic work on the running loop (nothing for STATIC)."""
 
     def stop_refreshing(self) -> None:
-        """The cluster was replaced or removed: its periodic work (DNS) ends."""
+        """The cluster was replaced or removed: its periodic work (DNS, health checks) ends."""
         self._closed = True
+        self._stop_monitoring()
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -447,6 +553,7 @@ class Cluster:
     async def close(self) -> None:
         self._closed = True
         tasks, self._tasks = self._tasks, []
+        tasks += self._stop_monitoring()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -497,7 +604,7 @@ class _DnsCluster(Cluster):
             for endpoint in config.endpoints
         ]
 
-    async def initialize(self) -> None:
+    async def _discover(self) -> None:
         await self.refresh()
         self.initialized = True
 
@@ -549,19 +656,37 @@ class _DnsCluster(Cluster):
     def _rebuild_from_targets(self) -> None:
         self._set_hosts([host for target in self.targets for host in target.hosts])
 
+    def _remove_pending_host(self, host: Host) -> None:
+        for target in self.targets:
+            target.hosts = [other for other in target.hosts if other is not host]
+        self._rebuild_from_targets()
+        self._retire([host])
+        self.stats.membership_change.value += 1
+
 
 class StrictDnsCluster(_DnsCluster):
     type_name = STRICT_DNS
 
     def _apply(self, target: _ResolveTarget, addresses: list[str]) -> None:
         previous = {host.ip: host for host in target.hosts}
-        if set(addresses) == set(previous):
+        if set(addresses) == {ip for ip, host in previous.items() if not host.pending_dynamic_removal}:
             return  # same membership: keep hosts, schedules and rings untouched
         endpoint = target.endpoint
         hostname = endpoint.hostname or endpoint.address
-        target.hosts = [previous.get(ip) or endpoint.make_host(ip, hostname) for ip in addresses]
+        hosts = []
+        for ip in addresses:
+            host = previous.get(ip)
+            if host is None:
+                host = endpoint.make_host(ip, hostname)
+            elif host.pending_dynamic_removal:  # back in the answer before it failed its checks
+                host.pending_dynamic_removal = False
+                host.refresh_health()
+            hosts.append(host)
         kept = set(addresses)
-        self._retire([host for ip, host in previous.items() if ip not in kept])
+        removed = [host for ip, host in previous.items() if ip not in kept]
+        held = self._hold_for_health_check(removed)
+        target.hosts = hosts + held
+        self._retire([host for host in removed if host not in held])
         self._rebuild_from_targets()
         self.stats.membership_change.value += 1
 
@@ -626,13 +751,16 @@ class EdsCluster(Cluster):
             fresh = endpoint.make_host(endpoint.address)
             existing = current.pop((fresh.ip, fresh.port), None)
             if existing is not None:
+                existing.pending_dynamic_removal = False  # update_from refreshes the flags
                 existing.update_from(fresh)
                 hosts.append(existing)
             else:
                 hosts.append(fresh)
         self.overprovisioning_factor = overprovisioning_factor
-        self._set_hosts(hosts)
-        self._retire(list(current.values()))
+        removed = list(current.values())
+        held = self._hold_for_health_check(removed)
+        self._set_hosts(hosts + held)
+        self._retire([host for host in removed if host not in held])
         self.assignment = assignment
         self.stats.membership_change.value += 1
         self.stats.update_success.value += 1
@@ -648,7 +776,7 @@ class EdsCluster(Cluster):
             self.initialized = True
             self._first_assignment.set()
 
-    async def initialize(self) -> None:
+    async def _discover(self) -> None:
         await self._first_assignment.wait()
 
 

@@ -100,3 +100,59 @@ class ClusterStats:
         pair = (class_counter, self._store.counter(f"{self.prefix}upstream_rq_{status}"))
         self._by_code[status] = pair
         return pair
+
+
+# Envoy's health checker stats, ``cluster.<name>.health_check.<stat>`` (only with health_checks).
+HEALTH_CHECK_COUNTERS = ("attempt", "success", "failure", "passive_failure", "network_failure", "verify_cluster")
+HEALTH_CHECK_GAUGES = ("healthy", "degraded")
+
+
+class HealthCheckStats:
+    __slots__ = (*HEALTH_CHECK_COUNTERS, *HEALTH_CHECK_GAUGES)
+
+    attempt: Counter
+    success: Counter
+    failure: Counter
+    passive_failure: Counter
+    network_failure: Counter
+    verify_cluster: Counter
+    healthy: Gauge
+    degraded: Gauge
+
+    def __init__(self, store: Store, stat_name: str) -> None:
+        prefix = f"cluster.{stat_name}.health_check."
+        for name in HEALTH_CHECK_COUNTERS:
+            setattr(self, name, store.counter(prefix + name))
+        for name in HEALTH_CHECK_GAUGES:
+            # Every worker checks every host and converges on the same answer: summing the
+            # workers' counts would multiply the number of hosts.
+            setattr(self, name, store.gauge(prefix + name, per_worker=False))
+
+
+# Envoy's outlier detection stats, ``cluster.<name>.outlier_detection.<stat>`` (only with
+# outlier_detection). ejections_total, ejections_consecutive_5xx and ejections_success_rate are
+# deprecated in Envoy but still emitted there, so they are here.
+EJECTION_TYPES = (
+    "consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure", "success_rate",
+    "local_origin_success_rate", "failure_percentage", "local_origin_failure_percentage",
+)
+OUTLIER_DETECTION_COUNTERS = (
+    "ejections_total", "ejections_overflow", "ejections_consecutive_5xx", "ejections_success_rate",
+    "ejections_enforced_total",
+    *(f"ejections_detected_{kind}" for kind in EJECTION_TYPES),
+    *(f"ejections_enforced_{kind}" for kind in EJECTION_TYPES),
+)
+
+
+class OutlierDetectionStats:
+    """Counters by name; ``detected[type]`` / ``enforced[type]`` index the per-type ones by ejection type."""
+
+    __slots__ = ("counters", "ejections_active", "detected", "enforced")
+
+    def __init__(self, store: Store, stat_name: str) -> None:
+        prefix = f"cluster.{stat_name}.outlier_detection."
+        self.counters = {name: store.counter(prefix + name) for name in OUTLIER_DETECTION_COUNTERS}
+        # Each worker ejects on what its own traffic shows, so the active ejections add up.
+        self.ejections_active = store.gauge(prefix + "ejections_active")
+        self.detected = {kind: self.counters[f"ejections_detected_{kind}"] for kind in EJECTION_TYPES}
+        self.enforced = {kind: self.counters[f"ejections_enforced_{kind}"] for kind in EJECTION_TYPES}

@@ -4,6 +4,12 @@ A Host outlives DNS refreshes as long as its address stays in the answer, so
 the connection pool hung on ``host.pool`` (owned by the connection-pool code)
 survives re-resolution. Per-host stats are plain ints: the router and pools
 bump them on every request and an attribute add is the cheapest thing Python does.
+
+Health is Envoy's set of health flags: EDS status, active health checking
+(:mod:`tulle.upstream.health_check`) and outlier detection
+(:mod:`tulle.upstream.outlier_detection`) each own some of them, and
+:meth:`Host.refresh_health` folds them into ``healthy`` / ``degraded`` (what the
+load balancer reads) and ``health_flags`` (what /clusters prints).
 """
 
 from __future__ import annotations
@@ -13,8 +19,13 @@ from typing import Any, NamedTuple
 from envoy.config.core.v3 import health_check_pb2
 
 # Envoy's HealthFlag names as the admin /clusters endpoint prints them.
+FAILED_ACTIVE_HC = "/failed_active_hc"
+FAILED_OUTLIER_CHECK = "/failed_outlier_check"
 FAILED_EDS_HEALTH = "/failed_eds_health"
+DEGRADED_ACTIVE_HC = "/degraded_active_hc"
 DEGRADED_EDS_HEALTH = "/degraded_eds_health"
+PENDING_DYNAMIC_REMOVAL = "/pending_dynamic_removal"
+ACTIVE_HC_TIMEOUT = "/active_hc_timeout"
 
 _UNHEALTHY_STATUSES = frozenset(
     {health_check_pb2.UNHEALTHY, health_check_pb2.DRAINING, health_check_pb2.TIMEOUT}
@@ -59,6 +70,33 @@ def format_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+class NoOutlierMonitor:
+    """``host.outlier`` when the cluster has no outlier detection: every report is a no-op.
+
+    The router and tcp_proxy call these on every request unconditionally; an empty
+    method is cheaper than a None check plus the call it would guard in the common case.
+    """
+
+    __slots__ = ()
+    success_rate = -1.0
+    local_origin_success_rate = -1.0
+
+    def put_http_status(self, status: int) -> None:
+        pass
+
+    def put_connect_success(self) -> None:
+        pass
+
+    def put_connect_success_final(self) -> None:
+        pass
+
+    def put_local_origin_failure(self) -> None:
+        pass
+
+
+NO_OUTLIER_MONITOR = NoOutlierMonitor()
+
+
 def health_flags_for(health_status: int) -> str:
     """The EDS-derived part of Envoy's health flags for an endpoint's ``health_status``."""
     if health_status in _UNHEALTHY_STATUSES:
@@ -72,6 +110,8 @@ class Host:
     __slots__ = (
         "ip", "port", "address_str", "hostname", "weight", "priority", "locality",
         "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
+        "failed_active_hc", "degraded_active_hc", "active_hc_timeout", "failed_outlier_check",
+        "pending_dynamic_removal", "outlier",
     )
 
     def __init__(
@@ -93,13 +133,60 @@ class Host:
         self.priority = priority
         self.locality = locality
         self.health_status = health_status
-        flags = health_flags_for(health_status)
-        # Envoy prints "healthy" when no flag is set, else the concatenated flags.
-        self.health_flags = flags or "healthy"
-        self.healthy = not flags
-        self.degraded = flags == DEGRADED_EDS_HEALTH
+        # Flags owned by active health checking and outlier detection (see refresh_health).
+        self.failed_active_hc = False
+        self.degraded_active_hc = False
+        self.active_hc_timeout = False
+        self.failed_outlier_check = False
+        self.pending_dynamic_removal = False
+        self.outlier: Any = NO_OUTLIER_MONITOR  # the cluster's outlier detector replaces it
+        self.health_flags = "healthy"
+        self.healthy = True
+        self.degraded = False
+        self.refresh_health()
         self.stats = HostStats()
         self.pool: Any = None  # the connection pool, owned by upstream.http_pool
+
+    def refresh_health(self) -> None:
+        """Recompute ``healthy``, ``degraded`` and ``health_flags`` after any flag changed.
+
+        Envoy's coarse health: any FAILED_* flag makes the host unhealthy, else any
+        DEGRADED_* flag makes it degraded. Flags print in Envoy's HealthFlag order and
+        the string is "healthy" when none is set.
+        """
+        status = self.health_status
+        failed_eds = status in _UNHEALTHY_STATUSES
+        degraded_eds = status == health_check_pb2.DEGRADED
+        flags = "".join(
+            name for name, is_set in (
+                (FAILED_ACTIVE_HC, self.failed_active_hc),
+                (FAILED_OUTLIER_CHECK, self.failed_outlier_check),
+                (FAILED_EDS_HEALTH, failed_eds),
+                (DEGRADED_ACTIVE_HC, self.degraded_active_hc),
+                (DEGRADED_EDS_HEALTH, degraded_eds),
+                (PENDING_DYNAMIC_REMOVAL, self.pending_dynamic_removal),
+                (ACTIVE_HC_TIMEOUT, self.active_hc_timeout),
+            ) if is_set
+        )
+        self.health_flags = flags or "healthy"
+        failed = self.failed_active_hc or self.failed_outlier_check or failed_eds
+        degraded = self.degraded_active_hc or degraded_eds
+        self.healthy = not failed and not degraded
+        self.degraded = not failed and degraded
+
+    def reset_monitoring(self, *, active_health_checked: bool) -> None:
+        """The host joins a cluster: drop flags another cluster's checkers left on it.
+
+        Under active health checking a new host starts as failed until its first
+        check, as in Envoy (the cluster's warm-up waits for that first check).
+        """
+        self.failed_active_hc = active_health_checked
+        self.degraded_active_hc = False
+        self.active_hc_timeout = False
+        self.failed_outlier_check = False
+        self.pending_dynamic_removal = False
+        self.outlier = NO_OUTLIER_MONITOR
+        self.refresh_health()
 
     def update_from(self, other: Host) -> None:
         """EDS: the same ip:port came back with new weight/priority/locality/health.
@@ -111,9 +198,8 @@ class Host:
         self.priority = other.priority
         self.locality = other.locality
         self.health_status = other.health_status
-        self.health_flags = other.health_flags
-        self.healthy = other.healthy
-        self.degraded = other.degraded
+        # Active health checking and outlier detection flags are this host's own: keep them.
+        self.refresh_health()
 
     def set_address(self, ip: str) -> None:
         """LOGICAL_DNS: the one logical host follows the latest DNS answer; new connections use it."""

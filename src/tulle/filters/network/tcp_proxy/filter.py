@@ -320,7 +320,9 @@ class TcpProxySession(asyncio.Protocol):
             attempts += 1
             info.upstream_host = host.address_str
             if await self._connect_to(cluster, host):
+                host.outlier.put_connect_success_final()
                 return
+            host.outlier.put_local_origin_failure()
             info.add_flag(flags.UPSTREAM_CONNECTION_FAILURE)
             if attempts >= config.max_connect_attempts:
                 info.add_flag(flags.UPSTREAM_RETRY_LIMIT_EXCEEDED)
