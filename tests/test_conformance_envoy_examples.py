@@ -205,6 +205,29 @@ def check_tls_passthrough(upstream: tuple[str, int], stat_prefix: str, cluster: 
 
 # --- the table ------------------------------------------------------------------------------------
 
+def check_local_ratelimit(example: RunningExample) -> None:
+    """Each listener has its own bucket (2 tokens, 2 more per 5 s): two requests pass, the next three get 429."""
+    stats_port, service_port = example.listener_ports
+    for port, path, upstream in ((service_port, "/", ("service", 80)),
+                                 (stats_port, "/stats/prometheus", ("127.0.0.1", 9901))):
+        for _ in range(2):
+            reply, _ = http_get(port, path)
+            assert reply.status == 200, reply
+            assert reply.headers.get("x-served-by") == example.backend_labels[upstream]
+            assert "x-local-rate-limit" not in reply.headers
+        for _ in range(3):
+            reply, _ = http_get(port, path)
+            assert reply.status == 429, reply
+            assert reply.body == b"local_rate_limited"
+            assert reply.headers.get("x-local-rate-limit") == "true"
+            assert "x-served-by" not in reply.headers
+    example.wait_for_stats({"http_local_rate_limiter.http_local_rate_limit.enabled": 10,
+                            "http_local_rate_limiter.http_local_rate_limit.ok": 4,
+                            "http_local_rate_limiter.http_local_rate_limit.rate_limited": 6,
+                            "http_local_rate_limiter.http_local_rate_limit.enforced": 6,
+                            "http.ingress_http.downstream_rq_4xx": 6})
+
+
 TRANSPORT_SOCKET = "transport_socket"
 TLS_CLUSTER = Refused(TRANSPORT_SOCKET, "static_resources.clusters[0].transport_socket")
 LISTENER_FILTERS = Refused("listener_filters", "static_resources.listeners[0].listener_filters")
@@ -252,9 +275,11 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "grpc-bridge/server/envoy-proxy.yaml": upstream_http2(0),
     "gzip/envoy.yaml": http_filter("envoy.filters.http.compressor"),
     "jaeger-tracing/envoy.yaml": HCM_TRACING,
-    "local_ratelimit/envoy.yaml": http_filter("envoy.filters.http.local_ratelimit"),
-    # health_checks (field 8) precedes common_lb_config.locality_weighted_lb_config on the cluster
-    "locality-load-balancing/envoy.yaml": Refused("health_checks", "static_resources.clusters[0].health_checks"),
+    # two listeners, each with its own token bucket (2 tokens, 2 more per 5 s)
+    "local_ratelimit/envoy.yaml": Runs(check_local_ratelimit),
+    # its HTTP health_checks are supported; locality weighted load balancing is not
+    "locality-load-balancing/envoy.yaml": Refused(
+        "locality_weighted_lb_config", "static_resources.clusters[0].common_lb_config.locality_weighted_lb_config"),
     # the filter has a custom name: the refusal names it by its type
     "lua/envoy.yaml": http_filter("envoy.extensions.filters.http.lua.v3.Lua"),
     # the third cluster (the OTLP collector) talks HTTP/2, and clusters are built before listeners

@@ -136,10 +136,11 @@ def test_no_filter_chain_is_refused() -> None:
     assert refused(doc).field == f"{FIELD}.filter_chains"
 
 
-def test_non_terminal_network_filters_are_refused() -> None:
+def test_a_terminal_filter_before_the_last_position_is_refused() -> None:
     hcm = listener_doc()["filter_chains"][0]["filters"][0]
     error = refused(listener_doc(filter_chains=[{"filters": [tcp_filter(), hcm]}]))
-    assert isinstance(error, UnsupportedFeature)
+    assert not isinstance(error, UnsupportedFeature)  # invalid in Envoy too, not a Tulle gap
+    assert "must be the last filter" in str(error)
     assert error.field == f"{FIELD}.filter_chains[0].filters[0]"
 
 

@@ -778,3 +778,120 @@ def test_route_matches_api_and_non_ascii_config_paths():
     assert not route.matches(wire_path, request(wire_path), {})
     assert not route.matches("/caf\u00e9/menu", request("/", x_a="1"), {})
     assert compiled.find(request(wire_path, x_a="1")) is route
+
+
+# --- typed_per_filter_config ---------------------------------------------------------
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+FAULT = "envoy.filters.http.fault"
+
+
+def fault_abort(status: int) -> dict:
+    return {"@type": FAULT_TYPE, "abort": {"http_status": status, "percentage": {"numerator": 100}}}
+
+
+def abort_status(config: object) -> int:
+    return config.abort.http_status  # type: ignore[attr-defined]
+
+
+def test_per_filter_config_most_specific_level_wins():
+    compiled = table({
+        "name": "rc",
+        "typed_per_filter_config": {FAULT: fault_abort(500), "other_fault": fault_abort(501)},
+        "virtual_hosts": [
+            {"name": "vh", "domains": ["*"], "typed_per_filter_config": {FAULT: fault_abort(502)}, "routes": [
+                {**route_to("own", prefix="/own"), "typed_per_filter_config": {FAULT: fault_abort(503)}},
+                route_to("inherits", prefix="/"),
+            ]},
+            {"name": "bare", "domains": ["bare.example"], "routes": [route_to("global")]},
+        ],
+    })
+    own = compiled.find(request("/own"))
+    inherits = compiled.find(request("/x"))
+    from_global = compiled.find(request("/", authority="bare.example"))
+    assert abort_status(own.per_filter_config(FAULT)) == 503
+    assert abort_status(inherits.per_filter_config(FAULT)) == 502
+    assert abort_status(from_global.per_filter_config(FAULT)) == 500
+    # levels merge by filter name: an entry only the route configuration has reaches every route
+    assert abort_status(own.per_filter_config("other_fault")) == 501
+    assert own.per_filter_config("envoy.filters.http.cors") is None
+
+
+def test_per_filter_configs_are_parsed_once_and_shared():
+    compiled = table(one_vhost([route_to("a", prefix="/a"), route_to("b")],
+                               typed_per_filter_config={FAULT: fault_abort(503)}))
+    first, second = compiled.virtual_hosts[0].routes
+    assert first.per_filter_config(FAULT) is second.per_filter_config(FAULT)
+    plain = table(one_vhost([route_to("a", prefix="/a"), route_to("b")]))
+    first, second = plain.virtual_hosts[0].routes
+    assert first.per_filter_config(FAULT) is None
+    assert first._filter_configs is second._filter_configs  # one shared empty mapping
+
+
+def test_per_filter_config_keys_are_filter_names_and_the_type_picks_the_parser():
+    compiled = table(one_vhost([{**route_to("c"), "typed_per_filter_config": {"chaos": fault_abort(418)}}]))
+    route = compiled.virtual_hosts[0].routes[0]
+    assert abort_status(route.per_filter_config("chaos")) == 418
+    assert route.per_filter_config(FAULT) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"name": "rc", "typed_per_filter_config": {"cors": {"@type": CORS_TYPE}}}, "typed_per_filter_config"),
+        (one_vhost([route_to("c")], typed_per_filter_config={"cors": {"@type": CORS_TYPE}}),
+         "virtual_hosts[0].typed_per_filter_config"),
+        (one_vhost([{**route_to("c"), "typed_per_filter_config": {"cors": {"@type": CORS_TYPE}}}]),
+         "virtual_hosts[0].routes[0].typed_per_filter_config"),
+    ],
+)
+def test_per_filter_config_of_an_unsupported_filter_is_refused_naming_it(config, path):
+    with pytest.raises(UnsupportedFeature) as info:
+        table(config)
+    assert info.value.field == f"{FIELD}.{path}"
+    assert "cors (envoy.filters.http.cors, type envoy.extensions.filters.http.cors.v3.CorsPolicy)" in info.value.feature
+
+
+def test_errors_inside_a_per_filter_config_name_the_entry():
+    with pytest.raises(ConfigError) as info:
+        table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: fault_abort(99)}}]))
+    assert info.value.field == f"{ROUTE}.typed_per_filter_config['{FAULT}'].abort.http_status"
+
+
+def test_filter_config_wrapper():
+    wrapped = {"@type": FILTER_CONFIG_TYPE, "config": fault_abort(503)}
+    compiled = table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: wrapped}}]))
+    assert abort_status(compiled.virtual_hosts[0].routes[0].per_filter_config(FAULT)) == 503
+
+
+def test_an_optional_entry_of_an_unsupported_filter_is_skipped():
+    optional = {"@type": FILTER_CONFIG_TYPE, "is_optional": True, "config": {"@type": CORS_TYPE}}
+    compiled = table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: optional}}],
+                               typed_per_filter_config={FAULT: fault_abort(502)}))
+    # nothing at the route level: the virtual host's entry applies
+    assert abort_status(compiled.virtual_hosts[0].routes[0].per_filter_config(FAULT)) == 502
+    mandatory = {"@type": FILTER_CONFIG_TYPE, "config": {"@type": CORS_TYPE}}
+    with pytest.raises(UnsupportedFeature) as info:
+        table(one_vhost([{**route_to("c"), "typed_per_filter_config": {"cors": mandatory}}]))
+    assert info.value.field == f"{ROUTE}.typed_per_filter_config"
+
+
+def test_filter_config_wrapper_limits():
+    disabled = {"@type": FILTER_CONFIG_TYPE, "disabled": True}
+    with pytest.raises(UnsupportedFeature) as info:
+        table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: disabled}}]))
+    assert info.value.field == f"{ROUTE}.typed_per_filter_config['{FAULT}'].disabled"
+    with pytest.raises(ConfigError) as info:
+        table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: {"@type": FILTER_CONFIG_TYPE}}}]))
+    assert info.value.field == f"{ROUTE}.typed_per_filter_config['{FAULT}']"
+    assert "Empty route/virtual host per filter configuration" in info.value.reason
+
+
+def test_weighted_cluster_entries_still_refuse_per_filter_configs():
+    route = {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+        {"name": "a", "weight": 1, "typed_per_filter_config": {FAULT: fault_abort(503)}}]}}}
+    with pytest.raises(UnsupportedFeature) as info:
+        table(one_vhost([route]))
+    assert info.value.field == f"{ROUTE}.route.weighted_clusters.clusters[0].typed_per_filter_config"

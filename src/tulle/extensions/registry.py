@@ -18,10 +18,24 @@ NETWORK_FILTERS: dict[str, str] = {
         "tulle.filters.network.tcp_proxy.config:TcpProxyFactory",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         "tulle.filters.network.http_connection_manager.config:HttpConnectionManagerFactory",
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit":
+        "tulle.filters.network.local_ratelimit.config:LocalRateLimitFactory",
 }
 
 HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.router.v3.Router": "tulle.filters.http.router.config:RouterFactory",
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+        "tulle.filters.http.local_ratelimit.config:LocalRateLimitFactory",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:FaultFactory",
+}
+
+# typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
+# of a parser(proto, field_path) whose result a filter reads with route.per_filter_config(<its name
+# in http_filters>). Parsed once at config time; a type absent here is refused where it appears.
+PER_ROUTE_FILTER_CONFIGS: dict[str, str] = {
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:parse_per_route_config",
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+        "tulle.filters.http.local_ratelimit.config:parse_per_route_config",
 }
 
 ACCESS_LOGGERS: dict[str, str] = {
@@ -36,6 +50,7 @@ NAME_TO_TYPE: dict[str, str] = {
     "envoy.filters.network.http_connection_manager":
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.filters.http.router": "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.filters.http.fault": "envoy.extensions.filters.http.fault.v3.HTTPFault",
 }
 
 

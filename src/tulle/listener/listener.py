@@ -1,7 +1,8 @@
 """Listeners: a bound socket, its filter chain, and the hand-off of each accepted connection.
 
-The acceptor protocol lives only for ``connection_made``: it builds the
-connection's terminal network filter and swaps it in with
+The acceptor protocol lives only for ``connection_made``: it asks the chain's
+non-terminal network filters (e.g. local_ratelimit) whether the connection may
+proceed, builds the connection's terminal network filter and swaps it in with
 ``transport.set_protocol`` so that every byte afterwards goes straight to
 that filter, with no dispatch layer in between.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
@@ -83,21 +85,37 @@ class Listener:
         chain_field = join(field, "filter_chains[0]")
         check_fields(chain, FILTER_CHAIN_FIELDS, chain_field,
                      ignored=("filter_chain_match",) if _empty_match(chain) else ())
+        # non-terminal filters' on_new_connection hooks, in chain order (False: close the connection)
+        self.connection_filters: tuple[Callable[[DownstreamConnection], bool], ...] = ()
         self.factory = self._build_terminal_filter(chain, chain_field)
         self.server: asyncio.AbstractServer | None = None
         self.sockets: list[socket.socket] = []
 
     def _build_terminal_filter(self, chain: Any, field: str) -> Any:
+        """Build the chain's filters; the last must be terminal (it owns the connection's
+        bytes), the ones before it non-terminal (an ``on_new_connection`` hook), as in Envoy."""
         filters = chain.filters
         if len(filters) == 0:
             raise ConfigError("a filter chain needs a terminal network filter", field=join(field, "filters"))
-        if len(filters) > 1:
-            raise UnsupportedFeature(
-                "non-terminal network filters before " + (filters[-1].name or "the terminal filter"),
-                field=join(field, "filters[0]"),
-            )
-        network_filter = filters[0]
-        path = join(field, "filters[0]")
+        last = len(filters) - 1
+        hooks = []
+        for index, network_filter in enumerate(filters):
+            path = join(field, f"filters[{index}]")
+            factory = self._build_network_filter(network_filter, path)
+            label = registry.describe(network_filter.name, type_name_of(network_filter.typed_config))
+            terminal = hasattr(factory, "create_protocol")
+            if index < last:
+                if terminal:
+                    raise ConfigError(f"terminal filter {label} must be the last filter in a network filter chain",
+                                      field=path)
+                hooks.append(factory.on_new_connection)
+            elif not terminal:
+                raise ConfigError(f"non-terminal filter {label} is the last filter in a network filter chain",
+                                  field=path)
+        self.connection_filters = tuple(hooks)
+        return factory
+
+    def _build_network_filter(self, network_filter: Any, path: str) -> Any:
         check_fields(network_filter, ("name", "typed_config"), path)
         if not network_filter.HasField("typed_config"):
             raise ConfigError("typed_config is required", field=join(path, "typed_config"))
@@ -175,6 +193,11 @@ class _Acceptor(asyncio.Protocol):
             remote_address=(peer[0], peer[1]), local_address=(local[0], local[1]),
             listener_name=listener.name, on_close=listener._on_close,
         )
+        for allows in listener.connection_filters:
+            if not allows(connection):
+                transport.abort()  # Envoy's NoFlush close: nothing was written, nothing to flush
+                listener._on_close()
+                return
         try:
             protocol = listener.factory.create_protocol(connection)
         except Exception:  # noqa: BLE001 - one bad connection must not take the listener down

@@ -16,13 +16,15 @@ Domains may carry ports: without port stripping ``example.com`` does not match
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
-from google.protobuf import message
+from google.protobuf import any_pb2, message
 
-from tulle.config.errors import ConfigError, join
+from tulle.config.errors import ConfigError, UnsupportedFeature, join
+from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields
+from tulle.extensions import registry
 from tulle.http.headers import HeaderMap
 from tulle.router.hash_policy import HashPolicy
 from tulle.router.header_mutation import HeaderMutation, apply_all
@@ -54,18 +56,27 @@ _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 _CLUSTER_NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _NO_QUERY: dict[str, str] = {}
 
+# StreamInfo.filter_state key: the random value for a weighted_clusters pick, when a filter before
+# the router had to know the pick (Envoy picks once per stream, from the stream id).
+WEIGHTED_CLUSTER_RANDOM_VALUE = "tulle.route.weighted_cluster_random_value"
+_FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
+# typed_per_filter_config of no level at all: shared by every route without one
+_NO_FILTER_CONFIGS: Mapping[str, object] = {}
+
 _ROUTE_CONFIGURATION_FIELDS = (
     "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
     "response_headers_to_add", "response_headers_to_remove", "most_specific_header_mutations_wins",
     "validate_clusters", "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
+    "typed_per_filter_config",
 )
 _VIRTUAL_HOST_FIELDS = (
     "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-    "response_headers_to_add", "response_headers_to_remove",
+    "response_headers_to_add", "response_headers_to_remove", "typed_per_filter_config",
 )
 _ROUTE_FIELDS = (
     "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
     "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+    "typed_per_filter_config",
 )
 _ROUTE_MATCH_FIELDS = (
     "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters",
@@ -180,6 +191,58 @@ def _new_uri(headers: HeaderMap, scheme: str, redirect: _Redirect | None, path: 
     return f"{final_scheme}://{final_host}{final_port}{final_path}"
 
 
+# --- typed_per_filter_config ---------------------------------------------------------
+
+
+def _filter_config(name: str, value: any_pb2.Any, field: str) -> object | None:
+    """One typed_per_filter_config entry, parsed by the parser registered for its type.
+
+    ``field`` is the map's path. As in Envoy the type (not the key) picks the parser; a
+    FilterConfig wrapper may mark the entry optional, so that a type Tulle cannot parse is
+    skipped (None) instead of refused.
+    """
+    entry_field = f"{field}[{name!r}]"
+    is_optional = False
+    if type_name_of(value) == _FILTER_CONFIG_TYPE:
+        wrapper = unpack_any(value, field=entry_field)
+        # disabled turns a filter off for the route: the filter chain cannot skip filters yet
+        check_fields(wrapper, ("config", "is_optional"), entry_field)
+        if not wrapper.HasField("config"):  # type: ignore[attr-defined]
+            raise ConfigError(f"Empty route/virtual host per filter configuration for {name} filter",
+                              field=entry_field)
+        value = wrapper.config  # type: ignore[attr-defined]
+        is_optional = wrapper.is_optional  # type: ignore[attr-defined]
+        entry_field = join(entry_field, "config")
+        if not value.type_url:
+            return None  # Envoy: "enabled explicitly", which only matters for filters disabled by default
+    type_name = type_name_of(value)
+    parse = registry.resolve(registry.PER_ROUTE_FILTER_CONFIGS, type_name)
+    if parse is None:
+        if is_optional:
+            return None
+        # The map's own path (the key is in the message): an entry is refused as the map was before.
+        raise UnsupportedFeature(f"per-route config of HTTP filter {registry.describe(name, type_name)}",
+                                 field=field)
+    return parse(unpack_any(value, field=entry_field), entry_field)
+
+
+def _per_filter_configs(msg: message.Message, field: str, inherited: Mapping[str, object]) -> Mapping[str, object]:
+    """This level's typed_per_filter_config over the less specific levels' (Envoy: the most specific wins).
+
+    Each entry is parsed once here; a level without entries shares its parent's mapping.
+    """
+    entries = msg.typed_per_filter_config  # type: ignore[attr-defined]
+    if not entries:
+        return inherited
+    map_field = join(field, "typed_per_filter_config")
+    merged = dict(inherited)
+    for name in sorted(entries):  # map order is arbitrary: refuse the same entry every time
+        parsed = _filter_config(name, entries[name], map_field)
+        if parsed is not None:  # a skipped optional entry leaves the less specific level's config
+            merged[name] = parsed
+    return merged
+
+
 # --- pieces of a route ---------------------------------------------------------------
 
 
@@ -274,6 +337,7 @@ class Route:
         "_cluster", "_cluster_header", "_weighted", "_total_weight", "_random_value_header",
         "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite", "_host_rewrite", "_host_rewrite_header",
         "_host_rewrite_path_regex", "_redirect", "_request_mutations", "_response_mutations",
+        "_filter_configs",
     )
 
     def __init__(
@@ -285,6 +349,7 @@ class Route:
         global_mutations: tuple[HeaderMutation | None, HeaderMutation | None],
         most_specific_wins: bool,
         max_body_bytes: int,
+        inherited_filter_configs: Mapping[str, object] = _NO_FILTER_CONFIGS,
     ) -> None:
         check_fields(msg, _ROUTE_FIELDS, field)
         self.name: str = msg.name
@@ -343,6 +408,7 @@ class Route:
             request_levels, response_levels = request_levels[::-1], response_levels[::-1]
         self._request_mutations = tuple(level for level in request_levels if level is not None)
         self._response_mutations = tuple(level for level in response_levels if level is not None)
+        self._filter_configs = _per_filter_configs(msg, field, inherited_filter_configs)
 
     # --- config time -------------------------------------------------------------------
 
@@ -448,6 +514,11 @@ class Route:
                 self._weighted_by_name.setdefault(entry.name, entry)
 
     # --- per request ---------------------------------------------------------------------
+
+    def per_filter_config(self, filter_name: str) -> object | None:
+        """The parsed typed_per_filter_config for the HTTP filter named ``filter_name`` in
+        http_filters: the route's own, else its virtual host's, else the route configuration's."""
+        return self._filter_configs.get(filter_name)
 
     def matches(self, path: str, headers: HeaderMap, query: dict[str, str]) -> bool:
         """``path`` is :path without query/fragment; ``query`` from parse_query when needs_query."""
@@ -719,6 +790,7 @@ class RouteTable:
             max_body_bytes = config.max_direct_response_body_size_bytes.value
         global_mutations = _level_mutations(config, field)
         most_specific_wins = config.most_specific_header_mutations_wins
+        global_filter_configs = _per_filter_configs(config, field, _NO_FILTER_CONFIGS)
 
         exact: dict[str, VirtualHost] = {}
         suffixes: dict[int, dict[str, VirtualHost]] = {}
@@ -727,7 +799,8 @@ class RouteTable:
         virtual_hosts: list[VirtualHost] = []
         for index, vhost_msg in enumerate(config.virtual_hosts):
             vhost_field = f"{join(field, 'virtual_hosts')}[{index}]"
-            vhost = _virtual_host(vhost_msg, vhost_field, global_mutations, most_specific_wins, max_body_bytes)
+            vhost = _virtual_host(vhost_msg, vhost_field, global_mutations, most_specific_wins, max_body_bytes,
+                                  global_filter_configs)
             virtual_hosts.append(vhost)
             for domain_index, raw_domain in enumerate(vhost_msg.domains):
                 domain_field = f"{join(vhost_field, 'domains')}[{domain_index}]"
@@ -844,6 +917,7 @@ def _virtual_host(
     global_mutations: tuple[HeaderMutation | None, HeaderMutation | None],
     most_specific_wins: bool,
     max_body_bytes: int,
+    global_filter_configs: Mapping[str, object] = _NO_FILTER_CONFIGS,
 ) -> VirtualHost:
     check_fields(msg, _VIRTUAL_HOST_FIELDS, field)
     if not msg.name:
@@ -851,9 +925,10 @@ def _virtual_host(
     if not msg.domains:
         raise ConfigError("at least one domain is required", field=join(field, "domains"))
     vhost_mutations = _level_mutations(msg, field)
+    vhost_filter_configs = _per_filter_configs(msg, field, global_filter_configs)
     routes = tuple(
         Route(route, f"{join(field, 'routes')}[{i}]", msg.name, vhost_mutations, global_mutations,
-              most_specific_wins, max_body_bytes)
+              most_specific_wins, max_body_bytes, vhost_filter_configs)
         for i, route in enumerate(msg.routes)
     )
     return VirtualHost(msg.name, routes)

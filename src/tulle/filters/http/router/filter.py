@@ -17,6 +17,7 @@ from tulle import stream_info as flags
 from tulle.filters.http.base import STOP, HttpFilter
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
+from tulle.router.route_table import WEIGHTED_CLUSTER_RANDOM_VALUE
 from tulle.upstream.http_pool import ConnectError, Http1ClientConnection, pool_for
 from tulle.upstream.load_balancer import LoadBalancerContext
 
@@ -70,7 +71,11 @@ class RouterFilter(HttpFilter):
         if kind != "cluster":
             self._answer_locally(route, headers, kind)
             return STOP
-        cluster_name, self.weighted_entry = route.select_cluster(headers, _getrandbits(32))
+        # a filter before the router that needed the weighted pick (fault's upstream_cluster) drew it
+        state = stream.info.filter_state
+        random_value = state.get(WEIGHTED_CLUSTER_RANDOM_VALUE) if state else None
+        cluster_name, self.weighted_entry = route.select_cluster(
+            headers, _getrandbits(32) if random_value is None else random_value)
         cluster = factory.cluster_manager.get(cluster_name) if cluster_name else None
         info = stream.info
         if cluster is None:
@@ -159,6 +164,7 @@ class RouterFilter(HttpFilter):
         try:
             conn = await pool.connect()
         except ConnectError as exc:
+            self.host.outlier.put_local_origin_failure()
             if self.stream.done:
                 return
             self._upstream_finished(success=False)
@@ -173,6 +179,7 @@ class RouterFilter(HttpFilter):
     def _start(self, conn: Http1ClientConnection) -> None:
         self.conn = conn
         self.upstream_start = _monotonic()
+        self.host.outlier.put_connect_success()
         conn.start_request(self, self.head, self.is_head)
         pending = self.pending
         if pending:
@@ -235,6 +242,7 @@ class RouterFilter(HttpFilter):
         info.first_upstream_rx_monotonic = now
         info.response_code_details = "via_upstream"
         self.cluster.stats.rq_completed(status)
+        self.host.outlier.put_http_status(status)
         if status >= 500:
             self.host.stats.rq_error += 1
         else:
@@ -259,6 +267,7 @@ class RouterFilter(HttpFilter):
         stream = self.stream
         if stream.done or not self.active:
             return
+        self.host.outlier.put_local_origin_failure()
         cluster_stats = self.cluster.stats
         if flag == flags.UPSTREAM_REMOTE_RESET or flag == flags.UPSTREAM_CONNECTION_TERMINATION:
             cluster_stats.upstream_rq_rx_reset.value += 1
@@ -309,6 +318,7 @@ class RouterFilter(HttpFilter):
         if self.response_started:
             stream.reset(flags.UPSTREAM_REQUEST_TIMEOUT)
         else:
+            self.host.outlier.put_local_origin_failure()  # Envoy counts a timeout only before the response
             stream.send_local_reply(flags.UPSTREAM_REQUEST_TIMEOUT)
 
     # --- bookkeeping -----------------------------------------------------

@@ -8,6 +8,7 @@ accepted connection an :class:`HttpConnection` sharing this immutable config.
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from typing import Any
 
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
@@ -22,6 +23,11 @@ from tulle.server.context import DownstreamConnection, FactoryContext
 from tulle.stats.store import Store
 
 HCM = hcm_pb2.HttpConnectionManager
+
+# The connection manager whose route table is being built. typed_per_filter_config parsers get
+# (proto, field) only; one whose config belongs to the worker (stats, token buckets shared by the
+# worker processes) reads the worker's context here, as Envoy hands them a factory context.
+building_route_table: ContextVar[HcmConfig | None] = ContextVar("building_route_table", default=None)
 
 SUPPORTED = (
     "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "common_http_protocol_options",
@@ -161,8 +167,12 @@ class HcmConfig:
     def build_route_table(self, route_config: Any, field: str) -> Any:
         from tulle.router.route_table import RouteTable
 
-        return RouteTable.from_proto(route_config, field=field, strip_port=self.strip_port,
-                                     listener_port=self.listener_port)
+        token = building_route_table.set(self)
+        try:
+            return RouteTable.from_proto(route_config, field=field, strip_port=self.strip_port,
+                                         listener_port=self.listener_port)
+        finally:
+            building_route_table.reset(token)
 
     def check_clusters(self, table: Any, field: str) -> None:
         if table.validate_clusters is False:
@@ -194,7 +204,10 @@ class HcmConfig:
             factory_class = registry.resolve(registry.HTTP_FILTERS, type_name)
             if factory_class is None:
                 raise UnsupportedFeature(f"HTTP filter {registry.describe(http_filter.name, type_name)}", field=path)
-            factories.append(factory_class(message, join(path, "typed_config"), self))
+            factory = factory_class(message, join(path, "typed_config"), self)
+            # typed_per_filter_config entries are keyed by this name, as in Envoy
+            factory.config_name = http_filter.name or registry.canonical_name(type_name)
+            factories.append(factory)
         if factories[-1].name != "envoy.filters.http.router":
             raise ConfigError("the last HTTP filter must be envoy.filters.http.router",
                               field=join(field, f"http_filters[{count - 1}]"))

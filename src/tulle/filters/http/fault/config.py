@@ -1,0 +1,187 @@
+"""Factory for ``envoy.filters.http.fault`` (Envoy's fault config.cc, FaultSettings, fault_config.cc).
+
+An ``HTTPFault`` is parsed once into :class:`FaultSettings`, both for the filter in
+``http_filters`` and for each ``typed_per_filter_config`` entry of a route, virtual
+host or route configuration (:func:`parse_per_route_config`, registered in
+``extensions.registry.PER_ROUTE_FILTER_CONFIGS``). A route's settings replace the
+filter's whole settings for requests on that route, as in Envoy.
+
+Supported: ``delay`` (``fixed_delay`` or ``header_delay``), ``abort`` (``http_status``,
+``grpc_status`` or ``header_abort``), their ``percentage``, ``headers``,
+``upstream_cluster``, ``downstream_nodes``, ``max_active_faults`` and
+``disable_downstream_cluster_stats``. Refused: ``response_rate_limit`` (no response
+throttling yet) and ``filter_metadata`` (no dynamic metadata).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import message
+
+from tulle.config.errors import ConfigError, join
+from tulle.config.support import check_fields
+from tulle.filters.http.fault.filter import FaultFilter
+from tulle.router.matchers import compile_header_matcher
+from tulle.stats.store import Counter, Gauge, Store
+
+# FractionalPercent.DenominatorType (HUNDRED, TEN_THOUSAND, MILLION) -> its value
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
+
+_HTTP_FAULT_FIELDS = (
+    "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
+    "disable_downstream_cluster_stats",
+)
+# Tulle has no runtime layer, so Envoy's lookups of these keys always miss and the configured
+# values apply, exactly as in an Envoy whose runtime does not set them: naming other keys
+# cannot change behaviour.
+_RUNTIME_KEY_FIELDS = (
+    "delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
+    "max_active_faults_runtime", "response_rate_limit_percent_runtime", "abort_grpc_status_runtime",
+)
+
+
+class Percentage:
+    """A FractionalPercent, evaluated as Envoy's runtime featureEnabled() does when no
+    runtime key overrides it: ``random % denominator < numerator``."""
+
+    __slots__ = ("numerator", "denominator")
+
+    def __init__(self, numerator: int, denominator: int) -> None:
+        self.numerator = numerator
+        self.denominator = denominator
+
+    @classmethod
+    def from_proto(cls, owner: message.Message, field: str) -> Percentage:
+        """``owner.percentage``; unset means 0%: Envoy then never injects the fault."""
+        if not owner.HasField("percentage"):
+            return cls(0, 100)
+        percent = owner.percentage  # type: ignore[attr-defined]
+        check_fields(percent, ("numerator", "denominator"), join(field, "percentage"))
+        if percent.denominator not in _DENOMINATORS:
+            raise ConfigError(f"unknown denominator {percent.denominator}",
+                              field=join(join(field, "percentage"), "denominator"))
+        return cls(percent.numerator, _DENOMINATORS[percent.denominator])
+
+
+class FaultDelay:
+    """``fixed_ms`` is None for header_delay: the x-envoy-fault-delay-request header gives it."""
+
+    __slots__ = ("fixed_ms", "percentage")
+
+    def __init__(self, msg: message.Message, field: str) -> None:
+        check_fields(msg, ("fixed_delay", "header_delay", "percentage"), field)
+        kind = msg.WhichOneof("fault_delay_secifier")
+        if kind is None:
+            raise ConfigError("one of fixed_delay or header_delay is required", field=field)
+        self.fixed_ms: int | None = None
+        if kind == "fixed_delay":
+            delay = msg.fixed_delay  # type: ignore[attr-defined]
+            if delay.seconds < 0 or delay.nanos < 0 or (delay.seconds == 0 and delay.nanos == 0):
+                raise ConfigError("fixed_delay must be greater than 0s", field=join(field, "fixed_delay"))
+            # Envoy's PROTOBUF_GET_MS_REQUIRED: whole milliseconds (a delay under 1 ms is no delay)
+            self.fixed_ms = delay.seconds * 1000 + delay.nanos // 1_000_000
+        self.percentage = Percentage.from_proto(msg, field)
+
+
+class FaultAbort:
+    """Exactly one of ``http_status``, ``grpc_status`` or ``from_header`` (header_abort)."""
+
+    __slots__ = ("http_status", "grpc_status", "from_header", "percentage")
+
+    def __init__(self, msg: message.Message, field: str) -> None:
+        check_fields(msg, ("http_status", "grpc_status", "header_abort", "percentage"), field)
+        kind = msg.WhichOneof("error_type")
+        if kind is None:
+            raise ConfigError("one of http_status, grpc_status or header_abort is required", field=field)
+        self.http_status: int | None = None
+        self.grpc_status: int | None = None
+        self.from_header = kind == "header_abort"
+        if kind == "http_status":
+            status = msg.http_status  # type: ignore[attr-defined]
+            if not 200 <= status < 600:
+                raise ConfigError("http_status must be in [200, 600)", field=join(field, "http_status"))
+            self.http_status = status
+        elif kind == "grpc_status":
+            self.grpc_status = msg.grpc_status  # type: ignore[attr-defined]
+        self.percentage = Percentage.from_proto(msg, field)
+
+
+class FaultSettings:
+    """One HTTPFault, compiled: what the filter reads per request, nothing else."""
+
+    __slots__ = (
+        "delay", "abort", "upstream_cluster", "header_matchers", "downstream_nodes", "max_active_faults",
+        "downstream_cluster_stats", "can_inject",
+    )
+
+    def __init__(self, proto: message.Message, field: str) -> None:
+        check_fields(proto, _HTTP_FAULT_FIELDS, field, ignored=_RUNTIME_KEY_FIELDS)
+        self.delay = FaultDelay(proto.delay, join(field, "delay")) if proto.HasField("delay") else None
+        self.abort = FaultAbort(proto.abort, join(field, "abort")) if proto.HasField("abort") else None
+        self.upstream_cluster: str = proto.upstream_cluster
+        self.header_matchers = tuple(
+            compile_header_matcher(header, f"{join(field, 'headers')}[{index}]")
+            for index, header in enumerate(proto.headers)
+        )
+        self.downstream_nodes = frozenset(proto.downstream_nodes)
+        self.max_active_faults: int | None = (
+            proto.max_active_faults.value if proto.HasField("max_active_faults") else None
+        )
+        self.downstream_cluster_stats = not proto.disable_downstream_cluster_stats
+        # A header can lower a percentage but never raise it above the configured numerator,
+        # so settings whose faults are all at 0% can skip the request at once.
+        self.can_inject = any(
+            fault is not None and fault.percentage.numerator > 0 for fault in (self.delay, self.abort)
+        )
+
+
+def parse_per_route_config(proto: message.Message, field: str) -> FaultSettings:
+    """The per-route parser for HTTPFault (Envoy's createRouteSpecificFilterConfig)."""
+    return FaultSettings(proto, field)
+
+
+class FaultStats:
+    """``http.<stat_prefix>.fault.*``, shared by every fault filter of one connection manager."""
+
+    __slots__ = ("prefix", "store", "delays_injected", "aborts_injected", "faults_overflow",
+                 "response_rl_injected", "active_faults")
+
+    def __init__(self, store: Store, stat_prefix: str) -> None:
+        self.prefix = f"http.{stat_prefix}.fault."
+        self.store = store
+        self.delays_injected: Counter = store.counter(self.prefix + "delays_injected")
+        self.aborts_injected: Counter = store.counter(self.prefix + "aborts_injected")
+        self.faults_overflow: Counter = store.counter(self.prefix + "faults_overflow")
+        # Envoy defines it; it stays 0 until response_rate_limit is implemented
+        self.response_rl_injected: Counter = store.counter(self.prefix + "response_rl_injected")
+        self.active_faults: Gauge = store.gauge(self.prefix + "active_faults")
+
+    def downstream_cluster(self, cluster: str, name: str) -> Counter:
+        """``http.<prefix>.fault.<x-envoy-downstream-service-cluster>.<name>``, made on first use."""
+        return self.store.counter(f"{self.prefix}{cluster}.{name}")
+
+
+def _random_uint64() -> int:
+    return random.getrandbits(64)
+
+
+class FaultFactory:
+    name = "envoy.filters.http.fault"
+    encodes = False
+    # The key of this filter's typed_per_filter_config entries; the connection manager sets it
+    # to the name the filter has in http_filters (Envoy looks per-route configs up by that name).
+    config_name = "envoy.filters.http.fault"
+
+    def __init__(self, proto: Any, field: str, hcm: Any, *,
+                 random_value: Callable[[], int] | None = None) -> None:
+        self.settings = FaultSettings(proto, field)
+        self.stats = FaultStats(hcm.ctx.stats, hcm.stat_prefix)
+        self.buffer_limit: int = hcm.buffer_limit
+        # one uint64 per percentage evaluated, like Envoy's random generator; tests inject their own
+        self.random_value = random_value or _random_uint64
+
+    def create_filter(self, stream: Any) -> FaultFilter:
+        return FaultFilter(stream, self)

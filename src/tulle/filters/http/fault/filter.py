@@ -1,0 +1,269 @@
+"""The fault filter: delay and/or abort requests (Envoy's FaultFilter, fault_filter.cc).
+
+Per request, in Envoy's order: the route's settings replace the filter's; then
+upstream_cluster, downstream_nodes and the header matchers must all match; then a
+delay is drawn, and if none is injected an abort is drawn. A delay stops the chain
+on a loop timer (nothing blocks) and holds the request body; when it fires an abort
+is drawn again (Envoy's "delay then abort"), else the chain continues and the held
+body follows. A stream that ends during the delay (client gone, timeout) cancels it.
+
+Each percentage is one random draw per request, ``random % denominator < numerator``;
+header-controlled faults (x-envoy-fault-*) may lower a percentage, never raise it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from tulle import stream_info as flags
+from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
+from tulle.http.headers import HeaderMap
+from tulle.router.matchers import UINT64_MAX, simple_atoi
+from tulle.router.route_table import WEIGHTED_CLUSTER_RANDOM_VALUE
+
+if TYPE_CHECKING:
+    from asyncio import TimerHandle
+
+    from tulle.filters.http.fault.config import FaultFactory, FaultSettings, Percentage
+    from tulle.stats.store import Counter
+
+UINT32_MAX = 2**32 - 1
+_getrandbits = random.getrandbits
+
+DELAY_REQUEST = "x-envoy-fault-delay-request"
+DELAY_REQUEST_PERCENTAGE = "x-envoy-fault-delay-request-percentage"
+ABORT_REQUEST = "x-envoy-fault-abort-request"
+ABORT_GRPC_REQUEST = "x-envoy-fault-abort-grpc-request"
+ABORT_REQUEST_PERCENTAGE = "x-envoy-fault-abort-request-percentage"
+DOWNSTREAM_SERVICE_CLUSTER = "x-envoy-downstream-service-cluster"
+DOWNSTREAM_SERVICE_NODE = "x-envoy-downstream-service-node"
+
+ABORT_BODY = b"fault filter abort"
+ABORT_DETAILS = "fault_filter_abort"
+
+# Envoy's Grpc::Utility::httpToGrpcStatus, for a gRPC request aborted with an HTTP status
+_GRPC_STATUS_BY_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+_GRPC_UNKNOWN = 2
+
+
+def is_grpc_request(headers: HeaderMap) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: application/grpc, optionally +suffix or ;params."""
+    content_type = headers.get("content-type")
+    if content_type is None or not content_type.startswith("application/grpc"):
+        return False
+    return len(content_type) == 16 or content_type[16] in "+;"
+
+
+class FaultFilter(HttpFilter):
+    __slots__ = ("factory", "settings", "timer", "fault_active", "held", "held_bytes", "read_paused")
+
+    def __init__(self, stream: Any, factory: FaultFactory) -> None:
+        self.stream = stream
+        self.factory = factory
+        self.settings: FaultSettings | None = None  # set once the request qualifies for a fault
+        self.timer: TimerHandle | None = None
+        self.fault_active = False  # counted in active_faults (at most once per request, as Envoy)
+        self.held: list[tuple[bytes, bool]] | None = None  # request body arriving during the delay
+        self.held_bytes = 0
+        self.read_paused = False
+
+    # --- request path --------------------------------------------------
+    def decode_headers(self, headers: HeaderMap, end_stream: bool) -> int:
+        factory = self.factory
+        settings = factory.settings
+        route = self.stream.get_route()
+        if route is not None:
+            per_route = route.per_filter_config(factory.config_name)
+            if per_route is not None:
+                settings = per_route
+        if not settings.can_inject:
+            return CONTINUE
+        if settings.upstream_cluster and not self._bound_to(settings.upstream_cluster, route, headers):
+            return CONTINUE
+        if settings.downstream_nodes and headers.get(DOWNSTREAM_SERVICE_NODE) not in settings.downstream_nodes:
+            return CONTINUE
+        for header_matches in settings.header_matchers:
+            if not header_matches(headers):
+                return CONTINUE
+        self.settings = settings
+
+        delay_ms = self._delay_ms(settings, headers)
+        if delay_ms is not None and self._try_activate(settings):
+            stream = self.stream
+            self.timer = stream.connection.loop.call_later(delay_ms / 1000, self._on_delay_elapsed)
+            self._count(factory.stats.delays_injected, "delays_injected", headers)
+            stream.info.add_flag(flags.DELAY_INJECTED)
+            return STOP
+        abort = self._abort_status(settings, headers)
+        if abort is not None and self._try_activate(settings):
+            self._abort(abort[0], abort[1], headers)
+            return STOP
+        return CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> int:
+        if self.timer is None:
+            return CONTINUE
+        # Delayed: the body waits here (Envoy's StopIterationAndWatermark), up to the buffer limit
+        # before the client is paused.
+        held = self.held
+        if held is None:
+            held = self.held = []
+        held.append((data, end_stream))
+        self.held_bytes += len(data)
+        if self.held_bytes > self.factory.buffer_limit and not self.read_paused:
+            self.read_paused = True
+            self.stream.read_disable(True)
+        return STOP
+
+    def on_destroy(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        self.held = None
+        if self.read_paused:
+            self.read_paused = False
+            self.stream.read_disable(False)
+        if self.fault_active:
+            self.fault_active = False
+            self.factory.stats.active_faults.value -= 1
+
+    # --- matching ------------------------------------------------------
+    def _bound_to(self, cluster: str, route: Any, headers: HeaderMap) -> bool:
+        """Whether the request goes to ``cluster`` (Envoy: the route entry's cluster name)."""
+        if route is None or route.kind != "cluster":
+            return False
+        # A weighted pick must be the one the router makes: draw it here and leave it for the router.
+        info = self.stream.info
+        state = info.filter_state
+        if state is None:
+            state = info.filter_state = {}
+        random_value = state.get(WEIGHTED_CLUSTER_RANDOM_VALUE)
+        if random_value is None:
+            random_value = state[WEIGHTED_CLUSTER_RANDOM_VALUE] = _getrandbits(32)
+        return route.cluster_name(headers, random_value) == cluster
+
+    def _enabled(self, percentage: Percentage, numerator: int) -> bool:
+        return self.factory.random_value() % percentage.denominator < numerator
+
+    @staticmethod
+    def _header_numerator(headers: HeaderMap, name: str, configured: int) -> int:
+        """Envoy's HeaderPercentageProvider: the header's numerator, capped by the configured one."""
+        value = headers.get(name)
+        if value is None:
+            return configured
+        from_header = simple_atoi(value, 0, UINT32_MAX)
+        return configured if from_header is None else min(from_header, configured)
+
+    def _delay_ms(self, settings: FaultSettings, headers: HeaderMap) -> int | None:
+        delay = settings.delay
+        if delay is None:
+            return None
+        percentage = delay.percentage
+        fixed_ms = delay.fixed_ms
+        numerator = percentage.numerator
+        if fixed_ms is None:
+            numerator = self._header_numerator(headers, DELAY_REQUEST_PERCENTAGE, numerator)
+        if not self._enabled(percentage, numerator):
+            return None
+        if fixed_ms is None:
+            value = headers.get(DELAY_REQUEST)
+            fixed_ms = None if value is None else simple_atoi(value, 0, UINT64_MAX)
+        return fixed_ms if fixed_ms else None  # Envoy delays only for more than 0 ms
+
+    def _abort_status(self, settings: FaultSettings, headers: HeaderMap) -> tuple[int, int | None] | None:
+        """(HTTP status, gRPC status or None) when an abort is drawn, else None."""
+        abort = settings.abort
+        if abort is None:
+            return None
+        percentage = abort.percentage
+        numerator = percentage.numerator
+        if abort.from_header:
+            numerator = self._header_numerator(headers, ABORT_REQUEST_PERCENTAGE, numerator)
+        if not self._enabled(percentage, numerator):
+            return None
+        if abort.http_status is not None:
+            return abort.http_status, None
+        if abort.grpc_status is not None:
+            return 200, abort.grpc_status  # Envoy answers a gRPC abort with HTTP 200
+        if not abort.from_header:
+            return None
+        value = headers.get(ABORT_REQUEST)
+        if value is not None:
+            status = simple_atoi(value, 0, UINT64_MAX)
+            if status is not None and 200 <= status < 600:
+                return status, None  # a valid HTTP status wins over the gRPC header
+        value = headers.get(ABORT_GRPC_REQUEST)
+        if value is not None:
+            grpc_status = simple_atoi(value, 0, UINT32_MAX)
+            if grpc_status is not None:
+                return 200, grpc_status
+        return None
+
+    # --- injecting -----------------------------------------------------
+    def _try_activate(self, settings: FaultSettings) -> bool:
+        """Envoy's tryIncActiveFaults: one active fault per request, unless max_active_faults is reached."""
+        if self.fault_active:
+            return True
+        stats = self.factory.stats
+        limit = settings.max_active_faults
+        if limit is not None and stats.active_faults.value >= limit:
+            stats.faults_overflow.value += 1
+            return False
+        stats.active_faults.value += 1
+        self.fault_active = True
+        return True
+
+    def _count(self, counter: Counter, name: str, headers: HeaderMap) -> None:
+        counter.value += 1
+        settings = self.settings
+        if settings is not None and settings.downstream_cluster_stats:
+            downstream_cluster = headers.get(DOWNSTREAM_SERVICE_CLUSTER)
+            if downstream_cluster:
+                self.factory.stats.downstream_cluster(downstream_cluster, name).value += 1
+
+    def _abort(self, http_status: int, grpc_status: int | None, headers: HeaderMap) -> None:
+        self._count(self.factory.stats.aborts_injected, "aborts_injected", headers)
+        stream = self.stream
+        if is_grpc_request(headers):
+            # Envoy's local reply to a gRPC request: HTTP 200 with the status in grpc-status
+            if grpc_status is None:
+                grpc_status = _GRPC_STATUS_BY_HTTP.get(http_status, _GRPC_UNKNOWN)
+            stream.send_local_reply(
+                flags.FAULT_INJECTED, status=200, body=b"", details=ABORT_DETAILS,
+                extra_headers=[("content-type", "application/grpc"), ("grpc-status", str(grpc_status)),
+                               ("grpc-message", ABORT_BODY.decode())],
+            )
+        else:
+            stream.send_local_reply(flags.FAULT_INJECTED, status=http_status, body=ABORT_BODY, details=ABORT_DETAILS)
+
+    def _on_delay_elapsed(self) -> None:
+        self.timer = None
+        stream = self.stream
+        settings = self.settings
+        if stream.done or settings is None:
+            return
+        abort = self._abort_status(settings, stream.headers)
+        if abort is not None:
+            self._abort(abort[0], abort[1], stream.headers)
+            return
+        # The delay is over and nothing else is injected: no longer an active fault (as Envoy).
+        self.fault_active = False
+        self.factory.stats.active_faults.value -= 1
+        held = self.held
+        self.held = None
+        self.held_bytes = 0
+        stream.continue_decoding()
+        if held and not stream.done:
+            filters = stream.filters
+            after_me = filters[filters.index(self) + 1:]
+            for data, end_stream in held:
+                for flt in after_me:
+                    if flt.decode_data(data, end_stream) != CONTINUE or stream.done:
+                        break
+                if stream.done:
+                    break
+        if self.read_paused:
+            self.read_paused = False
+            stream.read_disable(False)
