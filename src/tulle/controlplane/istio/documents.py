@@ -128,7 +128,7 @@ def load_documents(
             continue
         if not isinstance(data, dict):
             diagnostics.append(Diagnostic(
-                "error", "", "", f"document is a {_type_name(data)}, expected a mapping with apiVersion, "
+                "error", "", "", f"document is a {type_name(data)}, expected a mapping with apiVersion, "
                 "kind and metadata", where))
             continue
         if data.get("kind") == "List" and "items" in data:
@@ -146,13 +146,13 @@ def _load_list(
 ) -> None:
     items = data.get("items")
     if not isinstance(items, list):
-        diagnostics.append(Diagnostic("error", "", "items", f"List items must be a list, not a {_type_name(items)}",
+        diagnostics.append(Diagnostic("error", "", "items", f"List items must be a list, not a {type_name(items)}",
                                       where))
         return
     for position, item in enumerate(items):
         prefix = f"items[{position}]"
         if not isinstance(item, dict):
-            diagnostics.append(Diagnostic("error", "", prefix, f"list item is a {_type_name(item)}, expected a mapping",
+            diagnostics.append(Diagnostic("error", "", prefix, f"list item is a {type_name(item)}, expected a mapping",
                                           where))
             continue
         resource = _to_resource(item, f"{where}.{prefix}", "", default_namespace, diagnostics)
@@ -173,7 +173,7 @@ def _to_resource(
         if value is None or value == "":
             problems.append((_join(prefix, name), "required field missing"))
         elif not isinstance(value, str):
-            problems.append((_join(prefix, name), f"expected a string, got {_type_name(value)}"))
+            problems.append((_join(prefix, name), f"expected a string, got {type_name(value)}"))
     metadata = data.get("metadata")
     name = namespace = ""
     labels: dict[str, str] = {}
@@ -181,7 +181,7 @@ def _to_resource(
     if metadata is None:
         problems.append((_join(prefix, "metadata"), "required field missing (metadata.name is required)"))
     elif not isinstance(metadata, dict):
-        problems.append((_join(prefix, "metadata"), f"expected a mapping, got {_type_name(metadata)}"))
+        problems.append((_join(prefix, "metadata"), f"expected a mapping, got {type_name(metadata)}"))
     else:
         meta_path = _join(prefix, "metadata")
         for key in metadata:
@@ -195,7 +195,7 @@ def _to_resource(
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
-        problems.append((_join(prefix, "spec"), f"expected a mapping, got {_type_name(spec)}"))
+        problems.append((_join(prefix, "spec"), f"expected a mapping, got {type_name(spec)}"))
     ref = f"{kind} {namespace}/{name}" if isinstance(kind, str) and name else ""
     if problems:
         diagnostics.extend(Diagnostic("error", ref, path, message, where) for path, message in problems)
@@ -213,7 +213,7 @@ def _metadata_text(
             problems.append((f"{meta_path}.{key}", "required field missing"))
         return ""
     if not isinstance(value, str):
-        problems.append((f"{meta_path}.{key}", f"expected a string, got {_type_name(value)}"))
+        problems.append((f"{meta_path}.{key}", f"expected a string, got {type_name(value)}"))
         return ""
     return value
 
@@ -225,14 +225,14 @@ def _string_map(
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.append((f"{meta_path}.{key}", f"expected a mapping of strings, got {_type_name(value)}"))
+        problems.append((f"{meta_path}.{key}", f"expected a mapping of strings, got {type_name(value)}"))
         return {}
     result: dict[str, str] = {}
     for entry_key, entry_value in value.items():
         if not isinstance(entry_value, str):
             # Kubernetes refuses `version: 1`; the value has to be quoted.
             problems.append((f"{meta_path}.{key}[{entry_key}]",
-                             f"expected a string, got {_type_name(entry_value)} (quote the value)"))
+                             f"expected a string, got {type_name(entry_value)} (quote the value)"))
             continue
         result[str(entry_key)] = entry_value
     return result
@@ -289,7 +289,8 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """The YAML-level name of a value's type, for messages ("expected a mapping, got a list")."""
     if value is None:
         return "null"
     if isinstance(value, bool):

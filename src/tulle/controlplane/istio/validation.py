@@ -26,6 +26,7 @@ from http import HTTPStatus
 from typing import Any
 
 from tulle.controlplane.istio import hosts as hostrules
+from tulle.controlplane.istio.documents import type_name
 from tulle.controlplane.istio.kinds import (
     MESSAGES,
     EnumOf,
@@ -224,30 +225,12 @@ def _messages(value: Any, path: str) -> Iterable[tuple[str, dict[str, Any]]]:
             yield f"{path}[{index}]", item
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
 # --- structural pass ----------------------------------------------------------------------
 
 
 def _check_message(value: Any, message: Message, path: str, findings: _Findings) -> None:
     if not isinstance(value, dict):
-        findings.error(path, f"expected a mapping ({message.name}), got {_type_name(value)}")
+        findings.error(path, f"expected a mapping ({message.name}), got {type_name(value)}")
         return
     for key, item in value.items():
         field = message.fields.get(key) if isinstance(key, str) else None
@@ -291,7 +274,7 @@ def _check_value(value: Any, kind: FieldType, path: str, findings: _Findings) ->
             findings.error(path, f"invalid value {value!r}, must be one of {', '.join(kind.values)}{hint}")
     elif isinstance(kind, ListOf):
         if not isinstance(value, list):
-            findings.error(path, f"expected a list, got {_type_name(value)}")
+            findings.error(path, f"expected a list, got {type_name(value)}")
             return
         for index, item in enumerate(value):
             if item is None:
@@ -300,11 +283,11 @@ def _check_value(value: Any, kind: FieldType, path: str, findings: _Findings) ->
             _check_value(item, kind.item, f"{path}[{index}]", findings)
     elif isinstance(kind, MapOf):
         if not isinstance(value, dict):
-            findings.error(path, f"expected a mapping, got {_type_name(value)}")
+            findings.error(path, f"expected a mapping, got {type_name(value)}")
             return
         for key, item in value.items():
             if not isinstance(key, str):
-                findings.error(f"{path}[{key}]", f"map keys must be strings, got {_type_name(key)} (quote the key)")
+                findings.error(f"{path}[{key}]", f"map keys must be strings, got {type_name(key)} (quote the key)")
                 continue
             if item is None:
                 findings.error(f"{path}[{key}]", "value may not be null")
@@ -317,19 +300,19 @@ def _check_value(value: Any, kind: FieldType, path: str, findings: _Findings) ->
 def _check_scalar(value: Any, kind: Scalar, path: str, findings: _Findings) -> None:
     if kind is Scalar.STRING:
         if not isinstance(value, str):
-            findings.error(path, f"expected a string, got {_type_name(value)} (quote the value)")
+            findings.error(path, f"expected a string, got {type_name(value)} (quote the value)")
     elif kind is Scalar.BOOL:
         if not isinstance(value, bool):
-            findings.error(path, f"expected true or false, got {_type_name(value)} {value!r}")
+            findings.error(path, f"expected true or false, got {type_name(value)} {value!r}")
     elif kind in _INTEGER_RANGES:
         _check_integer(value, kind, path, findings)
     elif kind is Scalar.DOUBLE:
         number = _number(value)
         if number is None or not math.isfinite(number):
-            findings.error(path, f"expected a number, got {_type_name(value)} {value!r}")
+            findings.error(path, f"expected a number, got {type_name(value)} {value!r}")
     elif kind is Scalar.BYTES:
         if not isinstance(value, str):
-            findings.error(path, f"expected base64 text, got {_type_name(value)}")
+            findings.error(path, f"expected base64 text, got {type_name(value)}")
         elif _decode_base64(value) is None:
             findings.error(path, "invalid base64 text")
     else:
@@ -341,7 +324,7 @@ def _check_integer(value: Any, kind: Scalar, path: str, findings: _Findings) -> 
         value = int(value)  # protobuf JSON writes 64-bit integers as strings
     if isinstance(value, bool) or not isinstance(value, int):
         hint = " (remove the quotes)" if isinstance(value, str) and value.strip().lstrip("-").isdigit() else ""
-        findings.error(path, f"expected an integer ({kind.value}), got {_type_name(value)} {value!r}{hint}")
+        findings.error(path, f"expected an integer ({kind.value}), got {type_name(value)} {value!r}{hint}")
         return
     low, high = _INTEGER_RANGES[kind]
     if not low <= value <= high:
