@@ -53,3 +53,16 @@ def test_merge_sums_workers() -> None:
     assert sum(merged["histograms"]["h"]["counts"]) == 2
     # merging must not alias the first worker's lists
     assert first.snapshot()["histograms"]["h"]["count"] == 1
+
+
+def test_bind_sets_attributes_to_named_stats() -> None:
+    class Stats:
+        pass
+
+    store, stats = Store(), Stats()
+    store.bind(stats, "cluster.a.", counters=("upstream_rq_total",), gauges=("upstream_cx_active", "membership_total"),
+               histograms=("upstream_rq_time",), process_wide=frozenset({"membership_total"}))
+    assert stats.upstream_rq_total is store.counter("cluster.a.upstream_rq_total")
+    assert stats.upstream_rq_time is store.histogram("cluster.a.upstream_rq_time")
+    assert stats.upstream_cx_active.per_worker and not stats.membership_total.per_worker
+    assert store.snapshot()["process_wide_gauges"] == ["cluster.a.membership_total"]

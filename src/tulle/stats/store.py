@@ -105,6 +105,17 @@ class Store:
             stat = self.histograms[name] = Histogram(name)
         return stat
 
+    def bind(self, target: object, prefix: str, *, counters: tuple[str, ...] = (), gauges: tuple[str, ...] = (),
+             histograms: tuple[str, ...] = (), process_wide: frozenset[str] = frozenset()) -> None:
+        """Set ``target.<name>`` to the stat ``<prefix><name>`` for each name: the stats objects that the
+        hot path reads as attributes (``process_wide`` gauges are not summed across workers)."""
+        for name in counters:
+            setattr(target, name, self.counter(prefix + name))
+        for name in gauges:
+            setattr(target, name, self.gauge(prefix + name, per_worker=name not in process_wide))
+        for name in histograms:
+            setattr(target, name, self.histogram(prefix + name))
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy, summed across workers by :func:`merge`."""
         return {

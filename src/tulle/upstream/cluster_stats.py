@@ -70,14 +70,10 @@ class ClusterStats:
         """``stat_name`` is the cluster's ``alt_stat_name`` when set, else its name (as in Envoy)."""
         self.prefix = f"cluster.{stat_name}."
         self._store = store
-        for name in COUNTERS:
-            setattr(self, name, store.counter(self.prefix + name))
-        for name in GAUGES:
-            # membership and weights are the same in every worker; activity gauges add up
-            process_wide = name.startswith("membership_") or name == "max_host_weight"
-            setattr(self, name, store.gauge(self.prefix + name, per_worker=not process_wide))
-        for name in HISTOGRAMS:
-            setattr(self, name, store.histogram(self.prefix + name))
+        # membership and weights are the same in every worker; activity gauges add up
+        process_wide = frozenset(n for n in GAUGES if n.startswith("membership_") or n == "max_host_weight")
+        store.bind(self, self.prefix, counters=COUNTERS, gauges=GAUGES, histograms=HISTOGRAMS,
+                   process_wide=process_wide)
         # status code -> (upstream_rq_<Nxx>, upstream_rq_<code>)
         self._by_code: dict[int, tuple[Counter, Counter]] = {}
         self._by_class: dict[int, Counter] = {}
@@ -121,12 +117,10 @@ class HealthCheckStats:
 
     def __init__(self, store: Store, stat_name: str) -> None:
         prefix = f"cluster.{stat_name}.health_check."
-        for name in HEALTH_CHECK_COUNTERS:
-            setattr(self, name, store.counter(prefix + name))
-        for name in HEALTH_CHECK_GAUGES:
-            # Every worker checks every host and converges on the same answer: summing the
-            # workers' counts would multiply the number of hosts.
-            setattr(self, name, store.gauge(prefix + name, per_worker=False))
+        # Every worker checks every host and converges on the same answer: summing the
+        # workers' counts would multiply the number of hosts.
+        store.bind(self, prefix, counters=HEALTH_CHECK_COUNTERS, gauges=HEALTH_CHECK_GAUGES,
+                   process_wide=frozenset(HEALTH_CHECK_GAUGES))
 
 
 # Envoy's outlier detection stats, ``cluster.<name>.outlier_detection.<stat>`` (only with

@@ -65,19 +65,13 @@ class HcmStats:
 
     def __init__(self, store: Store, prefix: str) -> None:
         base = f"http.{prefix}."
-        for name in self.COUNTERS:
-            setattr(self, name, store.counter(base + name))
-        for name in self.GAUGES:
-            setattr(self, name, store.gauge(base + name))
-        self.downstream_rq_time = store.histogram(base + "downstream_rq_time")
-        self.downstream_cx_length_ms = store.histogram(base + "downstream_cx_length_ms")
+        store.bind(self, base, counters=self.COUNTERS, gauges=self.GAUGES,
+                   histograms=("downstream_rq_time", "downstream_cx_length_ms"))
         # index by status // 100 (1..5); index 0 unused
         self.rq_by_class = [store.counter(base + "downstream_rq_5xx")] + [
             store.counter(f"{base}downstream_rq_{n}xx") for n in range(1, 6)
         ]
 
-    def __getattr__(self, name: str) -> Any:  # for type checkers; real attributes set above
-        raise AttributeError(name)
 
 
 class HcmConfig:

@@ -78,11 +78,7 @@ class TcpProxyStats:
     upstream_flush_active: Gauge
 
     def __init__(self, store: Store, stat_prefix: str) -> None:
-        root = f"tcp.{stat_prefix}."
-        for name in _COUNTER_NAMES:
-            setattr(self, name, store.counter(root + name))
-        for name in _GAUGE_NAMES:
-            setattr(self, name, store.gauge(root + name))
+        store.bind(self, f"tcp.{stat_prefix}.", counters=_COUNTER_NAMES, gauges=_GAUGE_NAMES)
 
 
 class TcpProxyConfig:
