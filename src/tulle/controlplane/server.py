@@ -2,9 +2,11 @@
 
 Every change (a resource applied or deleted, a service or instance registered,
 a lease expiring) schedules one debounced push. A push builds the mesh snapshot
-once and translates it for every connected proxy; the cache compares versions
-per type, so a proxy whose config did not change gets nothing, and an
-endpoint-only change reaches proxies as EDS only.
+once and translates it for every connected proxy, sharing what proxies with the
+same view have in common and taking an incremental path when only endpoints
+changed (controlplane/push.py); the cache compares versions per type, so a proxy
+whose config did not change gets nothing, and an endpoint-only change reaches
+proxies as EDS only.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tulle.controlplane.api.server import ApiServer
 from tulle.controlplane.istio.validation import analyze
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource
+from tulle.controlplane.push import MeshTranslator
 from tulle.controlplane.registry.registry import Registry
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.store.sqlite import SqliteStore
 from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
-from tulle.controlplane.translate.translate import translate
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
 from tulle.controlplane.xds.server import XdsServer
 
@@ -33,6 +35,23 @@ log = logging.getLogger("tulle.controlplane")
 
 DEBOUNCE_SECONDS = 0.1  # istiod's PILOT_DEBOUNCE_AFTER is 100 ms
 DEBOUNCE_MAX_SECONDS = 1.0  # ... and PILOT_DEBOUNCE_MAX 10 s; a busy mesh still converges within 1 s here
+PUSH_SLICE_SECONDS = 0.02  # a push yields to the event loop this often
+# A control-plane restart makes every proxy reconnect at once. gRPC core holds RPCs the event loop has
+# not picked up yet and, past 1,000 of them, drops new ones at random (INTERNAL) up to a hard limit of
+# 3,000: the whole mesh must fit in that queue, so that reconnecting proxies wait instead of failing.
+XDS_GRPC_OPTIONS = (
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
+)
+
+
+@dataclass(frozen=True)
+class ConnectedNode:
+    """What a push needs of a connected node, worked out once when it connects."""
+
+    proxy: ProxyIdentity
+    options: Any
+    proxyless: bool
 
 
 def proxy_identity(node: Any) -> ProxyIdentity:
@@ -76,13 +95,17 @@ class ControlPlane:
         self.xds_address = xds_address
         self.http_address = http_address
         self.expiry_interval = expiry_interval
-        self.nodes: dict[str, Any] = {}  # connected node id -> node proto
+        self.nodes: dict[str, ConnectedNode] = {}  # by node id
         self.cache = SnapshotCache(on_node_connected=self._node_connected,
                                    on_node_disconnected=self._node_disconnected)
-        self.xds = XdsServer(self.cache)
+        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS)
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
                              config_view=self._config_view)
+        self.translator = MeshTranslator()
         self.pushes = 0
+        self._pending_full = True
+        self._push_task: asyncio.Task[None] | None = None
+        self._push_again = False
         self.last_push_seconds = 0.0
         self._push_handle: asyncio.TimerHandle | None = None
         self._first_pending = 0.0
@@ -92,10 +115,11 @@ class ControlPlane:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> tuple[int, int]:
         self._loop = asyncio.get_running_loop()
+        self.translator.set_mesh(self.mesh_snapshot())
         xds_port = await self.xds.start(*self.xds_address)
         http_port = await self.api.start(*self.http_address)
         self._unsubscribe.append(self.store.subscribe(lambda *_: self.schedule_push()))
-        self._unsubscribe.append(self.registry.subscribe(lambda *_: self.schedule_push()))
+        self._unsubscribe.append(self.registry.subscribe(lambda endpoints_only: self.schedule_push(endpoints_only)))
         self._tasks.append(self._loop.create_task(self.registry.run_expiry(self.expiry_interval)))
         log.info("control plane: xDS on %s:%d, HTTP API on %s:%d", self.xds_address[0], xds_port,
                  self.http_address[0], http_port)
@@ -108,14 +132,18 @@ class ControlPlane:
             task.cancel()
         if self._push_handle is not None:
             self._push_handle.cancel()
+        if self._push_task is not None:
+            self._push_task.cancel()
         await self.api.stop()
         await self.xds.stop(0.5)
         self.registry.close()
         self.store.close()
 
     # --- pushes -------------------------------------------------------------------------------
-    def schedule_push(self) -> None:
-        """Coalesce bursts of changes into one push (debounce, bounded by a maximum delay)."""
+    def schedule_push(self, endpoints_only: bool = False) -> None:
+        """Coalesce bursts of changes into one push (debounce, bounded by a maximum delay).
+        The push is endpoints-only when every change it coalesces was."""
+        self._pending_full = self._pending_full or not endpoints_only
         loop = self._loop
         now = loop.time()
         if self._push_handle is None:
@@ -123,30 +151,56 @@ class ControlPlane:
         else:
             self._push_handle.cancel()
         delay = min(DEBOUNCE_SECONDS, max(0.0, self._first_pending + DEBOUNCE_MAX_SECONDS - now))
-        self._push_handle = loop.call_later(delay, self.push_all)
+        self._push_handle = loop.call_later(delay, self._start_push)
 
     def mesh_snapshot(self) -> MeshSnapshot:
         services, instances = self.registry.snapshot()
         return MeshSnapshot(resources=self.store.list(), services=services, instances=instances,
                             domain_suffix=self.domain_suffix)
 
-    def push_all(self) -> None:
+    def _start_push(self) -> None:
         self._push_handle = None
+        if self._push_task is not None and not self._push_task.done():
+            self._push_again = True  # the running push picks the change up when it finishes
+            return
+        self._push_task = self._loop.create_task(self._push_loop())
+
+    async def _push_loop(self) -> None:
+        while True:
+            self._push_again = False
+            await self.push_all()
+            if not self._push_again:
+                return
+
+    async def push_all(self) -> None:
+        """Translate the current mesh for every connected proxy. Shared parts are translated once
+        (controlplane/push.py); the loop yields every few milliseconds so that streams keep being
+        served while a large mesh is pushed."""
         started = time.perf_counter()
-        mesh = self.mesh_snapshot()
-        for node in list(self.nodes.values()):
-            self._push_node(node, mesh)
+        endpoints_only, self._pending_full = not self._pending_full, False
+        self.translator.set_mesh(self.mesh_snapshot(), endpoints_only=endpoints_only)
+        slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
+        for node_id in list(self.nodes):
+            node = self.nodes.get(node_id)
+            if node is None:
+                continue  # disconnected while the push yielded
+            self._push_node(node)
+            if time.perf_counter() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
         self.pushes += 1
         self.last_push_seconds = time.perf_counter() - started
 
-    def _push_node(self, node: Any, mesh: MeshSnapshot) -> None:
-        proxy = proxy_identity(node)
-        generate = translate_grpc if is_proxyless(node.id, _metadata(node)) else translate
+    def _push_node(self, node: ConnectedNode) -> None:
         try:
-            resources = generate(mesh, proxy, self._options(node, proxy))
-            self.cache.set_snapshot(node.id, Snapshot(resources))
+            if node.proxyless:
+                assert self.translator.mesh is not None
+                snapshot = Snapshot(translate_grpc(self.translator.mesh, node.proxy, node.options))
+            else:
+                snapshot = Snapshot.from_sets(self.translator.resource_sets(node.proxy, node.options))
+            self.cache.set_snapshot(node.proxy.id, snapshot)
         except Exception:  # one proxy's translation failing must not starve the others
-            log.exception("translation for %s failed; it keeps its last config", node.id)
+            log.exception("translation for %s failed; it keeps its last config", node.proxy.id)
 
     def _options(self, node: Any, proxy: ProxyIdentity) -> Any:
         """Tulle sidecars (no iptables) get the loopback-IP layout and what Tulle proxies run today;
@@ -163,11 +217,14 @@ class ControlPlane:
 
     # --- hooks from the xDS server --------------------------------------------------------------
     def _node_connected(self, node: Any) -> None:
-        self.nodes[node.id] = node
-        self._push_node(node, self.mesh_snapshot())
+        proxy = proxy_identity(node)
+        connected = ConnectedNode(proxy, self._options(node, proxy), is_proxyless(node.id, _metadata(node)))
+        self.nodes[node.id] = connected
+        self._push_node(connected)
 
     def _node_disconnected(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
+        self.translator.forget(node_id)
         self.cache.clear(node_id)
 
     # --- hooks from the HTTP API ----------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -33,6 +34,11 @@ class TranslateOptions:
     app_ports: tuple[tuple[int, int], ...] = ()
     # Explicit local upstream ports (node metadata UPSTREAMS): ("reviews:9080", 19080), ...
     upstreams: tuple[tuple[str, int], ...] = ()
+
+    def __hash__(self) -> int:
+        # Options key shared translations (translate/sharing.py); the locality setting is a dict.
+        return hash(tuple(json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+                          for value in (getattr(self, item.name) for item in fields(self))))
 
 
 ISTIO_DEFAULTS = TranslateOptions()

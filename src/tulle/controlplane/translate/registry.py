@@ -25,6 +25,9 @@ class MeshRegistry:
     services: list[Service]
     instances: list[WorkloadInstance]
     _by_host: dict[str, list[WorkloadInstance]] | None = None
+    _services_by_host: dict[str, list[Service]] | None = None
+    _by_workload: dict[tuple[str, str], list[WorkloadInstance]] | None = None
+    _by_address: dict[tuple[str, str], list[WorkloadInstance]] | None = None
 
     def instances_of(self, hostname: str) -> list[WorkloadInstance]:
         if self._by_host is None:
@@ -33,6 +36,25 @@ class MeshRegistry:
                 for backed in dict.fromkeys(instance.service_hostnames):
                     self._by_host.setdefault(backed, []).append(instance)
         return list(self._by_host.get(hostname, []))
+
+    def services_named(self, hostname: str) -> list[Service]:
+        """Every service with this hostname (ServiceEntries may repeat one), in registry order."""
+        if self._services_by_host is None:
+            self._services_by_host = {}
+            for service in self.services:
+                self._services_by_host.setdefault(service.hostname, []).append(service)
+        return list(self._services_by_host.get(hostname, []))
+
+    def instances_of_workload(self, namespace: str, name: str = "", address: str = "") -> list[WorkloadInstance]:
+        """A proxy's own instances: by workload name when it has one, else by address (indexed:
+        every proxy of a push asks)."""
+        if self._by_workload is None or self._by_address is None:
+            self._by_workload, self._by_address = {}, {}
+            for instance in self.instances:
+                self._by_workload.setdefault((instance.namespace, instance.name), []).append(instance)
+                self._by_address.setdefault((instance.namespace, instance.address), []).append(instance)
+        found = self._by_workload.get((namespace, name)) if name else self._by_address.get((namespace, address))
+        return list(found or [])
 
 
 def resources_of_kind(resources: Iterable[Resource], kind: str) -> list[Resource]:

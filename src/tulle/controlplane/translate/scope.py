@@ -56,8 +56,8 @@ def egress_imports(sidecar: Resource | None, proxy_namespace: str) -> list[Egres
 
     "." is the proxy's namespace: for the root namespace's default that is not the Sidecar's own.
     """
-    if sidecar is None:
-        return None
+    if sidecar is None or not sidecar.spec.get("egress"):
+        return None  # Istio: a Sidecar without egress listeners imports */* (e.g. one for ingress only)
     imports = []
     for listener in sidecar.spec.get("egress") or []:
         for entry in listener.get("hosts") or []:
@@ -115,6 +115,26 @@ class InboundPort:
     service: Service
 
 
+def registry_service(registry: MeshRegistry, hostname: str, proxy_namespace: str) -> Service | None:
+    """A service of the mesh by hostname, the proxy's namespace first."""
+    matches = registry.services_named(hostname)
+    matches.sort(key=lambda service: service.namespace != proxy_namespace)
+    return matches[0] if matches else None
+
+
+def inbound_ports(registry: MeshRegistry, proxy_namespace: str, own_instances: list[WorkloadInstance]) -> list[InboundPort]:
+    found: dict[int, InboundPort] = {}
+    for instance in own_instances:
+        for hostname in sorted(instance.service_hostnames):
+            service = registry_service(registry, hostname, proxy_namespace)
+            if service is None:
+                continue
+            for port in sorted(service.ports, key=lambda p: p.port):
+                workload_port = target_port(instance, port)
+                found.setdefault(workload_port, InboundPort(workload_port, port, service))
+    return [found[port] for port in sorted(found)]
+
+
 @dataclass
 class ProxyScope:
     snapshot: MeshSnapshot
@@ -155,23 +175,12 @@ class ProxyScope:
 
     def registry_service(self, hostname: str) -> Service | None:
         """A service of the mesh by hostname, visible or not (the proxy's own services)."""
-        matches = [service for service in self.registry.services if service.hostname == hostname]
-        matches.sort(key=lambda service: service.namespace != self.proxy.namespace)
-        return matches[0] if matches else None
+        return registry_service(self.registry, hostname, self.proxy.namespace)
 
     def inbound_ports(self) -> list[InboundPort]:
         """The ports of the proxy's own workload, one per workload port (the lowest service port
         naming it wins), sorted."""
-        found: dict[int, InboundPort] = {}
-        for instance in self.own_instances:
-            for hostname in sorted(instance.service_hostnames):
-                service = self.registry_service(hostname)
-                if service is None:
-                    continue
-                for port in sorted(service.ports, key=lambda p: p.port):
-                    workload_port = target_port(instance, port)
-                    found.setdefault(workload_port, InboundPort(workload_port, port, service))
-        return [found[port] for port in sorted(found)]
+        return inbound_ports(self.registry, self.proxy.namespace, self.own_instances)
 
     def virtual_service_for(self, hostname: str) -> Resource | None:
         """The VirtualService that routes ``hostname``: an exact host beats a wildcard, a longer
@@ -220,15 +229,7 @@ class ProxyScope:
 
 
 def _own_instances(registry: MeshRegistry, proxy: ProxyIdentity) -> list[WorkloadInstance]:
-    own = []
-    for instance in registry.instances:
-        if instance.namespace != proxy.namespace:
-            continue
-        if (proxy.workload_name and instance.name == proxy.workload_name) or (
-            not proxy.workload_name and instance.address == proxy.ip
-        ):
-            own.append(instance)
-    return own
+    return registry.instances_of_workload(proxy.namespace, proxy.workload_name, proxy.ip)
 
 
 def _visible_destination_rule(rule: Resource, proxy: ProxyIdentity) -> bool:
@@ -240,9 +241,12 @@ def _visible_destination_rule(rule: Resource, proxy: ProxyIdentity) -> bool:
 
 
 def build_scope(
-    snapshot: MeshSnapshot, proxy: ProxyIdentity, options: TranslateOptions = ISTIO_DEFAULTS
+    snapshot: MeshSnapshot, proxy: ProxyIdentity, options: TranslateOptions = ISTIO_DEFAULTS,
+    registry: MeshRegistry | None = None,
 ) -> ProxyScope:
-    registry = build_registry(snapshot)
+    """``registry``: ``build_registry(snapshot)`` when the caller already has it (it is the same
+    for every proxy of a snapshot)."""
+    registry = registry if registry is not None else build_registry(snapshot)
     known_namespaces = {service.namespace for service in registry.services}
     sidecar = select_sidecar(snapshot.resources, proxy, snapshot.root_namespace)
     imports = egress_imports(sidecar, proxy.namespace)

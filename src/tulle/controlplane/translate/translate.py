@@ -7,6 +7,7 @@ field the Envoy API does not have fails here, not on a proxy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -21,6 +22,7 @@ from tulle.controlplane.translate.clusters import build_inbound_clusters, build_
 from tulle.controlplane.translate.endpoints import is_eds, load_assignment
 from tulle.controlplane.translate.listeners import (
     INBOUND_ROUTE_NAME,
+    OutboundPorts,
     forward_proxy_listener,
     inbound_listener,
     outbound_listeners,
@@ -60,7 +62,23 @@ def _by_name(items: list[dict[str, Any]], key: str = "name") -> dict[str, dict[s
     return {item[key]: item for item in sorted(items, key=lambda item: item[key])}
 
 
-def _clusters_and_endpoints(scope: ProxyScope) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+@dataclass
+class SharedJson:
+    """The part of a sidecar's config that every proxy with the same view shares: outbound
+    clusters and their endpoints, the outbound and forward-proxy routes, and what the proxy's
+    own listeners need to know about them (see :mod:`tulle.controlplane.translate.sharing`)."""
+
+    clusters: list[dict[str, Any]]
+    assignments: list[dict[str, Any]]
+    routes: list[dict[str, Any]]
+    ports: OutboundPorts | None = None
+    filters_by_route: dict[str, set[str]] = field(default_factory=dict)
+    forward_filters: set[str] = field(default_factory=set)
+
+
+def shared_json(scope: ProxyScope) -> SharedJson:
+    """Outbound clusters, endpoints and routes: they depend on what the proxy sees, not on where it
+    runs (its address, its own workload's listeners and clusters)."""
     clusters, assignments = [], []
     for plan in plan_outbound_clusters(scope):
         cluster = build_outbound_cluster(scope, plan)
@@ -69,29 +87,28 @@ def _clusters_and_endpoints(scope: ProxyScope) -> tuple[list[dict[str, Any]], li
         clusters.append(cluster)
         if is_eds(plan):
             assignments.append(load_assignment(scope, plan))
-    if scope.proxy.kind == "sidecar":
-        clusters += build_inbound_clusters(scope)
-    return clusters, assignments
-
-
-def translate_json(
-    snapshot: MeshSnapshot, proxy: ProxyIdentity, options: TranslateOptions = ISTIO_DEFAULTS
-) -> JsonResources:
-    """The resources as protobuf JSON (snake_case field names), before parsing."""
-    scope = build_scope(snapshot, proxy, options)
-    clusters, assignments = _clusters_and_endpoints(scope)
-    routes: list[dict[str, Any]] = []
-    listeners: list[dict[str, Any]] = []
-    if proxy.kind == "sidecar":  # gateways get listeners from Gateway resources (not translated yet)
-        ports = outbound_ports(scope)
-        routes = [outbound_route_configuration(scope, port) for port in ports.http]
+    shared = SharedJson(clusters, assignments, [])
+    if scope.proxy.kind == "sidecar":  # gateways get listeners from Gateway resources (not translated yet)
+        shared.ports = outbound_ports(scope)
+        shared.routes = [outbound_route_configuration(scope, port) for port in shared.ports.http]
+        shared.filters_by_route = {route["name"]: http_filters_needed([route]) for route in shared.routes}
         # The forward proxy reaches every HTTP service, also those whose port has no listener.
         forward_route = forward_proxy_route_configuration(
             scope, sorted({port.port for service in scope.services for port in service.ports}))
-        filters_by_route = {route["name"]: http_filters_needed([route]) for route in routes}
-        listeners = outbound_listeners(scope, ports, filters_by_route)
-        listeners.append(forward_proxy_listener(scope, http_filters_needed([forward_route])))
-        routes.append(forward_route)
+        shared.forward_filters = http_filters_needed([forward_route])
+        shared.routes.append(forward_route)
+    return shared
+
+
+def proxy_json(scope: ProxyScope, shared: SharedJson) -> JsonResources:
+    """What is this proxy's own: its listeners (bound to its address) and inbound clusters."""
+    options = scope.options
+    clusters: list[dict[str, Any]] = []
+    listeners: list[dict[str, Any]] = []
+    if scope.proxy.kind == "sidecar" and shared.ports is not None:
+        clusters = build_inbound_clusters(scope)
+        listeners = outbound_listeners(scope, shared.ports, shared.filters_by_route)
+        listeners.append(forward_proxy_listener(scope, shared.forward_filters))
         if options.workload_address:
             listeners.extend(per_port_inbound_listeners(scope, options.workload_address))
             listeners.extend(upstream_listeners(scope, options.upstreams, options.workload_address))
@@ -99,11 +116,21 @@ def translate_json(
             inbound_routes = inbound_route_configuration(scope, INBOUND_ROUTE_NAME)
             if inbound_routes is not None:
                 listeners.append(inbound_listener(scope, inbound_routes))
+    return {CLUSTER_TYPE: _by_name(clusters), LISTENER_TYPE: _by_name(listeners)}
+
+
+def translate_json(
+    snapshot: MeshSnapshot, proxy: ProxyIdentity, options: TranslateOptions = ISTIO_DEFAULTS
+) -> JsonResources:
+    """The resources as protobuf JSON (snake_case field names), before parsing."""
+    scope = build_scope(snapshot, proxy, options)
+    shared = shared_json(scope)
+    own = proxy_json(scope, shared)
     return {
-        CLUSTER_TYPE: _by_name(clusters),
-        ENDPOINT_TYPE: _by_name(assignments, "cluster_name"),
-        LISTENER_TYPE: _by_name(listeners),
-        ROUTE_TYPE: _by_name(routes),
+        CLUSTER_TYPE: _by_name(shared.clusters + list(own[CLUSTER_TYPE].values())),
+        ENDPOINT_TYPE: _by_name(shared.assignments, "cluster_name"),
+        LISTENER_TYPE: own[LISTENER_TYPE],
+        ROUTE_TYPE: _by_name(shared.routes),
     }
 
 
@@ -144,5 +171,5 @@ def to_dicts(resources: Resources) -> dict[str, dict[str, dict[str, Any]]]:
 
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "HTTP_PROXY_ROUTE_NAME", "LISTENER_TYPE", "ROUTE_TYPE", "TYPE_URLS",
-    "translate", "translate_json", "to_dicts", "to_messages",
+    "SharedJson", "proxy_json", "shared_json", "translate", "translate_json", "to_dicts", "to_messages",
 ]

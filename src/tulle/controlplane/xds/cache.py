@@ -39,42 +39,111 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:_HASH_CHARS]
 
 
-class Snapshot:
-    """One node's complete xDS state: per type URL, ``{name: message}`` and a version.
+class ResourceEntry:
+    """One resource as the server sends it: the message, its deterministic wire bytes and the
+    version (a hash of those bytes). Entries are immutable and shared by every snapshot (and
+    every node) that has this exact resource, so a mesh of similar proxies holds each distinct
+    resource once."""
 
-    ``versions`` overrides the per-type version; a type without one gets a hash of its
-    resources' names and versions. Messages must not be mutated after the snapshot is built.
-    Packing ``Any`` fields with ``deterministic=True`` keeps their bytes (hence versions) stable.
+    __slots__ = ("message", "serialized", "version")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.serialized = message.SerializeToString(deterministic=True)
+        self.version = _digest(self.serialized)
+
+
+class ResourceSet:
+    """One type's resources, by name, with the type's version (a hash of names and versions).
+    Immutable: build a new set to change anything; sets are shared between snapshots."""
+
+    __slots__ = ("entries", "version")
+
+    def __init__(self, entries: Mapping[str, ResourceEntry]) -> None:
+        self.entries: dict[str, ResourceEntry] = dict(sorted(entries.items()))
+        summary = "".join(f"{name}\0{entry.version}\n" for name, entry in self.entries.items())
+        self.version = _digest(summary.encode())
+
+    @classmethod
+    def from_messages(cls, by_name: Mapping[str, Message]) -> ResourceSet:
+        return cls({name: ResourceEntry(message) for name, message in by_name.items()})
+
+    def merged(self, other: ResourceSet) -> ResourceSet:
+        """The union of two sets with distinct names (sharing ``self`` when ``other`` is empty)."""
+        if not other.entries:
+            return self
+        if not self.entries:
+            return other
+        clash = self.entries.keys() & other.entries.keys()
+        if clash:
+            raise ValueError(f"resources {sorted(clash)} are in both sets")
+        return ResourceSet({**self.entries, **other.entries})
+
+
+EMPTY_SET = ResourceSet({})
+
+
+class _Field(Mapping[str, Any]):
+    """A read-only ``{name: attribute}`` view of a set's entries (no copy per call)."""
+
+    __slots__ = ("_entries", "_attribute")
+
+    def __init__(self, entries: dict[str, ResourceEntry], attribute: str) -> None:
+        self._entries = entries
+        self._attribute = attribute
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self._entries[name], self._attribute)
+
+    def __iter__(self) -> Any:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+class Snapshot:
+    """One node's complete xDS state: per type URL, a :class:`ResourceSet` and a version.
+
+    ``versions`` overrides the per-type version; a type without one gets its set's version (a
+    hash of its resources' names and versions). Messages must not be mutated after the snapshot
+    is built. Packing ``Any`` fields with ``deterministic=True`` keeps their bytes (hence
+    versions) stable.
     """
 
-    __slots__ = ("_resources", "_versions", "_resource_versions", "_serialized")
+    __slots__ = ("_sets", "_versions")
 
     def __init__(
         self,
         resources: Mapping[str, Mapping[str, Message]],
         versions: Mapping[str, str] | None = None,
     ) -> None:
-        self._resources: dict[str, dict[str, Message]] = {}
-        self._resource_versions: dict[str, dict[str, str]] = {}
-        self._serialized: dict[str, dict[str, bytes]] = {}
-        self._versions: dict[str, str] = {}
+        sets = {}
         for type_url, by_name in resources.items():
             expected = type_url.rsplit("/", 1)[-1]
-            serialized: dict[str, bytes] = {}
             for name, message in by_name.items():
                 if message.DESCRIPTOR.full_name != expected:
                     raise TypeError(
                         f"resource {name!r} is a {message.DESCRIPTOR.full_name}, not {expected} ({type_url})"
                     )
-                serialized[name] = message.SerializeToString(deterministic=True)
-            self._resources[type_url] = dict(by_name)
-            self._serialized[type_url] = serialized
-            self._resource_versions[type_url] = {name: _digest(data) for name, data in serialized.items()}
-        for type_url, versions_by_name in self._resource_versions.items():
-            summary = "".join(f"{name}\0{versions_by_name[name]}\n" for name in sorted(versions_by_name))
-            self._versions[type_url] = _digest(summary.encode())
+            sets[type_url] = ResourceSet.from_messages(by_name)
+        self._init(sets, versions)
+
+    @classmethod
+    def from_sets(cls, sets: Mapping[str, ResourceSet], versions: Mapping[str, str] | None = None) -> Snapshot:
+        """A snapshot over already-built (shared) sets: nothing is serialized or hashed again."""
+        snapshot = cls.__new__(cls)
+        snapshot._init(dict(sets), versions)
+        return snapshot
+
+    def _init(self, sets: dict[str, ResourceSet], versions: Mapping[str, str] | None) -> None:
+        self._sets = sets
+        self._versions = {type_url: resource_set.version for type_url, resource_set in sets.items()}
         for type_url, version in (versions or {}).items():
-            if type_url not in self._resources:
+            if type_url not in sets:
                 raise ValueError(f"version given for {type_url}, which has no resources entry")
             self._versions[type_url] = version
 
@@ -96,24 +165,27 @@ class Snapshot:
 
     @property
     def type_urls(self) -> tuple[str, ...]:
-        return tuple(sorted(self._resources, key=types.push_rank))
+        return tuple(sorted(self._sets, key=types.push_rank))
 
     def has_type(self, type_url: str) -> bool:
-        return type_url in self._resources
+        return type_url in self._sets
 
     def version(self, type_url: str) -> str:
         """The type's version, ``""`` when the snapshot does not serve that type."""
         return self._versions.get(type_url, "")
 
+    def resource_set(self, type_url: str) -> ResourceSet:
+        return self._sets.get(type_url, EMPTY_SET)
+
     def resources(self, type_url: str) -> Mapping[str, Message]:
-        return self._resources.get(type_url, {})
+        return _Field(self.resource_set(type_url).entries, "message")
 
     def resource_versions(self, type_url: str) -> Mapping[str, str]:
-        return self._resource_versions.get(type_url, {})
+        return _Field(self.resource_set(type_url).entries, "version")
 
     def serialized(self, type_url: str, name: str) -> bytes:
         """The resource's deterministic wire bytes (what goes into the response's ``Any``)."""
-        return self._serialized[type_url][name]
+        return self._sets[type_url].entries[name].serialized
 
     def changed_types(self, previous: Snapshot | None) -> frozenset[str]:
         """Types whose version differs from ``previous`` (including types added or dropped)."""
@@ -124,7 +196,7 @@ class Snapshot:
 
     def __repr__(self) -> str:
         counts = ", ".join(
-            f"{types.short_name(t)}={len(self._resources[t])}@{self._versions[t]}" for t in self.type_urls
+            f"{types.short_name(t)}={len(self._sets[t].entries)}@{self._versions[t]}" for t in self.type_urls
         )
         return f"Snapshot({counts})"
 
