@@ -402,3 +402,36 @@ def test_close_stops_listening_to_the_store(registry: Registry) -> None:
     registry.close()
     registry.store.apply([service_entry("e", hosts=["x.example.com"], ports=[{"number": 80, "name": "http"}])])
     assert heard == []
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    def list(self, kind=None, namespace=None):  # type: ignore[no-untyped-def]
+        self.lists += 1
+        return super().list(kind, namespace)
+
+
+def test_registering_does_not_rebuild_the_mesh_each_time(clock: FakeClock) -> None:
+    """Registration must stay cheap in a big mesh: the store is read once per change of its
+    registry resources, and snapshot() is rebuilt only when something changed."""
+    store = CountingStore()
+    registry = Registry(store, clock=clock)
+    registry.put_service("reviews", "default", [{"name": "http", "port": 9080}], selector={"app": "reviews"})
+    reads = store.lists
+    for index in range(200):
+        registry.register(f"reviews-{index}", "default", f"10.0.{index // 250}.{index % 250}",
+                          labels={"app": "reviews"})
+    assert store.lists - reads <= 1
+    first = registry.snapshot()
+    assert registry.snapshot() == first and store.lists - reads <= 1
+    assert len(first[1]) == 200
+
+
+def test_a_cached_snapshot_still_drops_a_lease_past_its_deadline(registry: Registry, clock: FakeClock) -> None:
+    registry.register("a", "default", "10.0.0.1", ttl=10)
+    assert len(registry.snapshot()[1]) == 1
+    clock.advance(10.1)  # expiry has not run yet
+    assert registry.snapshot()[1] == []

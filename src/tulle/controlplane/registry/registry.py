@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import threading
 import time
@@ -244,6 +245,16 @@ class Lease:
     last_heartbeat: float = field(default=0.0)
 
 
+@dataclass(frozen=True)
+class _StoreView:
+    """What the registry reads from the store's registry resources."""
+
+    resources: list[Resource]
+    services: list[Service]
+    known_namespaces: set[str]
+    selectors: list[tuple[str, dict[str, str], list[str]]]  # (namespace, labels, hostnames they select)
+
+
 @dataclass
 class _Selectable:
     """An instance that service selectors may pick, and the hostnames it has gathered."""
@@ -269,6 +280,13 @@ class Registry:
         self.default_ttl = default_ttl
         self._lock = threading.RLock()
         self._leases: dict[str, Lease] = {}
+        self._lease_by_identity: dict[tuple[str, str, str], str] = {}  # (namespace, name, address) -> id
+        # snapshot() is memoized: it is rebuilt only after a lease or a registry resource changed,
+        # or once a lease it includes passes its deadline (registration stays O(1) in a big mesh).
+        self._generation = 0  # any change to what snapshot() answers
+        self._store_generation = 0  # changes to registry resources in the store
+        self._snapshot_memo: tuple[int, float, list[Service], list[WorkloadInstance]] | None = None
+        self._store_view_memo: tuple[int, _StoreView] | None = None
         self._listeners: list[RegistryListener] = []
         self._unsubscribe_store = store.subscribe(self._on_store_change)
 
@@ -303,27 +321,63 @@ class Registry:
         relevant = [(kind, namespace) for kind, namespace, _ in changed if kind in REGISTRY_KINDS]
         if not relevant:
             return
+        with self._lock:
+            self._generation += 1
+            self._store_generation += 1
         # WorkloadEntries only move endpoints, unless a DNS service there inlines them in CDS.
         endpoints_only = all(kind == WORKLOAD_ENTRY_KIND for kind, _ in relevant) and not any(
             self._has_inline_endpoint_service(namespace) for _, namespace in relevant)
         self._notify(endpoints_only)
 
     def _has_inline_endpoint_service(self, namespace: str) -> bool:
-        services = self._store_services(self.store.list())
         return any(service.namespace == namespace and service.resolution in INLINE_ENDPOINT_RESOLUTIONS
-                   for service in services)
+                   for service in self._store_view().services)
+
+    def _store_view(self) -> _StoreView:
+        """Services and selectors from the store's registry resources, memoized per generation."""
+        with self._lock:
+            generation, memo = self._store_generation, self._store_view_memo
+        if memo is not None and memo[0] == generation:
+            return memo[1]
+        resources = self.store.list()
+        by_key: dict[tuple[str, str], Service] = {}
+        for service in self._store_services(resources):
+            by_key.setdefault((service.hostname, service.namespace), service)
+        services = sorted(by_key.values(), key=lambda s: (s.hostname, s.namespace))
+        selectors: list[tuple[str, dict[str, str], list[str]]] = []
+        for resource in resources:
+            if resource.kind == SERVICE_KIND:
+                selector = _string_map(resource.spec.get("selector"))
+                if selector:
+                    selectors.append((resource.namespace, selector,
+                                      [service_hostname(resource.name, resource.namespace, self.domain_suffix)]))
+            elif resource.kind == SERVICE_ENTRY_KIND:
+                selector = _string_map((resource.spec.get("workloadSelector") or {}).get("labels"))
+                if selector:
+                    selectors.append((resource.namespace, selector,
+                                      [service.hostname for service in self._service_entry_services(resource)]))
+        view = _StoreView(resources, services, {service.namespace for service in services}, selectors)
+        with self._lock:
+            if self._store_generation == generation:
+                self._store_view_memo = (generation, view)
+        return view
 
     def _endpoints_only_for(self, leases: Iterable[Lease]) -> bool:
-        """Whether adding or removing these registered instances can go out as EDS alone."""
-        services, instances = self.snapshot()
+        """Whether adding or removing these registered instances can go out as EDS alone: none of
+        the hostnames they back (named at registration or selecting them) inlines its endpoints."""
+        view = self._store_view()
+        inline = [service for service in view.services if service.resolution in INLINE_ENDPOINT_RESOLUTIONS]
+        if not inline:
+            return True
         hostnames: set[str] = set()
         for lease in leases:
-            identity = (lease.instance.namespace, lease.instance.name)
-            hostnames.update(hostname for candidate in instances if (candidate.namespace, candidate.name) == identity
-                             for hostname in candidate.service_hostnames)
-            hostnames.update(self._resolve_all(lease.services, lease.instance.namespace, services))
-        return not any(service.hostname in hostnames and service.resolution in INLINE_ENDPOINT_RESOLUTIONS
-                       for service in services)
+            instance = lease.instance
+            hostnames.update(self._resolve_all(lease.services, instance.namespace, view.services,
+                                               view.known_namespaces))
+            for namespace, selector, selected in view.selectors:
+                if namespace == instance.namespace and _labels_match(selector, instance.labels):
+                    hostnames.update(selected)
+        return not any(service.hostname in hostnames for service in inline)
 
     # --- services ------------------------------------------------------------------------
 
@@ -434,10 +488,11 @@ class Registry:
         lease = Lease(id=uuid.uuid4().hex, instance=instance, services=registered_services, ttl=float(ttl),
                       expires_at=now + ttl, registered_at=now, last_heartbeat=now)
         with self._lock:
-            for old_id, old in list(self._leases.items()):
-                if (old.instance.namespace, old.instance.name, old.instance.address) == (namespace, name, address):
-                    del self._leases[old_id]
+            identity = (namespace, name, address)
+            self._leases.pop(self._lease_by_identity.get(identity, ""), None)
+            self._lease_by_identity[identity] = lease.id
             self._leases[lease.id] = lease
+            self._generation += 1
         self._notify(self._endpoints_only_for([lease]))
         return lease.id
 
@@ -463,7 +518,7 @@ class Registry:
             return False
         endpoints_only = self._endpoints_only_for([lease])
         with self._lock:
-            removed = self._leases.pop(lease_id, None) is not None
+            removed = self._drop_lease(lease_id)
         if removed:
             self._notify(endpoints_only)
         return removed
@@ -478,12 +533,23 @@ class Registry:
         endpoints_only = self._endpoints_only_for(expired)
         with self._lock:
             for lease in expired:
-                self._leases.pop(lease.id, None)
+                self._drop_lease(lease.id)
         for lease in expired:
             log.info("instance %s/%s (%s) expired: no heartbeat for %.1fs", lease.instance.namespace,
                      lease.instance.name, lease.instance.address, lease.ttl)
         self._notify(endpoints_only)
         return [lease.id for lease in expired]
+
+    def _drop_lease(self, lease_id: str) -> bool:
+        """Remove a lease (the caller holds the lock); whether it was there."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        identity = (lease.instance.namespace, lease.instance.name, lease.instance.address)
+        if self._lease_by_identity.get(identity) == lease_id:
+            del self._lease_by_identity[identity]
+        self._generation += 1
+        return True
 
     async def run_expiry(self, interval: float = 1.0) -> None:
         """Call ``expire()`` every ``interval`` seconds until cancelled."""
@@ -519,15 +585,17 @@ class Registry:
         Registry Services win over ServiceEntry hosts of the same hostname and namespace (as
         the translation does); the entry's endpoints still back that hostname.
         """
-        resources = self.store.list()
-        by_key: dict[tuple[str, str], Service] = {}
-        for service in self._store_services(resources):
-            by_key.setdefault((service.hostname, service.namespace), service)
-        services = sorted(by_key.values(), key=lambda s: (s.hostname, s.namespace))
-        known_namespaces = {service.namespace for service in services}
+        now = self.clock()
+        with self._lock:
+            generation, memo = self._generation, self._snapshot_memo
+        if memo is not None and memo[0] == generation and now < memo[1]:
+            return list(memo[2]), list(memo[3])
+        view = self._store_view()
+        resources, services, known_namespaces = view.resources, view.services, view.known_namespaces
 
         selectable: list[_Selectable] = []
-        for lease in self.leases():
+        live = self.leases()
+        for lease in live:
             hostnames = self._resolve_all(lease.services, lease.instance.namespace, services, known_namespaces)
             selectable.append(_Selectable(lease.instance, hostnames))
         for workload in (r for r in resources if r.kind == WORKLOAD_ENTRY_KIND):
@@ -549,7 +617,11 @@ class Registry:
         for candidate in selectable:
             instances.append(replace(candidate.instance, service_hostnames=tuple(dict.fromkeys(candidate.hostnames))))
         instances.sort(key=lambda instance: (instance.namespace, instance.name, instance.address))
-        return services, instances
+        valid_until = min((lease.expires_at for lease in live), default=math.inf)
+        with self._lock:
+            if self._generation == generation:
+                self._snapshot_memo = (generation, valid_until, services, instances)
+        return list(services), list(instances)
 
     def _resolve_all(
         self, names: Iterable[str], namespace: str, services: list[Service],
