@@ -188,14 +188,7 @@ class MeshTranslator:
 
 def changed_hostnames(previous: MeshRegistry, current: MeshRegistry) -> set[str]:
     """Service hostnames whose instances differ between two registries."""
-    def by_host(registry: MeshRegistry) -> dict[str, list[WorkloadInstance]]:
-        found: dict[str, list[WorkloadInstance]] = {}
-        for instance in registry.instances:
-            for hostname in dict.fromkeys(instance.service_hostnames):
-                found.setdefault(hostname, []).append(instance)
-        return found
-
-    before, after = by_host(previous), by_host(current)
+    before, after = previous.instances_by_host(), current.instances_by_host()
     return {host for host in before.keys() | after.keys() if before.get(host) != after.get(host)}
 
 

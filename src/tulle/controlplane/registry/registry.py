@@ -261,6 +261,9 @@ class _Selectable:
 
     instance: WorkloadInstance
     hostnames: list[str]
+    lease_id: str = ""  # registered instances: memoized between snapshots
+    resolved: list[str] = field(default_factory=list)  # the hostnames its registration names
+    built: WorkloadInstance | None = None  # what the last snapshot built for it
 
 
 class Registry:
@@ -287,6 +290,8 @@ class Registry:
         self._store_generation = 0  # changes to registry resources in the store
         self._snapshot_memo: tuple[int, float, list[Service], list[WorkloadInstance]] | None = None
         self._store_view_memo: tuple[int, _StoreView] | None = None
+        # lease id -> (store generation, hostnames its registration names, the instance snapshot() built)
+        self._instance_memo: dict[str, tuple[int, list[str], WorkloadInstance]] = {}
         self._listeners: list[RegistryListener] = []
         self._unsubscribe_store = store.subscribe(self._on_store_change)
 
@@ -593,11 +598,20 @@ class Registry:
         view = self._store_view()
         resources, services, known_namespaces = view.resources, view.services, view.known_namespaces
 
+        with self._lock:
+            live = [lease for lease in self._leases.values() if lease.expires_at > now]
+            store_generation = self._store_generation
+        memo = self._instance_memo
         selectable: list[_Selectable] = []
-        live = self.leases()
         for lease in live:
-            hostnames = self._resolve_all(lease.services, lease.instance.namespace, services, known_namespaces)
-            selectable.append(_Selectable(lease.instance, hostnames))
+            known = memo.get(lease.id)
+            if known is not None and known[0] == store_generation:
+                resolved = known[1]
+            else:
+                resolved = self._resolve_all(lease.services, lease.instance.namespace, services, known_namespaces)
+                known = None
+            selectable.append(_Selectable(lease.instance, list(resolved), lease.id, resolved,
+                                          known[2] if known is not None else None))
         for workload in (r for r in resources if r.kind == WORKLOAD_ENTRY_KIND):
             selectable.append(_Selectable(self._workload_entry_instance(workload), []))
 
@@ -614,8 +628,16 @@ class Registry:
                 if selector:
                     _select(selectable, resource.namespace, selector, hostnames)
                 instances.extend(self._endpoint_instances(resource, tuple(hostnames)))
+        fresh_memo: dict[str, tuple[int, list[str], WorkloadInstance]] = {}
         for candidate in selectable:
-            instances.append(replace(candidate.instance, service_hostnames=tuple(dict.fromkeys(candidate.hostnames))))
+            hostnames = tuple(dict.fromkeys(candidate.hostnames))
+            built = candidate.built
+            if built is None or built.service_hostnames != hostnames:
+                built = replace(candidate.instance, service_hostnames=hostnames)
+            instances.append(built)
+            if candidate.lease_id:  # registered instances are rebuilt only when something changed
+                fresh_memo[candidate.lease_id] = (store_generation, candidate.resolved, built)
+        self._instance_memo = fresh_memo
         instances.sort(key=lambda instance: (instance.namespace, instance.name, instance.address))
         valid_until = min((lease.expires_at for lease in live), default=math.inf)
         with self._lock:

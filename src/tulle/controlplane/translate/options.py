@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -37,6 +38,10 @@ class TranslateOptions:
 
     def __hash__(self) -> int:
         # Options key shared translations (translate/sharing.py); the locality setting is a dict.
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
         return hash(tuple(json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
                           for value in (getattr(self, item.name) for item in fields(self))))
 

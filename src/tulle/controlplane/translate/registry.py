@@ -30,12 +30,16 @@ class MeshRegistry:
     _by_address: dict[tuple[str, str], list[WorkloadInstance]] | None = None
 
     def instances_of(self, hostname: str) -> list[WorkloadInstance]:
+        return list(self.instances_by_host().get(hostname, []))
+
+    def instances_by_host(self) -> dict[str, list[WorkloadInstance]]:
+        """Service hostname -> the instances backing it (built once; do not modify)."""
         if self._by_host is None:
             self._by_host = {}
             for instance in self.instances:
                 for backed in dict.fromkeys(instance.service_hostnames):
                     self._by_host.setdefault(backed, []).append(instance)
-        return list(self._by_host.get(hostname, []))
+        return self._by_host
 
     def services_named(self, hostname: str) -> list[Service]:
         """Every service with this hostname (ServiceEntries may repeat one), in registry order."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, WorkloadInstance
@@ -81,6 +82,7 @@ def _failover_label(entry: Any) -> str:
     return str(entry).split("=", 1)[0]  # "label=value" pins a value; the name is what varies
 
 
+@lru_cache(maxsize=1024)
 def shared_options(options: TranslateOptions) -> TranslateOptions:
     """The options without what only the proxy's own listeners and inbound clusters read."""
     return replace(options, workload_address=None, outbound_bind_address="", app_ports=(), upstreams=())
