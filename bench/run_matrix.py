@@ -38,6 +38,7 @@ RATIO_PAIRS = (
     ("tulle", "nginx", "tulle/nginx"),
     ("tulle", "haproxy", "tulle/HAProxy"),
     ("tulle_tcp", "haproxy_tcp", "tulle L4/HAProxy L4"),
+    ("tulle_resilience", "tulle", "idle resilience/plain tulle"),
 )
 RETRY_PAUSE_SECONDS = 3.0  # other people's bursts (a test run, a build) tend to last a few seconds
 ORIGIN_SATURATION_WARNING = 0.9  # fraction of one core; above it the origin may be what limits a cell

@@ -22,16 +22,19 @@ from harness import (
 BODY_SIZES = {"1k": 1024, "16k": 16 * 1024}
 
 # order matters: it is the order of rows in every table
-TARGET_KEYS = ("direct", "nginx", "haproxy", "tulle", "haproxy_tcp", "tulle_tcp")
+TARGET_KEYS = ("direct", "nginx", "haproxy", "tulle", "tulle_resilience", "haproxy_tcp", "tulle_tcp")
 TARGET_LABELS = {
     "direct": "direct",
     "nginx": "nginx HTTP",
     "haproxy": "HAProxy HTTP",
     "tulle": "tulle HTTP",
+    "tulle_resilience": "tulle HTTP + idle resilience",
     "haproxy_tcp": "HAProxy L4",
     "tulle_tcp": "tulle L4",
 }
-TULLE_KEYS = frozenset({"tulle", "tulle_tcp"})
+TULLE_KEYS = frozenset({"tulle", "tulle_resilience", "tulle_tcp"})
+# target key -> its config template's mode (bench/configs/tulle_<mode>.yaml.tmpl)
+TULLE_MODES = {"tulle": "http", "tulle_resilience": "http_resilience", "tulle_tcp": "tcp"}
 TULLE_BINARY = REPO_DIR / ".venv" / "bin" / "tulle"
 # counters read from the tulle admin after the run: they show whether upstream connections were pooled
 TULLE_ADMIN_COUNTERS = (
@@ -118,7 +121,7 @@ class Bench:
             elif key in ("haproxy", "haproxy_tcp"):
                 self._configure_haproxy(target, mode="http" if key == "haproxy" else "tcp")
             elif key in TULLE_KEYS:
-                self._configure_tulle(target, mode="http" if key == "tulle" else "tcp")
+                self._configure_tulle(target, mode=TULLE_MODES[key])
             else:
                 raise BenchError(f"unknown target {key!r}")
             target.process = self.supervisor.start(key, [*(command_prefix or []), *target.command])
