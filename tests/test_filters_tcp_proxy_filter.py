@@ -883,3 +883,72 @@ def test_integration_with_the_real_cluster_manager(run: Callable[[Awaitable[None
         await upstream.close()
 
     run(scenario())
+
+
+def _real_cluster_proxy(ports: list[int], **cluster_fields: Any) -> tuple[Any, Any]:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from tulle.upstream.cluster_manager import ClusterManager
+
+    cluster_proto = json_format.ParseDict({
+        "name": "backend", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+            for port in ports]}]},
+        **cluster_fields,
+    }, cluster_pb2.Cluster())
+    store = Store()
+    cluster_manager = ClusterManager.from_protos([cluster_proto], stats=store)
+    ctx = FactoryContext(stats=store, cluster_manager=cluster_manager, server=ServerState())
+    factory = TcpProxyFactory(json_format.ParseDict(tcp(), tcp_proxy_pb2.TcpProxy()), "filters[0]", ctx)
+    return Proxy(factory, store, FakeClusterManager()), cluster_manager.get("backend")
+
+
+def test_max_connections_overflow_closes_the_downstream(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        upstream = await Upstream(echo).start()
+        proxy, cluster = _real_cluster_proxy(
+            [upstream.port], circuit_breakers={"thresholds": [{"max_connections": 1}]})
+        await proxy.start()
+        connections = cluster.resource_manager.connections
+        first_reader, first_writer = await proxy.open()
+        first_writer.write(b"one")
+        assert await first_reader.readexactly(3) == b"one"
+        assert connections.count == 1
+        reader, writer = await proxy.open()  # over the limit: closed at once, nothing connects
+        assert await read_all(reader) == b""
+        await wait_for(lambda: proxy.closed_connections == 1, "overflow close")
+        assert proxy.logger.infos[0].response_flags == ["UO"]
+        assert proxy.counter("cluster.backend.upstream_cx_overflow") == 1
+        assert upstream.connections == 1
+        writer.close()
+        first_writer.close()
+        await wait_for(lambda: connections.count == 0, "the slot given back")
+        reader, writer = await proxy.open()
+        writer.write(b"two")
+        assert await reader.readexactly(3) == b"two"
+        writer.close()
+        await wait_for(lambda: proxy.closed_connections == 3, "all closed")
+        await wait_for(lambda: connections.count == 0, "the slot given back again")
+        await proxy.close()
+        await upstream.close()
+
+    run(scenario())
+
+
+def test_a_failed_connect_gives_its_connection_slot_back(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        proxy, cluster = _real_cluster_proxy(
+            [unused_port()], circuit_breakers={"thresholds": [{"max_connections": 1}]})
+        await proxy.start()
+        for attempt in range(2):
+            reader, writer = await proxy.open()
+            assert await read_all(reader) == b""
+            await wait_for(lambda a=attempt: proxy.closed_connections == a + 1, "close")
+            writer.close()
+        assert [info.response_flags for info in proxy.logger.infos] == [["UF", "URX"], ["UF", "URX"]]
+        assert proxy.counter("cluster.backend.upstream_cx_overflow") == 0
+        assert cluster.resource_manager.connections.count == 0
+        await proxy.close()
+
+    run(scenario())

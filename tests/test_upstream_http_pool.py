@@ -423,6 +423,183 @@ def test_pool_close_closes_every_connection() -> None:
     run_with_upstream(answer_each(OK), test)
 
 
+# --------------------------------------------------------------------------- unit: circuit breakers, pending queue
+
+
+class Waiter:
+    """A request asking the pool for a connection (PoolCallbacks); on one, it sends a GET."""
+
+    def __init__(self, up: Upstream, name: str, served: list[str]) -> None:
+        self.up = up
+        self.name = name
+        self.served = served
+        self.recorder = Recorder()
+        self.failure: tuple[str, str] | None = None
+        self.conn: Http1ClientConnection | None = None
+
+    def ask(self) -> Waiter:
+        conn = self.up.pool.acquire(self, self.up.pool.cluster.resource_manager)
+        if conn is not None:
+            self.on_pool_ready(conn)
+        return self
+
+    def on_pool_ready(self, conn: Http1ClientConnection) -> None:
+        self.conn = conn
+        self.served.append(self.name)
+        conn.start_request(self.recorder, f"GET /{self.name} HTTP/1.1\r\nhost: a\r\n\r\n".encode(), False)
+
+    def on_pool_failure(self, flag: str, reason: str) -> None:
+        self.failure = (flag, reason)
+        self.recorder.finished.set()
+
+    async def done(self) -> Waiter:
+        await asyncio.wait_for(self.recorder.finished.wait(), 5)
+        return self
+
+
+def gauge(up: Upstream, name: str) -> int:
+    return up.store.gauge(f"cluster.up.{name}").value
+
+
+def test_acquire_takes_an_idle_connection_and_holds_a_request_slot() -> None:
+    async def test(up: Upstream) -> None:
+        up.pool.release(await up.pool.connect(), True)
+        requests = up.pool.cluster.resource_manager.requests
+        waiter = Waiter(up, "a", []).ask()
+        assert waiter.conn is not None and requests.count == 1
+        await waiter.done()
+        assert waiter.recorder.body == b"hello"
+        assert requests.count == 0  # given back with the connection
+        assert up.stat("upstream_rq_pending_total") == 0  # never waited
+
+    run_with_upstream(answer_each(OK), test)
+
+
+def test_max_requests_refuses_even_with_an_idle_connection() -> None:
+    async def test(up: Upstream) -> None:
+        for conn in [await up.pool.connect(), await up.pool.connect()]:
+            up.pool.release(conn, True)
+        first = Waiter(up, "first", []).ask()
+        second = Waiter(up, "second", []).ask()
+        assert first.conn is not None
+        assert second.failure == ("UO", "overflow")
+        assert up.stat("upstream_rq_active_overflow") == 1
+        assert up.stat("upstream_rq_pending_overflow") == 0
+        await first.done()
+        assert Waiter(up, "third", []).ask().conn is not None  # the slot came back
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"thresholds": [{"max_requests": 1}]})
+
+
+def test_zero_pending_requests_refuses_a_request_that_needs_a_new_connection() -> None:
+    # Envoy's behaviour: waiting for a connect is pending, so with max_pending_requests 0 only
+    # idle connections serve requests.
+    async def test(up: Upstream) -> None:
+        waiter = Waiter(up, "a", []).ask()
+        assert waiter.failure == ("UO", "overflow")
+        assert up.stat("upstream_rq_pending_overflow") == 1
+        assert up.stat("upstream_cx_total") == 0
+        up.pool.release(await up.pool.connect(), True)
+        assert (await Waiter(up, "b", []).ask().done()).recorder.status == 200
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"thresholds": [{"max_pending_requests": 0}]})
+
+
+def test_requests_beyond_max_connections_wait_and_are_served_in_order() -> None:
+    async def test(up: Upstream) -> None:
+        served: list[str] = []
+        waiters = [Waiter(up, f"r{index}", served).ask() for index in range(5)]
+        assert all(waiter.conn is None for waiter in waiters)
+        assert gauge(up, "upstream_rq_pending_active") == 5
+        assert up.pool.connecting == 2
+        for waiter in waiters:
+            await waiter.done()
+            assert len(up.pool.all) <= 2
+        assert served == [f"r{index}" for index in range(5)]
+        assert all(waiter.recorder.body == b"hello" for waiter in waiters)
+        assert up.stat("upstream_cx_total") == 2
+        assert up.stat("upstream_cx_overflow") == 3  # each waiter that found the limit reached
+        assert up.stat("upstream_rq_pending_total") == 5
+        assert gauge(up, "upstream_rq_pending_active") == 0
+        manager = up.pool.cluster.resource_manager
+        assert (manager.pending_requests.count, manager.requests.count, manager.connections.count) == (0, 0, 2)
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"thresholds": [{"max_connections": 2}]})
+
+
+def test_max_pending_requests_overflows_the_queue() -> None:
+    async def test(up: Upstream) -> None:
+        waiters = [Waiter(up, f"r{index}", []).ask() for index in range(4)]
+        assert [waiter.failure for waiter in waiters] == [None, None, ("UO", "overflow"), ("UO", "overflow")]
+        assert up.stat("upstream_rq_pending_overflow") == 2
+        for waiter in waiters[:2]:
+            assert (await waiter.done()).recorder.status == 200
+
+    run_with_upstream(answer_each(OK), test,
+                      circuit_breakers={"thresholds": [{"max_connections": 1, "max_pending_requests": 2}]})
+
+
+def test_a_request_that_gives_up_leaves_the_queue() -> None:
+    async def test(up: Upstream) -> None:
+        served: list[str] = []
+        first, second, third = (Waiter(up, name, served).ask() for name in ("first", "second", "third"))
+        assert up.pool.cancel(second)
+        assert not up.pool.cancel(second)
+        assert up.stat("upstream_rq_cancelled") == 1
+        assert gauge(up, "upstream_rq_pending_active") == 2
+        await first.done()
+        await third.done()
+        assert served == ["first", "third"]
+        assert up.pool.cluster.resource_manager.pending_requests.count == 0
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"thresholds": [{"max_connections": 1}]})
+
+
+def test_a_connect_failure_fails_every_pending_request() -> None:
+    async def test(up: Upstream) -> None:
+        waiters = [Waiter(up, f"r{index}", []).ask() for index in range(3)]
+        for waiter in waiters:
+            await waiter.done()
+            assert waiter.failure is not None and waiter.failure[0] == "UF"
+        assert up.stat("upstream_rq_pending_failure_eject") == 3
+        manager = up.pool.cluster.resource_manager
+        assert (manager.pending_requests.count, manager.connections.count) == (0, 0)
+        assert gauge(up, "upstream_rq_pending_active") == 0
+
+    run_with_upstream(None, test, circuit_breakers={"thresholds": [{"max_connections": 1}]})
+
+
+def test_a_pool_without_any_connection_opens_one_even_at_the_limit() -> None:
+    async def test(up: Upstream) -> None:
+        manager = up.pool.cluster.resource_manager
+        manager.connections.inc()  # another host's pool holds the cluster's only connection
+        first, second = Waiter(up, "first", []).ask(), Waiter(up, "second", []).ask()
+        await first.done()
+        await second.done()
+        assert up.stat("upstream_cx_total") == 1
+        assert up.stat("upstream_cx_overflow") >= 1
+        assert manager.connections.count == 2  # over the limit by this pool's one connection
+        await up.pool.close()
+        for _ in range(100):
+            if manager.connections.count == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert manager.connections.count == 1  # the closed connection gave its slot back
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"thresholds": [{"max_connections": 1}]})
+
+
+def test_per_host_max_connections() -> None:
+    async def test(up: Upstream) -> None:
+        waiters = [Waiter(up, f"r{index}", []).ask() for index in range(3)]
+        assert up.pool.connecting == 1
+        for waiter in waiters:
+            await waiter.done()
+        assert up.stat("upstream_cx_total") == 1
+
+    run_with_upstream(answer_each(OK), test, circuit_breakers={"per_host_thresholds": [{"max_connections": 1}]})
+
+
 # --------------------------------------------------------------------------- through the proxy
 
 

@@ -12,8 +12,16 @@ from envoy.admin.v3 import clusters_pb2, listeners_pb2, metrics_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from google.protobuf import json_format
 
-# Envoy's circuit breaker defaults (cluster.proto, CircuitBreakers.Thresholds).
-DEFAULT_THRESHOLDS = {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}
+from tulle.upstream import resource_manager
+
+# Envoy's circuit breaker defaults, for a backend that does not report a cluster's thresholds;
+# the server reports each cluster's limits in force (Cluster.circuit_breakers_status).
+DEFAULT_THRESHOLDS = {
+    "max_connections": resource_manager.DEFAULT_MAX_CONNECTIONS,
+    "max_pending_requests": resource_manager.DEFAULT_MAX_PENDING_REQUESTS,
+    "max_requests": resource_manager.DEFAULT_MAX_REQUESTS,
+    "max_retries": resource_manager.DEFAULT_MAX_RETRIES,
+}
 # Envoy's host stats: counters first, then gauges, each in Envoy's declaration order.
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active")

@@ -33,6 +33,11 @@ BY_FLAG: dict[str, tuple[int, bytes, str]] = {
         b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
         "upstream_reset_before_response_started{protocol_error}",
     ),
+    flags.UPSTREAM_OVERFLOW: (
+        503,
+        b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        "upstream_reset_before_response_started{overflow}",
+    ),
     flags.UPSTREAM_REQUEST_TIMEOUT: (504, b"upstream request timeout", "upstream_response_timeout"),
     flags.STREAM_IDLE_TIMEOUT: (408, b"stream timeout", "stream_idle_timeout"),
     flags.DURATION_TIMEOUT: (408, b"request timeout", "request_overall_timeout"),

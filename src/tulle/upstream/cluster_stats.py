@@ -17,6 +17,14 @@ COUNTERS = (
     "upstream_cx_max_requests", "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_timeout",
     "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_completed", "membership_change",
     "update_attempt", "update_success", "update_failure", "update_empty", "lb_healthy_panic",
+    # circuit breakers (tulle.upstream.resource_manager) and the pending-request queue
+    "upstream_cx_overflow", "upstream_cx_pool_overflow", "upstream_rq_pending_overflow",
+    "upstream_rq_active_overflow", "upstream_rq_retry_overflow", "upstream_rq_cancelled",
+    "upstream_rq_pending_failure_eject",
+    # router retries and timeouts (tulle.filters.http.router)
+    "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout", "upstream_rq_per_try_idle_timeout",
+    "upstream_rq_max_duration_reached", "retry_or_shadow_abandoned",
 )
 GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active", "membership_healthy",
@@ -55,6 +63,21 @@ class ClusterStats:
     update_failure: Counter
     update_empty: Counter
     lb_healthy_panic: Counter
+    upstream_cx_overflow: Counter
+    upstream_cx_pool_overflow: Counter
+    upstream_rq_pending_overflow: Counter
+    upstream_rq_active_overflow: Counter
+    upstream_rq_retry_overflow: Counter
+    upstream_rq_cancelled: Counter
+    upstream_rq_pending_failure_eject: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_success: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_rq_retry_backoff_exponential: Counter
+    upstream_rq_per_try_timeout: Counter
+    upstream_rq_per_try_idle_timeout: Counter
+    upstream_rq_max_duration_reached: Counter
+    retry_or_shadow_abandoned: Counter
     upstream_cx_active: Gauge
     upstream_rq_active: Gauge
     upstream_rq_pending_active: Gauge

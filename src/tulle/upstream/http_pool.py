@@ -8,6 +8,14 @@ no ``connect()`` on the fast path.
 
 Keep-alive is decided from llhttp inside ``on_message_complete``: read later,
 ``should_keep_alive()`` reports False and reuse would silently die.
+
+The router asks for a connection with :meth:`HttpConnectionPool.acquire`, which applies the
+cluster's circuit breakers (:mod:`tulle.upstream.resource_manager`) as Envoy's connection pool
+does: an idle connection is taken at once if ``max_requests`` allows; otherwise the request
+joins the pool's FIFO of pending requests (``max_pending_requests``, else it overflows with
+UO) and a connection is opened for it if ``max_connections`` allows. A pending request gets
+the next connection that connects or comes back, oldest first. A failed connect fails every
+pending request of the pool, as in Envoy.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
@@ -25,10 +34,13 @@ from tulle.http.headers import HeaderMap
 if TYPE_CHECKING:
     from tulle.upstream.cluster import Cluster
     from tulle.upstream.host import Host
+    from tulle.upstream.resource_manager import Resource, ResourceManager
 
 
 # Envoy's default max_response_headers_kb
 MAX_RESPONSE_HEAD_BYTES = 60 * 1024
+# Envoy's reset reason when a circuit breaker refuses a request (Http::StreamResetReason::Overflow)
+OVERFLOW = "overflow"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
 
@@ -61,6 +73,16 @@ class UpstreamCallbacks(Protocol):
     def on_upstream_resume_writing(self) -> None: ...
 
 
+class PoolCallbacks(Protocol):
+    """What :meth:`HttpConnectionPool.acquire` reports to when it cannot answer at once."""
+
+    def on_pool_ready(self, conn: Http1ClientConnection) -> None:
+        """A pending request got its connection (and its ``max_requests`` slot)."""
+
+    def on_pool_failure(self, flag: str, reason: str) -> None:
+        """No connection: UO + "overflow" from a circuit breaker, else the connect failure."""
+
+
 class ConnectError(Exception):
     def __init__(self, flag: str, reason: str) -> None:
         super().__init__(reason)
@@ -72,7 +94,7 @@ class Http1ClientConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
         "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-        "response_done", "ended", "head_keep_alive", "head_buf",
+        "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource",
     )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
@@ -93,6 +115,9 @@ class Http1ClientConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.created = time.monotonic()
         self.local_reason = ""
+        # circuit-breaker slots held: the current request's (max_requests), the connection's own
+        self.rq_resource: Resource | None = None
+        self.cx_resource: Resource | None = None
 
     # --- asyncio.Protocol ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,6 +157,7 @@ class Http1ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._end_request()
         self.pool.on_connection_closed(self, remote=not self.local_reason)
         callbacks = self.callbacks
         if callbacks is None:
@@ -215,7 +241,8 @@ class Http1ClientConnection(asyncio.Protocol):
         self.response_done = True
         self.callbacks = None
         # Release before delivering the end: the next (pipelined) request may reuse us at once.
-        self.pool.release(self, keep_alive and not self.close_delimited)
+        # A connection aborted or closed inside this read (its transport is going) is not reused.
+        self.pool.release(self, keep_alive and not self.close_delimited and not self.local_reason)
         if callbacks is not None and not self.ended:
             self.ended = True
             callbacks.on_upstream_data(b"", True)
@@ -244,7 +271,15 @@ class Http1ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def _end_request(self) -> None:
+        """The request on this connection is over: give its ``max_requests`` slot back."""
+        resource = self.rq_resource
+        if resource is not None:
+            self.rq_resource = None
+            resource.dec()
+
     def _reset(self, flag: str, reason: str) -> None:
+        self._end_request()
         callbacks = self.callbacks
         self.callbacks = None
         if callbacks is not None:
@@ -252,6 +287,7 @@ class Http1ClientConnection(asyncio.Protocol):
 
     def abort(self, reason: str = "local reset") -> None:
         """The downstream went away or timed out: this connection's state is unknown, drop it."""
+        self._end_request()
         self.callbacks = None
         self.local_reason = reason
         if self.transport is not None and not self.closed:
@@ -264,7 +300,7 @@ class Http1ClientConnection(asyncio.Protocol):
 
 
 class HttpConnectionPool:
-    """Idle HTTP/1.1 connections to one host."""
+    """HTTP/1.1 connections to one host: idle ones (LIFO) and the requests waiting for one (FIFO)."""
 
     def __init__(self, cluster: Cluster, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.cluster = cluster
@@ -273,12 +309,141 @@ class HttpConnectionPool:
         self.idle: list[Http1ClientConnection] = []
         self.all: set[Http1ClientConnection] = set()
         self.closing = False
+        # requests waiting for a connection, oldest first, with the circuit breakers they count in
+        self.pending: deque[tuple[PoolCallbacks, ResourceManager]] = deque()
+        self.connecting = 0  # connects under way for pending requests
+        self._serve_scheduled = False
         stats = cluster.stats
         self.stats_rx = stats.upstream_cx_rx_bytes_total
         self.stats_tx = stats.upstream_cx_tx_bytes_total
         self._idle_timer: asyncio.TimerHandle | None = None
 
+    # --- requests ------------------------------------------------------
+    def acquire(self, callbacks: PoolCallbacks, manager: ResourceManager) -> Http1ClientConnection | None:
+        """A connection for one request now, or None: then the request either waits for
+        ``callbacks.on_pool_ready`` / ``on_pool_failure`` or was refused (``on_pool_failure``
+        already called). Requests already waiting go first."""
+        if not self.pending:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()
+                if conn.closed:
+                    continue
+                requests = manager.requests
+                if requests.try_acquire():
+                    conn.rq_resource = requests
+                    return conn
+                idle.append(conn)
+                self.cluster.stats.upstream_rq_active_overflow.value += 1
+                callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
+                return None
+        return self._enqueue(callbacks, manager)
+
+    def _enqueue(self, callbacks: PoolCallbacks, manager: ResourceManager) -> None:
+        stats = self.cluster.stats
+        if not manager.pending_requests.try_acquire():
+            stats.upstream_rq_pending_overflow.value += 1
+            callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
+            return None
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        self.pending.append((callbacks, manager))
+        self._create_connections(manager)
+        return None
+
+    def cancel(self, callbacks: PoolCallbacks) -> bool:
+        """A pending request gave up (client gone, timeout): it leaves the queue."""
+        pending = self.pending
+        for entry in pending:
+            if entry[0] is callbacks:
+                pending.remove(entry)
+                entry[1].pending_requests.dec()
+                stats = self.cluster.stats
+                stats.upstream_rq_pending_active.value -= 1
+                stats.upstream_rq_cancelled.value += 1
+                return True
+        return False
+
+    def _attach_oldest(self, conn: Http1ClientConnection) -> bool:
+        """Hand ``conn`` to the oldest pending request that ``max_requests`` admits."""
+        pending = self.pending
+        stats = self.cluster.stats
+        while pending:
+            callbacks, manager = pending.popleft()
+            manager.pending_requests.dec()
+            stats.upstream_rq_pending_active.value -= 1
+            requests = manager.requests
+            if requests.try_acquire():
+                conn.rq_resource = requests
+                callbacks.on_pool_ready(conn)
+                return True
+            stats.upstream_rq_active_overflow.value += 1
+            callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
+        return False
+
+    def _schedule_serve(self) -> None:
+        # Deferred like Envoy's onUpstreamReady: a connection comes back from inside its parser
+        # callbacks, where starting the next request on it would re-enter them.
+        if not self._serve_scheduled:
+            self._serve_scheduled = True
+            self.loop.call_soon(self._serve_pending)
+
+    def _serve_pending(self) -> None:
+        self._serve_scheduled = False
+        idle = self.idle
+        while self.pending and idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if not self._attach_oldest(conn):
+                idle.append(conn)
+
+    def _purge_pending(self, flag: str, reason: str) -> None:
+        """Fail every pending request (Envoy does so on a connect failure: the host is suspect)."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = deque()  # a retry that comes back in while we call out queues afresh
+        stats = self.cluster.stats
+        for _, manager in pending:
+            manager.pending_requests.dec()
+            stats.upstream_rq_pending_active.value -= 1
+            stats.upstream_rq_pending_failure_eject.value += 1
+        for callbacks, _ in pending:
+            callbacks.on_pool_failure(flag, reason)
+
+    # --- connections ---------------------------------------------------
+    def _create_connections(self, manager: ResourceManager) -> None:
+        """One connection under way per pending request not covered by an idle one, as far as
+        ``max_connections`` (and the per-host limit) allow."""
+        while self.connecting + len(self.idle) < len(self.pending):
+            connections = manager.connections
+            if not (manager.host_allows_connection(self.host, self.connecting) and connections.try_acquire()):
+                self.cluster.stats.upstream_cx_overflow.value += 1
+                if self.all or self.connecting:
+                    return  # a connection of this pool serves the queue when it frees up
+                # As Envoy: a pool with no connection at all gets one anyway, or its queue
+                # could wait on connections held by other hosts' (or workers') pools forever.
+                connections.inc()
+            self.connecting += 1
+            self.loop.create_task(self._connect_pending(connections))
+
+    async def _connect_pending(self, resource: Resource) -> None:
+        try:
+            conn = await self.connect(resource)
+        except ConnectError as exc:
+            self.connecting -= 1
+            self._purge_pending(exc.flag, exc.reason)
+            return
+        except BaseException:
+            self.connecting -= 1
+            raise
+        self.connecting -= 1
+        if not (self.pending and self._attach_oldest(conn)):
+            self.release(conn, True)
+
     def take_idle(self) -> Http1ClientConnection | None:
+        """An idle connection, bypassing the circuit breakers and the queue (prefer :meth:`acquire`)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
@@ -286,7 +451,8 @@ class HttpConnectionPool:
                 return conn
         return None
 
-    async def connect(self) -> Http1ClientConnection:
+    async def connect(self, resource: Resource | None = None) -> Http1ClientConnection:
+        """Open a connection; ``resource`` is the ``max_connections`` slot it holds until it closes."""
         cluster = self.cluster
         stats = cluster.stats
         host = self.host
@@ -301,17 +467,26 @@ class HttpConnectionPool:
                 cluster.connect_timeout,
             )
         except TimeoutError:
+            if resource is not None:
+                resource.dec()
             stats.upstream_cx_connect_timeout.value += 1
             stats.upstream_cx_connect_fail.value += 1
             host.stats.cx_connect_fail += 1
             raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, "connection timeout") from None
         except OSError as exc:
+            if resource is not None:
+                resource.dec()
             stats.upstream_cx_connect_fail.value += 1
             host.stats.cx_connect_fail += 1
             raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, exc.strerror or str(exc)) from None
+        except BaseException:  # cancelled (shutdown)
+            if resource is not None:
+                resource.dec()
+            raise
         stats.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000)
         stats.upstream_cx_active.value += 1
         host.stats.cx_active += 1
+        conn.cx_resource = resource  # given back in on_connection_closed
         self.all.add(conn)
         if self.closing:
             conn.close("pool closed")
@@ -319,6 +494,7 @@ class HttpConnectionPool:
         return conn
 
     def release(self, conn: Http1ClientConnection, keep_alive: bool) -> None:
+        conn._end_request()
         limit = self.cluster.max_requests_per_connection
         if limit and conn.requests >= limit:
             self.cluster.stats.upstream_cx_max_requests.value += 1
@@ -328,6 +504,8 @@ class HttpConnectionPool:
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
+        if self.pending:
+            self._schedule_serve()
         if self._idle_timer is None and self.cluster.idle_timeout:
             self._idle_timer = self.loop.call_later(self.cluster.idle_timeout, self._sweep_idle)
 
@@ -355,6 +533,10 @@ class HttpConnectionPool:
         if conn not in self.all:
             return
         self.all.discard(conn)
+        resource = conn.cx_resource
+        if resource is not None:
+            conn.cx_resource = None
+            resource.dec()
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         self.host.stats.cx_active -= 1
@@ -366,6 +548,8 @@ class HttpConnectionPool:
         if conn.callbacks is not None:
             stats.upstream_cx_destroy_with_active_rq.value += 1
         stats.upstream_cx_length_ms.record((time.monotonic() - conn.created) * 1000)
+        if self.pending and not self.closing:
+            self._create_connections(self.pending[0][1])  # a connection slot just came free
 
     def drain(self) -> None:
         """The host left the cluster: close idle connections now, busy ones when their request ends."""
@@ -373,6 +557,7 @@ class HttpConnectionPool:
         for conn in self.idle:
             conn.close("host removed")
         self.idle.clear()
+        self._purge_pending(flags.UPSTREAM_CONNECTION_FAILURE, "connection pool closed")
 
     async def close(self) -> None:
         self.closing = True
@@ -382,6 +567,7 @@ class HttpConnectionPool:
         for conn in list(self.all):
             conn.close("pool closed")
         self.idle.clear()
+        self._purge_pending(flags.UPSTREAM_CONNECTION_FAILURE, "connection pool closed")
 
 
 def pool_for(host: Any, cluster: Any, loop: asyncio.AbstractEventLoop) -> HttpConnectionPool:

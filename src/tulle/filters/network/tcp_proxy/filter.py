@@ -45,6 +45,11 @@ IDLE_TIMEOUT_DETAILS = "tcp_session_idle_timeout"
 MAX_DURATION_DETAILS = "max_downstream_connection_duration_reached"
 
 
+def _give_back(cx_slot: Any) -> None:
+    if cx_slot is not None:
+        cx_slot.dec()
+
+
 def format_address(address: Any) -> str:
     """A socket address as Envoy prints it: ``ip:port``, ``[v6]:port``."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -59,10 +64,11 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_downstream_transport", "_tx_total", "_cluster_rx_total", "bytes_received", "last_activity",
         "_session", "transport", "cluster", "host", "_attempt_started", "closed_locally", "flushing",
-        "eof", "closed", "_reading_paused",
+        "eof", "closed", "_reading_paused", "_cx_slot",
     )
 
-    def __init__(self, session: TcpProxySession, cluster: Any, host: Any, attempt_started: float) -> None:
+    def __init__(self, session: TcpProxySession, cluster: Any, host: Any, attempt_started: float,
+                 cx_slot: Any = None) -> None:
         self._session = session
         self._downstream_transport = session.downstream_transport
         self._tx_total = session.stats.downstream_cx_tx_bytes_total
@@ -78,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self._reading_paused = False
+        self._cx_slot = cx_slot  # the cluster's max_connections slot, held until the connection closes
 
     # --- asyncio.Protocol ---------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -108,6 +115,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._cx_slot is not None:
+            self._cx_slot.dec()
+            self._cx_slot = None
         cluster_stats = self.cluster.stats
         cluster_stats.upstream_cx_active.dec()
         self.host.stats.cx_active -= 1
@@ -311,15 +321,25 @@ class TcpProxySession(asyncio.Protocol):
                 info.add_flag(flags.NO_CLUSTER_FOUND)
                 self._abort_downstream()
                 return
+            # Envoy checks max_connections before picking a host (its pool would otherwise queue
+            # for a connection that is never released): overflow closes the downstream.
+            manager = getattr(cluster, "resource_manager", None)
+            cx_slot = manager.connections if manager is not None else None
+            if cx_slot is not None and not cx_slot.try_acquire():
+                cluster.stats.upstream_cx_overflow.inc()
+                info.add_flag(flags.UPSTREAM_OVERFLOW)
+                self._abort_downstream()
+                return
             host = cluster.choose_host(None)
             if host is None:
+                _give_back(cx_slot)
                 cluster.stats.upstream_cx_none_healthy.inc()
                 info.add_flag(flags.NO_HEALTHY_UPSTREAM)
                 self._abort_downstream()
                 return
             attempts += 1
             info.upstream_host = host.address_str
-            if await self._connect_to(cluster, host):
+            if await self._connect_to(cluster, host, cx_slot):
                 host.outlier.put_connect_success_final()
                 return
             host.outlier.put_local_origin_failure()
@@ -332,8 +352,8 @@ class TcpProxySession(asyncio.Protocol):
                 self._abort_downstream()
                 return
 
-    async def _connect_to(self, cluster: Any, host: Any) -> bool:
-        """One connect attempt; True once the UpstreamConnection is live."""
+    async def _connect_to(self, cluster: Any, host: Any, cx_slot: Any = None) -> bool:
+        """One connect attempt; True once the UpstreamConnection is live (it then holds ``cx_slot``)."""
         loop = self._loop
         assert loop is not None
         cluster_stats = cluster.stats
@@ -352,25 +372,29 @@ class TcpProxySession(asyncio.Protocol):
                 await loop.sock_connect(sock, (ip, host.port))
         except TimeoutError:  # asyncio's timeout or the kernel's ETIMEDOUT
             sock.close()
+            _give_back(cx_slot)
             cluster_stats.upstream_cx_connect_timeout.inc()
             self._count_failed_attempt(cluster_stats, host_stats, remote=False)
             return False
         except OSError:
             sock.close()
+            _give_back(cx_slot)
             self._count_failed_attempt(cluster_stats, host_stats, remote=True)
             return False
         except BaseException:  # cancelled: the downstream went away while connecting
             sock.close()
+            _give_back(cx_slot)
             self._count_abandoned_attempt(cluster_stats, host_stats)
             raise
         cluster_stats.upstream_cx_connect_ms.record((monotonic() - started) * 1000.0)
-        upstream = UpstreamConnection(self, cluster, host, started)
+        upstream = UpstreamConnection(self, cluster, host, started, cx_slot)
         try:
             await loop.create_connection(lambda: upstream, sock=sock)
         except BaseException as exc:
             # once the transport exists its connection_lost does the accounting
             if upstream.transport is None:
                 sock.close()
+                _give_back(cx_slot)
                 self._count_abandoned_attempt(cluster_stats, host_stats)
             if isinstance(exc, OSError):
                 return False
