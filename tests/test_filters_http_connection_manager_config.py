@@ -230,7 +230,8 @@ def test_disabled_http_filter_is_refused() -> None:
     assert error.field == f"{FIELD}.http_filters[0].disabled"
 
 
-@pytest.mark.parametrize("router_field, value", [("start_child_span", True), ("respect_expected_rq_timeout", True),
+@pytest.mark.parametrize("router_field, value", [("start_child_span", True),
+                                                 ("strict_check_headers", ["x-envoy-max-retries"]),
                                                  ("upstream_log", [{"name": "x"}])])
 def test_unsupported_router_settings_are_refused(router_field: str, value: Any) -> None:
     router = {"name": "envoy.filters.http.router", "typed_config": {**ROUTER["typed_config"], router_field: value}}

@@ -1,5 +1,6 @@
 """The router filter against a real proxy: local replies, upstream failures, the
-x-envoy-* headers it adds, rewrites, and back-pressure in both directions.
+x-envoy-* headers it adds, rewrites, back-pressure in both directions, and retries and
+timeouts (Envoy's retry policy, per-try timeouts, body replay, x-envoy-* request headers).
 
 Local-reply scenarios share one proxy (one access log, read once): each request
 carries ``x-case`` so its log line can be found; each test checks one scenario's
@@ -22,9 +23,11 @@ from backends import (
     Message,
     RawBackend,
     SlowReader,
+    chunked_body,
     close_after_request,
     echo_backend,
     encode_request,
+    encode_response,
     file_access_log,
     get,
     http_proxy,
@@ -410,3 +413,414 @@ def _downstream_stalled(proxy: Any) -> bool:
     time.sleep(0.2)
     second = proxy.stats().get("cluster.backend.upstream_cx_rx_bytes_total", 0)
     return first > 0 and first == second
+
+
+# --------------------------------------------------------------------------- retries and timeouts
+#
+# One proxy for the scenarios below; each test reads the stats of its own cluster (or their
+# change) and finds its access-log lines by x-case.
+
+RETRY_LOG = "%REQ(X-CASE)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_HOST%\n"
+FAST_BACK_OFF = {"base_interval": "0.002s"}
+PREVIOUS_HOSTS = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]
+
+
+class Flaky:
+    """Answers 503 to about 30 % of requests. The draws come from a seeded generator, in the order the
+    requests arrive: with one client at a time the outcome is the same on every run."""
+
+    def __init__(self, failure_rate: float = 0.3, seed: int = 20260521) -> None:
+        import random
+
+        self.rng = random.Random(seed)
+        self.failure_rate = failure_rate
+        self.lock = threading.Lock()
+
+    def __call__(self, conn: Any) -> None:
+        while conn.read_request() is not None:
+            with self.lock:
+                fail = self.rng.random() < self.failure_rate
+            if fail:
+                conn.sock.sendall(encode_response(503, [("content-type", "text/plain")], b"try again\n"))
+            else:
+                conn.sock.sendall(encode_response(200, [("content-type", "text/plain")], b"ok\n"))
+
+
+class FailFirst:
+    """Answers 503 to the first request of each x-case (after reading its whole body), then echoes:
+    the body it got and the retry headers it saw."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, conn: Any) -> None:
+        import json
+
+        while (request := conn.read_request()) is not None:
+            case = request.header("x-case") or ""
+            with self.lock:
+                first = case not in self.seen
+                self.seen.add(case)
+            if first:
+                conn.sock.sendall(encode_response(503, [], b"first try fails"))
+                continue
+            body = json.dumps({
+                "body": request.body.decode("latin-1"),
+                "attempt": request.header("x-envoy-attempt-count"),
+                "headers": dict(request.headers),
+            }).encode()
+            conn.sock.sendall(encode_response(200, [("content-type", "application/json")], body))
+
+
+@dataclass
+class RetryProxy:
+    proxy: Any
+    port: int
+    log_path: Path
+    fail_first: FailFirst
+    slow: RawBackend
+
+    def stats(self) -> dict[str, int]:
+        return self.proxy.stats()
+
+    def log_line(self, case: str) -> list[str]:
+        def find() -> list[str] | None:
+            if not self.log_path.exists():
+                return None
+            for line in self.log_path.read_text().splitlines():
+                if line.startswith(case + " "):
+                    return line.split(" ")[1:]
+            return None
+
+        found = wait_until(find, timeout=5)
+        assert found is not None, f"no access log line for {case}"
+        return found
+
+
+def retry_route(prefix: str, cluster: str, retry_policy: dict[str, Any] | None = None, **action: Any) -> dict:
+    if retry_policy is not None:
+        action["retry_policy"] = retry_policy
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, **action}}
+
+
+@pytest.fixture(scope="module")
+def retries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetryProxy]:
+    tmp_path = tmp_path_factory.mktemp("retries")
+    log_path = tmp_path / "access.log"
+    fail_first = FailFirst()
+    with echo_backend("live") as live_port, RawBackend(Flaky()) as flaky, RawBackend(fail_first) as first, \
+            RawBackend(never_answer) as slow, RawBackend(reset_after_request) as resetter, \
+            RawBackend(respond(503, [], b"down")) as down:
+        dead_port = free_port()
+        clusters = [
+            static_cluster("flaky", [flaky.port]),
+            static_cluster("dead_live", [dead_port, live_port], lb_policy="RANDOM"),
+            static_cluster("dead_live_plain", [dead_port, live_port], lb_policy="RANDOM"),
+            static_cluster("slow_fast", [slow.port, live_port]),
+            static_cluster("silent", [slow.port]),
+            static_cluster("silent_capped", [slow.port], common_http_protocol_options={"max_stream_duration": "0.2s"}),
+            static_cluster("fail_first", [first.port]),
+            static_cluster("resetter", [resetter.port]),
+            static_cluster("live", [live_port]),
+            static_cluster("down", [down.port], outlier_detection={"consecutive_5xx": 3}),
+            static_cluster("no_retry_budget", [down.port], circuit_breakers={"thresholds": [{"max_retries": 0}]}),
+        ]
+        routes = [
+            retry_route("/flaky/retry", "flaky", {"retry_on": "5xx", "num_retries": 3, "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/flaky/plain", "flaky"),
+            retry_route("/dead/predicate", "dead_live", {
+                "retry_on": "connect-failure", "retry_back_off": FAST_BACK_OFF, "retry_host_predicate": PREVIOUS_HOSTS,
+                "host_selection_retry_max_attempts": 100}),
+            retry_route("/dead/plain", "dead_live_plain", {"retry_on": "connect-failure",
+                                                           "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/slow-fast", "slow_fast", {"retry_on": "5xx", "per_try_timeout": "0.2s",
+                                                    "retry_back_off": FAST_BACK_OFF,
+                                                    "retry_host_predicate": PREVIOUS_HOSTS}),
+            retry_route("/per-try/capped", "silent", {"retry_on": "5xx", "num_retries": 50,
+                                                      "per_try_timeout": "0.2s", "retry_back_off": FAST_BACK_OFF},
+                        timeout="0.7s"),
+            retry_route("/per-try/idle", "silent", {"retry_on": "connect-failure", "per_try_idle_timeout": "0.2s"}),
+            retry_route("/per-try", "silent", {"retry_on": "connect-failure", "per_try_timeout": "0.2s"}),
+            {"match": {"prefix": "/replay"}, "per_request_buffer_limit_bytes": 1000,
+             "route": {"cluster": "fail_first", "retry_policy": {"retry_on": "5xx", "retry_back_off": FAST_BACK_OFF}}},
+            retry_route("/attempts", "fail_first", {"retry_on": "retriable-status-codes",
+                                                    "retriable_status_codes": [503],
+                                                    "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/reset", "resetter", {"retry_on": "reset", "num_retries": 2, "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/down", "down", {"retry_on": "5xx", "num_retries": 2, "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/overflow", "no_retry_budget", {"retry_on": "5xx", "retry_back_off": FAST_BACK_OFF}),
+            retry_route("/by-header/first", "fail_first"),
+            retry_route("/by-header/silent", "silent"),
+            retry_route("/by-header/live", "live"),
+            retry_route("/cluster-duration", "silent_capped"),
+        ]
+        route_config = {"name": "local", "virtual_hosts": [
+            {"name": "attempts", "domains": ["attempts.example.com"], "include_request_attempt_count": True,
+             "include_attempt_count_in_response": True, "routes": routes},
+            {"name": "all", "domains": ["*"], "routes": routes},
+        ]}
+        with http_proxy(tmp_path, route_config, clusters,
+                        access_log=file_access_log(log_path, RETRY_LOG)) as (proxy, port):
+            yield RetryProxy(proxy, port, log_path, fail_first, slow)
+
+
+def test_retries_hide_a_flaky_backend(retries: RetryProxy) -> None:
+    failures = {}
+    with Client(retries.port) as client:
+        for path in ("/flaky/plain", "/flaky/retry"):
+            statuses = [client.request("GET", path).status for _ in range(300)]
+            assert set(statuses) <= {200, 503}
+            failures[path] = statuses.count(503) / len(statuses)
+    stats = retries.stats()
+    assert 0.2 < failures["/flaky/plain"] < 0.4
+    assert failures["/flaky/retry"] < 0.01
+    retried = stats["cluster.flaky.upstream_rq_retry"]
+    assert retried > 40
+    # every retried response counts as retry.upstream_rq_503, not as a plain upstream_rq_503
+    assert stats["cluster.flaky.retry.upstream_rq_503"] == retried
+    assert stats["cluster.flaky.upstream_rq_503"] == round(failures["/flaky/plain"] * 300) + round(
+        failures["/flaky/retry"] * 300)
+    assert stats["cluster.flaky.upstream_rq_total"] == 600 + retried
+    assert stats["cluster.flaky.upstream_rq_retry_backoff_exponential"] == retried
+    assert 0 < stats["cluster.flaky.upstream_rq_retry_success"] <= retried
+    assert stats["cluster.flaky.upstream_rq_retry_limit_exceeded"] == round(failures["/flaky/retry"] * 300)
+    # a retried 503 with a small body is read to its end and its connection reused
+    assert stats["cluster.flaky.upstream_cx_total"] <= 2
+
+
+def test_connect_failure_retries_move_to_another_host_with_previous_hosts(retries: RetryProxy) -> None:
+    with Client(retries.port) as client:
+        predicate = [client.request("GET", "/dead/predicate", [("x-case", f"predicate-{i}")]) for i in range(40)]
+        plain = [client.request("GET", "/dead/plain", [("x-case", f"plain-{i}")]) for i in range(40)]
+    stats = retries.stats()
+    # half the first picks hit the dead host; the retry re-picks until it gets the other one
+    assert [response.status for response in predicate] == [200] * 40
+    assert stats["cluster.dead_live.upstream_cx_connect_fail"] > 5
+    assert stats["cluster.dead_live.upstream_rq_retry"] == stats["cluster.dead_live.upstream_cx_connect_fail"]
+    # without the predicate a retry may pick the dead host again: with 40 requests, some do
+    failed = [i for i, response in enumerate(plain) if response.status != 200]
+    assert failed, "no request retried onto the dead host again: the comparison says nothing"
+    assert plain[failed[0]].status == 503
+    assert plain[failed[0]].body.startswith(
+        b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ")
+    assert retries.log_line(f"plain-{failed[0]}")[:2] == ["503", "UF,URX"]
+    assert stats["cluster.dead_live_plain.upstream_rq_retry_limit_exceeded"] == len(failed)
+
+
+def test_per_try_timeout_retries_a_slow_host_onto_a_fast_one(retries: RetryProxy) -> None:
+    before = retries.stats().get("cluster.slow_fast.upstream_rq_per_try_timeout", 0)
+    responses = [get(retries.port, "/slow-fast", [("x-case", f"slow-fast-{i}")]) for i in range(3)]
+    assert [response.status for response in responses] == [200] * 3
+    assert all(response.json()["server"] == "live" for response in responses)
+    stats = retries.stats()
+    # round robin over [slow, fast]: at least one of three requests starts on the slow host
+    timeouts = stats["cluster.slow_fast.upstream_rq_per_try_timeout"] - before
+    assert timeouts >= 1
+    assert stats["cluster.slow_fast.upstream_rq_retry"] == timeouts
+    assert stats["cluster.slow_fast.upstream_rq_timeout"] == 0
+
+
+def test_per_try_timeout_with_a_request_body_replays_it_on_the_fast_host(retries: RetryProxy) -> None:
+    """A body keeps the request off the per-try fast path: the attempts keep it for the retry."""
+    before = retries.stats().get("cluster.slow_fast.upstream_rq_per_try_timeout", 0)
+    with Client(retries.port) as client:
+        responses = [client.request("POST", "/slow-fast", [("x-case", f"slow-fast-post-{i}")], body=b"payload-%d" % i)
+                     for i in range(3)]
+    assert [response.status for response in responses] == [200] * 3
+    assert [(r.json()["server"], r.json()["method"], r.json()["body_length"]) for r in responses] == [
+        ("live", "POST", len(b"payload-0"))] * 3
+    assert retries.stats()["cluster.slow_fast.upstream_rq_per_try_timeout"] - before >= 1
+
+
+def test_per_try_timeout_without_a_retry_is_504_ut(retries: RetryProxy) -> None:
+    started = time.monotonic()
+    response = get(retries.port, "/per-try", [("x-case", "per-try")])
+    assert time.monotonic() - started < 5  # the 0.2 s per-try timeout, not the 15 s route timeout
+    assert (response.status, response.body) == (504, b"upstream request timeout")
+    assert retries.log_line("per-try")[:3] == ["504", "UT", "upstream_per_try_timeout"]
+    stats = retries.stats()
+    assert stats["cluster.silent.upstream_rq_per_try_timeout"] >= 1
+    assert stats["cluster.silent.upstream_rq_504"] >= 1
+
+
+def test_per_try_idle_timeout(retries: RetryProxy) -> None:
+    response = get(retries.port, "/per-try/idle", [("x-case", "per-try-idle")])
+    assert (response.status, response.body) == (504, b"upstream request timeout")
+    assert retries.log_line("per-try-idle")[:3] == ["504", "UT", "upstream_per_try_idle_timeout"]
+    assert retries.stats()["cluster.silent.upstream_rq_per_try_idle_timeout"] == 1
+
+
+def test_route_timeout_caps_the_whole_request_including_retries(retries: RetryProxy) -> None:
+    before = retries.stats()
+    started = time.monotonic()
+    response = get(retries.port, "/per-try/capped", [("x-case", "capped")])
+    elapsed = time.monotonic() - started
+    after = retries.stats()
+    assert (response.status, response.body) == (504, b"upstream request timeout")
+    assert retries.log_line("capped")[:3] == ["504", "UT", "upstream_response_timeout"]
+    # 50 retries of 0.2 s would take 10 s: the 0.7 s route timeout ends it after about three tries
+    assert elapsed < 5
+    per_try = after["cluster.silent.upstream_rq_per_try_timeout"] - before.get(
+        "cluster.silent.upstream_rq_per_try_timeout", 0)
+    assert 2 <= per_try <= 4
+    assert after["cluster.silent.upstream_rq_timeout"] - before.get("cluster.silent.upstream_rq_timeout", 0) == 1
+
+
+def test_retried_requests_replay_their_body(retries: RetryProxy) -> None:
+    body = b"b" * 1000  # exactly the route's per_request_buffer_limit_bytes
+    with Client(retries.port) as client:
+        response = client.request("POST", "/replay", [("x-case", "replay-small")], body)
+        chunked = client.request("POST", "/replay", [("x-case", "replay-chunked"), ("transfer-encoding", "chunked")],
+                                 chunked_body(b"c" * 700, piece=100))
+    assert response.status == 200
+    assert response.json()["body"] == body.decode()
+    assert chunked.status == 200
+    assert chunked.json()["body"] == "c" * 700
+
+
+def test_a_body_over_the_buffer_limit_is_not_retried(retries: RetryProxy) -> None:
+    before = retries.stats().get("cluster.fail_first.retry_or_shadow_abandoned", 0)
+    with Client(retries.port) as client:
+        response = client.request("POST", "/replay", [("x-case", "replay-big")], b"B" * 5000)
+    # the body still went upstream in full; only the retry was given up
+    assert (response.status, response.body) == (503, b"first try fails")
+    stats = retries.stats()
+    assert stats["cluster.fail_first.retry_or_shadow_abandoned"] - before == 1
+    assert retries.log_line("replay-big")[:2] == ["503", "-"]
+
+
+def test_attempt_count_headers(retries: RetryProxy) -> None:
+    response = get(retries.port, "/attempts", [("x-case", "attempts")], host="attempts.example.com")
+    assert response.status == 200
+    assert response.json()["attempt"] == "2"  # the retry said it was the second attempt
+    assert response.header("x-envoy-attempt-count") == "2"
+    plain = get(retries.port, "/by-header/live", [("x-case", "attempts-live")], host="attempts.example.com")
+    assert plain.json()["headers"]["x-envoy-attempt-count"] == "1"
+    assert plain.header("x-envoy-attempt-count") == "1"
+    local = get(retries.port, "/per-try", [("x-case", "attempts-local")], host="attempts.example.com")
+    assert (local.status, local.header("x-envoy-attempt-count")) == (504, "1")  # local replies too
+    assert get(retries.port, "/by-header/live").header("x-envoy-attempt-count") is None
+
+
+def test_resets_are_retried_under_reset(retries: RetryProxy) -> None:
+    response = get(retries.port, "/reset", [("x-case", "reset")])
+    assert response.status == 503
+    assert response.body == (b"upstream connect error or disconnect/reset before headers. "
+                             b"retried and the latest reset reason: remote reset")
+    assert retries.log_line("reset")[:2] == ["503", "UR,URX"]
+    stats = retries.stats()
+    assert stats["cluster.resetter.upstream_rq_retry"] == 2
+    assert stats["cluster.resetter.upstream_rq_total"] == 3
+    assert stats["cluster.resetter.upstream_rq_503"] == 1  # the final failure, as Envoy charges it
+
+
+def test_outlier_detection_sees_every_attempt(retries: RetryProxy) -> None:
+    response = get(retries.port, "/down", [("x-case", "down")])
+    assert response.status == 503
+    assert retries.log_line("down")[:2] == ["503", "URX"]
+    stats = retries.stats()
+    # one request, three 503 attempts: three consecutive 5xx for the host
+    assert stats["cluster.down.upstream_rq_total"] == 3
+    assert stats["cluster.down.outlier_detection.ejections_detected_consecutive_5xx"] == 1
+
+
+def test_circuit_breaker_max_retries_overflow(retries: RetryProxy) -> None:
+    response = get(retries.port, "/overflow", [("x-case", "overflow")])
+    assert (response.status, response.body) == (503, b"down")
+    assert retries.log_line("overflow")[:2] == ["503", "UO"]
+    stats = retries.stats()
+    assert stats["cluster.no_retry_budget.upstream_rq_retry_overflow"] == 1
+    assert stats["cluster.no_retry_budget.upstream_rq_total"] == 1
+
+
+def test_retry_and_timeout_request_headers(retries: RetryProxy) -> None:
+    retried = get(retries.port, "/by-header/first", [("x-case", "hdr-retry"), ("x-envoy-retry-on", "5xx"),
+                                                     ("x-envoy-max-retries", "2")])
+    assert retried.status == 200
+    forwarded = retried.json()["headers"]
+    # consumed by the router, never forwarded
+    assert "x-envoy-retry-on" not in forwarded and "x-envoy-max-retries" not in forwarded
+    not_retried = get(retries.port, "/by-header/first", [("x-case", "hdr-no-retry")])
+    assert not_retried.status == 503
+    started = time.monotonic()
+    timed_out = get(retries.port, "/by-header/silent", [("x-case", "hdr-timeout"),
+                                                        ("x-envoy-upstream-rq-timeout-ms", "300")])
+    assert time.monotonic() - started < 5
+    assert (timed_out.status, timed_out.body) == (504, b"upstream request timeout")
+    assert retries.log_line("hdr-timeout")[:3] == ["504", "UT", "upstream_response_timeout"]
+    alt = get(retries.port, "/by-header/silent", [("x-case", "hdr-alt"), ("x-envoy-upstream-rq-timeout-ms", "200"),
+                                                  ("x-envoy-upstream-rq-timeout-alt-response", "1")])
+    assert (alt.status, alt.body) == (204, b"")
+    per_try = get(retries.port, "/by-header/live", [("x-envoy-upstream-rq-per-try-timeout-ms", "2500"),
+                                                    ("x-envoy-upstream-rq-timeout-ms", "8000")]).json()["headers"]
+    assert per_try["x-envoy-expected-rq-timeout-ms"] == "2500"
+    assert "x-envoy-upstream-rq-per-try-timeout-ms" not in per_try
+    assert "x-envoy-upstream-rq-timeout-ms" not in per_try
+    duration = get(retries.port, "/by-header/silent", [("x-case", "hdr-duration"),
+                                                       ("x-envoy-upstream-stream-duration-ms", "200")])
+    assert (duration.status, duration.body) == (504, b"upstream max stream duration reached")
+    assert retries.log_line("hdr-duration")[:3] == ["504", "UMSDR", "upstream_max_stream_duration_reached"]
+    assert retries.stats()["cluster.silent.upstream_rq_max_duration_reached"] == 1
+
+
+def test_the_clusters_max_stream_duration_resets_a_stream_that_runs_too_long(retries: RetryProxy) -> None:
+    started = time.monotonic()
+    response = get(retries.port, "/cluster-duration", [("x-case", "cluster-duration")])
+    assert time.monotonic() - started < 5  # the route timeout (15 s) did not end it
+    assert (response.status, response.body) == (504, b"upstream max stream duration reached")
+    assert retries.log_line("cluster-duration")[:3] == ["504", "UMSDR", "upstream_max_stream_duration_reached"]
+    assert retries.stats()["cluster.silent_capped.upstream_rq_max_duration_reached"] == 1
+
+
+def test_an_edge_proxy_ignores_retry_headers_from_clients(tmp_path: Path) -> None:
+    fail_first = FailFirst()
+    with RawBackend(fail_first) as backend, \
+            http_proxy(tmp_path, simple_route("backend"), [static_cluster("backend", [backend.port])],
+                       use_remote_address=True) as (proxy, port):
+        response = get(port, "/edge", [("x-case", "edge"), ("x-envoy-retry-on", "5xx")])
+        stats = proxy.stats()
+    assert response.status == 503
+    assert stats.get("cluster.backend.upstream_rq_retry", 0) == 0
+
+
+def test_per_try_idle_timeout_during_the_body_and_the_replay_buffer_while_backing_off(tmp_path: Path) -> None:
+    def stall_after_headers(conn: Any) -> None:
+        conn.read_request()
+        conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+        conn.wait_for_peer_close()
+
+    def refuse_before_the_body(conn: Any) -> None:
+        conn.reader.read_head()
+        conn.sock.sendall(encode_response(503, [], b"no"))
+        conn.wait_for_peer_close()
+
+    log_path = tmp_path / "access.log"
+    routes = {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        retry_route("/idle", "stall", {"retry_on": "5xx", "per_try_idle_timeout": "0.3s"}),
+        {"match": {"prefix": "/upload"}, "per_request_buffer_limit_bytes": 100, "route": {
+            "cluster": "refuse", "retry_policy": {"retry_on": "5xx", "retry_back_off": {"base_interval": "2s"}}}},
+    ]}]}
+    with RawBackend(stall_after_headers) as stall, RawBackend(refuse_before_the_body) as refuse, \
+            http_proxy(tmp_path, routes, [static_cluster("stall", [stall.port]), static_cluster("refuse", [refuse.port])],
+                       access_log=file_access_log(log_path, RETRY_LOG)) as (proxy, port):
+        # the per-try idle timeout still runs once the response started: the client sees a cut response
+        with pytest.raises(ConnectionError):
+            get(port, "/idle", [("x-case", "idle-body")])
+        # the upstream answers 503 before the body; while the retry backs off the rest of the body
+        # outgrows the 100-byte replay buffer: nothing can carry the request any more (Envoy's 507)
+        with Client(port) as client:
+            client.send(b"POST /upload HTTP/1.1\r\nhost: x\r\nx-case: upload\r\ncontent-length: 300\r\n\r\n" + b"a" * 50)
+            time.sleep(0.1)
+            client.send(b"b" * 250)
+            upload = client.response()
+        lines = read_lines(log_path, 2)
+        stats = proxy.stats()
+    assert (upload.status, upload.body) == (507, b"exceeded request buffer limit while retrying upstream")
+    assert sorted(line.split(" ")[:4] for line in lines) == [
+        ["idle-body", "200", "UT", "via_upstream"], ["upload", "507", "-", "request_payload_exceeded_retry_buffer_limit"]]
+    assert stats["cluster.stall.upstream_rq_per_try_idle_timeout"] == 1
+    assert stats["cluster.refuse.retry_or_shadow_abandoned"] == 1
+    assert stats["cluster.refuse.upstream_rq_retry"] == 1
+    assert stats["cluster.refuse.upstream_rq_total"] == 1  # the retry never started

@@ -19,6 +19,7 @@ from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.extensions import registry
 from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+from tulle.runtime import configuring
 from tulle.server.context import DownstreamConnection, FactoryContext
 from tulle.stats.store import Store
 
@@ -44,6 +45,8 @@ ENVOY_CONTROL_HEADERS = (
     "x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-upstream-alt-stat-name",
     "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace", "x-envoy-internal",
+    "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-upstream-stream-duration-ms",
+    "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-hedge-on-per-try-timeout",
 )
 
 
@@ -60,6 +63,8 @@ class HcmStats:
         "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
         "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
         "rq_reset_after_downstream_response_started", "access_log_errors",
+        "downstream_rq_overload_close", "downstream_cx_overload_disable_keepalive",
+        "downstream_rq_max_duration_reached",
     )
     GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
 
@@ -105,7 +110,8 @@ class HcmConfig:
         self.cluster_manager = ctx.cluster_manager
 
         common = proto.common_http_protocol_options
-        check_fields(common, ("idle_timeout", "max_headers_count"), join(field, "common_http_protocol_options"))
+        check_fields(common, ("idle_timeout", "max_headers_count", "max_stream_duration"),
+                     join(field, "common_http_protocol_options"))
         self.idle_timeout = duration_seconds(common.idle_timeout) if common.HasField("idle_timeout") else 3600.0
         self.max_headers_count = common.max_headers_count.value if common.HasField("max_headers_count") else 100
         http1_options = proto.http_protocol_options
@@ -118,9 +124,12 @@ class HcmConfig:
             duration_seconds(proto.stream_idle_timeout) if proto.HasField("stream_idle_timeout") else 300.0
         )
         self.request_timeout = duration_seconds(proto.request_timeout) if proto.HasField("request_timeout") else 0.0
+        # each stream's maximum lifetime (0: none); a route's max_stream_duration overrides it
+        self.max_stream_duration = (
+            duration_seconds(common.max_stream_duration) if common.HasField("max_stream_duration") else 0.0)
         # the soonest a per-stream timeout can fire after a stream starts (0: none configured)
         self.stream_timeout_span = min(
-            (t for t in (self.stream_idle_timeout, self.request_timeout) if t), default=0.0)
+            (t for t in (self.stream_idle_timeout, self.request_timeout, self.max_stream_duration) if t), default=0.0)
         self.server_name = proto.server_name or "envoy"
         self.server_header_transformation = proto.server_header_transformation
         self.use_remote_address = proto.use_remote_address.value
@@ -135,6 +144,9 @@ class HcmConfig:
         self.strip_envoy_headers = ENVOY_CONTROL_HEADERS if self.use_remote_address else ()
         self.buffer_limit = 1024 * 1024
         self.connections: set[HttpConnection] = set()
+        # overload action states, read per request (stop_accepting_requests, disable_http_keepalive)
+        self.overload = ctx.overload
+        ctx.overload.connection_managers.add(self)  # reduce_timeouts scales idle_timeout
 
         # HTTP filters first: an unsupported filter is the clearer message when its
         # per-route config is what the route table would trip over.
@@ -163,8 +175,9 @@ class HcmConfig:
 
         token = building_route_table.set(self)
         try:
-            return RouteTable.from_proto(route_config, field=field, strip_port=self.strip_port,
-                                         listener_port=self.listener_port)
+            with configuring(self.ctx.runtime):  # route matches, mirror policies, per-route configs
+                return RouteTable.from_proto(route_config, field=field, strip_port=self.strip_port,
+                                             listener_port=self.listener_port)
         finally:
             building_route_table.reset(token)
 

@@ -25,6 +25,7 @@ from tulle.filters.http.base import CONTINUE
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.http.local_reply import BY_FLAG
+from tulle.overload.state import bernoulli
 from tulle.stream_info import StreamInfo
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class ActiveStream:
         "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
         "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
         "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
-        "has_envoy_headers", "error_reply",
+        "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
     )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
@@ -90,6 +91,9 @@ class ActiveStream:
         self.upgrade_h2c = False
         self.has_envoy_headers = False  # any x-envoy-* request header (the router may then append blindly)
         self.error_reply: tuple[int, str] | None = None  # (status, details) owed instead of proxying
+        # stream_idle_timeout, or the route's idle_timeout (0 = none)
+        self.idle_timeout = self.config.stream_idle_timeout
+        self.duration_deadline = 0.0  # max_stream_duration (HCM or route), loop time; 0 = none
 
     # --- for filters ---------------------------------------------------
     def get_route(self):  # noqa: ANN201 - Route | None
@@ -98,7 +102,25 @@ class ActiveStream:
             self.route = self.config.route_table.find(self.headers)
             if self.route is not None:
                 self.info.route_name = self.route.name
+                if self.route.stream_timeouts is not None:
+                    self._apply_route_timeouts(self.route.stream_timeouts)
         return self.route
+
+    def _apply_route_timeouts(self, timeouts) -> None:  # noqa: ANN001 - router.stream_timeouts.StreamTimeouts
+        """The route's idle_timeout / max_stream_duration replace the HCM's for this stream
+        (Envoy's refreshIdleTimeout / refreshDurationTimeout); both count from the stream start."""
+        connection = self.connection
+        now = connection.loop_time()
+        if timeouts.idle_timeout is not None:
+            self.idle_timeout = timeouts.idle_timeout
+            if self.idle_timeout:
+                connection.watch_deadline(now + self.idle_timeout)
+        limit = timeouts.duration(self.headers, self.config.max_stream_duration)
+        if limit is None:
+            self.duration_deadline = 0.0
+        else:
+            self.duration_deadline = self.info.start_monotonic - _monotonic() + now + limit
+            connection.watch_deadline(self.duration_deadline)
 
     def clear_route_cache(self) -> None:
         self.route_resolved = False
@@ -126,12 +148,21 @@ class ActiveStream:
             self.keep_alive = False
             self.send_local_reply("", status=status, details=details)
             return
+        config = self.config
+        overload = config.overload
+        if overload.stop_accepting_requests and bernoulli(overload.stop_accepting_requests):
+            # Envoy answers before building the filter chain: under memory pressure it allocates nothing more
+            config.stats.downstream_rq_overload_close.value += 1
+            self.send_local_reply("", status=503, body=b"envoy overloaded", details="overload")
+            return
         connection = self.connection
         now = self.last_activity = connection.loop_time()
-        span = self.config.stream_timeout_span
+        if config.max_stream_duration:
+            self.duration_deadline = self.info.start_monotonic - _monotonic() + now + config.max_stream_duration
+        span = config.stream_timeout_span
         if span and (connection.timer is None or connection.timer_when > now + span):
             connection._arm_timer(now + span)  # the lazy timer must wake up for this stream's timeouts
-        self.filters = [factory.create_filter(self) for factory in self.config.filter_factories]
+        self.filters = [factory.create_filter(self) for factory in config.filter_factories]
         self._decode_headers_from(0)
         if self.done:
             return
@@ -617,6 +648,11 @@ class HttpConnection(asyncio.Protocol):
             self.config.stats.downstream_cx_drain_close.value += 1
             self.close_when_done = True
             return True
+        overload = self.config.overload
+        if overload.disable_http_keepalive and bernoulli(overload.disable_http_keepalive):
+            self.config.stats.downstream_cx_overload_disable_keepalive.value += 1
+            self.close_when_done = True
+            return True
         return False
 
     def stream_finished(self, stream: ActiveStream, reset: bool = False) -> None:
@@ -778,8 +814,10 @@ class HttpConnection(asyncio.Protocol):
             stream = self.streams[0]
             if stream.deadline:
                 candidates.append(stream.deadline)
-            if config.stream_idle_timeout:
-                candidates.append(max(stream.last_activity, self.last_activity) + config.stream_idle_timeout)
+            if stream.duration_deadline:
+                candidates.append(stream.duration_deadline)
+            if stream.idle_timeout:
+                candidates.append(max(stream.last_activity, self.last_activity) + stream.idle_timeout)
             if config.request_timeout and not stream.request_complete:
                 candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
                                   + config.request_timeout)
@@ -806,8 +844,14 @@ class HttpConnection(asyncio.Protocol):
                 config.stats.downstream_rq_timeout.value += 1
                 stream.keep_alive = False
                 stream.send_local_reply(flags.DURATION_TIMEOUT)
-            elif config.stream_idle_timeout and (
-                    now - max(stream.last_activity, self.last_activity) >= config.stream_idle_timeout):
+            elif stream.duration_deadline and now >= stream.duration_deadline:
+                # max_stream_duration: Envoy answers 408 while the request arrives, else 504 (no flag)
+                config.stats.downstream_rq_max_duration_reached.value += 1
+                stream.keep_alive = False
+                stream.send_local_reply("", status=504 if stream.request_complete else 408,
+                                        body=b"downstream duration timeout", details="max_duration_timeout")
+            elif stream.idle_timeout and (
+                    now - max(stream.last_activity, self.last_activity) >= stream.idle_timeout):
                 config.stats.downstream_rq_idle_timeout.value += 1
                 stream.keep_alive = False
                 # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
