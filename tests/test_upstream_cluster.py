@@ -102,6 +102,18 @@ def test_alt_stat_name_names_the_stats():
     assert "cluster.backend.upstream_rq_total" not in store.counters
 
 
+def test_circuit_breakers_default_to_envoys_limits_and_take_the_configured_ones():
+    store = Store()
+    plain = build(cluster_dict("plain"), store)
+    assert plain.circuit_breakers_status()["default"] == {
+        "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}
+    limited = build(cluster_dict("limited", circuit_breakers={"thresholds": [
+        {"max_connections": 1}, {"priority": "HIGH", "max_requests": 2}]}), store)
+    assert limited.resource_manager.connections.limit == 1
+    assert limited.resource_manager_for(1).requests.limit == 2
+    assert "cluster.limited.circuit_breakers.high.rq_open" in store.gauges
+
+
 def test_choose_host_uses_the_configured_policy():
     cluster = build(cluster_dict(lb_policy="MAGLEV", maglev_lb_config={"table_size": 307}))
     context = LoadBalancerContext(hash_key=123456789)
@@ -147,11 +159,14 @@ REFUSALS = [
     ({"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
                          "grpc_health_check": {}}]}, "health_checks[0].grpc_health_check"),
     ({"outlier_detection": {"monitors": [{"name": "custom"}]}}, "outlier_detection.monitors"),
-    ({"circuit_breakers": {"thresholds": [{"max_connections": 1}]}}, "circuit_breakers"),
+    ({"circuit_breakers": {"thresholds": [{"max_connection_pools": 1}]}},
+     "circuit_breakers.thresholds[0].max_connection_pools"),
+    ({"circuit_breakers": {"per_host_thresholds": [{"max_requests": 1}]}},
+     "circuit_breakers.per_host_thresholds[0].max_requests"),
     ({"http2_protocol_options": {}}, "http2_protocol_options"),
     ({"upstream_bind_config": {"source_address": {"address": "0.0.0.0", "port_value": 0}}}, "upstream_bind_config"),
     ({"lb_subset_config": {"fallback_policy": "ANY_ENDPOINT"}}, "lb_subset_config"),
-    ({"common_lb_config": {"locality_weighted_lb_config": {}}}, "common_lb_config.locality_weighted_lb_config"),
+    ({"common_lb_config": {"zone_aware_lb_config": {}}}, "common_lb_config.zone_aware_lb_config"),
     ({"dns_resolvers": [{"socket_address": {"address": "8.8.8.8", "port_value": 53}}]}, "dns_resolvers"),
     ({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares"}}, "typed_dns_resolver_config"),
     ({"respect_dns_ttl": True}, "respect_dns_ttl"),
@@ -218,8 +233,8 @@ def test_eds_cluster_applies_assignments_and_keeps_surviving_hosts():
 
 ENDPOINT_REFUSALS = [
     ({"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
-                   "health_check_config": {"port_value": 9000}}},
-     "lb_endpoints[0].endpoint.health_check_config.port_value"),
+                   "health_check_config": {"hostname": "checks.local"}}},
+     "lb_endpoints[0].endpoint.health_check_config.hostname"),
     ({"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80, "protocol": "UDP"}}}},
      "lb_endpoints[0].endpoint.address.socket_address.protocol"),
     ({"endpoint": {"address": {"pipe": {"path": "/tmp/sock"}}}}, "lb_endpoints[0].endpoint.address.pipe"),

@@ -1,9 +1,10 @@
-"""Load balancers: distributions, consistency of hash policies, priorities and panic."""
+"""Load balancers: distributions, consistency of hash policies, priorities, panic and localities."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -13,9 +14,10 @@ from tulle.config.errors import ConfigError, UnsupportedFeature
 from tulle.config.loader import parse_message
 from tulle.stats.store import Store
 from tulle.upstream.cluster_stats import ClusterStats
-from tulle.upstream.host import Host
+from tulle.upstream.host import Host, Locality
 from tulle.upstream.load_balancer import (
     LEAST_REQUEST,
+    LOCALITY_SCHEDULE_LIMIT,
     MAGLEV,
     RANDOM,
     RING_HASH,
@@ -29,8 +31,13 @@ from tulle.upstream.load_balancer import (
     RoundRobinLoadBalancer,
     compute_priority_loads,
     create_load_balancer,
+    edf_order,
     edf_schedule,
+    effective_locality_weight,
+    group_by_locality,
+    integer_weights,
     lb_settings_from_cluster,
+    locality_host_weights,
     xxhash64,
 )
 
@@ -349,7 +356,6 @@ def test_lb_settings_defaults_and_values():
     ("fields", "path"),
     [
         ({"lb_policy": "CLUSTER_PROVIDED"}, "x.lb_policy"),
-        ({"common_lb_config": {"locality_weighted_lb_config": {}}}, "x.common_lb_config.locality_weighted_lb_config"),
         ({"common_lb_config": {"zone_aware_lb_config": {}}}, "x.common_lb_config.zone_aware_lb_config"),
         ({"common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": 150}}},
          "x.common_lb_config.consistent_hashing_lb_config.hash_balance_factor"),
@@ -393,3 +399,220 @@ def test_create_load_balancer_picks_class_by_policy():
     for policy, cls in expected.items():
         lb = create_load_balancer(LbSettings(policy=policy), stats)
         assert type(lb) is cls and lb.policy == policy
+
+
+# --- priority levels: Envoy's worked examples ----------------------------------------------
+
+
+def test_priority_load_worked_example_two_of_five_healthy():
+    # P0 2/5 healthy: 1.4 x 40% = 56% stays in P0, the rest spills to the healthy P1
+    loads = compute_priority_loads([(5, 2, 0), (5, 5, 0)])
+    assert loads.healthy == (56, 44) and loads.panic == (False, False)
+
+
+def test_priority_load_normalised_when_priorities_together_are_short():
+    # Envoy's comment in recalculatePerPriorityState: health 10/20/10 and degraded 20/10/0
+    # (normalised total 70) give 16/28/14 healthy and 28/14/0 degraded; the rounding leftover
+    # goes to the first healthy priority. Panic is off here so the raw split stays visible.
+    counts = [(14, 1, 2), (14, 2, 1), (14, 1, 0)]
+    loads = compute_priority_loads(counts, panic_threshold=0)
+    assert loads.healthy == (16, 28, 14)
+    assert loads.degraded == (28, 14, 0)
+
+
+def test_priority_panic_only_when_the_normalised_total_is_short():
+    # P0 at 20% healthy is far below the threshold but P1 can take everything: no panic
+    assert compute_priority_loads([(5, 1, 0), (5, 5, 0)]).panic == (False, False)
+    # P1 only 50% healthy: total 28 + 70 < 100, so P0 (below 50%) panics and P1 (not below) does not
+    loads = compute_priority_loads([(5, 1, 0), (10, 5, 0)])
+    assert loads.panic == (True, False)
+    assert loads.healthy == (29, 71)  # 28 and 70 scaled by 100/98, rounded down; the leftover to P0
+
+
+# --- localities -------------------------------------------------------------------------------
+
+_addresses = iter(range(1, 1 << 20))
+
+
+def zone_hosts(region: str, zone: str, count: int, *, weight: int = 1, priority: int = 0, unhealthy: int = 0,
+               degraded: int = 0, host_weights: list[int] | None = None) -> list[Host]:
+    """``count`` hosts of one locality; the first ``unhealthy`` fail EDS health, the next ``degraded`` degrade."""
+    hosts = []
+    for index in range(count):
+        status = health_check_pb2.UNKNOWN
+        if index < unhealthy:
+            status = health_check_pb2.UNHEALTHY
+        elif index < unhealthy + degraded:
+            status = health_check_pb2.DEGRADED
+        number = next(_addresses)
+        hosts.append(Host(f"10.{priority}.{number >> 8}.{number & 255}", 80, priority=priority,
+                          weight=host_weights[index] if host_weights else 1,
+                          locality=Locality(region, zone), locality_weight=weight, health_status=status))
+    return hosts
+
+
+LOCALITY_WEIGHTED = LbSettings(locality_weighted=True)
+
+
+def locality_shares(lb, picks: int = 20000, context=None) -> dict[str, float]:
+    counts = Counter()
+    for _ in range(picks):
+        host = lb.choose_host(context)
+        counts[f"{host.locality.region}-{host.locality.zone}" if host else None] += 1
+    return {name: count / picks for name, count in counts.items()}
+
+
+@pytest.mark.parametrize(
+    ("x_healthy", "x_hosts", "expected_x_percent"),
+    # Envoy's locality weighted table: X weight 1, Y weight 2 and fully healthy, factor 1.4
+    [(10, 10, 33), (7, 10, 33), (5, 10, 26), (1, 4, 15), (0, 4, 0)],
+)
+def test_effective_locality_weights_match_envoy_table(x_healthy, x_hosts, expected_x_percent):
+    x = effective_locality_weight(1, x_healthy, x_hosts, 140)
+    y = effective_locality_weight(2, 4, 4, 140)
+    assert round(100 * x / (x + y)) == expected_x_percent
+    assert effective_locality_weight(3, 0, 0, 140) == 0 and effective_locality_weight(0, 4, 4, 140) == 0
+
+
+def test_edf_order_and_integer_weights():
+    assert edf_order([1, 2]) == [1, 0, 1]
+    assert Counter(edf_order([3, 1, 2])) == {0: 3, 1: 1, 2: 2}
+    assert integer_weights([Fraction(7, 10), Fraction(2)]) == [7, 20]
+    assert integer_weights([Fraction(4), Fraction(6)]) == [2, 3]
+
+
+def test_group_by_locality_orders_like_envoy_and_keeps_the_last_weight():
+    b = zone_hosts("r", "b", 1, weight=1)
+    a = zone_hosts("r", "a", 1, weight=2)
+    again_b = zone_hosts("r", "b", 1, weight=5)
+    unweighted = zone_hosts("", "", 1, weight=0)
+    groups = group_by_locality(b + a + again_b + unweighted)
+    assert [group.locality for group in groups] == [Locality(), Locality("r", "a"), Locality("r", "b")]
+    assert [group.weight for group in groups] == [0, 2, 5]
+    assert groups[2].hosts == (b[0], again_b[0])
+
+
+def test_locality_edf_splits_by_weight_then_rotates_hosts_inside():
+    x = zone_hosts("r", "x", 2, weight=1)
+    y = zone_hosts("r", "y", 2, weight=2)
+    lb, _ = balancer(RoundRobinLoadBalancer, [x + y], LOCALITY_WEIGHTED)
+    picks = Counter(lb.choose_host(None) for _ in range(3000))  # whole EDF cycles: exact proportions
+    assert [picks[host] for host in x + y] == [500, 500, 1000, 1000]
+    first_cycle = [lb.choose_host(None).locality.zone for _ in range(3)]
+    assert sorted(first_cycle) == ["x", "y", "y"]  # interleaved, not bunched
+
+
+def test_locality_weight_drops_with_health_and_traffic_fails_over():
+    x = zone_hosts("r", "x", 2, weight=1, unhealthy=1)  # 50% healthy -> effective 0.7
+    y = zone_hosts("r", "y", 2, weight=1)
+    lb, _ = balancer(RoundRobinLoadBalancer, [x + y], LOCALITY_WEIGHTED)
+    shares = locality_shares(lb, 2700)  # one cycle is 7 + 10 picks; close to 0.7 : 1
+    assert shares["r-x"] == pytest.approx(0.7 / 1.7, abs=0.01)
+    assert all(host.healthy for host in (lb.choose_host(None) for _ in range(100)))
+    lb.update([zone_hosts("r", "x", 2, weight=1, unhealthy=2) + y])  # x fully down: y takes it all
+    assert locality_shares(lb, 200) == {"r-y": 1.0}
+
+
+def test_locality_without_weight_gets_nothing_and_no_weights_means_whole_priority():
+    weighted = zone_hosts("r", "x", 2, weight=1)
+    unweighted = zone_hosts("r", "y", 2, weight=0)
+    lb, _ = balancer(RoundRobinLoadBalancer, [weighted + unweighted], LOCALITY_WEIGHTED)
+    assert locality_shares(lb, 100) == {"r-x": 1.0}
+    lb.update([zone_hosts("r", "x", 2, weight=0) + unweighted])  # no scheduler: every healthy host
+    assert set(locality_shares(lb, 100)) == {"r-x", "r-y"}
+    # the only weighted locality is down: the priority's other healthy hosts, not nothing
+    lb.update([zone_hosts("r", "x", 4, weight=1, unhealthy=4) + zone_hosts("r", "y", 4, weight=0)])
+    assert lb.loads.panic == (False,)
+    assert locality_shares(lb, 100) == {"r-y": 1.0}
+
+
+def sandbox_priorities(*, local_1: int = 1, local_1_down: int = 0, local_2_down: bool = False,
+                       remote_1_down: bool = False) -> list[list[Host]]:
+    """Envoy's locality-load-balancing sandbox: P0 local-1, P1 local-2 + remote-1, P2 remote-2."""
+    return [
+        zone_hosts("local", "zone-1", local_1, unhealthy=local_1_down, priority=0),
+        zone_hosts("local", "zone-2", 1, unhealthy=int(local_2_down), priority=1)
+        + zone_hosts("remote", "zone-1", 1, unhealthy=int(remote_1_down), priority=1),
+        zone_hosts("remote", "zone-2", 1, priority=2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ({}, {"local-zone-1": 1.0}),
+        ({"local_1_down": 1}, {"local-zone-2": 0.5, "remote-zone-1": 0.5}),
+        ({"local_1_down": 1, "local_2_down": True}, {"remote-zone-1": 0.70, "remote-zone-2": 0.30}),
+        ({"local_1": 5, "local_1_down": 4}, {"local-zone-1": 0.28, "local-zone-2": 0.36, "remote-zone-1": 0.36}),
+        ({"local_1": 5, "local_1_down": 4, "local_2_down": True, "remote_1_down": True},
+         {"local-zone-1": 0.28, "remote-zone-2": 0.72}),
+    ],
+)
+def test_envoy_sandbox_priority_and_locality_failover(scenario, expected):
+    lb, store = balancer(RoundRobinLoadBalancer, sandbox_priorities(**scenario), LOCALITY_WEIGHTED)
+    shares = locality_shares(lb)
+    assert set(shares) == set(expected)
+    for name, share in expected.items():
+        assert shares[name] == pytest.approx(share, abs=0.02), shares
+    assert store.counters["cluster.c.lb_healthy_panic"].value == 0
+
+
+@pytest.mark.parametrize("cls", [RandomLoadBalancer, LeastRequestLoadBalancer])
+def test_every_edf_policy_picks_the_locality_first(cls):
+    x = zone_hosts("r", "x", 3, weight=1)
+    y = zone_hosts("r", "y", 1, weight=3)
+    lb, _ = balancer(cls, [x + y], LbSettings(policy=cls.policy, locality_weighted=True))
+    # without localities y would get 1/4 (one host of four); by locality weight it gets 3/4
+    assert locality_shares(lb, 4000)["r-y"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_degraded_traffic_uses_the_degraded_hosts_per_locality():
+    # P0: x all degraded, y all unhealthy; P1 unhealthy too -> everything goes to degraded hosts
+    x = zone_hosts("r", "x", 2, weight=1, degraded=2)
+    y = zone_hosts("r", "y", 2, weight=5, unhealthy=2)
+    lb, _ = balancer(RoundRobinLoadBalancer, [x + y], LOCALITY_WEIGHTED)
+    assert lb.loads.degraded == (100,)
+    picks = [lb.choose_host(None) for _ in range(20)]
+    assert set(picks) == set(x)
+
+
+def test_panic_ignores_localities_and_counts():
+    x = zone_hosts("r", "x", 2, weight=1, unhealthy=2)
+    y = zone_hosts("r", "y", 2, weight=100, unhealthy=1)  # 25% healthy overall: panic
+    lb, store = balancer(RoundRobinLoadBalancer, [x + y], LOCALITY_WEIGHTED)
+    assert lb.loads.panic == (True,)
+    assert set(lb.choose_host(None) for _ in range(8)) == set(x + y)  # all hosts, plain rotation
+    assert store.counters["cluster.c.lb_healthy_panic"].value == 8
+
+
+def test_long_locality_cycles_fall_back_to_a_live_edf():
+    x = zone_hosts("r", "x", 1, weight=LOCALITY_SCHEDULE_LIMIT)
+    y = zone_hosts("r", "y", 1, weight=LOCALITY_SCHEDULE_LIMIT - 1)
+    lb, _ = balancer(RoundRobinLoadBalancer, [x + y], LOCALITY_WEIGHTED)
+    shares = locality_shares(lb, 4000)
+    assert shares["r-x"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_hash_balancers_fold_locality_weights_into_host_weights():
+    x = zone_hosts("r", "x", 2, weight=1, unhealthy=1)
+    y = zone_hosts("r", "y", 1, weight=3)
+    weights = locality_host_weights(group_by_locality(x + y), lambda host: host.healthy)
+    assert weights == [(x[1], 0.25), (y[0], 0.75)]  # raw locality weights: health does not shrink x
+    settings = LbSettings(policy=MAGLEV, locality_weighted=True, maglev_table_size=10007)
+    lb, _ = balancer(MaglevLoadBalancer, [x + y], settings)
+    shares = locality_shares(lb, 4000, LoadBalancerContext(None))
+    keyed = Counter(lb.choose_host(LoadBalancerContext(xxhash64(str(i)))).locality.zone for i in range(4000))
+    assert keyed["y"] / 4000 == pytest.approx(0.75, abs=0.03)
+    assert shares["r-y"] == pytest.approx(0.75, abs=0.03)
+    ring, _ = balancer(RingHashLoadBalancer, [x + y], LbSettings(policy=RING_HASH, locality_weighted=True))
+    ring_keyed = Counter(ring.choose_host(LoadBalancerContext(xxhash64(str(i)))).locality.zone for i in range(4000))
+    assert ring_keyed["y"] / 4000 == pytest.approx(0.75, abs=0.05)
+    # as Envoy: with every locality weight 0 a hashing balancer has no host at all
+    lb.update([zone_hosts("r", "x", 2, weight=0)])
+    assert lb.choose_host(LoadBalancerContext(1)) is None
+
+
+def test_locality_weighted_lb_config_is_accepted():
+    settings = lb_settings_from_cluster(cluster_proto(common_lb_config={"locality_weighted_lb_config": {}}), "c")
+    assert settings.locality_weighted
+    assert not lb_settings_from_cluster(cluster_proto(), "c").locality_weighted

@@ -52,6 +52,13 @@ from tulle.upstream.load_balancer import (
     lb_settings_from_cluster,
 )
 from tulle.upstream.outlier_detection import OutlierDetectionConfig, OutlierDetector, parse_outlier_detection
+from tulle.upstream.resource_manager import (
+    DEFAULT_CIRCUIT_BREAKERS,
+    CircuitBreakersConfig,
+    ResourceManager,
+    build_resource_managers,
+    parse_circuit_breakers,
+)
 
 log = logging.getLogger("tulle.upstream")
 
@@ -74,10 +81,13 @@ _CLUSTER_FIELDS = (
     "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
     "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
     "eds_cluster_config", "health_checks", "outlier_detection", "ignore_health_on_host_removal",
+    "circuit_breakers",
 )
 # metadata only feeds subset load balancing and filters, which Tulle refuses or does not read.
 _CLUSTER_IGNORED = ("metadata",)
-_COMMON_HTTP_FIELDS = ("idle_timeout", "max_requests_per_connection")
+_COMMON_HTTP_FIELDS = ("idle_timeout", "max_requests_per_connection", "max_stream_duration")
+# (idle_timeout, max_requests_per_connection, max_stream_duration) of upstream HTTP connections/streams
+ConnectionOptions = tuple[float | None, int | None, float | None]
 _DISCOVERY_TYPES = dict(cluster_pb2.Cluster.DiscoveryType.items())
 
 
@@ -93,11 +103,14 @@ class EndpointConfig:
     locality: Locality
     health_status: int
     field: str
+    locality_weight: int = 0  # the LocalityLbEndpoints' load_balancing_weight; 0 when unset
+    health_check_port: int = 0  # health_check_config.port_value; 0: check the serving port
 
     def make_host(self, ip: str, hostname: str | None = None) -> Host:
         return Host(
             ip, self.port, hostname=self.hostname if hostname is None else hostname, weight=self.weight,
-            priority=self.priority, locality=self.locality, health_status=self.health_status,
+            priority=self.priority, locality=self.locality, locality_weight=self.locality_weight,
+            health_check_port=self.health_check_port, health_status=self.health_status,
         )
 
 
@@ -121,6 +134,8 @@ class ClusterConfig:
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
     ignore_health_on_host_removal: bool = False
+    max_stream_duration: float | None = None  # common_http_protocol_options.max_stream_duration
+    circuit_breakers: CircuitBreakersConfig = DEFAULT_CIRCUIT_BREAKERS
 
 
 # --- parsing ------------------------------------------------------------------
@@ -135,20 +150,18 @@ def _positive_seconds(msg: message.Message, name: str, field: str, default: floa
     return seconds
 
 
-def _common_http_options(
-    options: protocol_pb2.HttpProtocolOptions, field: str
-) -> tuple[float | None, int | None]:
+def _common_http_options(options: protocol_pb2.HttpProtocolOptions, field: str) -> ConnectionOptions:
     check_fields(options, _COMMON_HTTP_FIELDS, field)
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     if options.HasField("idle_timeout"):
         idle_timeout = duration_seconds(options.idle_timeout) or None  # 0 disables it, as in Envoy
     max_requests = options.max_requests_per_connection.value or None
-    return idle_timeout, max_requests
+    # each upstream stream's lifetime; reaching it resets the stream (UMSDR). 0: no limit
+    max_stream_duration = duration_seconds(options.max_stream_duration) or None
+    return idle_timeout, max_requests, max_stream_duration
 
 
-def _typed_http_options(
-    options: http_protocol_options_pb2.HttpProtocolOptions, field: str
-) -> tuple[float | None, int | None]:
+def _typed_http_options(options: http_protocol_options_pb2.HttpProtocolOptions, field: str) -> ConnectionOptions:
     check_fields(
         options, ("common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"),
         field,
@@ -163,12 +176,13 @@ def _typed_http_options(
         return _common_http_options(
             options.common_http_protocol_options, join(field, "common_http_protocol_options")
         )
-    return DEFAULT_IDLE_TIMEOUT, None
+    return DEFAULT_IDLE_TIMEOUT, None, None
 
 
-def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> tuple[float | None, int | None]:
-    """(idle_timeout, max_requests_per_connection) from the typed or the deprecated fields."""
-    typed: tuple[float | None, int | None] | None = None
+def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionOptions:
+    """(idle_timeout, max_requests_per_connection, max_stream_duration) from the typed or the
+    deprecated fields."""
+    typed: ConnectionOptions | None = None
     for key, value in cluster.typed_extension_protocol_options.items():
         entry_field = join(field, f"typed_extension_protocol_options[{key!r}]")
         if type_name_of(value) != HTTP_PROTOCOL_OPTIONS_TYPE:
@@ -192,15 +206,16 @@ def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> tuple[float
 
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_requests: int | None = None
+    max_stream_duration: float | None = None
     if cluster.HasField("http_protocol_options"):
         check_fields(cluster.http_protocol_options, (), join(field, "http_protocol_options"))
     if cluster.HasField("common_http_protocol_options"):
-        idle_timeout, max_requests = _common_http_options(
+        idle_timeout, max_requests, max_stream_duration = _common_http_options(
             cluster.common_http_protocol_options, join(field, "common_http_protocol_options")
         )
     if cluster.HasField("max_requests_per_connection"):
         max_requests = cluster.max_requests_per_connection.value or None
-    return idle_timeout, max_requests
+    return idle_timeout, max_requests, max_stream_duration
 
 
 def _locality(locality_endpoints: endpoint_components_pb2.LocalityLbEndpoints, field: str) -> Locality:
@@ -212,15 +227,21 @@ def _locality(locality_endpoints: endpoint_components_pb2.LocalityLbEndpoints, f
 
 
 def _endpoint(
-    lb_endpoint: endpoint_components_pb2.LbEndpoint, priority: int, locality: Locality, field: str
+    lb_endpoint: endpoint_components_pb2.LbEndpoint, priority: int, locality: Locality, locality_weight: int,
+    field: str,
 ) -> EndpointConfig:
     # metadata is read only by subset load balancing and filters Tulle does not have.
     check_fields(lb_endpoint, ("endpoint", "health_status", "load_balancing_weight"), field, ignored=("metadata",))
     endpoint = lb_endpoint.endpoint
     endpoint_field = join(field, "endpoint")
     check_fields(endpoint, ("address", "hostname", "health_check_config"), endpoint_field)
+    health_check_port = 0
     if endpoint.HasField("health_check_config"):
-        check_fields(endpoint.health_check_config, (), join(endpoint_field, "health_check_config"))
+        health_check_field = join(endpoint_field, "health_check_config")
+        check_fields(endpoint.health_check_config, ("port_value",), health_check_field)
+        health_check_port = endpoint.health_check_config.port_value
+        if health_check_port > 65535:
+            raise ConfigError("must be at most 65535", field=join(health_check_field, "port_value"))
     address_field = join(endpoint_field, "address")
     if not endpoint.HasField("address"):
         raise ConfigError("an endpoint needs an address", field=address_field)
@@ -243,7 +264,7 @@ def _endpoint(
     return EndpointConfig(
         address=socket_address.address, port=socket_address.port_value, hostname=endpoint.hostname,
         weight=weight, priority=priority, locality=locality, health_status=lb_endpoint.health_status,
-        field=socket_field,
+        field=socket_field, locality_weight=locality_weight, health_check_port=health_check_port,
     )
 
 
@@ -263,8 +284,7 @@ def _load_assignment(
     endpoints: list[EndpointConfig] = []
     for locality_index, locality_endpoints in enumerate(assignment.endpoints):
         locality_field = join(field, f"endpoints[{locality_index}]")
-        # Envoy uses the locality weight only with locality weighted load balancing, which
-        # Tulle refuses; without it Envoy ignores the weight too. metadata: see _endpoint.
+        # The locality weight is read only by locality weighted load balancing. metadata: see _endpoint.
         check_fields(
             locality_endpoints, ("locality", "lb_endpoints", "load_balancing_weight", "priority"),
             locality_field, ignored=("metadata",),
@@ -274,10 +294,14 @@ def _load_assignment(
         if locality_endpoints.priority > MAX_PRIORITY:
             raise ConfigError(f"must be at most {MAX_PRIORITY}", field=join(locality_field, "priority"))
         locality = _locality(locality_endpoints, locality_field)
+        # As Envoy: a weight counts only next to a locality; a locality without one weighs 0.
+        locality_weight = 0
+        if locality_endpoints.HasField("locality") and locality_endpoints.HasField("load_balancing_weight"):
+            locality_weight = locality_endpoints.load_balancing_weight.value
         for endpoint_index, lb_endpoint in enumerate(locality_endpoints.lb_endpoints):
             endpoints.append(
                 _endpoint(
-                    lb_endpoint, locality_endpoints.priority, locality,
+                    lb_endpoint, locality_endpoints.priority, locality, locality_weight,
                     join(locality_field, f"lb_endpoints[{endpoint_index}]"),
                 )
             )
@@ -328,7 +352,7 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         raise ConfigError("a cluster needs a name", field=join(field, "name"))
 
     lb_settings = lb_settings_from_cluster(cluster, field)
-    idle_timeout, max_requests = _connection_options(cluster, field)
+    idle_timeout, max_requests, max_stream_duration = _connection_options(cluster, field)
     health_check = parse_health_checks(list(cluster.health_checks), join(field, "health_checks"))
     outlier_detection = None
     if cluster.HasField("outlier_detection"):
@@ -370,6 +394,7 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         per_connection_buffer_limit_bytes=buffer_limit,
         max_requests_per_connection=max_requests,
         idle_timeout=idle_timeout,
+        max_stream_duration=max_stream_duration,
         endpoints=tuple(endpoints),
         overprovisioning_factor=overprovisioning_factor,
         dns_lookup_family=cluster_pb2.Cluster.DnsLookupFamily.Name(cluster.dns_lookup_family),
@@ -381,6 +406,10 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         health_check=health_check,
         outlier_detection=outlier_detection,
         ignore_health_on_host_removal=cluster.ignore_health_on_host_removal,
+        circuit_breakers=(
+            parse_circuit_breakers(cluster.circuit_breakers, join(field, "circuit_breakers"))
+            if cluster.HasField("circuit_breakers") else DEFAULT_CIRCUIT_BREAKERS
+        ),
     )
 
 
@@ -400,9 +429,14 @@ class Cluster:
         self.per_connection_buffer_limit_bytes = config.per_connection_buffer_limit_bytes
         self.max_requests_per_connection = config.max_requests_per_connection
         self.idle_timeout = config.idle_timeout
+        self.max_stream_duration = config.max_stream_duration
         self.overprovisioning_factor = config.overprovisioning_factor
         self.wait_for_warm_on_init = config.wait_for_warm_on_init
         self.stats = ClusterStats(store, config.stat_name)
+        # circuit breakers by routing priority (DEFAULT, HIGH); counted per cluster name
+        self.resource_managers = build_resource_managers(
+            config.circuit_breakers, config.name, config.stat_name, store)
+        self.resource_manager: ResourceManager = self.resource_managers[0]
         self.fixed_seed = rng is not None
         self.lb: LoadBalancer = create_load_balancer(config.lb, self.stats, rng)
         self.lb_policy = self.lb.policy
@@ -512,6 +546,15 @@ class Cluster:
         if self.outlier_detector is not None:
             self.outlier_detector.stop()
         return tasks
+
+    def resource_manager_for(self, priority: int) -> ResourceManager:
+        """The circuit breakers of a routing priority (0 DEFAULT, 1 HIGH)."""
+        return self.resource_managers[priority]
+
+    def circuit_breakers_status(self) -> dict[str, dict[str, int]]:
+        """The thresholds in force, by priority name, as /clusters shows them."""
+        return {name: manager.thresholds_status()
+                for name, manager in zip(("default", "high"), self.resource_managers, strict=True)}
 
     def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
         """Pick a host for one request/connection (replaced per instance by the balancer's method).

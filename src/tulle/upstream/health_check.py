@@ -432,7 +432,7 @@ class _Session:
         if reader is not None and writer is not None and not writer.is_closing() and not reader.at_eof():
             return reader, writer, False
         self.close_connection()  # the host closed the idle connection: a new one, and no failure
-        port = self.checker.config.alt_port or self.host.port
+        port = self.checker.config.alt_port or self.host.health_check_port or self.host.port
         reader, writer = await asyncio.open_connection(self.host.ip, port)
         self.reader, self.writer = reader, writer
         return reader, writer, True

@@ -108,8 +108,8 @@ def health_flags_for(health_status: int) -> str:
 
 class Host:
     __slots__ = (
-        "ip", "port", "address_str", "hostname", "weight", "priority", "locality",
-        "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
+        "ip", "port", "address_str", "hostname", "weight", "priority", "locality", "locality_weight",
+        "health_check_port", "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
         "failed_active_hc", "degraded_active_hc", "active_hc_timeout", "failed_outlier_check",
         "pending_dynamic_removal", "outlier",
     )
@@ -123,6 +123,8 @@ class Host:
         weight: int = 1,
         priority: int = 0,
         locality: Locality = NO_LOCALITY,
+        locality_weight: int = 0,
+        health_check_port: int = 0,
         health_status: int = health_check_pb2.UNKNOWN,
     ) -> None:
         self.ip = ip
@@ -132,6 +134,11 @@ class Host:
         self.weight = weight
         self.priority = priority
         self.locality = locality
+        # Its LocalityLbEndpoints' load_balancing_weight (0: none given), read only by
+        # locality weighted load balancing; Envoy keeps it per (priority, locality).
+        self.locality_weight = locality_weight
+        # Endpoint.health_check_config.port_value: active checks go there (0: the serving port).
+        self.health_check_port = health_check_port
         self.health_status = health_status
         # Flags owned by active health checking and outlier detection (see refresh_health).
         self.failed_active_hc = False
@@ -197,6 +204,8 @@ class Host:
         self.weight = other.weight
         self.priority = other.priority
         self.locality = other.locality
+        self.locality_weight = other.locality_weight
+        self.health_check_port = other.health_check_port
         self.health_status = other.health_status
         # Active health checking and outlier detection flags are this host's own: keep them.
         self.refresh_health()

@@ -1,18 +1,26 @@
-"""Envoy's load balancers: priority levels and panic, then one host-picking policy per class.
+"""Envoy's load balancers: priority levels and panic, localities, then one host-picking policy per class.
 
 Shared by every policy (as in Envoy's LoadBalancerBase):
 
 * Each priority's availability is ``min(100, overprovisioning_factor * healthy / total)``
   (and the same for degraded hosts); load goes to the highest priorities until
   100% is placed, so P1 only takes traffic once P0 is less than ~71% healthy.
+  When the priorities together are less than 100% available, their shares are
+  scaled up to add to 100 (the normalised total).
 * A priority whose healthy+degraded share is below ``healthy_panic_threshold``
-  (default 50%) is in panic: it balances over all of its hosts and every pick
-  bumps ``lb_healthy_panic``. When all priorities panic, load follows host counts.
+  (default 50%) is in panic, unless the normalised total is 100%: it balances over
+  all of its hosts and every pick bumps ``lb_healthy_panic``. When all priorities
+  panic, load follows host counts.
+* With ``common_lb_config.locality_weighted_lb_config`` a priority's traffic is split
+  between its localities by EDF on ``load_balancing_weight x min(1, factor x
+  available / total)`` of each locality, then a host is picked inside the locality
+  by the cluster's policy. RING_HASH and MAGLEV instead fold the locality weight
+  into each host's weight on the ring/table (as Envoy's thread-aware balancers do).
 
-Everything that depends only on membership (the percent -> host-source table,
-schedules, rings, Maglev tables) is rebuilt by :meth:`LoadBalancer.update` when
-membership changes, never per request. Requests run ``choose_host`` which is a
-table lookup and one small closure call.
+Everything that depends only on membership and health (the percent -> host-source
+table, locality and host schedules, rings, Maglev tables) is rebuilt by
+:meth:`LoadBalancer.update` when either changes, never per request. Requests run
+``choose_host`` which is a table lookup and one small closure call (two with localities).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
 import xxhash
 from envoy.config.cluster.v3 import cluster_pb2
@@ -32,7 +42,7 @@ from google.protobuf import message
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields
 from tulle.upstream.cluster_stats import ClusterStats
-from tulle.upstream.host import Host
+from tulle.upstream.host import Host, Locality
 
 ROUND_ROBIN = "ROUND_ROBIN"
 LEAST_REQUEST = "LEAST_REQUEST"
@@ -50,6 +60,8 @@ DEFAULT_MAGLEV_TABLE_SIZE = 65537
 MAGLEV_TABLE_SIZE_LIMIT = 5000011  # Envoy's validation bound
 # Above this total weight a weighted round-robin schedule is not precomputed (memory).
 PRECOMPUTED_SCHEDULE_LIMIT = 1 << 16
+# Locality schedules are per priority and health kind; longer cycles use a live EDF heap.
+LOCALITY_SCHEDULE_LIMIT = 1 << 12
 
 _MASK64 = (1 << 64) - 1
 
@@ -85,6 +97,7 @@ class LbSettings:
     minimum_ring_size: int = DEFAULT_MIN_RING_SIZE
     maximum_ring_size: int = DEFAULT_MAX_RING_SIZE
     maglev_table_size: int = DEFAULT_MAGLEV_TABLE_SIZE
+    locality_weighted: bool = False
 
 
 def _is_prime(value: int) -> bool:
@@ -112,10 +125,13 @@ def lb_settings_from_cluster(cluster: cluster_pb2.Cluster, field: str) -> LbSett
     if cluster.HasField("common_lb_config"):
         common = cluster.common_lb_config
         common_field = join(field, "common_lb_config")
-        # update_merge_window only batches health-check/EDS updates; Tulle has neither.
+        # update_merge_window only batches health-check/EDS updates; Tulle applies each at once.
+        # zone_aware_lb_config needs cluster_manager.local_cluster_name, which Tulle does not
+        # have, so it is refused by name here like any other field not listed.
         check_fields(
-            common, ("healthy_panic_threshold", "consistent_hashing_lb_config"), common_field,
-            ignored=("update_merge_window",),
+            common,
+            ("healthy_panic_threshold", "consistent_hashing_lb_config", "locality_weighted_lb_config"),
+            common_field, ignored=("update_merge_window",),
         )
         if common.HasField("healthy_panic_threshold"):
             percent = common.healthy_panic_threshold.value
@@ -130,6 +146,9 @@ def lb_settings_from_cluster(cluster: cluster_pb2.Cluster, field: str) -> LbSett
                 consistent, ("use_hostname_for_hashing",), join(common_field, "consistent_hashing_lb_config")
             )
             values["use_hostname_for_hashing"] = consistent.use_hostname_for_hashing
+        if common.HasField("locality_weighted_lb_config"):
+            check_fields(common.locality_weighted_lb_config, (), join(common_field, "locality_weighted_lb_config"))
+            values["locality_weighted"] = True
 
     if policy == ROUND_ROBIN and cluster.HasField("round_robin_lb_config"):
         check_fields(cluster.round_robin_lb_config, (), join(field, "round_robin_lb_config"))
@@ -260,6 +279,80 @@ def compute_priority_loads(
     return PriorityLoads(tuple(healthy_load), tuple(degraded_load), tuple(panic))
 
 
+# --- localities ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityGroup:
+    """The hosts of one locality within one priority, and that locality's weight (0: none given)."""
+
+    locality: Locality
+    weight: int
+    hosts: tuple[Host, ...]
+
+
+def group_by_locality(hosts: Sequence[Host]) -> list[LocalityGroup]:
+    """A priority's hosts per locality, ordered by (region, zone, sub_zone) as Envoy orders them.
+
+    Every host carries its LocalityLbEndpoints' weight; when the same locality is listed twice
+    in one priority, the later weight wins (as Envoy's per-priority locality map does).
+    """
+    members: dict[Locality, list[Host]] = {}
+    weights: dict[Locality, int] = {}
+    for host in hosts:
+        members.setdefault(host.locality, []).append(host)
+        if host.locality_weight:
+            weights[host.locality] = host.locality_weight
+    return [
+        LocalityGroup(locality, weights.get(locality, 0), tuple(members[locality])) for locality in sorted(members)
+    ]
+
+
+def effective_locality_weight(weight: int, available: int, total: int, overprovisioning_factor: int) -> Fraction:
+    """Envoy's ``weight x min(1, factor/100 x available/total)``, exact so that schedules are too."""
+    if weight == 0 or total == 0:
+        return Fraction(0)
+    return weight * min(Fraction(1), Fraction(overprovisioning_factor * available, 100 * total))
+
+
+def locality_host_weights(
+    groups: Sequence[LocalityGroup], eligible: Callable[[Host], bool]
+) -> list[tuple[Host, float]]:
+    """Hash balancers: each eligible host's share, ``locality_weight/sum x host_weight/sum in locality``.
+
+    As Envoy's thread-aware balancers, raw locality weights (not health-adjusted) are used and
+    all-zero locality weights leave no host at all.
+    """
+    total = sum(group.weight for group in groups)
+    weighted: list[tuple[Host, float]] = []
+    if total == 0:
+        return weighted
+    for group in groups:
+        hosts = [host for host in group.hosts if eligible(host)]
+        if group.weight == 0 or not hosts:
+            continue
+        host_total = sum(host.weight for host in hosts)
+        weighted.extend((host, group.weight / total * host.weight / host_total) for host in hosts)
+    return weighted
+
+
+def _is_healthy(host: Host) -> bool:
+    return host.healthy
+
+
+def _is_degraded(host: Host) -> bool:
+    return host.degraded
+
+
+def _any_host(host: Host) -> bool:
+    return True
+
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+_ELIGIBLE: dict[str, Callable[[Host], bool]] = {HEALTHY: _is_healthy, DEGRADED: _is_degraded}
+
+
 # --- load balancers -----------------------------------------------------------
 
 HostPicker = Callable[..., Host]
@@ -277,7 +370,7 @@ class _HostSource:
 
 
 class LoadBalancer:
-    """Priority and panic handling; subclasses say how to pick within one host list."""
+    """Priority, panic and locality handling; subclasses say how to pick within one host list."""
 
     policy = ""
     uses_hash = False
@@ -296,7 +389,7 @@ class LoadBalancer:
     def update(
         self, host_sets: Sequence[Sequence[Host]], overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR
     ) -> None:
-        """Rebuild all selection state for new membership; ``host_sets[p]`` = hosts of priority p."""
+        """Rebuild all selection state for new membership or health; ``host_sets[p]``: priority p's hosts."""
         counts = [
             (len(hosts), sum(1 for h in hosts if h.healthy), sum(1 for h in hosts if h.degraded))
             for hosts in host_sets
@@ -309,14 +402,7 @@ class LoadBalancer:
             key = (priority, kind)
             if key not in sources:
                 hosts = list(host_sets[priority]) if priority < len(host_sets) else []
-                panic = loads.panic[priority]
-                if panic:
-                    chosen = hosts
-                elif kind == "healthy":
-                    chosen = [h for h in hosts if h.healthy]
-                else:
-                    chosen = [h for h in hosts if h.degraded]
-                sources[key] = _HostSource(self._build_picker(chosen), panic, chosen) if chosen else None
+                sources[key] = self._build_source(hosts, kind, loads.panic[priority], overprovisioning_factor)
             return sources[key]
 
         table: list[_HostSource | None] = []
@@ -326,6 +412,60 @@ class LoadBalancer:
         first = table[0]
         self._direct = first if first is not None and all(entry is first for entry in table) else None
 
+    def _build_source(
+        self, hosts: list[Host], kind: str, panic: bool, overprovisioning_factor: int
+    ) -> _HostSource | None:
+        """The hosts one priority offers to ``kind`` (healthy/degraded) traffic and how to pick among them.
+
+        As Envoy's hostSourceToUse: panic first (all hosts, no localities), then a locality
+        pick when locality weighted and some locality has an effective weight, else the
+        priority's healthy (or degraded) hosts.
+        """
+        eligible = _any_host if panic else _ELIGIBLE[kind]
+        chosen = [host for host in hosts if eligible(host)]
+        if not chosen:
+            return None
+        if self.settings.locality_weighted and not panic:
+            picker = self._locality_picker(group_by_locality(hosts), eligible, overprovisioning_factor)
+            if picker is not None:
+                return _HostSource(picker, False, chosen)
+        return _HostSource(self._build_picker(chosen), panic, chosen)
+
+    def _locality_picker(
+        self, groups: list[LocalityGroup], eligible: Callable[[Host], bool], overprovisioning_factor: int
+    ) -> HostPicker | None:
+        """EDF over localities by effective weight, then the policy's picker inside the locality.
+
+        None when no locality has a positive effective weight (Envoy then uses the whole priority).
+        """
+        pickers: list[HostPicker] = []
+        weights: list[Fraction] = []
+        for group in groups:
+            hosts = [host for host in group.hosts if eligible(host)]
+            weight = effective_locality_weight(
+                group.weight, len(hosts), len(group.hosts), overprovisioning_factor
+            )
+            if weight > 0:
+                pickers.append(self._build_picker(hosts))
+                weights.append(weight)
+        if not pickers:
+            return None
+        if len(pickers) == 1:
+            return pickers[0]
+        next_picker = self._weighted_rotation(pickers, weights)
+        return lambda: next_picker()()
+
+    def _weighted_rotation(self, items: list[Any], weights: list[Fraction]) -> Callable[[], Any]:
+        """EDF over ``items``: a precomputed cycle (random start) when short enough, else a live heap."""
+        scaled = integer_weights(weights)
+        if sum(scaled) <= LOCALITY_SCHEDULE_LIMIT:
+            order = edf_order(scaled)
+            start = self.rng.randrange(len(order))
+            return itertools.cycle([items[index] for index in order[start:] + order[:start]]).__next__
+        float_weights = [float(weight) for weight in weights]
+        scheduler = _EdfScheduler(range(len(items)), float_weights.__getitem__)
+        return lambda: items[scheduler.pick()]
+
     @staticmethod
     def _source_for_slot(
         slot: int, loads: PriorityLoads, source_for: Callable[[int, str], _HostSource | None]
@@ -334,12 +474,12 @@ class LoadBalancer:
         for priority, load in enumerate(loads.healthy):
             cumulative += load
             if slot <= cumulative:
-                return source_for(priority, "healthy")
+                return source_for(priority, HEALTHY)
         for priority, load in enumerate(loads.degraded):
             cumulative += load
             if slot <= cumulative:
-                return source_for(priority, "degraded")
-        return source_for(0, "healthy")
+                return source_for(priority, DEGRADED)
+        return source_for(0, HEALTHY)
 
     def _build_picker(self, hosts: list[Host]) -> HostPicker:
         raise NotImplementedError
@@ -383,30 +523,48 @@ def _static_weight(host: Host) -> float:
     return host.weight
 
 
+def edf_order(weights: Sequence[int]) -> list[int]:
+    """One full cycle of Envoy's EDF over integer weights: item indices in pick order.
+
+    Item i's k-th turn has deadline k / weight_i (exact ties compare equal as floats,
+    since both sides round the same rational); ties go to the earlier item.
+    """
+    return [
+        index for _, index in sorted(
+            (turn / weight, index) for index, weight in enumerate(weights) for turn in range(1, weight + 1)
+        )
+    ]
+
+
+def integer_weights(weights: Sequence[Fraction]) -> list[int]:
+    """The smallest integers in the same proportions as ``weights`` (all positive)."""
+    denominator = math.lcm(*(weight.denominator for weight in weights))
+    scaled = [int(weight * denominator) for weight in weights]
+    divisor = math.gcd(*scaled)
+    return [value // divisor for value in scaled]
+
+
 def edf_schedule(hosts: Sequence[Host]) -> list[Host]:
     """One full cycle of Envoy's EDF weighted round robin (ties go to the earlier host)."""
-    deadlines = sorted(
-        (turn / host.weight, index) for index, host in enumerate(hosts) for turn in range(1, host.weight + 1)
-    )
-    return [hosts[index] for _, index in deadlines]
+    return [hosts[index] for index in edf_order([host.weight for host in hosts])]
 
 
 class _EdfScheduler:
-    """Live EDF: a host's next deadline uses its weight at the time it is re-queued."""
+    """Live EDF: an entry's next deadline uses its weight at the time it is re-queued."""
 
     __slots__ = ("_heap", "_order", "_weight_of")
 
-    def __init__(self, hosts: Sequence[Host], weight_of: Callable[[Host], float]) -> None:
+    def __init__(self, entries: Sequence[Any], weight_of: Callable[[Any], float]) -> None:
         self._weight_of = weight_of
-        self._heap = [(1.0 / weight_of(host), index, host) for index, host in enumerate(hosts)]
+        self._heap = [(1.0 / weight_of(entry), index, entry) for index, entry in enumerate(entries)]
         heapq.heapify(self._heap)
-        self._order = len(hosts)
+        self._order = len(entries)
 
-    def pick(self) -> Host:
-        deadline, _, host = self._heap[0]
+    def pick(self) -> Any:
+        deadline, _, entry = self._heap[0]
         self._order += 1
-        heapq.heapreplace(self._heap, (deadline + 1.0 / self._weight_of(host), self._order, host))
-        return host
+        heapq.heapreplace(self._heap, (deadline + 1.0 / self._weight_of(entry), self._order, entry))
+        return entry
 
 
 class LeastRequestLoadBalancer(LoadBalancer):
@@ -481,10 +639,40 @@ class _HashingLoadBalancer(LoadBalancer):
             return host.hostname
         return host.address_str
 
-    def _sorted_hosts(self, hosts: list[Host]) -> list[tuple[str, Host]]:
-        # Sorting by key keeps the table independent of DNS answer order, so every
-        # worker (and every proxy) builds the same one.
-        return sorted(((self.host_hash_key(host), host) for host in hosts), key=lambda item: item[0])
+    def _sorted_hosts(
+        self, hosts: list[Host], weights: Sequence[float] | None = None
+    ) -> list[tuple[str, Host, float]]:
+        """(key, host, weight) by key; weights default to the hosts' own.
+
+        Sorting by key keeps the table independent of DNS answer order, so every
+        worker (and every proxy) builds the same one.
+        """
+        if weights is None:
+            weights = [host.weight for host in hosts]
+        return sorted(
+            ((self.host_hash_key(host), host, weight) for host, weight in zip(hosts, weights, strict=True)),
+            key=lambda item: item[0],
+        )
+
+    def _build_source(
+        self, hosts: list[Host], kind: str, panic: bool, overprovisioning_factor: int
+    ) -> _HostSource | None:
+        if not self.settings.locality_weighted:
+            return super()._build_source(hosts, kind, panic, overprovisioning_factor)
+        # Envoy's thread-aware balancers: no locality pick per request; the locality weight is
+        # folded into each host's weight on the ring/table (all hosts per locality in panic).
+        weighted = locality_host_weights(group_by_locality(hosts), _any_host if panic else _ELIGIBLE[kind])
+        if not weighted:
+            return None
+        chosen = [host for host, _ in weighted]
+        picker = self._build_weighted_picker(chosen, [weight for _, weight in weighted])
+        return _HostSource(picker, panic, chosen)
+
+    def _build_picker(self, hosts: list[Host]) -> HostPicker:
+        return self._build_weighted_picker(hosts, None)
+
+    def _build_weighted_picker(self, hosts: list[Host], weights: Sequence[float] | None) -> HostPicker:
+        raise NotImplementedError
 
     def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
         key = context.hash_key if context is not None else None
@@ -510,10 +698,12 @@ class RingHashLoadBalancer(_HashingLoadBalancer):
 
     policy = RING_HASH
 
-    def build_ring(self, hosts: list[Host]) -> tuple[list[int], list[Host]]:
-        entries = self._sorted_hosts(hosts)
-        total_weight = sum(host.weight for _, host in entries)
-        min_normalized = min(host.weight for _, host in entries) / total_weight
+    def build_ring(
+        self, hosts: list[Host], weights: Sequence[float] | None = None
+    ) -> tuple[list[int], list[Host]]:
+        entries = self._sorted_hosts(hosts, weights)
+        total_weight = sum(weight for _, _, weight in entries)
+        min_normalized = min(weight for _, _, weight in entries) / total_weight
         scale = min(
             math.ceil(min_normalized * self.settings.minimum_ring_size) / min_normalized,
             float(self.settings.maximum_ring_size),
@@ -521,8 +711,8 @@ class RingHashLoadBalancer(_HashingLoadBalancer):
         ring: list[tuple[int, int]] = []
         current_hashes = 0.0
         target_hashes = 0.0
-        for index, (key, host) in enumerate(entries):
-            target_hashes += scale * host.weight / total_weight
+        for index, (key, _, weight) in enumerate(entries):
+            target_hashes += scale * weight / total_weight
             point = 0
             while current_hashes < target_hashes:
                 ring.append((xxhash64(f"{key}_{point}"), index))
@@ -531,8 +721,8 @@ class RingHashLoadBalancer(_HashingLoadBalancer):
         ring.sort()
         return [hash_value for hash_value, _ in ring], [entries[index][1] for _, index in ring]
 
-    def _build_picker(self, hosts: list[Host]) -> HostPicker:
-        hashes, ring_hosts = self.build_ring(hosts)
+    def _build_weighted_picker(self, hosts: list[Host], weights: Sequence[float] | None) -> HostPicker:
+        hashes, ring_hosts = self.build_ring(hosts, weights)
         size = len(hashes)
         find = bisect.bisect_left
 
@@ -553,14 +743,14 @@ class MaglevLoadBalancer(_HashingLoadBalancer):
 
     policy = MAGLEV
 
-    def build_table(self, hosts: list[Host]) -> list[Host]:
+    def build_table(self, hosts: list[Host], host_weights: Sequence[float] | None = None) -> list[Host]:
         table_size = self.settings.maglev_table_size
-        entries = self._sorted_hosts(hosts)
-        total_weight = sum(host.weight for _, host in entries)
-        weights = [host.weight / total_weight for _, host in entries]
+        entries = self._sorted_hosts(hosts, host_weights)
+        total_weight = sum(weight for _, _, weight in entries)
+        weights = [weight / total_weight for _, _, weight in entries]
         max_weight = max(weights)
-        offsets = [xxhash64(key) % table_size for key, _ in entries]
-        skips = [xxhash64(key, 1) % (table_size - 1) + 1 for key, _ in entries]
+        offsets = [xxhash64(key) % table_size for key, _, _ in entries]
+        skips = [xxhash64(key, 1) % (table_size - 1) + 1 for key, _, _ in entries]
         next_index = [0] * len(entries)
         targets = [0.0] * len(entries)
         table: list[int] = [-1] * table_size
@@ -587,8 +777,8 @@ class MaglevLoadBalancer(_HashingLoadBalancer):
                     break
         return [entries[i][1] for i in table]
 
-    def _build_picker(self, hosts: list[Host]) -> HostPicker:
-        table = self.build_table(hosts)
+    def _build_weighted_picker(self, hosts: list[Host], weights: Sequence[float] | None) -> HostPicker:
+        table = self.build_table(hosts, weights)
         size = len(table)
         return lambda hash_value: table[hash_value % size]
 
