@@ -27,6 +27,8 @@ HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
         "tulle.filters.http.local_ratelimit.config:LocalRateLimitFactory",
     "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:FaultFactory",
+    "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency":
+        "tulle.filters.http.adaptive_concurrency.config:AdaptiveConcurrencyFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -36,6 +38,16 @@ PER_ROUTE_FILTER_CONFIGS: dict[str, str] = {
     "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:parse_per_route_config",
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
         "tulle.filters.http.local_ratelimit.config:parse_per_route_config",
+}
+
+# Bootstrap overload_manager resource monitors: type name -> "module:attribute" of a
+# factory(proto, field_path, ServerState) returning a monitor (tulle.overload.monitors).
+RESOURCE_MONITORS: dict[str, str] = {
+    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig": "tulle.overload.monitors:fixed_heap",
+    "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig":
+        "tulle.overload.monitors:injected_resource",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig":
+        "tulle.overload.monitors:downstream_connections",
 }
 
 ACCESS_LOGGERS: dict[str, str] = {
@@ -51,6 +63,8 @@ NAME_TO_TYPE: dict[str, str] = {
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.filters.http.router": "envoy.extensions.filters.http.router.v3.Router",
     "envoy.filters.http.fault": "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "envoy.filters.http.adaptive_concurrency":
+        "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
 }
 
 

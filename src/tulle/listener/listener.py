@@ -54,6 +54,9 @@ class ListenerStats:
         self.downstream_cx_destroy = store.counter(base + "downstream_cx_destroy")
         self.downstream_cx_active = store.gauge(base + "downstream_cx_active")
         self.downstream_cx_length_ms = store.histogram(base + "downstream_cx_length_ms")
+        # closed at accept by the overload manager: the global connection limit, reject_incoming_connections
+        self.downstream_global_cx_overflow = store.counter(base + "downstream_global_cx_overflow")
+        self.downstream_cx_overload_reject = store.counter(base + "downstream_cx_overload_reject")
 
 
 class Listener:
@@ -90,6 +93,11 @@ class Listener:
         self.factory = self._build_terminal_filter(chain, chain_field)
         self.server: asyncio.AbstractServer | None = None
         self.sockets: list[socket.socket] = []
+        self.overload = ctx.overload
+        ctx.overload.listeners.add(self)  # stop_accepting_connections pauses and resumes it
+        self.listen_socket: socket.socket | None = None
+        self.paused_socket: socket.socket | None = None  # held open while accepting is paused
+        self.stopped = False
 
     def _build_terminal_filter(self, chain: Any, field: str) -> Any:
         """Build the chain's filters; the last must be terminal (it owns the connection's
@@ -152,12 +160,35 @@ class Listener:
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        self.listen_socket = sock
         self.server = await loop.create_server(lambda: _Acceptor(self), sock=sock, backlog=self.backlog)
 
     def stop_accepting(self) -> None:
+        self.stopped = True  # for good: an overload action's resume must not reopen it
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.paused_socket is not None:
+            self.paused_socket.close()
+            self.paused_socket = None
+
+    def pause_accepting(self) -> None:
+        """Envoy's pauseListening (stop_accepting_connections): no more accept() calls; new
+        connections wait in the kernel's backlog. Closing the server closes its socket, so a
+        duplicate keeps the listening socket (and its backlog) open until resume_accepting."""
+        if self.server is None or self.listen_socket is None:
+            return
+        self.paused_socket = self.listen_socket.dup()
+        self.server.close()
+        self.server = None
+
+    async def resume_accepting(self) -> None:
+        sock = self.paused_socket
+        self.paused_socket = None
+        if sock is not None and not self.stopped:
+            await self.start(sock)
+        elif sock is not None:
+            sock.close()
 
     def drain(self) -> None:
         self.factory.drain()
@@ -165,6 +196,7 @@ class Listener:
     def _on_close(self) -> None:
         self.stats.downstream_cx_active.value -= 1
         self.stats.downstream_cx_destroy.value += 1
+        self.overload.connection_closed()
 
 
 def _empty_match(chain: Any) -> bool:
@@ -179,6 +211,10 @@ class _Acceptor(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self.listener
+        overload = listener.overload
+        if overload.guards_accept and not overload.admit(listener.stats):
+            transport.abort()  # as Envoy's listener closes it: before it is a connection of this listener
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
