@@ -5,7 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from envoy.config.bootstrap.v3.bootstrap_pb2 import LayeredRuntime
+
 from tulle.admin.backend import AdminBackend
+from tulle.config.loader import parse_message
+from tulle.runtime import Runtime
 from tulle.stats.store import Store
 
 LOGGERS = ("admin", "config", "http", "upstream")
@@ -27,6 +31,11 @@ class FakeBackend:
         self.drains: list[tuple[bool, bool]] = []
         self.quits = 0
         self.levels = {name: "info" for name in LOGGERS}
+        # a real runtime: a static layer and an admin layer /runtime_modify writes to
+        self.layered_runtime = Runtime.from_proto(parse_message({"layers": [
+            {"name": "base", "static_layer": {"fault": {"http": {"abort": {"abort_percent": 10}}}}},
+            {"name": "admin", "admin_layer": {}},
+        ]}, LayeredRuntime), "layered_runtime")
         self.cluster_list: list[dict[str, Any]] = [
             {
                 "name": "foo", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
@@ -90,6 +99,12 @@ class FakeBackend:
             self.levels[name] = level
         else:
             raise ValueError(f"unknown logger {name}")
+
+    def runtime(self) -> dict[str, Any]:
+        return self.layered_runtime.admin_view()
+
+    async def runtime_modify(self, changes: dict[str, str]) -> None:
+        self.layered_runtime.merge_admin(changes)
 
 
 def _protocol_methods() -> dict[str, Any]:

@@ -147,3 +147,39 @@ def test_query_params() -> None:
     assert params.get("filter") == "a+b"
     assert params.get("regex") == "rq_\\d+"
     assert params.get("missing") is None
+
+
+def test_runtime_lists_layers_and_entries_as_envoy_does() -> None:
+    backend = FakeBackend()
+    assert call(backend, "POST", "/runtime_modify?fault.http.abort.abort_percent=50&new.key=x").body == "OK\n"
+    response = call(backend, "GET", "/runtime")
+    assert response.status == 200 and response.content_type == "application/json"
+    assert json.loads(response.body) == {
+        "layers": ["base", "admin"],
+        "entries": {
+            "fault.http.abort.abort_percent": {"layer_values": ["10", "50"], "final_value": "50"},
+            "new.key": {"layer_values": ["", "x"], "final_value": "x"},
+        },
+    }
+    assert response.body.startswith('{\n "layers": [\n  "base",')  # Envoy's one-space pretty JSON
+
+
+def test_runtime_modify_removes_an_override_with_an_empty_value() -> None:
+    backend = FakeBackend()
+    call(backend, "POST", "/runtime_modify?a=1&b=2")
+    assert call(backend, "POST", "/runtime_modify?a=").status == 200
+    entries = json.loads(call(backend, "GET", "/runtime").body)["entries"]
+    assert "a" not in entries and entries["b"]["final_value"] == "2"
+
+
+def test_runtime_modify_needs_post_parameters_and_an_admin_layer() -> None:
+    from tulle.runtime import Runtime
+
+    backend = FakeBackend()
+    assert call(backend, "GET", "/runtime_modify?a=1").status == 405
+    usage = call(backend, "POST", "/runtime_modify")
+    assert usage.status == 400 and usage.body.startswith("usage: /runtime_modify?key1=value1")
+    backend.layered_runtime = Runtime()  # no layered_runtime: no admin layer, as in Envoy
+    refused = call(backend, "POST", "/runtime_modify?a=1")
+    assert (refused.status, refused.body) == (503, "No admin layer specified")
+    assert json.loads(call(backend, "GET", "/runtime").body) == {"layers": [], "entries": {}}

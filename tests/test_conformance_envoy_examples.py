@@ -24,8 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ class Runs:
 
     check: Callable[[RunningExample], None]
     tls_upstreams: bool = False  # the upstreams speak TLS (passthrough examples)
+    switchable_upstreams: bool = False  # the upstreams answer 503 while their server's ``unhealthy`` is set
+    # example-specific rewrites after the loopback ones (paths the sandbox has, moved under the test's tmp dir)
+    rewrite: Callable[[dict[str, Any], Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class RunningExample:
     listener_ports: list[int]
     backend_labels: dict[tuple[str, int], str]  # original (address, port) -> label of the echo backend
     tls_certificate_der: bytes = b""
+    # original (address, port) -> its echo server
+    backend_servers: dict[tuple[str, int], Any] = field(default_factory=dict)
+    workdir: Path | None = None  # the test's tmp dir, where ``Runs.rewrite`` put the example's files
 
     def wait_for_stats(self, expected: dict[str, int], timeout: float = 5.0) -> None:
         """Poll /stats until every named stat has the expected value (stats land after the response)."""
@@ -203,6 +210,25 @@ def check_tls_passthrough(upstream: tuple[str, int], stat_prefix: str, cluster: 
     return check
 
 
+def check_route_mirror(example: RunningExample) -> None:
+    """/service/1 is mirrored to service1-mirror; /service/2 to the cluster x-mirror-cluster names, if any."""
+    port = example.listener_ports[0]
+    for path, headers, upstream in (("/service/1", {}, ("service1", 8080)),
+                                    ("/service/2", {"x-mirror-cluster": "service2-mirror"}, ("service2", 8080)),
+                                    ("/service/2", {}, ("service2", 8080))):
+        reply, _ = http_get(port, path, headers)
+        assert reply.status == 200, reply
+        # the caller only ever sees the main cluster's answer
+        assert reply.headers.get("x-served-by") == example.backend_labels[upstream]
+    example.wait_for_stats({
+        "cluster.service1.upstream_rq_2xx": 1,
+        "cluster.service1-mirror.upstream_rq_2xx": 1,
+        "cluster.service2.upstream_rq_2xx": 2,
+        "cluster.service2-mirror.upstream_rq_2xx": 1,  # the request without the header is not mirrored
+        "http.ingress_http.downstream_rq_2xx": 3,
+    })
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 def check_local_ratelimit(example: RunningExample) -> None:
@@ -228,12 +254,138 @@ def check_local_ratelimit(example: RunningExample) -> None:
                             "http.ingress_http.downstream_rq_4xx": 6})
 
 
+def runtime_root_under_tmp(document: dict[str, Any], tmp: Path) -> None:
+    """The disk layers' symlink_root (the sandbox's /srv/runtime/current) moves under ``tmp``; its parent
+    directory exists, as in the sandbox's image, and the symlink does not until a script swaps it in."""
+    for layer in document["layered_runtime"]["layers"]:
+        disk = layer.get("disk_layer")
+        if disk is not None:
+            disk["symlink_root"] = str(tmp / disk["symlink_root"].lstrip("/"))
+            Path(disk["symlink_root"]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def check_fault_injection(example: RunningExample) -> None:
+    """The sandbox's enable/disable scripts: write the runtime files under /srv/runtime/v1/envoy, then
+    ``ln -s /srv/runtime/v1 new && mv -Tf new current``. Abort at 100% -> 503 (flag FI); delay at 100% ->
+    the configured 3 s; both files removed -> normal service again."""
+    assert example.workdir is not None
+    port = example.listener_ports[0]
+    runtime_root = example.workdir / "srv" / "runtime"
+    fault_dir = runtime_root / "v1" / "envoy" / "fault" / "http"
+
+    def write(key: str, value: str) -> None:
+        path = fault_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")  # echo '100' > ...
+
+    def swap(expected_entries: set[str]) -> None:
+        new = runtime_root / "new"
+        new.symlink_to(runtime_root / "v1")
+        new.replace(runtime_root / "current")  # mv -Tf new current: a rename over the old link
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status, body = example.proxy.admin("GET", "/runtime")
+            if status == 200 and set(json.loads(body)["entries"]) == expected_entries:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"runtime not reloaded: {body}\n{example.proxy.output()[-2000:]}")
+
+    reply, _ = http_get(port, "/")
+    assert reply.status == 200 and reply.headers.get("x-served-by") == example.backend_labels[("backend", 80)]
+
+    write("abort/abort_percent", "100")
+    write("abort/http_status", "503")
+    swap({"fault.http.abort.abort_percent", "fault.http.abort.http_status"})
+    for _ in range(3):
+        reply, _ = http_get(port, "/")
+        assert reply.status == 503 and reply.body == b"fault filter abort", reply
+        assert "x-served-by" not in reply.headers
+    example.wait_for_stats({"http.ingress_http.fault.aborts_injected": 3, "runtime.num_layers": 1})
+    deadline = time.monotonic() + 5  # the stdout access log flushes within a second
+    while " 503 FI " not in example.proxy.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert " 503 FI " in example.proxy.output()
+
+    (fault_dir / "abort" / "abort_percent").unlink()
+    (fault_dir / "abort" / "http_status").unlink()
+    write("delay/fixed_delay_percent", "100")
+    swap({"fault.http.delay.fixed_delay_percent"})
+    started = time.monotonic()
+    reply, _ = http_get(port, "/")
+    assert reply.status == 200 and time.monotonic() - started >= 2.5, reply
+    example.wait_for_stats({"http.ingress_http.fault.delays_injected": 1})
+
+    (fault_dir / "delay" / "fixed_delay_percent").unlink()
+    swap(set())
+    started = time.monotonic()
+    reply, _ = http_get(port, "/")
+    assert reply.status == 200 and time.monotonic() - started < 2.5, reply
+    example.wait_for_stats({"http.ingress_http.fault.aborts_injected": 3,
+                            "http.ingress_http.fault.delays_injected": 1,
+                            "runtime.load_success": 4})
+
+
+class SwitchableEchoHandler(echo_server.EchoHandler):
+    """The echo backend with the locality sandbox service's switch: while its server's ``unhealthy``
+    is set (the sandbox's ``/unhealthy``) every request gets 503, health checks included."""
+
+    wbufsize = -1  # headers and body in one write: no Nagle/delayed-ACK stall on each keep-alive request
+
+    def _handle(self) -> None:
+        if getattr(self.server, "unhealthy", False):
+            self._read_body()
+            self._send(503, b"Unhealthy\n", "text/plain")
+            return
+        super()._handle()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+def check_locality_load_balancing(example: RunningExample) -> None:
+    """The sandbox's steps: P0 local-1 takes everything; local-1 down -> P1's local-2 and remote-1 split
+    50:50 (locality weights 1:1); local-2 down too -> P1 is 50% healthy, so ~70% to remote-1 and ~30%
+    spills to P2's remote-2; both back -> local-1 again. Health comes from the example's HTTP checks."""
+    port = example.listener_ports[0]
+    names = ("local-1", "local-2", "remote-1", "remote-2")
+    servers = {name: example.backend_servers[(f"backend-{name}", 8080)] for name in names}
+    by_label = {example.backend_labels[(f"backend-{name}", 8080)]: name for name in names}
+
+    def served(requests: int = 100) -> Counter[str]:
+        replies = [http_get(port, "/")[0] for _ in range(requests)]
+        assert all(reply.status == 200 for reply in replies), [reply.status for reply in replies]
+        return Counter(by_label[reply.headers["x-served-by"]] for reply in replies)
+
+    def health_flags(name: str) -> str:
+        marker = f"::127.0.0.1:{servers[name].server_address[1]}::health_flags::"
+        lines = example.proxy.admin("GET", "/clusters")[1].splitlines()
+        return next((line.split(marker, 1)[1] for line in lines if marker in line), "")
+
+    def set_healthy(name: str, healthy: bool) -> None:
+        servers[name].unhealthy = not healthy
+        expected = "healthy" if healthy else "/failed_active_hc"
+        deadline = time.monotonic() + 10  # the example checks every 2 s
+        while health_flags(name) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health_flags(name) == expected, example.proxy.output()[-2000:]
+
+    assert served() == {"local-1": 100}
+    set_healthy("local-1", False)
+    assert served() == {"local-2": 50, "remote-1": 50}
+    set_healthy("local-2", False)
+    split = served(200)
+    assert set(split) == {"remote-1", "remote-2"}, split
+    assert 110 <= split["remote-1"] <= 170, split  # 70% of 200, give or take the random priority pick
+    set_healthy("local-1", True)
+    set_healthy("local-2", True)
+    assert served() == {"local-1": 100}
+    example.wait_for_stats({"cluster.backend.lb_healthy_panic": 0, "cluster.backend.membership_healthy": 4})
+
+
 TRANSPORT_SOCKET = "transport_socket"
 TLS_CLUSTER = Refused(TRANSPORT_SOCKET, "static_resources.clusters[0].transport_socket")
 LISTENER_FILTERS = Refused("listener_filters", "static_resources.listeners[0].listener_filters")
 HCM_TRACING = Refused("tracing", f"{HCM}.tracing")
 PATH_CONFIG_SOURCE = Refused("path_config_source", "dynamic_resources.lds_config.path_config_source")
-LAYERED_RUNTIME = Refused("layered_runtime", "layered_runtime")
 NOT_A_BOOTSTRAP = NotBootstrap("resources")
 
 
@@ -262,10 +414,11 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "dynamic-config-fs/configs/lds.yaml": NOT_A_BOOTSTRAP,
     # file-based LDS/CDS: Tulle takes dynamic config over ADS only
     "dynamic-config-fs/envoy.yaml": PATH_CONFIG_SOURCE,
-    # top-level layered_runtime is met before the fault filter
-    "fault-injection/envoy.yaml": LAYERED_RUNTIME,
-    # top-level layered_runtime is met before the TLS listener
-    "front-proxy/envoy.yaml": LAYERED_RUNTIME,
+    # faults at 0% switched on and off through the runtime's disk layer, as the sandbox's scripts do
+    "fault-injection/envoy.yaml": Runs(check_fault_injection, rewrite=runtime_root_under_tmp),
+    # its static runtime layer is accepted; the second listener terminates TLS
+    "front-proxy/envoy.yaml": Refused(TRANSPORT_SOCKET,
+                                      "static_resources.listeners[1].filter_chains[0].transport_socket"),
     "front-proxy/service-envoy-2.yaml": Runs(check_front_proxy_service(2)),
     "front-proxy/service-envoy.yaml": Runs(check_front_proxy_service(1)),
     # its LOGICAL_DNS cluster asks only for HTTP/1.1; the HCM's add_user_agent (field 6) precedes the
@@ -277,9 +430,8 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "jaeger-tracing/envoy.yaml": HCM_TRACING,
     # two listeners, each with its own token bucket (2 tokens, 2 more per 5 s)
     "local_ratelimit/envoy.yaml": Runs(check_local_ratelimit),
-    # its HTTP health_checks are supported; locality weighted load balancing is not
-    "locality-load-balancing/envoy.yaml": Refused(
-        "locality_weighted_lb_config", "static_resources.clusters[0].common_lb_config.locality_weighted_lb_config"),
+    # priorities and locality weighted load balancing, driven by the example's HTTP health checks
+    "locality-load-balancing/envoy.yaml": Runs(check_locality_load_balancing, switchable_upstreams=True),
     # the filter has a custom name: the refusal names it by its type
     "lua/envoy.yaml": http_filter("envoy.extensions.filters.http.lua.v3.Lua"),
     # the third cluster (the OTLP collector) talks HTTP/2, and clusters are built before listeners
@@ -288,8 +440,7 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "rbac/envoy.yaml": http_filter("envoy.filters.http.rbac"),
     "redis/envoy.yaml": Refused("envoy.filters.network.redis_proxy",
                                 "static_resources.listeners[0].filter_chains[0].filters[0]"),
-    "route-mirror/envoy.yaml": Refused(
-        "request_mirror_policies", f"{HCM}.route_config.virtual_hosts[0].routes[0].route.request_mirror_policies"),
+    "route-mirror/envoy.yaml": Runs(check_route_mirror),
     # listener_filters (field 9) is checked before the three filter chains
     "tls-inspector/envoy.yaml": LISTENER_FILTERS,
     "tls-sni/envoy-client.yaml": TLS_CLUSTER,
@@ -368,12 +519,18 @@ def rewrite_for_loopback(document: dict[str, Any], backend_ports: dict[tuple[str
         socket_address["port_value"] = free_port()
         listener_ports.append(socket_address["port_value"])
     for cluster in document["static_resources"].get("clusters", []):
-        for socket_address in _endpoint_socket_addresses(cluster):
-            original = (socket_address["address"], socket_address["port_value"])
-            if _is_ip(original[0]):
-                socket_address["address"] = "127.0.0.1"
-            # host names stay: they resolve to 127.0.0.1 through TULLE_TEST_DNS_OVERRIDES
-            socket_address["port_value"] = backend_ports[original]
+        for locality in cluster.get("load_assignment", {}).get("endpoints", []):
+            for lb_endpoint in locality.get("lb_endpoints", []):
+                endpoint = lb_endpoint["endpoint"]
+                socket_address = endpoint["address"]["socket_address"]
+                original = (socket_address["address"], socket_address["port_value"])
+                if _is_ip(original[0]):
+                    socket_address["address"] = "127.0.0.1"
+                # host names stay: they resolve to 127.0.0.1 through TULLE_TEST_DNS_OVERRIDES
+                socket_address["port_value"] = backend_ports[original]
+                health_check = endpoint.get("health_check_config", {})
+                if "port_value" in health_check:  # the examples check the serving port
+                    health_check["port_value"] = backend_ports[(original[0], health_check["port_value"])]
     document["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}}
     return listener_ports
 
@@ -403,7 +560,8 @@ class Backends:
             server.server_close()
 
 
-def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path) -> Backends:
+def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path,
+                   switchable: bool = False) -> Backends:
     context = None
     certificate_der = b""
     if tls:
@@ -414,6 +572,8 @@ def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path) 
     for address, port in addresses:
         label = f"{address}:{port}"
         server = echo_server.serve(0, label)
+        if switchable:
+            server.RequestHandlerClass = SwitchableEchoHandler
         if context is not None:
             server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -472,9 +632,11 @@ def assert_not_a_bootstrap(relative: str, expectation: NotBootstrap) -> None:
 def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
     document = yaml.safe_load((CORPUS / relative).read_text())
     addresses = upstream_addresses(document)
-    backends = start_backends(addresses, expectation.tls_upstreams, tmp_path)
+    backends = start_backends(addresses, expectation.tls_upstreams, tmp_path, expectation.switchable_upstreams)
     try:
         listener_ports = rewrite_for_loopback(document, backends.ports)
+        if expectation.rewrite is not None:
+            expectation.rewrite(document, tmp_path)
         rewritten = tmp_path / Path(relative).name
         rewritten.write_text(yaml.safe_dump(document))
         validated = run_validate(rewritten)
@@ -482,10 +644,11 @@ def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
         names = sorted({address for address, _ in addresses if not _is_ip(address)})
         env = {"TULLE_TEST_DNS_OVERRIDES": ";".join(f"{name}=127.0.0.1" for name in names)}
         with ProxyProcess(document, tmp_path, env=env) as proxy:
-            example = RunningExample(proxy, listener_ports, backends.labels, backends.certificate_der)
-            # Every cluster has one endpoint resolving to one address: wait for DNS to land it.
+            example = RunningExample(proxy, listener_ports, backends.labels, backends.certificate_der,
+                                     dict(zip(addresses, backends.servers, strict=True)), tmp_path)
+            # Every endpoint resolves to one address: wait for DNS to land them all.
             example.wait_for_stats({
-                f"cluster.{cluster['name']}.membership_total": 1
+                f"cluster.{cluster['name']}.membership_total": len(list(_endpoint_socket_addresses(cluster)))
                 for cluster in document["static_resources"]["clusters"]
             })
             expectation.check(example)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.bootstrap.v3.bootstrap_pb2 import LayeredRuntime
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from backends import Client, encode_request, file_access_log, http_proxy, read_lines, wait_until
@@ -26,6 +27,7 @@ from tulle.filters.network.http_connection_manager.config import HcmConfig, Http
 from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
 from tulle.http.headers import HeaderMap
 from tulle.router.route_table import WEIGHTED_CLUSTER_RANDOM_VALUE
+from tulle.runtime import Runtime
 from tulle.samples.echo_server import start_in_thread
 from tulle.server.context import DownstreamConnection, FactoryContext, ServerState
 from tulle.stats.store import Store
@@ -145,7 +147,8 @@ class Proxy:
 
     def __init__(self, fault: dict[str, Any] | None, *, routes: list[dict[str, Any]] | None = None,
                  vhost: dict[str, Any] | None = None, route_config: dict[str, Any] | None = None,
-                 draws: Callable[[], int] | None = None, recorder: bool = False, filter_name: str = FAULT) -> None:
+                 draws: Callable[[], int] | None = None, recorder: bool = False, filter_name: str = FAULT,
+                 runtime: Runtime | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.store = Store()
         self.clusters = RecordingClusters()
@@ -158,6 +161,8 @@ class Proxy:
         }
         ctx = FactoryContext(stats=self.store, cluster_manager=self.clusters,  # type: ignore[arg-type]
                              server=ServerState(), loop=self.loop)
+        if runtime is not None:
+            ctx.runtime = runtime
         self.config: HcmConfig = HttpConnectionManagerFactory(
             parse_message(doc, hcm_pb2.HttpConnectionManager), FIELD, ctx).config
         self.fault: FaultFactory = self.config.filter_factories[0]
@@ -751,3 +756,129 @@ def test_stats_are_in_the_admin_json(real_proxy: tuple[Any, int, Path]) -> None:
     names = set(proxy.stats())
     for name in ("delays_injected", "aborts_injected", "faults_overflow", "response_rl_injected", "active_faults"):
         assert f"http.ingress.fault.{name}" in names
+
+
+# --------------------------------------------------------------------------- runtime overrides
+
+
+def admin_runtime(**values: str) -> Runtime:
+    """A runtime with an admin layer holding ``values`` (dots spelled as double underscores)."""
+    runtime = Runtime.from_proto(parse_message({"layers": [{"name": "admin", "admin_layer": {}}]}, LayeredRuntime),
+                                 "layered_runtime")
+    runtime.merge_admin({key.replace("__", "."): value for key, value in values.items()})
+    return runtime
+
+
+def test_runtime_percent_and_status_override_the_configured_ones(proxies: Callable[..., Proxy]) -> None:
+    # the fault-injection sandbox: faults at 0% in the config, switched on through the runtime
+    runtime = admin_runtime()
+    proxy = proxies({**abort(503, 0), **delay("3s", 0)}, runtime=runtime, draws=always(0))
+    assert proxy.request().status == 200  # type: ignore[union-attr]
+    assert proxy.draw_count == 0  # nothing can inject yet: no draw at all
+    runtime.merge_admin({"fault.http.abort.abort_percent": "100", "fault.http.abort.http_status": "418"})
+    response = proxy.request()
+    assert response is not None and response.status == 418 and response.body == b"fault filter abort"
+    assert proxy.log.infos[-1].response_flags == ["FI"]
+    runtime.merge_admin({"fault.http.abort.abort_percent": ""})  # removed: back to the configured 0%
+    assert proxy.request().status == 200  # type: ignore[union-attr]
+
+
+def test_runtime_delay_percent_and_duration(proxies: Callable[..., Proxy]) -> None:
+    runtime = admin_runtime(fault__http__delay__fixed_delay_percent="100", fault__http__delay__fixed_duration_ms="30")
+    proxy = proxies(delay("60s", 0), runtime=runtime, recorder=True)
+    connection, _ = proxy.connect()
+    connection.data_received(encode_request("GET", "/"))
+    assert proxy.recorder.calls == [] and proxy.counter("delays_injected") == 1
+    proxy.run(0.2)  # 30 ms from the runtime, not the configured 60 s
+    assert proxy.recorder.calls == [("headers", "/", True)]
+    runtime.merge_admin({"fault.http.delay.fixed_duration_ms": "0"})  # Envoy delays only above 0 ms
+    proxy.request()
+    assert proxy.counter("delays_injected") == 1
+
+
+@pytest.mark.parametrize(("value", "draw", "aborted"), [
+    ("numerator: 1\ndenominator: TEN_THOUSAND", 10_000, True),  # a fractional percent
+    ("numerator: 1\ndenominator: TEN_THOUSAND", 10_001, False),
+    ('{"numerator": 20, "denominator": "HUNDRED"}', 119, True),  # JSON is YAML too
+    ("7", 106, True),  # an integer: N out of 100
+    ("7", 107, False),
+    ("250", 99, True),  # above 100: always
+    ("true", 0, False),  # not a percentage: the configured 0% stays
+])
+def test_runtime_percentages_are_read_as_envoy_reads_them(proxies: Callable[..., Proxy], value: str, draw: int,
+                                                         aborted: bool) -> None:
+    proxy = proxies(abort(503, 0), runtime=admin_runtime(fault__http__abort__abort_percent=value),
+                    draws=always(draw))
+    assert proxy.request().status == (503 if aborted else 200)  # type: ignore[union-attr]
+
+
+def test_custom_runtime_keys_replace_envoys_names(proxies: Callable[..., Proxy]) -> None:
+    runtime = admin_runtime(fault__http__abort__abort_percent="100", my__abort="100", my__status="429")
+    proxy = proxies({**abort(503, 0), "abort_percent_runtime": "my.abort", "abort_http_status_runtime": "my.status"},
+                    runtime=runtime)
+    assert proxy.request().status == 429  # type: ignore[union-attr]
+    runtime.merge_admin({"my.abort": ""})  # the default key is not read any more
+    assert proxy.request().status == 200  # type: ignore[union-attr]
+
+
+def test_runtime_status_outside_what_can_be_sent_keeps_the_configured_one(proxies: Callable[..., Proxy]) -> None:
+    proxy = proxies(abort(503), runtime=admin_runtime(fault__http__abort__http_status="99"))
+    assert proxy.request().status == 503  # type: ignore[union-attr]
+
+
+def test_runtime_grpc_status(proxies: Callable[..., Proxy]) -> None:
+    proxy = proxies({"abort": {"grpc_status": 14, "percentage": {"numerator": 100}}},
+                    runtime=admin_runtime(fault__http__abort__grpc_status="4"))
+    response = proxy.request("/svc/M", [("content-type", "application/grpc")], body=b"", method="POST")
+    assert response is not None and response.headers["grpc-status"] == "4"
+
+
+def test_downstream_cluster_keys_replace_the_general_percentages(proxies: Callable[..., Proxy]) -> None:
+    runtime = admin_runtime(fault__http__abort__abort_percent="100", fault__http__web__abort__abort_percent="0",
+                            fault__http__api__abort__abort_percent="100", fault__http__api__abort__http_status="502",
+                            fault__http__abort__http_status="504")
+    proxy = proxies(abort(503, 0), runtime=runtime)
+    assert proxy.request().status == 504  # type: ignore[union-attr]  # no header: the general keys
+    web = proxy.request(headers=[("x-envoy-downstream-service-cluster", "web")])
+    assert web is not None and web.status == 200  # its own key says 0%, whatever the general one says
+    api = proxy.request(headers=[("x-envoy-downstream-service-cluster", "api")])
+    assert api is not None and api.status == 502
+    other = proxy.request(headers=[("x-envoy-downstream-service-cluster", "other")])
+    assert other is not None and other.status == 200  # no key of its own: the configured 0%
+    assert proxy.counter("api.aborts_injected") == 1
+
+
+def test_downstream_cluster_key_alone_makes_settings_candidates(proxies: Callable[..., Proxy]) -> None:
+    proxy = proxies(delay("60s", 0), runtime=admin_runtime(fault__http__batch__delay__fixed_delay_percent="100",
+                                                           fault__http__batch__delay__fixed_duration_ms="10"),
+                    recorder=True)
+    proxy.request(headers=[("x-envoy-downstream-service-cluster", "batch")])
+    assert proxy.counter("delays_injected") == 1 and proxy.recorder.calls == []
+    proxy.run(0.2)
+    assert len(proxy.recorder.calls) == 1
+
+
+def test_runtime_max_active_faults(proxies: Callable[..., Proxy]) -> None:
+    runtime = admin_runtime(fault__http__max_active_faults="1")
+    proxy = proxies(delay("1s", 100, max_active_faults=5), runtime=runtime, recorder=True)
+    proxy.request()
+    proxy.request()  # the runtime's limit of 1, not the configured 5
+    assert proxy.counter("delays_injected") == 1 and proxy.counter("faults_overflow") == 1
+    runtime.merge_admin({"fault.http.max_active_faults": ""})
+    proxy.request()
+    assert proxy.counter("delays_injected") == 2
+
+
+def test_route_settings_read_the_runtime_too(proxies: Callable[..., Proxy]) -> None:
+    runtime = admin_runtime(route__abort="100")
+    route = {**OK_ROUTE, "typed_per_filter_config": {FAULT: fault_config(
+        **abort(500, 0), abort_percent_runtime="route.abort")}}
+    proxy = proxies(abort(503, 0), routes=[route], runtime=runtime)
+    assert proxy.request().status == 500  # type: ignore[union-attr]
+
+
+def test_static_layer_only(proxies: Callable[..., Proxy]) -> None:
+    runtime = Runtime.from_proto(parse_message({"layers": [{"name": "base", "static_layer": {
+        "fault": {"http": {"abort": {"abort_percent": 100}}}}}]}, LayeredRuntime), "layered_runtime")
+    proxy = proxies(abort(503, 0), runtime=runtime)
+    assert proxy.request().status == 503  # type: ignore[union-attr]

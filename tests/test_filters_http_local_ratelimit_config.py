@@ -13,7 +13,6 @@ from google.protobuf import json_format
 
 from tulle.config.errors import ConfigError, UnsupportedFeature
 from tulle.config.loader import parse_message
-from tulle.filters.http.local_ratelimit import config as rl_config
 from tulle.filters.http.local_ratelimit.config import (
     NEVER,
     Fraction,
@@ -23,6 +22,7 @@ from tulle.filters.http.local_ratelimit.config import (
 )
 from tulle.filters.network.http_connection_manager.config import HcmConfig, HttpConnectionManagerFactory
 from tulle.filters.network.local_ratelimit.filter import SharedTokenBucket, TokenBucket
+from tulle.runtime import entry as runtime_entry
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 
@@ -105,7 +105,7 @@ def test_token_bucket_and_fractions_are_compiled() -> None:
 
 def test_fraction_draws_only_between_zero_and_all(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([149, 150])
-    monkeypatch.setattr(rl_config, "_getrandbits", lambda bits: next(draws))
+    monkeypatch.setattr(runtime_entry, "_getrandbits", lambda bits: next(draws))
     fifty = Fraction(50, 100)
     assert fifty.hit() is True  # 149 % 100 = 49 < 50
     assert fifty.hit() is False  # 150 % 100 = 50

@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.bootstrap.v3.bootstrap_pb2 import LayeredRuntime
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from google.protobuf import json_format
 
 from backends import Client, echo_backend, file_access_log, http_proxy, read_lines, wait_until
 from proxy_harness import static_cluster
 from tulle import stream_info as flags
+from tulle.config.loader import parse_message
 from tulle.filters.http.base import CONTINUE, STOP
 from tulle.filters.http.local_ratelimit.config import LocalRateLimitFactory
 from tulle.filters.http.local_ratelimit.filter import LocalRateLimitFilter
 from tulle.filters.network.local_ratelimit import filter as bucket_module
 from tulle.http.headers import HeaderMap
+from tulle.runtime import Runtime, RuntimeFraction
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 from tulle.stream_info import StreamInfo
@@ -57,13 +60,15 @@ class FakeStream:
 
 
 class FakeHcm:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, runtime: Runtime | None = None) -> None:
         self.ctx = FactoryContext(stats=store, cluster_manager=None, server=ServerState())  # type: ignore[arg-type]
+        if runtime is not None:
+            self.ctx.runtime = runtime
 
 
-def factory(store: Store | None = None, **fields: Any) -> LocalRateLimitFactory:
+def factory(store: Store | None = None, runtime: Runtime | None = None, **fields: Any) -> LocalRateLimitFactory:
     proto = json_format.ParseDict({"stat_prefix": "rl", **fields}, local_rate_limit_pb2.LocalRateLimit())
-    return LocalRateLimitFactory(proto, "http_filters[0].typed_config", FakeHcm(store or Store()))
+    return LocalRateLimitFactory(proto, "http_filters[0].typed_config", FakeHcm(store or Store(), runtime))
 
 
 def request_headers() -> HeaderMap:
@@ -195,6 +200,22 @@ def test_route_settings_replace_the_filters_and_fall_back_to_the_extension_name(
     fallback = FakeRoute({"envoy.filters.http.local_ratelimit": route_level})
     assert run(listener_level, FakeStream(fallback))[0] == STOP
     assert run(listener_level, FakeStream(None))[0] == CONTINUE  # no route: the filter's own settings
+
+
+def test_runtime_keys_of_filter_enabled_and_enforced_override_their_defaults() -> None:
+    runtime = Runtime.from_proto(parse_message({"layers": [{"name": "admin", "admin_layer": {}}]}, LayeredRuntime),
+                                 "layered_runtime")
+    store = Store()
+    made = factory(store, runtime, token_bucket={"max_tokens": 1, "fill_interval": "60s"},
+                   filter_enabled={"default_value": {"numerator": 0}, "runtime_key": "rl.on"},
+                   filter_enforced={"default_value": {"numerator": 100}, "runtime_key": "rl.enforced"})
+    assert isinstance(made.settings.enabled, RuntimeFraction)  # the runtime can change: looked up per request
+    assert run(made)[0] == CONTINUE and counters(store)["enabled"] == 0  # the default: 0%
+    runtime.merge_admin({"rl.on": "100"})
+    assert [run(made)[0] for _ in range(2)] == [CONTINUE, STOP]  # enabled now; the second finds no token
+    runtime.merge_admin({"rl.enforced": "numerator: 0\ndenominator: MILLION"})
+    assert run(made)[0] == CONTINUE  # limited but no longer enforced
+    assert counters(store) == {"enabled": 3, "ok": 1, "rate_limited": 2, "enforced": 1}
 
 
 # --------------------------------------------------------------------------- real proxies

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.bootstrap.v3.bootstrap_pb2 import LayeredRuntime
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2
 from google.protobuf import json_format
@@ -22,6 +23,7 @@ from tulle.config.loader import parse_message
 from tulle.filters.network.local_ratelimit.config import LocalRateLimitFactory
 from tulle.filters.network.local_ratelimit.filter import SharedTokenBucket, TokenBucket
 from tulle.listener.listener import Listener
+from tulle.runtime import Runtime
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 
@@ -82,6 +84,21 @@ def test_runtime_enabled_uses_its_default_value() -> None:
     assert build(ratelimit_doc(runtime_enabled=flag)).limiter.enabled is False
     flag["default_value"] = True
     assert build(ratelimit_doc(runtime_enabled=flag)).limiter.enabled is True
+
+
+def test_runtime_enabled_follows_its_runtime_key_per_connection() -> None:
+    runtime = Runtime.from_proto(parse_message({"layers": [{"name": "admin", "admin_layer": {}}]}, LayeredRuntime),
+                                 "layered_runtime")
+    ctx = make_ctx()
+    ctx.runtime = runtime
+    limiter = build(ratelimit_doc(token_bucket={"max_tokens": 1, "fill_interval": "60s"},
+                                  runtime_enabled={"runtime_key": "edge.rl", "default_value": False}), ctx).limiter
+    connection = object()
+    assert limiter.on_new_connection(connection) and limiter.on_new_connection(connection)  # off: never limited
+    runtime.merge_admin({"edge.rl": "true"})
+    assert limiter.on_new_connection(connection) is True  # the one token
+    assert limiter.on_new_connection(connection) is False
+    assert limiter.rate_limited.value == 1
 
 
 @pytest.mark.parametrize("doc, field", [

@@ -682,27 +682,25 @@ ROUTE = f"{FIELD}.virtual_hosts[0].routes[0]"
     ("route", "path"),
     [
         ({"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "c"}}, "match.grpc"),
-        ({"match": {"prefix": "/", "runtime_fraction": {"default_value": {"numerator": 1}}},
-          "route": {"cluster": "c"}}, "match.runtime_fraction"),
         ({"match": {"connect_matcher": {}}, "route": {"cluster": "c"}}, "match.connect_matcher"),
         ({"match": {"prefix": "/", "tls_context": {"presented": True}}, "route": {"cluster": "c"}},
          "match.tls_context"),
         ({"match": {"prefix": "/", "dynamic_metadata": [{"filter": "f", "path": [{"key": "k"}],
                                                          "value": {"present_match": True}}]},
           "route": {"cluster": "c"}}, "match.dynamic_metadata"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_on": "5xx"}}},
-         "route.retry_policy"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "request_mirror_policies": [{"cluster": "m"}]}},
-         "route.request_mirror_policies"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "idle_timeout": "1s"}}, "route.idle_timeout"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_on": "5xx",
+                                                                             "retry_priority": {"name": "p"}}}},
+         "route.retry_policy.retry_priority"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {"hedge_on_per_try_timeout": True}}},
+         "route.hedge_policy"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "flush_timeout": "1s"}}, "route.flush_timeout"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c", "upgrade_configs": [{"upgrade_type": "websocket"}]}},
          "route.upgrade_configs"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "max_stream_duration": {}}},
-         "route.max_stream_duration"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "max_grpc_timeout": "1s"}}, "route.max_grpc_timeout"),
         ({"match": {"prefix": "/"}, "route": {"cluster_specifier_plugin": "p"}}, "route.cluster_specifier_plugin"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "decorator": {"operation": "op"}}, "decorator"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "per_request_buffer_limit_bytes": 10},
-         "per_request_buffer_limit_bytes"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_body_buffer_limit": 10},
+         "request_body_buffer_limit"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "tracing": {}}, "tracing"),
         ({"match": {"prefix": "/"}, "route": {"weighted_clusters": {"runtime_key_prefix": "k", "clusters": [
             {"name": "a", "weight": 1}]}}}, "route.weighted_clusters.runtime_key_prefix"),
@@ -723,7 +721,9 @@ def test_unsupported_route_fields_are_refused_with_their_path(route, path):
     [
         ({"require_tls": "ALL"}, "require_tls"),
         ({"cors": {}}, "cors"),
-        ({"retry_policy": {}}, "retry_policy"),
+        ({"retry_policy_typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty"}},
+         "retry_policy_typed_config"),
+        ({"hedge_policy": {"initial_requests": 2}}, "hedge_policy"),
         ({"virtual_clusters": [{"name": "v", "headers": [{"name": ":path", "present_match": True}]}]},
          "virtual_clusters"),
         ({"rate_limits": [{"actions": [{"remote_address": {}}]}]}, "rate_limits"),
@@ -741,7 +741,6 @@ def test_unsupported_virtual_host_fields_are_refused(vhost, path):
     ("extra", "path"),
     [
         ({"internal_only_headers": ["x-internal"]}, "internal_only_headers"),
-        ({"request_mirror_policies": [{"cluster": "m"}]}, "request_mirror_policies"),
         ({"vhds": {"config_source": {"ads": {}}}}, "vhds"),
         ({"ignore_path_parameters_in_path_matching": True}, "ignore_path_parameters_in_path_matching"),
     ],
@@ -895,3 +894,59 @@ def test_weighted_cluster_entries_still_refuse_per_filter_configs():
     with pytest.raises(UnsupportedFeature) as info:
         table(one_vhost([route]))
     assert info.value.field == f"{ROUTE}.route.weighted_clusters.clusters[0].typed_per_filter_config"
+
+
+# --- match.runtime_fraction ----------------------------------------------------------
+
+
+def shifting_table(runtime=None) -> RouteTable:
+    """Envoy's traffic-shifting example: v2 takes its fraction, the rest falls through to v1."""
+    from tulle.runtime import configuring
+
+    routes = [route_to("v2", prefix="/", runtime_fraction={
+                  "default_value": {"numerator": 30}, "runtime_key": "routing.traffic_shift.helloworld"}),
+              route_to("v3", prefix="/", runtime_fraction={"default_value": {"numerator": 50}}),
+              route_to("v1")]
+    if runtime is None:
+        return table(one_vhost(routes))
+    with configuring(runtime):
+        return table(one_vhost(routes))
+
+
+def picks(compiled: RouteTable, draws: list[int], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from tulle.router import route_table as module
+
+    values = iter(draws)
+    monkeypatch.setattr(module, "_getrandbits", lambda bits: next(values))
+    return [compiled.find(request()).name for _ in draws]
+
+
+def test_runtime_fraction_routes_share_one_random_value_per_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 29 < 30: v2; 30..49 fail v2's 30% but pass v3's 50% with the same value; from 50: v1
+    assert picks(shifting_table(), [129, 130, 249, 250, 99], monkeypatch) == ["v2", "v3", "v3", "v1", "v1"]
+
+
+def test_runtime_fraction_key_overrides_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envoy.config.bootstrap.v3.bootstrap_pb2 import LayeredRuntime
+
+    from tulle.runtime import Runtime
+
+    runtime = Runtime.from_proto(parse_message({"layers": [{"name": "admin", "admin_layer": {}}]}, LayeredRuntime),
+                                 "layered_runtime")
+    compiled = shifting_table(runtime)
+    assert picks(compiled, [40], monkeypatch) == ["v3"]
+    runtime.merge_admin({"routing.traffic_shift.helloworld": "100"})  # shift everything to v2, no reload
+    assert picks(compiled, [40, 99], monkeypatch) == ["v2", "v2"]
+    runtime.merge_admin({"routing.traffic_shift.helloworld": "0"})
+    assert picks(compiled, [0, 10], monkeypatch) == ["v3", "v3"]
+
+
+def test_virtual_hosts_without_runtime_fractions_draw_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = table(one_vhost([route_to("a")]))
+    assert picks(compiled, [], monkeypatch) == [] and compiled.find(request()).name == "a"  # no draw was available
+
+
+def test_runtime_fraction_needs_a_default_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        table(one_vhost([route_to("a", prefix="/", runtime_fraction={"runtime_key": "k"})]))
+    assert info.value.field == f"{FIELD}.virtual_hosts[0].routes[0].match.runtime_fraction.default_value"

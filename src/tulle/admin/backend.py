@@ -59,3 +59,11 @@ class AdminBackend(Protocol):
 
     def set_log_level(self, name: str | None, level: str) -> None:
         """Set one logger (or all when ``name`` is None); ValueError for an unknown logger/level."""
+
+    def runtime(self) -> dict[str, Any]:
+        """Envoy's /runtime: ``{"layers": [name, ...], "entries": {key: {"layer_values": [raw or "" per
+        layer], "final_value": raw}}}`` (see tulle.runtime.Runtime.admin_view)."""
+
+    async def runtime_modify(self, changes: dict[str, str]) -> None:
+        """Merge into the admin layer (an empty value removes a key); returns once every worker has
+        the new values. Raises tulle.runtime.NoAdminLayer when there is no admin layer."""

@@ -28,6 +28,7 @@ from tulle.admin.clusters import (
     render_listeners_text,
 )
 from tulle.config.loader import ensure_type
+from tulle.runtime import NoAdminLayer
 from tulle.stats.prometheus import render_prometheus
 from tulle.stats.text import STAT_TYPES, StatsQuery, render_json, render_text
 
@@ -128,6 +129,15 @@ class AdminHandlers:
                 ),
                 Endpoint("/server_info", "print server version/status information", self._server_info),
                 Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", self._ready),
+                Endpoint("/runtime", "print runtime values", self._runtime),
+                Endpoint(
+                    "/runtime_modify",
+                    "Adds or modifies runtime values as passed in query parameters. To delete a previously "
+                    "added key, use an empty string as the value. Note that deletion only applies to overrides "
+                    "added via this endpoint; values loaded from disk can be modified via override but not "
+                    "deleted. E.g. ?key1=value1&key2=value2...",
+                    self._runtime_modify, True,
+                ),
                 Endpoint(
                     "/stats", "print server stats", self._stats,
                     params=[
@@ -307,6 +317,20 @@ class AdminHandlers:
         except ValueError as exc:
             return str(exc)
         return ""
+
+    async def _runtime(self, params: QueryParams, method: str) -> AdminResponse:
+        return AdminResponse(200, _pretty_json(self.backend.runtime()), JSON)
+
+    async def _runtime_modify(self, params: QueryParams, method: str) -> AdminResponse:
+        # Envoy also takes the pairs from a form-encoded body; Tulle's admin reads the query only.
+        if not params.items:
+            return AdminResponse(400, "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                                      "use an empty value to remove a previously added override")
+        try:
+            await self.backend.runtime_modify(dict(params.first))
+        except NoAdminLayer as exc:
+            return AdminResponse(503, str(exc))
+        return AdminResponse(200, "OK\n")
 
     async def _memory(self, params: QueryParams, method: str) -> AdminResponse:
         # No tcmalloc here: report the resident set size as both allocated and heap size.

@@ -16,6 +16,7 @@ Domains may carry ports: without port stripping ``example.com`` does not match
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -43,6 +44,15 @@ from tulle.router.matchers import (
     simple_atoi,
     wire,
 )
+from tulle.router.mirror_policy import MirrorPolicy, mirror_policies
+from tulle.router.retry_policy import (
+    NO_VIRTUAL_HOST_RETRY,
+    RetryPolicy,
+    VirtualHostRetryOptions,
+    retry_policy,
+)
+from tulle.router.stream_timeouts import StreamTimeouts
+from tulle.runtime import Fraction, RuntimeFraction, in_scope, runtime_fractional_percent
 from tulle.stream_info import StreamInfo
 
 StripPort = Literal["none", "any", "matching"]
@@ -55,6 +65,7 @@ ENVOY_ORIGINAL_PATH = "x-envoy-original-path"
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 _CLUSTER_NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
 _NO_QUERY: dict[str, str] = {}
+_getrandbits = random.getrandbits
 
 # StreamInfo.filter_state key: the random value for a weighted_clusters pick, when a filter before
 # the router had to know the pick (Envoy picks once per stream, from the stream id).
@@ -67,24 +78,28 @@ _ROUTE_CONFIGURATION_FIELDS = (
     "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
     "response_headers_to_add", "response_headers_to_remove", "most_specific_header_mutations_wins",
     "validate_clusters", "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-    "typed_per_filter_config",
+    "typed_per_filter_config", "request_mirror_policies",
 )
 _VIRTUAL_HOST_FIELDS = (
     "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-    "response_headers_to_add", "response_headers_to_remove", "typed_per_filter_config",
+    "response_headers_to_add", "response_headers_to_remove", "typed_per_filter_config", "request_mirror_policies",
+    "retry_policy", "include_request_attempt_count", "include_attempt_count_in_response",
+    "per_request_buffer_limit_bytes",
 )
 _ROUTE_FIELDS = (
     "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
     "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-    "typed_per_filter_config",
+    "typed_per_filter_config", "per_request_buffer_limit_bytes",
 )
 _ROUTE_MATCH_FIELDS = (
     "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters",
+    "runtime_fraction",
 )
 _ROUTE_ACTION_FIELDS = (
     "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code", "prefix_rewrite",
     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
-    "host_rewrite_path_regex", "timeout", "hash_policy",
+    "host_rewrite_path_regex", "timeout", "hash_policy", "request_mirror_policies", "retry_policy",
+    "idle_timeout", "max_stream_duration", "priority",
 )
 _CLUSTER_WEIGHT_FIELDS = (
     "name", "cluster_header", "weight", "request_headers_to_add", "request_headers_to_remove",
@@ -337,7 +352,9 @@ class Route:
         "_cluster", "_cluster_header", "_weighted", "_total_weight", "_random_value_header",
         "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite", "_host_rewrite", "_host_rewrite_header",
         "_host_rewrite_path_regex", "_redirect", "_request_mutations", "_response_mutations",
-        "_filter_configs",
+        "_filter_configs", "mirror_policies", "retry_policy", "stream_timeouts", "include_request_attempt_count",
+        "include_attempt_count_in_response", "retry_buffer_limit", "needs_attempts", "priority", "runtime_fraction",
+        "attempt_defaults", "fast_per_try", "expected_rq_timeout_value",
     )
 
     def __init__(
@@ -350,6 +367,9 @@ class Route:
         most_specific_wins: bool,
         max_body_bytes: int,
         inherited_filter_configs: Mapping[str, object] = _NO_FILTER_CONFIGS,
+        *,
+        inherited_mirror_policies: tuple[MirrorPolicy, ...] = (),
+        vhost_retry: VirtualHostRetryOptions = NO_VIRTUAL_HOST_RETRY,
     ) -> None:
         check_fields(msg, _ROUTE_FIELDS, field)
         self.name: str = msg.name
@@ -383,8 +403,22 @@ class Route:
         self._host_rewrite_header = ""
         self._host_rewrite_path_regex: RegexRewrite | None = None
         self._redirect: _Redirect | None = None
+        # RoutingPriority (0 DEFAULT, 1 HIGH): which of the cluster's circuit breakers count the request
+        self.priority = 0
+        # request mirroring: the route's own policies, else its virtual host's (only routes forward)
+        self.mirror_policies: tuple[MirrorPolicy, ...] = ()
+        # retries and stream timing (read by filters/http/router and the HCM)
+        self.retry_policy: RetryPolicy | None = None
+        self.stream_timeouts: StreamTimeouts | None = None
+        self.include_request_attempt_count = vhost_retry.include_request_attempt_count
+        self.include_attempt_count_in_response = vhost_retry.include_attempt_count_in_response
+        self.retry_buffer_limit: int | None = (
+            msg.per_request_buffer_limit_bytes.value if msg.HasField("per_request_buffer_limit_bytes")
+            else vhost_retry.per_request_buffer_limit_bytes)
         if action == "route":
             self._compile_action(msg.route, join(field, "route"))
+            self._compile_retries(msg.route, join(field, "route"), vhost_retry)
+            self.mirror_policies = mirror_policies(msg.route, join(field, "route"), inherited_mirror_policies)
         elif action == "redirect":
             self._redirect = _Redirect(msg.redirect, join(field, "redirect"))
         else:
@@ -409,8 +443,37 @@ class Route:
         self._request_mutations = tuple(level for level in request_levels if level is not None)
         self._response_mutations = tuple(level for level in response_levels if level is not None)
         self._filter_configs = _per_filter_configs(msg, field, inherited_filter_configs)
+        # Whether the router tracks attempts from the start (per-try timers, attempt-count headers);
+        # a plain retry policy costs nothing until a response or failure could be retried.
+        policy = self.retry_policy
+        self.attempt_defaults: tuple[object, dict[str, object] | None] | None = None  # filled by the router
+        self.needs_attempts = (
+            self.include_request_attempt_count or self.include_attempt_count_in_response
+            or (policy is not None and bool(policy.per_try_timeout or policy.per_try_idle_timeout)))
+        # A per-try timeout alone keeps the fast path: the router arms it next to the route timeout
+        # when the attempt is connected and the request complete at once (a GET on a pooled
+        # connection), and builds the attempts only if it fires or the request needs them anyway.
+        self.fast_per_try = 0.0
+        if (policy is not None and policy.per_try_timeout and not policy.per_try_idle_timeout
+                and not self.include_request_attempt_count and not self.include_attempt_count_in_response):
+            self.needs_attempts = False
+            if not self.timeout or policy.per_try_timeout < self.timeout:  # else it is ignored (Envoy)
+                self.fast_per_try = policy.per_try_timeout
+        # x-envoy-expected-rq-timeout-ms on the fast path: the per-try timeout, else the route's
+        if self.fast_per_try:
+            self.expected_rq_timeout_value = str(int(self.fast_per_try * 1000 + 0.5))
+        else:
+            self.expected_rq_timeout_value = self.timeout_header_value if self.timeout else ""
 
     # --- config time -------------------------------------------------------------------
+
+    def _compile_retries(self, action: message.Message, field: str, vhost_retry: VirtualHostRetryOptions) -> None:
+        self.retry_policy = retry_policy(action, field, vhost_retry.retry_policy)
+        self.stream_timeouts = StreamTimeouts.of(action, field)
+        if action.HasField("max_stream_duration"):
+            # Envoy's "new timeouts": with max_stream_duration the route timeout is not used
+            self.timeout = None
+            self.timeout_header_value = ""
 
     def _compile_match(self, match: message.Message, field: str) -> None:
         check_fields(match, _ROUTE_MATCH_FIELDS, field)
@@ -447,6 +510,12 @@ class Route:
             for i, param in enumerate(match.query_parameters)
         )
         self.needs_query = bool(self._query_matchers)
+        # RouteMatch.runtime_fraction: the route matches only for that share of lookups (the runtime
+        # key, when set, overrides default_value); see RuntimeFractionVirtualHost
+        self.runtime_fraction: Fraction | RuntimeFraction | None = None
+        if match.HasField("runtime_fraction"):
+            self.runtime_fraction = runtime_fractional_percent(in_scope(), match.runtime_fraction,
+                                                               join(field, "runtime_fraction"))
 
     def _compile_action(self, action: message.Message, field: str) -> None:
         check_fields(action, _ROUTE_ACTION_FIELDS, field)
@@ -494,6 +563,7 @@ class Route:
                 action.host_rewrite_path_regex, join(field, "host_rewrite_path_regex")
             )
         self.hash_policy = HashPolicy.from_protos(action.hash_policy, join(field, "hash_policy"))
+        self.priority = action.priority
 
     def _compile_weighted(self, weighted: message.Message, field: str) -> None:
         # total_weight is deprecated and Envoy ignores it: the sum of the weights is the total.
@@ -567,6 +637,8 @@ class Route:
         names = {entry.name for entry in self._weighted if entry.name}
         if self._cluster:
             names.add(self._cluster)
+        # Envoy validates statically named mirror clusters too ("unknown shadow cluster")
+        names.update(policy.cluster for policy in self.mirror_policies if policy.cluster)
         return names
 
     def hash_key(self, headers: HeaderMap, remote_ip: str) -> int | None:
@@ -733,6 +805,34 @@ class VirtualHost:
         return None
 
 
+class RuntimeFractionVirtualHost(VirtualHost):
+    """A virtual host with runtime_fraction routes. As in Envoy, one random value per lookup is
+    shared by all of its routes (Envoy's stream id), so two routes at 30% and 50% take 30% and 20%
+    of the traffic: the traffic-shifting pattern. Other virtual hosts draw nothing."""
+
+    __slots__ = ()
+
+    def find(self, headers: HeaderMap) -> Route | None:
+        full_path = headers.get(":path")
+        if full_path is None:
+            return None
+        path = remove_query_and_fragment(full_path)
+        query = parse_query(full_path) if self.needs_query else _NO_QUERY
+        random_value = _getrandbits(64)
+        for prefix, path_matches, has_more_matchers, route in self._entries:
+            fraction = route.runtime_fraction
+            if fraction is not None and not fraction.enabled(random_value):
+                continue
+            if prefix is not None:
+                if not path.startswith(prefix):
+                    continue
+            elif not path_matches(path):
+                continue
+            if not has_more_matchers or route.matches_beyond_path(headers, query):
+                return route
+        return None
+
+
 _WildcardTable = tuple[tuple[int, dict[str, VirtualHost]], ...]
 
 
@@ -791,6 +891,7 @@ class RouteTable:
         global_mutations = _level_mutations(config, field)
         most_specific_wins = config.most_specific_header_mutations_wins
         global_filter_configs = _per_filter_configs(config, field, _NO_FILTER_CONFIGS)
+        global_mirror_policies = mirror_policies(config, field)
 
         exact: dict[str, VirtualHost] = {}
         suffixes: dict[int, dict[str, VirtualHost]] = {}
@@ -800,7 +901,7 @@ class RouteTable:
         for index, vhost_msg in enumerate(config.virtual_hosts):
             vhost_field = f"{join(field, 'virtual_hosts')}[{index}]"
             vhost = _virtual_host(vhost_msg, vhost_field, global_mutations, most_specific_wins, max_body_bytes,
-                                  global_filter_configs)
+                                  global_filter_configs, global_mirror_policies)
             virtual_hosts.append(vhost)
             for domain_index, raw_domain in enumerate(vhost_msg.domains):
                 domain_field = f"{join(vhost_field, 'domains')}[{domain_index}]"
@@ -918,6 +1019,7 @@ def _virtual_host(
     most_specific_wins: bool,
     max_body_bytes: int,
     global_filter_configs: Mapping[str, object] = _NO_FILTER_CONFIGS,
+    global_mirror_policies: tuple[MirrorPolicy, ...] = (),
 ) -> VirtualHost:
     check_fields(msg, _VIRTUAL_HOST_FIELDS, field)
     if not msg.name:
@@ -926,9 +1028,14 @@ def _virtual_host(
         raise ConfigError("at least one domain is required", field=join(field, "domains"))
     vhost_mutations = _level_mutations(msg, field)
     vhost_filter_configs = _per_filter_configs(msg, field, global_filter_configs)
+    vhost_mirror_policies = mirror_policies(msg, field, global_mirror_policies)
+    vhost_retry = VirtualHostRetryOptions(msg, field)
     routes = tuple(
         Route(route, f"{join(field, 'routes')}[{i}]", msg.name, vhost_mutations, global_mutations,
-              most_specific_wins, max_body_bytes, vhost_filter_configs)
+              most_specific_wins, max_body_bytes, vhost_filter_configs,
+              inherited_mirror_policies=vhost_mirror_policies, vhost_retry=vhost_retry)
         for i, route in enumerate(msg.routes)
     )
+    if any(route.runtime_fraction is not None for route in routes):
+        return RuntimeFractionVirtualHost(msg.name, routes)
     return VirtualHost(msg.name, routes)

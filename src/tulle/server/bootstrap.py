@@ -7,16 +7,15 @@ from typing import Any
 from tulle.config.errors import UnsupportedFeature
 from tulle.config.support import check_fields
 
-BOOTSTRAP_FIELDS = ("node", "static_resources", "admin", "dynamic_resources")
+BOOTSTRAP_FIELDS = ("node", "static_resources", "admin", "dynamic_resources", "overload_manager",
+                    "layered_runtime")
 STATIC_RESOURCES_FIELDS = ("listeners", "clusters")
 ADMIN_FIELDS = ("address", "access_log_path", "access_log")
 NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name")
 
 _LATER = {
-    "layered_runtime": "layered_runtime (runtime overrides)",
     "tracing": "tracing",
     "stats_sinks": "stats_sinks (scrape /stats/prometheus instead)",
-    "overload_manager": "overload_manager (comes with the resilience work)",
     "cluster_manager": "cluster_manager options",
 }
 

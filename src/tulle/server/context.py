@@ -37,6 +37,23 @@ class FactoryContext:
     loop: asyncio.AbstractEventLoop | None = None
     # open access-log files shared by every logger writing the same path
     shared: dict[str, Any] = field(default_factory=dict)
+    # the worker's overload action states (tulle.overload.state.OverloadState); never overloaded
+    # unless the bootstrap configures an overload_manager
+    overload: Any = field(default_factory=lambda: _no_overload())
+    # the worker's runtime (tulle.runtime.Runtime): without layered_runtime, one that never changes
+    runtime: Any = field(default_factory=lambda: _no_runtime())
+
+
+def _no_overload() -> Any:
+    from tulle.overload.state import OverloadState
+
+    return OverloadState()
+
+
+def _no_runtime() -> Any:
+    from tulle.runtime import NO_RUNTIME
+
+    return NO_RUNTIME
 
 
 @dataclass

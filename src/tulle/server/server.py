@@ -143,6 +143,7 @@ class ProxyServer:
     async def _main(self, sockets: list[socket.socket]) -> int:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
+        self.worker.runtime.on_change = self.forward_runtime
         await self.worker.start(sockets)
         self._start_xds_client()
         if self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address"):
@@ -190,6 +191,16 @@ class ProxyServer:
             task = loop.create_task(child.call("xds", **payload))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
+
+    def forward_runtime(self) -> asyncio.Future[Any]:
+        """Send this process's new runtime snapshot to every other worker; done once they all have it."""
+        loop = asyncio.get_running_loop()
+        layers = self.worker.runtime.export()
+        tasks = [loop.create_task(child.call("runtime", layers=layers)) for child in self.children]
+        for task in tasks:
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+        return asyncio.gather(*tasks, return_exceptions=True)
 
     async def _apply_forwarded(self, request: dict[str, Any]) -> Any:
         from google.protobuf import symbol_database
@@ -279,6 +290,9 @@ class ProxyServer:
             return True
         if op == "xds":
             return await self._apply_forwarded(request)
+        if op == "runtime":
+            self.worker.runtime.install(request["layers"])
+            return True
         if op == "log_level":
             set_log_level(request.get("name"), request["level"])
             return True
@@ -439,6 +453,15 @@ class AdminBackendImpl:
 
     def log_levels(self) -> dict[str, str]:
         return log_levels()
+
+    def runtime(self) -> dict[str, Any]:
+        return self.server.worker.runtime.admin_view()
+
+    async def runtime_modify(self, changes: dict[str, str]) -> None:
+        runtime = self.server.worker.runtime
+        runtime.merge_admin(changes)  # NoAdminLayer without an admin layer
+        if runtime.published is not None:
+            await runtime.published  # answered once every worker reads the new values
 
     def set_log_level(self, name: str | None, level: str) -> None:
         set_log_level(name, level)

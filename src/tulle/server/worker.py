@@ -14,10 +14,12 @@ from typing import Any
 
 from tulle.config.errors import ConfigError, join
 from tulle.listener.listener import Listener
+from tulle.runtime import Runtime
 from tulle.server.bootstrap import check_bootstrap, xds_settings
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 from tulle.upstream.cluster_manager import ClusterManager
+from tulle.upstream.resource_manager import share_between_workers
 
 
 def _as_grpc_server_cluster(cluster: Any) -> Any:
@@ -36,6 +38,8 @@ class Worker:
         self.bootstrap = bootstrap
         self.state = state
         self.stats = Store()
+        # built first, as in Envoy: every factory below may read it
+        self.runtime = Runtime.from_bootstrap(bootstrap)
         self.xds = xds_settings(bootstrap)
         clusters = list(bootstrap.static_resources.clusters)
         if self.xds is not None:
@@ -43,11 +47,20 @@ class Worker:
             if not any(c.name == self.xds[0] for c in clusters):
                 raise ConfigError(f"unknown xDS cluster {self.xds[0]!r}: it must be a static cluster",
                                   field="dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
+        share_between_workers(state.concurrency)  # circuit breakers count across workers: map before the fork
         self.cluster_manager = ClusterManager.from_protos(
             clusters, field="static_resources.clusters", stats=self.stats
         )
         self.static_cluster_names = frozenset(c.name for c in clusters)
         self.ctx = FactoryContext(stats=self.stats, cluster_manager=self.cluster_manager, server=state)
+        self.ctx.runtime = self.runtime
+        self.overload_manager = None
+        if bootstrap.HasField("overload_manager"):
+            from tulle.overload.manager import OverloadManager
+
+            self.overload_manager = OverloadManager.from_proto(
+                bootstrap.overload_manager, "overload_manager", self.stats, state)
+            self.ctx.overload = self.overload_manager.state
         self.listeners: list[Listener] = []
         names: dict[str, int] = {}
         addresses: dict[tuple[str, int], str] = {}
@@ -89,9 +102,14 @@ class Worker:
     async def start(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         self.ctx.loop = loop
+        # the main process watches the disk layers (failing here, before serving, if it cannot)
+        # and forwards each new snapshot to the other workers
+        self.runtime.start(loop, self.stats, owner=self.state.worker_index == 0)
         await self.cluster_manager.start()
         for listener, sock in zip(self.listeners, sockets, strict=True):
             await listener.start(sock)
+        if self.overload_manager is not None:
+            self.overload_manager.start(loop)  # each worker process runs its own refresh loop
 
     def snapshot(self) -> dict[str, Any]:
         uptime = int(time.time() - self.state.start_time) if self.state.start_time else 0
@@ -122,7 +140,7 @@ class Worker:
                     },
                 })
             out.append({"name": cluster.name, "type": cluster.type_name, "lb_policy": cluster.lb_policy,
-                        "hosts": hosts})
+                        "hosts": hosts, "circuit_breakers": cluster.circuit_breakers_status()})
         return out
 
     def stop_accepting(self, inbound_only: bool = False) -> None:
@@ -138,6 +156,9 @@ class Worker:
             listener.drain()
 
     async def close(self) -> None:
+        self.runtime.stop()
+        if self.overload_manager is not None:
+            self.overload_manager.stop()
         self.stop_accepting()
         self.drain()
         await self.cluster_manager.close()

@@ -8,15 +8,22 @@ filter's whole settings for requests on that route, as in Envoy.
 
 Supported: ``delay`` (``fixed_delay`` or ``header_delay``), ``abort`` (``http_status``,
 ``grpc_status`` or ``header_abort``), their ``percentage``, ``headers``,
-``upstream_cluster``, ``downstream_nodes``, ``max_active_faults`` and
-``disable_downstream_cluster_stats``. Refused: ``response_rate_limit`` (no response
+``upstream_cluster``, ``downstream_nodes``, ``max_active_faults``,
+``disable_downstream_cluster_stats`` and the runtime keys that override them
+(``delay_percent_runtime``, ``abort_percent_runtime``, ``delay_duration_runtime``,
+``abort_http_status_runtime``, ``abort_grpc_status_runtime``, ``max_active_faults_runtime``;
+Envoy's ``fault.http.*`` names when unset). Refused: ``response_rate_limit`` (no response
 throttling yet) and ``filter_metadata`` (no dynamic metadata).
+
+The runtime is read per request only when the bootstrap configures ``layered_runtime``
+(:attr:`FaultSettings.runtime`); without it every key misses, as in an Envoy whose runtime
+does not set them, and the request path is what it was without runtime support.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.protobuf import message
@@ -25,6 +32,7 @@ from tulle.config.errors import ConfigError, join
 from tulle.config.support import check_fields
 from tulle.filters.http.fault.filter import FaultFilter
 from tulle.router.matchers import compile_header_matcher
+from tulle.runtime import Entry, Runtime, in_scope
 from tulle.stats.store import Counter, Gauge, Store
 
 # FractionalPercent.DenominatorType (HUNDRED, TEN_THOUSAND, MILLION) -> its value
@@ -32,15 +40,11 @@ _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 _HTTP_FAULT_FIELDS = (
     "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
-    "disable_downstream_cluster_stats",
+    "disable_downstream_cluster_stats", "delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime",
+    "abort_http_status_runtime", "abort_grpc_status_runtime", "max_active_faults_runtime",
 )
-# Tulle has no runtime layer, so Envoy's lookups of these keys always miss and the configured
-# values apply, exactly as in an Envoy whose runtime does not set them: naming other keys
-# cannot change behaviour.
-_RUNTIME_KEY_FIELDS = (
-    "delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
-    "max_active_faults_runtime", "response_rate_limit_percent_runtime", "abort_grpc_status_runtime",
-)
+# Only read for response_rate_limit, which is refused: naming the key cannot change behaviour.
+_IGNORED_FIELDS = ("response_rate_limit_percent_runtime",)
 
 
 class Percentage:
@@ -114,11 +118,16 @@ class FaultSettings:
 
     __slots__ = (
         "delay", "abort", "upstream_cluster", "header_matchers", "downstream_nodes", "max_active_faults",
-        "downstream_cluster_stats", "can_inject",
+        "downstream_cluster_stats", "can_inject", "runtime", "delay_percent_key", "abort_percent_key",
+        "delay_duration_key", "abort_http_status_key", "abort_grpc_status_key", "max_active_faults_key",
+        "_checked_values", "_may_inject",
     )
 
-    def __init__(self, proto: message.Message, field: str) -> None:
-        check_fields(proto, _HTTP_FAULT_FIELDS, field, ignored=_RUNTIME_KEY_FIELDS)
+    def __init__(self, proto: message.Message, field: str, runtime: Runtime | None = None) -> None:
+        """``runtime``: the worker's; by default the one of the route table being built (if any)."""
+        if runtime is None:
+            runtime = in_scope()
+        check_fields(proto, _HTTP_FAULT_FIELDS, field, ignored=_IGNORED_FIELDS)
         self.delay = FaultDelay(proto.delay, join(field, "delay")) if proto.HasField("delay") else None
         self.abort = FaultAbort(proto.abort, join(field, "abort")) if proto.HasField("abort") else None
         self.upstream_cluster: str = proto.upstream_cluster
@@ -131,15 +140,56 @@ class FaultSettings:
             proto.max_active_faults.value if proto.HasField("max_active_faults") else None
         )
         self.downstream_cluster_stats = not proto.disable_downstream_cluster_stats
+        # Envoy's runtime keys (the per-downstream-cluster ones are made per request by the filter)
+        self.delay_percent_key: str = proto.delay_percent_runtime or "fault.http.delay.fixed_delay_percent"
+        self.abort_percent_key: str = proto.abort_percent_runtime or "fault.http.abort.abort_percent"
+        self.delay_duration_key: str = proto.delay_duration_runtime or "fault.http.delay.fixed_duration_ms"
+        self.abort_http_status_key: str = proto.abort_http_status_runtime or "fault.http.abort.http_status"
+        self.abort_grpc_status_key: str = proto.abort_grpc_status_runtime or "fault.http.abort.grpc_status"
+        self.max_active_faults_key: str = proto.max_active_faults_runtime or "fault.http.max_active_faults"
         # A header can lower a percentage but never raise it above the configured numerator,
-        # so settings whose faults are all at 0% can skip the request at once.
+        # so settings whose faults are all at 0% can skip the request at once...
         self.can_inject = any(
             fault is not None and fault.percentage.numerator > 0 for fault in (self.delay, self.abort)
         )
+        # ...unless a runtime may raise them (None without layered_runtime: no key can be set)
+        self.runtime: Runtime | None = runtime if runtime.layered else None
+        self._checked_values: object = None
+        self._may_inject = self.can_inject
+        if self.runtime is not None and not self.can_inject:
+            self.can_inject = self.delay is not None or self.abort is not None
+            self._may_inject = False
+
+    def may_inject(self, values: Mapping[str, Entry]) -> bool:
+        """Whether, with these runtime values, a request could get a fault (worked out once per
+        snapshot): a percentage above 0% configured, under its runtime key, or under a
+        downstream cluster's key (``fault.http.<cluster>.abort.abort_percent`` ...)."""
+        if values is self._checked_values:
+            return self._may_inject
+        self._checked_values = values
+        may = self._may_inject = any(fault.percentage.numerator > 0 for fault in (self.delay, self.abort)
+                                     if fault is not None) or self._raised_by(values)
+        return may
+
+    def _raised_by(self, values: Mapping[str, Entry]) -> bool:
+        kinds = []
+        if self.delay is not None:
+            kinds.append((self.delay_percent_key, ".delay.fixed_delay_percent"))
+        if self.abort is not None:
+            kinds.append((self.abort_percent_key, ".abort.abort_percent"))
+        for key, entry in values.items():
+            fraction = entry.fraction
+            if fraction is None or fraction.numerator == 0:
+                continue
+            for own_key, cluster_suffix in kinds:
+                if key == own_key or (key.startswith("fault.http.") and key.endswith(cluster_suffix)):
+                    return True
+        return False
 
 
 def parse_per_route_config(proto: message.Message, field: str) -> FaultSettings:
-    """The per-route parser for HTTPFault (Envoy's createRouteSpecificFilterConfig)."""
+    """The per-route parser for HTTPFault (Envoy's createRouteSpecificFilterConfig). As in Envoy,
+    a route's settings read the runtime through their own keys too."""
     return FaultSettings(proto, field)
 
 
@@ -177,7 +227,7 @@ class FaultFactory:
 
     def __init__(self, proto: Any, field: str, hcm: Any, *,
                  random_value: Callable[[], int] | None = None) -> None:
-        self.settings = FaultSettings(proto, field)
+        self.settings = FaultSettings(proto, field, hcm.ctx.runtime)
         self.stats = FaultStats(hcm.ctx.stats, hcm.stat_prefix)
         self.buffer_limit: int = hcm.buffer_limit
         # one uint64 per percentage evaluated, like Envoy's random generator; tests inject their own

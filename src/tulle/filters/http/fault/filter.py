@@ -9,6 +9,12 @@ body follows. A stream that ends during the delay (client gone, timeout) cancels
 
 Each percentage is one random draw per request, ``random % denominator < numerator``;
 header-controlled faults (x-envoy-fault-*) may lower a percentage, never raise it.
+
+With a runtime (``layered_runtime``), Envoy's keys override the configured values: the
+percentages (``fault.http.delay.fixed_delay_percent``, ``fault.http.abort.abort_percent``),
+the delay, the abort status and max_active_faults. A request carrying
+x-envoy-downstream-service-cluster uses ``fault.http.<cluster>.*`` instead for the
+percentages, and after the general keys for the delay and the status, as Envoy does.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from tulle.router.route_table import WEIGHTED_CLUSTER_RANDOM_VALUE
 if TYPE_CHECKING:
     from asyncio import TimerHandle
 
-    from tulle.filters.http.fault.config import FaultFactory, FaultSettings, Percentage
+    from tulle.filters.http.fault.config import FaultFactory, FaultSettings
+    from tulle.runtime import Runtime
     from tulle.stats.store import Counter
 
 UINT32_MAX = 2**32 - 1
@@ -78,6 +85,9 @@ class FaultFilter(HttpFilter):
             if per_route is not None:
                 settings = per_route
         if not settings.can_inject:
+            return CONTINUE
+        runtime = settings.runtime
+        if runtime is not None and not settings.may_inject(runtime.values):
             return CONTINUE
         if settings.upstream_cluster and not self._bound_to(settings.upstream_cluster, route, headers):
             return CONTINUE
@@ -144,8 +154,29 @@ class FaultFilter(HttpFilter):
             random_value = state[WEIGHTED_CLUSTER_RANDOM_VALUE] = _getrandbits(32)
         return route.cluster_name(headers, random_value) == cluster
 
-    def _enabled(self, percentage: Percentage, numerator: int) -> bool:
-        return self.factory.random_value() % percentage.denominator < numerator
+    def _enabled(self, numerator: int, denominator: int) -> bool:
+        return self.factory.random_value() % denominator < numerator
+
+    @staticmethod
+    def _runtime_percent(runtime: Runtime, key: str, numerator: int, denominator: int) -> tuple[int, int]:
+        """featureEnabled's percentage: the key's fractional percent or integer percentage when set."""
+        entry = runtime.values.get(key)
+        if entry is not None:
+            fraction = entry.fraction
+            if fraction is not None:
+                return fraction.numerator, fraction.denominator
+        return numerator, denominator
+
+    @staticmethod
+    def _runtime_status(runtime: Runtime, key: str, cluster_key: str | None, configured: int, low: int,
+                        high: int) -> int:
+        """getInteger(key, configured), then (Envoy's order) getInteger(cluster_key, configured); a value
+        outside [low, high] is not a status Tulle can send, so the configured one stays."""
+        snapshot = runtime.snapshot
+        status = snapshot.integer(key, configured)
+        if cluster_key is not None:
+            status = snapshot.integer(cluster_key, configured)
+        return status if low <= status <= high else configured
 
     @staticmethod
     def _header_numerator(headers: HeaderMap, name: str, configured: int) -> int:
@@ -163,13 +194,27 @@ class FaultFilter(HttpFilter):
         percentage = delay.percentage
         fixed_ms = delay.fixed_ms
         numerator = percentage.numerator
+        denominator = percentage.denominator
         if fixed_ms is None:
             numerator = self._header_numerator(headers, DELAY_REQUEST_PERCENTAGE, numerator)
-        if not self._enabled(percentage, numerator):
+        runtime = settings.runtime
+        cluster = None
+        if runtime is not None:
+            cluster = headers.get(DOWNSTREAM_SERVICE_CLUSTER)
+            key = settings.delay_percent_key if cluster is None else f"fault.http.{cluster}.delay.fixed_delay_percent"
+            numerator, denominator = self._runtime_percent(runtime, key, numerator, denominator)
+        if not self._enabled(numerator, denominator):
             return None
         if fixed_ms is None:
             value = headers.get(DELAY_REQUEST)
             fixed_ms = None if value is None else simple_atoi(value, 0, UINT64_MAX)
+            if fixed_ms is None:
+                return None
+        if runtime is not None:
+            snapshot = runtime.snapshot
+            fixed_ms = snapshot.integer(settings.delay_duration_key, fixed_ms)
+            if cluster is not None:
+                fixed_ms = snapshot.integer(f"fault.http.{cluster}.delay.fixed_duration_ms", fixed_ms)
         return fixed_ms if fixed_ms else None  # Envoy delays only for more than 0 ms
 
     def _abort_status(self, settings: FaultSettings, headers: HeaderMap) -> tuple[int, int | None] | None:
@@ -179,26 +224,41 @@ class FaultFilter(HttpFilter):
             return None
         percentage = abort.percentage
         numerator = percentage.numerator
+        denominator = percentage.denominator
         if abort.from_header:
             numerator = self._header_numerator(headers, ABORT_REQUEST_PERCENTAGE, numerator)
-        if not self._enabled(percentage, numerator):
+        runtime = settings.runtime
+        cluster = None
+        if runtime is not None:
+            cluster = headers.get(DOWNSTREAM_SERVICE_CLUSTER)
+            key = settings.abort_percent_key if cluster is None else f"fault.http.{cluster}.abort.abort_percent"
+            numerator, denominator = self._runtime_percent(runtime, key, numerator, denominator)
+        if not self._enabled(numerator, denominator):
             return None
-        if abort.http_status is not None:
-            return abort.http_status, None
-        if abort.grpc_status is not None:
-            return 200, abort.grpc_status  # Envoy answers a gRPC abort with HTTP 200
-        if not abort.from_header:
-            return None
-        value = headers.get(ABORT_REQUEST)
-        if value is not None:
-            status = simple_atoi(value, 0, UINT64_MAX)
-            if status is not None and 200 <= status < 600:
-                return status, None  # a valid HTTP status wins over the gRPC header
-        value = headers.get(ABORT_GRPC_REQUEST)
-        if value is not None:
-            grpc_status = simple_atoi(value, 0, UINT32_MAX)
-            if grpc_status is not None:
-                return 200, grpc_status
+        http_status = abort.http_status
+        grpc_status = abort.grpc_status
+        if abort.from_header:
+            value = headers.get(ABORT_REQUEST)
+            if value is not None:
+                status = simple_atoi(value, 0, UINT64_MAX)
+                if status is not None and 200 <= status < 600:
+                    http_status = status  # a valid HTTP status wins over the gRPC header
+            if http_status is None:
+                value = headers.get(ABORT_GRPC_REQUEST)
+                if value is not None:
+                    grpc_status = simple_atoi(value, 0, UINT32_MAX)
+        if http_status is not None:
+            if runtime is not None:
+                http_status = self._runtime_status(
+                    runtime, settings.abort_http_status_key,
+                    None if cluster is None else f"fault.http.{cluster}.abort.http_status", http_status, 200, 599)
+            return http_status, None
+        if grpc_status is not None:
+            if runtime is not None:
+                grpc_status = self._runtime_status(
+                    runtime, settings.abort_grpc_status_key,
+                    None if cluster is None else f"fault.http.{cluster}.abort.grpc_status", grpc_status, 0, UINT32_MAX)
+            return 200, grpc_status  # Envoy answers a gRPC abort with HTTP 200
         return None
 
     # --- injecting -----------------------------------------------------
@@ -208,6 +268,9 @@ class FaultFilter(HttpFilter):
             return True
         stats = self.factory.stats
         limit = settings.max_active_faults
+        runtime = settings.runtime
+        if runtime is not None:
+            limit = runtime.snapshot.integer(settings.max_active_faults_key, UINT64_MAX if limit is None else limit)
         if limit is not None and stats.active_faults.value >= limit:
             stats.faults_overflow.value += 1
             return False

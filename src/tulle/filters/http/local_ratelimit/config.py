@@ -7,9 +7,9 @@ stats, status, header mutations and enablement fractions), both for the filter i
 replace the filter's for requests on that route, as in Envoy.
 
 Supported: ``stat_prefix``, ``status``, ``token_bucket``, ``filter_enabled`` and
-``filter_enforced`` (their default values; Tulle has no runtime layer, so the runtime
-keys are never set), ``response_headers_to_add``, ``request_headers_to_add_when_not_enforced``
-and ``enable_x_ratelimit_headers``. Refused: ``descriptors``, ``rate_limits``, ``stage``,
+``filter_enforced`` (RuntimeFractionalPercents: their runtime keys override the default
+values when the runtime sets them), ``response_headers_to_add``,
+``request_headers_to_add_when_not_enforced`` and ``enable_x_ratelimit_headers``. Refused: ``descriptors``, ``rate_limits``, ``stage``,
 ``vh_rate_limits``, ``max_dynamic_descriptors`` (no descriptors yet),
 ``local_rate_limit_per_downstream_connection``, ``local_cluster_rate_limit`` and
 ``rate_limited_as_resource_exhausted`` (no gRPC local replies).
@@ -17,7 +17,6 @@ and ``enable_x_ratelimit_headers``. Refused: ``descriptors``, ``rate_limits``, `
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from tulle.config.errors import ConfigError, join
@@ -26,6 +25,7 @@ from tulle.filters.http.local_ratelimit.filter import FILTER_NAME, LocalRateLimi
 from tulle.filters.network.http_connection_manager.config import building_route_table
 from tulle.filters.network.local_ratelimit.config import parse_token_bucket
 from tulle.router.header_mutation import HeaderMutation
+from tulle.runtime import Fraction, Runtime, RuntimeFraction, runtime_fractional_percent
 from tulle.server.context import FactoryContext
 from tulle.stats.store import Counter, Store
 
@@ -37,59 +37,21 @@ SUPPORTED_FIELDS = (
 # default bucket; with descriptors refused every request uses the default bucket anyway.
 IGNORED_FIELDS = ("always_consume_default_token_bucket",)
 
-# FractionalPercent.DenominatorType (HUNDRED, TEN_THOUSAND, MILLION) -> its value
-_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 # envoy.extensions.common.ratelimit.v3.XRateLimitHeadersRFCVersion
 _DRAFT_VERSION_03 = 1
 # Envoy answers 429 unless status asks for another code >= 400 (toErrorCode).
 DEFAULT_STATUS = 429
 
-_getrandbits = random.getrandbits
-
-
-class Fraction:
-    """A RuntimeFractionalPercent's default value, evaluated as Envoy's runtime featureEnabled()
-    does when no runtime key overrides it: ``random % denominator < numerator``."""
-
-    __slots__ = ("numerator", "denominator", "always", "never")
-
-    def __init__(self, numerator: int, denominator: int) -> None:
-        self.numerator = numerator
-        self.denominator = denominator
-        # the usual 0% and 100% settle without drawing a random number
-        self.always = numerator >= denominator
-        self.never = numerator == 0
-
-    def hit(self) -> bool:
-        if self.always:
-            return True
-        if self.never:
-            return False
-        return _getrandbits(64) % self.denominator < self.numerator
-
-
 NEVER = Fraction(0, 100)
 
 
-def _runtime_fraction(owner: Any, name: str, field: str) -> Fraction:
+def _runtime_fraction(owner: Any, name: str, field: str, runtime: Runtime) -> Fraction | RuntimeFraction:
     """``owner.<name>`` (a RuntimeFractionalPercent); unset means 0%, Envoy's "for safety" default.
-
-    Tulle has no runtime layer (layered_runtime is refused), so the runtime key is never
-    set and ``default_value`` applies, exactly as in an Envoy whose runtime lacks the key.
-    """
+    Its runtime key, when the runtime sets it, overrides ``default_value`` (a lookup per request
+    only if the runtime can change; otherwise resolved here)."""
     if not owner.HasField(name):
         return NEVER
-    here = join(field, name)
-    runtime_percent = getattr(owner, name)
-    check_fields(runtime_percent, ("default_value", "runtime_key"), here)
-    if not runtime_percent.HasField("default_value"):
-        raise ConfigError("default_value is required", field=join(here, "default_value"))
-    percent = runtime_percent.default_value
-    check_fields(percent, ("numerator", "denominator"), join(here, "default_value"))
-    denominator = _DENOMINATORS.get(percent.denominator)
-    if denominator is None:
-        raise ConfigError(f"unknown denominator {percent.denominator}", field=join(here, "default_value.denominator"))
-    return Fraction(percent.numerator, denominator)
+    return runtime_fractional_percent(runtime, getattr(owner, name), join(field, name))
 
 
 class RateLimitStats:
@@ -127,8 +89,8 @@ class RateLimitSettings:
                                   field=join(status_field, "code"))
             if code >= 400:
                 self.status = code
-        self.enabled = _runtime_fraction(proto, "filter_enabled", field)
-        self.enforced = _runtime_fraction(proto, "filter_enforced", field)
+        self.enabled = _runtime_fraction(proto, "filter_enabled", field, ctx.runtime)
+        self.enforced = _runtime_fraction(proto, "filter_enforced", field, ctx.runtime)
         # None: no token bucket, so every request is let through (Envoy allows that only
         # for the filter's own config, to enable it and set the limits per route).
         self.bucket = None

@@ -16,6 +16,7 @@ from typing import Any
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields
 from tulle.filters.network.local_ratelimit.filter import Bucket, ConnectionRateLimiter, new_token_bucket
+from tulle.runtime import RuntimeFlag, feature_flag
 from tulle.server.context import DownstreamConnection, FactoryContext
 
 SUPPORTED_FIELDS = ("stat_prefix", "token_bucket", "runtime_enabled", "share_key")
@@ -77,21 +78,6 @@ def parse_token_bucket(proto: Any, field: str, ctx: FactoryContext, *, share_key
     return bucket
 
 
-def runtime_feature_flag(flag: Any, field: str) -> bool:
-    """``config.core.v3.RuntimeFeatureFlag`` -> its value.
-
-    Tulle has no runtime layer (layered_runtime is refused), so the runtime key is
-    never set and ``default_value`` applies, exactly as in an Envoy whose runtime
-    does not set that key.
-    """
-    check_fields(flag, ("default_value", "runtime_key"), field)
-    if not flag.HasField("default_value"):
-        raise ConfigError("default_value is required", field=join(field, "default_value"))
-    if not flag.runtime_key:
-        raise ConfigError("runtime_key is required", field=join(field, "runtime_key"))
-    return bool(flag.default_value.value)
-
-
 class LocalRateLimitFactory:
     """A non-terminal network filter: ``on_new_connection(connection) -> bool`` (False closes it)."""
 
@@ -103,9 +89,11 @@ class LocalRateLimitFactory:
             raise ConfigError("stat_prefix must not be empty", field=join(field, "stat_prefix"))
         if not proto.HasField("token_bucket"):
             raise ConfigError("token_bucket is required", field=join(field, "token_bucket"))
-        enabled = True  # Envoy's FeatureFlag defaults to on when runtime_enabled is unset
+        # Envoy's FeatureFlag defaults to on when runtime_enabled is unset; when set, its runtime key
+        # overrides the default (a RuntimeFlag, truthy per connection, when the runtime can change)
+        enabled: bool | RuntimeFlag = True
         if proto.HasField("runtime_enabled"):
-            enabled = runtime_feature_flag(proto.runtime_enabled, join(field, "runtime_enabled"))
+            enabled = feature_flag(ctx.runtime, proto.runtime_enabled, join(field, "runtime_enabled"))
         bucket = parse_token_bucket(proto.token_bucket, join(field, "token_bucket"), ctx,
                                     share_key=proto.share_key)
         self.stat_prefix = proto.stat_prefix

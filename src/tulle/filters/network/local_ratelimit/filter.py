@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tulle.runtime import RuntimeFlag
     from tulle.server.context import DownstreamConnection
     from tulle.stats.store import Counter
 
@@ -132,7 +133,7 @@ class ConnectionRateLimiter:
 
     __slots__ = ("bucket", "rate_limited", "enabled")
 
-    def __init__(self, bucket: Bucket, rate_limited: Counter, enabled: bool) -> None:
+    def __init__(self, bucket: Bucket, rate_limited: Counter, enabled: bool | RuntimeFlag) -> None:
         self.bucket = bucket
         self.rate_limited = rate_limited
         self.enabled = enabled
