@@ -873,3 +873,29 @@ def test_conflicting_mesh_virtual_services_warn() -> None:
     gateway_only = _resource("VirtualService", _vs(gateways=["default/edge"]), name="three")
     findings = [f for f in _analyze(first, second, gateway_only) if "IST0109" in f[3]]
     assert sorted(f[1] for f in findings) == ["VirtualService default/one", "VirtualService default/two"]
+
+
+def test_analysis_says_what_tulle_proxies_cannot_honour_yet() -> None:
+    from tulle.controlplane.translate.options import LACKABLE, TULLE_PROXY_TODAY
+
+    rule = _resource("DestinationRule", {"host": "reviews", "trafficPolicy": {
+        "connectionPool": {"tcp": {"tcpKeepalive": {"probes": 3}, "maxConnectionDuration": "1h"},
+                           "http": {"h2UpgradePolicy": "UPGRADE"}},
+        "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"}},
+        "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {"portLevelSettings": [
+            {"port": {"number": 80}, "connectionPool": {"tcp": {"tcpKeepalive": {}}}}]}}]})
+    service = _resource("VirtualService", _vs(_route(retries={"attempts": 2, "retryRemoteLocalities": True})))
+    gaps = {(d.field, envoy) for d in analyze([rule, service]) for envoy in LACKABLE
+            if d.message.startswith("Tulle proxies do not support") and f"({envoy})" in d.message}
+    expected = {
+        ("spec.trafficPolicy.connectionPool.tcp.tcpKeepalive", "upstream_connection_options"),
+        ("spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration", "max_connection_duration"),
+        ("spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "http2_protocol_options"),
+        ("spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow_start_config"),
+        ("spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.tcp.tcpKeepalive",
+         "upstream_connection_options"),
+        ("spec.http[0].retries.retryRemoteLocalities", "retry_priority"),
+    }
+    # only what today's Tulle proxy still lacks is reported
+    assert gaps == {(field, envoy) for field, envoy in expected if envoy in TULLE_PROXY_TODAY.proxy_lacks}
+    assert all(d.level == "warning" for d in analyze([rule, service]))

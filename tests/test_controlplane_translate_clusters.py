@@ -20,14 +20,17 @@ from tulle.controlplane.translate.clusters import (
     apply_outlier_detection,
     build_inbound_clusters,
     build_outbound_cluster,
+    tcp_proxy_settings,
 )
-from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY, TranslateOptions
+from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TranslateOptions
 from tulle.controlplane.translate.plan import plan_outbound_clusters
 from tulle.controlplane.translate.scope import build_scope
 from tulle.controlplane.translate.values import UINT32_MAX
 
 HOST = "api.default.svc.cluster.local"
 CLIENT = ProxyIdentity("c", "default", workload_name="c")
+NO_DEFAULTS = TranslateOptions(circuit_breaker_defaults=False)
+HTTP1_ONLY = TranslateOptions(proxy_lacks=frozenset({"http2_protocol_options"}))
 
 
 def clusters(policy: dict | None = None, *, resolution: str = "STATIC", protocol: str = "HTTP",
@@ -60,7 +63,7 @@ def test_registry_services_are_eds_with_ads_and_istio_defaults() -> None:
         "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}
     assert cluster["lb_policy"] == "LEAST_REQUEST" and cluster["connect_timeout"] == "10s"
     assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == UINT32_MAX
-    assert "circuit_breakers" not in default_cluster(options=TULLE_PROXY_TODAY)
+    assert "circuit_breakers" not in default_cluster(options=NO_DEFAULTS)
 
 
 def test_connection_pool() -> None:
@@ -69,7 +72,7 @@ def test_connection_pool() -> None:
                 "tcpKeepalive": {"probes": 3, "time": "90s", "interval": "500ms"}},
         "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 9, "maxRetries": 0,
                  "maxRequestsPerConnection": 4, "idleTimeout": "30s"},
-    }}, options=TULLE_PROXY_TODAY)
+    }}, options=NO_DEFAULTS)
     assert cluster["connect_timeout"] == "0.25s"
     assert cluster["circuit_breakers"] == {"thresholds": [
         {"max_connections": 7, "max_pending_requests": 5, "max_requests": 9}]}  # maxRetries 0 is unset
@@ -92,10 +95,26 @@ def test_upstream_protocol() -> None:
                                                                    "maxConcurrentStreams": 10}}})
     assert protocol_options(upgraded)["explicit_http_config"] == {"http2_protocol_options": {
         "max_concurrent_streams": 10}}
+    # DO_NOT_UPGRADE only declines an upgrade: a GRPC port still speaks HTTP/2 (Istio's setUpstreamProtocol)
     kept = default_cluster(protocol="GRPC", policy={"connectionPool": {"http": {"h2UpgradePolicy": "DO_NOT_UPGRADE"}}})
-    assert protocol_options(kept) is None
-    client = default_cluster(policy={"connectionPool": {"http": {"useClientProtocol": True}}})
-    assert "use_downstream_protocol_config" in protocol_options(client)
+    assert protocol_options(kept)["explicit_http_config"] == {"http2_protocol_options": {}}
+    client = default_cluster(policy={"connectionPool": {"http": {"useClientProtocol": True,
+                                                                 "h2UpgradePolicy": "UPGRADE"}}})
+    assert protocol_options(client)["use_downstream_protocol_config"] == {
+        "http_protocol_options": {}, "http2_protocol_options": {}}
+    # maxConcurrentStreams alone: Istio still builds the options (HTTP/1.1 ignores the setting)
+    streams = default_cluster(policy={"connectionPool": {"http": {"maxConcurrentStreams": 10}}})
+    assert protocol_options(streams)["explicit_http_config"] == {"http_protocol_options": {}}
+    assert protocol_options(streams)["common_http_protocol_options"] == {}
+    # A proxy lacking HTTP/2 upstreams (Tulle) keeps HTTP/1.1 for everything
+    for http1 in (default_cluster(protocol="GRPC", options=HTTP1_ONLY),
+                  default_cluster(policy={"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}},
+                                  options=HTTP1_ONLY)):
+        assert protocol_options(http1) is None or protocol_options(http1)["explicit_http_config"] == {
+            "http_protocol_options": {}}
+    tulle_client = default_cluster(policy={"connectionPool": {"http": {"useClientProtocol": True}}},
+                                   options=HTTP1_ONLY)
+    assert protocol_options(tulle_client)["use_downstream_protocol_config"] == {"http_protocol_options": {}}
 
 
 def test_outlier_detection() -> None:
@@ -156,7 +175,7 @@ def test_inbound_clusters_for_the_proxys_own_ports() -> None:
     mine = WorkloadInstance("c", "default", "10.0.0.1", {"http": 8081}, service_hostnames=(service.hostname,))
     rule = Resource("DestinationRule", "networking.istio.io/v1", "web", spec={"host": "web", "trafficPolicy": {
         "connectionPool": {"tcp": {"maxConnections": 3}}}})
-    scope = build_scope(MeshSnapshot([rule], [service], [mine]), CLIENT, TULLE_PROXY_TODAY)
+    scope = build_scope(MeshSnapshot([rule], [service], [mine]), CLIENT, NO_DEFAULTS)
     inbound = build_inbound_clusters(scope)
     assert [cluster["name"] for cluster in inbound] == ["inbound|5000||", "inbound|8081||"]
     socket = inbound[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
@@ -173,3 +192,74 @@ def test_connection_pool_without_settings_adds_defaults_only() -> None:
     assert cluster == {}
     apply_connection_pool(cluster, {}, defaults=True)
     assert list(cluster) == ["circuit_breakers"]
+
+
+def test_an_empty_outlier_detection_still_turns_it_and_failover_on() -> None:
+    cluster = default_cluster(policy={"outlierDetection": {}, "loadBalancer": {
+        "localityLbSetting": {"failover": [{"from": "a", "to": "b"}]}}})
+    assert cluster["outlier_detection"] == {"enforcing_success_rate": 0}
+    assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}, "locality_weighted_lb_config": {}}
+
+
+def test_port_level_settings_do_not_inherit_the_rules_components() -> None:
+    policy = {"outlierDetection": {"consecutive5xxErrors": 2},
+              "connectionPool": {"http": {"http2MaxRequests": 5}},
+              "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}}]}
+    cluster = default_cluster(policy=policy)
+    assert cluster["lb_policy"] == "RANDOM"
+    assert "outlier_detection" not in cluster
+    assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == UINT32_MAX  # Istio's default
+
+
+def test_subset_port_level_settings_replace_the_subsets_components() -> None:
+    built = clusters(policy={"connectionPool": {"tcp": {"maxConnections": 1}}}, subsets=[
+        {"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {
+            "outlierDetection": {"consecutiveGatewayErrors": 3},
+            "portLevelSettings": [{"port": {"number": 80}, "connectionPool": {"tcp": {"maxConnections": 9}}}]}}])
+    subset = built[f"outbound|80|v1|{HOST}"]
+    assert subset["circuit_breakers"]["thresholds"][0]["max_connections"] == 9
+    assert "outlier_detection" not in subset  # the subset's port level replaced it too
+
+
+def test_inbound_connection_pool_from_the_sidecar_wins_and_nothing_is_upgraded() -> None:
+    service = Service("web.default.svc.cluster.local", "default",
+                      [ServicePort("http", 80, "HTTP", 8080), ServicePort("grpc", 90, "GRPC")])
+    mine = WorkloadInstance("c", "default", "10.0.0.1", {"http": 8080, "grpc": 90},
+                            service_hostnames=(service.hostname,))
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "web", spec={"host": "web", "trafficPolicy": {
+        "connectionPool": {"tcp": {"maxConnections": 3}, "http": {"h2UpgradePolicy": "UPGRADE"}}}})
+    sidecar = Resource("Sidecar", "networking.istio.io/v1", "default", spec={
+        "ingress": [{"port": {"number": 8080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080",
+                     "connectionPool": {"http": {"http1MaxPendingRequests": 4}}}],
+        "inboundConnectionPool": {"tcp": {"maxConnections": 11}}})
+    scope = build_scope(MeshSnapshot([rule, sidecar], [service], [mine]), CLIENT, ISTIO_DEFAULTS)
+    by_name = {cluster["name"]: cluster for cluster in build_inbound_clusters(scope)}
+    http, grpc = by_name["inbound|8080||"], by_name["inbound|90||"]
+    assert http["circuit_breakers"]["thresholds"][0]["max_pending_requests"] == 4
+    assert http["circuit_breakers"]["thresholds"][0]["max_connections"] == UINT32_MAX
+    assert grpc["circuit_breakers"]["thresholds"][0]["max_connections"] == 11
+    assert "typed_extension_protocol_options" not in http  # h2UpgradePolicy is outbound only
+    protocol = grpc["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert protocol["explicit_http_config"] == {"http2_protocol_options": {}}  # the port's own protocol
+
+
+def test_tcp_proxy_settings_come_from_the_rule_level_tcp_pool() -> None:
+    service = Service("db.default.svc.cluster.local", "default", [ServicePort("tcp", 5432, "TCP")])
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "db", spec={"host": "db", "trafficPolicy": {
+        "connectionPool": {"tcp": {"idleTimeout": "30s", "maxConnectionDuration": "1h"}},
+        "portLevelSettings": [{"port": {"number": 5432}, "connectionPool": {"tcp": {"idleTimeout": "5s"}}}]}})
+    scope = build_scope(MeshSnapshot([rule], [service], []), CLIENT, ISTIO_DEFAULTS)
+    assert tcp_proxy_settings(scope, service.hostname) == {
+        "idle_timeout": "30s", "max_downstream_connection_duration": "3600s"}
+    assert tcp_proxy_settings(scope, "other.default.svc.cluster.local") == {}
+
+
+def test_what_a_proxy_lacks_is_left_out() -> None:
+    lacking = TranslateOptions(proxy_lacks=frozenset({
+        "upstream_connection_options", "max_connection_duration", "slow_start_config"}))
+    cluster = default_cluster(policy={
+        "connectionPool": {"tcp": {"maxConnectionDuration": "1h", "idleTimeout": "1m", "tcpKeepalive": {"probes": 2}}},
+        "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"}}, options=lacking)
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"] == {"idle_timeout": "60s"}
+    assert "upstream_connection_options" not in cluster and "round_robin_lb_config" not in cluster

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from tulle.config.loader import parse_message
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource, Service, ServicePort
-from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY, TranslateOptions
+from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TranslateOptions
 from tulle.controlplane.translate.routes import (
     CORS_FILTER,
     FAULT_FILTER,
@@ -19,6 +19,7 @@ from tulle.controlplane.translate.routes import (
     header_matcher,
     header_operations,
     http_filters_needed,
+    inbound_route,
     outbound_route_configuration,
     redirect_action,
     retry_policy,
@@ -28,6 +29,8 @@ from tulle.controlplane.translate.routes import (
 from tulle.controlplane.translate.scope import ProxyScope, build_scope
 
 SUFFIX = "svc.cluster.local"
+NO_DEFAULT_RETRIES = TranslateOptions(default_http_retries=False)
+NO_GRPC_TIMEOUT = TranslateOptions(proxy_lacks=frozenset({"max_grpc_timeout"}))
 API = f"api.default.{SUFFIX}"
 
 
@@ -139,7 +142,10 @@ def test_rewrites_timeouts_and_authority_precedence() -> None:
 
 def test_retry_policy_conversion() -> None:
     default = retry_policy(None, consistent_hash=False)
-    assert default["num_retries"] == 2 and default["retriable_status_codes"] == [503]
+    # Istio's EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY: no 503 in the default policy
+    assert default["num_retries"] == 2 and "retriable_status_codes" not in default
+    assert default["retry_on"] == "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    assert default["host_selection_retry_max_attempts"] == 5
     assert default["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     assert "retry_host_predicate" not in retry_policy(None, consistent_hash=True)
     assert retry_policy({"attempts": 0}, consistent_hash=False) is None
@@ -152,13 +158,24 @@ def test_retry_policy_conversion() -> None:
     assert custom["retry_back_off"] == {"base_interval": "0.025s"}
     plain = retry_policy({"attempts": 1, "retryOn": "reset"}, consistent_hash=False)
     assert plain["retry_on"] == "reset" and "retriable_status_codes" not in plain
+    # parts that are known HTTP status codes (Go's http.StatusText) are codes; 599 is not one
+    codes = retry_policy({"attempts": 2, "retryOn": "503,599,425"}, consistent_hash=False)
+    assert codes["retry_on"] == "599,retriable-status-codes" and codes["retriable_status_codes"] == [503, 425]
+    # attempts without retryOn keep the default conditions; perTryTimeout alone too
+    attempts_only = retry_policy({"attempts": 4, "perTryTimeout": "2s"}, consistent_hash=True)
+    assert attempts_only["retry_on"] == default["retry_on"] and attempts_only["per_try_timeout"] == "2s"
+    assert "retry_host_predicate" not in attempts_only
+    remote = retry_policy({"attempts": 1, "retryRemoteLocalities": True}, consistent_hash=False)
+    assert remote["retry_priority"]["typed_config"]["update_frequency"] == 2
+    lacking = retry_policy({"attempts": 1, "retryRemoteLocalities": True}, False, frozenset({"retry_priority"}))
+    assert "retry_priority" not in lacking
 
 
 def test_default_retries_follow_the_options() -> None:
     http = [{"route": [to_api()]}]
     assert "retry_policy" in routes_for(http)[0]["route"]
-    assert "retry_policy" not in routes_for(http, options=TULLE_PROXY_TODAY)[0]["route"]
-    asked = routes_for([{"retries": {"attempts": 3}, "route": [to_api()]}], options=TULLE_PROXY_TODAY)
+    assert "retry_policy" not in routes_for(http, options=NO_DEFAULT_RETRIES)[0]["route"]
+    asked = routes_for([{"retries": {"attempts": 3}, "route": [to_api()]}], options=NO_DEFAULT_RETRIES)
     assert asked[0]["route"]["retry_policy"]["num_retries"] == 3
 
 
@@ -253,3 +270,29 @@ def test_http_filters_needed() -> None:
                            {"corsPolicy": {"allowMethods": ["GET"]}, "route": [to_api()]}])
     assert http_filters_needed([outbound_route_configuration(scope, 8080)]) == {FAULT_FILTER, CORS_FILTER}
     assert http_filters_needed([outbound_route_configuration(scope, 80)]) == set()
+
+
+def test_timeouts_no_timeout_by_default_and_the_grpc_timeout_header() -> None:
+    (timed,) = routes_for([{"timeout": "2.5s", "route": [to_api()]}])
+    assert (timed["route"]["timeout"], timed["route"]["max_grpc_timeout"]) == ("2.5s", "2.5s")
+    (untimed,) = routes_for([{"route": [to_api()]}])
+    # Istio's default: no route timeout (Envoy's own 15 s is turned off), grpc-timeout uncapped
+    assert (untimed["route"]["timeout"], untimed["route"]["max_grpc_timeout"]) == ("0s", "0s")
+    (tulle,) = routes_for([{"timeout": "1s", "route": [to_api()]}], options=NO_GRPC_TIMEOUT)
+    assert tulle["route"]["timeout"] == "1s" and "max_grpc_timeout" not in tulle["route"]
+    scope, _ = scope_with([])
+    (default,) = outbound_route_configuration(scope, 80)["virtual_hosts"][0]["routes"]
+    assert (default["route"]["timeout"], default["route"]["max_grpc_timeout"]) == ("0s", "0s")
+
+
+def test_inbound_routes_retry_resets_before_the_app_and_never_time_out() -> None:
+    http = inbound_route(ISTIO_DEFAULTS, "inbound|8080||", ServicePort("http", 8080, "HTTP"))
+    parse_message(http, route_components_pb2.Route)
+    assert http["route"] == {
+        "cluster": "inbound|8080||", "timeout": "0s",
+        "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
+        "retry_policy": {"retry_on": "reset-before-request", "num_retries": 2}}
+    grpc = inbound_route(ISTIO_DEFAULTS, "inbound|9090||", ServicePort("grpc", 9090, "GRPC"))
+    assert "retry_policy" not in grpc["route"]  # Istio: not for gRPC
+    quiet = TranslateOptions(default_http_retries=False)
+    assert "retry_policy" not in inbound_route(quiet, "inbound|8080||", ServicePort("http", 8080, "HTTP"))["route"]

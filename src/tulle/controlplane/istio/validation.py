@@ -136,6 +136,7 @@ def analyze(
             _analyze_virtual_service(resource, mesh, findings)
         elif resource.kind == "DestinationRule":
             _analyze_destination_rule(resource, mesh, findings)
+        _tulle_proxy_gaps(resource, findings)
         diagnostics.extend(findings.diagnostics(resource))
     diagnostics.extend(_conflicting_mesh_virtual_services(supported, mesh))
     return diagnostics
@@ -2223,6 +2224,50 @@ def _analyze_destination_rule(resource: Resource, mesh: _MeshIndex, findings: _F
             findings.warning("spec.host", f"multiple DestinationRules for host {fqdn!r} in namespace "
                              f"{resource.namespace!r}: {other.ref} ({other.source}) also configures it; Istio "
                              "merges them and the first one's traffic policy wins")
+
+
+def _traffic_policies(spec: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Every traffic policy of a DestinationRule: the rule's, its subsets', and their port levels."""
+    policies = [("spec.trafficPolicy", spec.get("trafficPolicy"))]
+    for subset_path, subset in _messages(spec.get("subsets"), "spec.subsets"):
+        policies.append((f"{subset_path}.trafficPolicy", subset.get("trafficPolicy")))
+    for path, policy in policies:
+        if not isinstance(policy, dict):
+            continue
+        yield path, policy
+        yield from _messages(policy.get("portLevelSettings"), f"{path}.portLevelSettings")
+
+
+def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
+    """Settings a Tulle proxy cannot honour yet (TranslateOptions.proxy_lacks of TULLE_PROXY_TODAY):
+    the control plane leaves them out of Tulle proxies' config, so say so where they are asked for."""
+    from tulle.controlplane.translate.options import LACKABLE, TULLE_PROXY_TODAY
+
+    asked: list[tuple[str, str]] = []  # (field path, Envoy field)
+    spec = resource.spec if isinstance(resource.spec, dict) else {}
+    if resource.kind == "DestinationRule":
+        for path, policy in _traffic_policies(spec):
+            pool = _obj(policy.get("connectionPool"))
+            http, tcp = _obj(pool.get("http")), _obj(pool.get("tcp"))
+            if http.get("h2UpgradePolicy") == "UPGRADE":
+                asked.append((f"{path}.connectionPool.http.h2UpgradePolicy", "http2_protocol_options"))
+            if tcp.get("tcpKeepalive") is not None:
+                asked.append((f"{path}.connectionPool.tcp.tcpKeepalive", "upstream_connection_options"))
+            if tcp.get("maxConnectionDuration") is not None:
+                asked.append((f"{path}.connectionPool.tcp.maxConnectionDuration", "max_connection_duration"))
+            balancer = _obj(policy.get("loadBalancer"))
+            for key in ("warmupDurationSecs", "warmup"):
+                if balancer.get(key) is not None:
+                    asked.append((f"{path}.loadBalancer.{key}", "slow_start_config"))
+    elif resource.kind == "VirtualService":
+        for route_path, route in _messages(spec.get("http"), "spec.http"):
+            if _obj(route.get("retries")).get("retryRemoteLocalities") is True:
+                asked.append((f"{route_path}.retries.retryRemoteLocalities", "retry_priority"))
+    for path, envoy_field in asked:
+        if envoy_field in TULLE_PROXY_TODAY.proxy_lacks:
+            what, instead = LACKABLE[envoy_field]
+            findings.warning(path, f"Tulle proxies do not support {what} yet ({envoy_field}): they get {instead}; "
+                             "Envoy sidecars honour it")
 
 
 def _conflicting_mesh_virtual_services(resources: Sequence[Resource], mesh: _MeshIndex) -> list[Diagnostic]:

@@ -55,13 +55,15 @@ def _circuit_breakers(connection_pool: dict[str, Any], defaults: bool) -> dict[s
 
 
 def _http_protocol_options(
-    connection_pool: dict[str, Any], http2: bool, use_client_protocol: bool
+    connection_pool: dict[str, Any], http2: bool, use_client_protocol: bool, http2_upstreams: bool
 ) -> dict[str, Any] | None:
     """typed_extension_protocol_options' HttpProtocolOptions: idle timeout, requests per
-    connection, max connection duration and the upstream protocol."""
+    connection, max connection duration and the upstream protocol (Istio: HTTP/1.1 unless the
+    port is HTTP/2 or upgraded, or the client's protocol)."""
     http = connection_pool.get("http") or {}
     tcp = connection_pool.get("tcp") or {}
     common: dict[str, Any] = {}
+    # http.idleTimeout, else tcp.idleTimeout: both mean "close an idle upstream connection".
     idle_timeout = http.get("idleTimeout") if http.get("idleTimeout") is not None else tcp.get("idleTimeout")
     if idle_timeout is not None:
         common["idle_timeout"] = duration(idle_timeout)
@@ -69,26 +71,57 @@ def _http_protocol_options(
         common["max_requests_per_connection"] = int(http["maxRequestsPerConnection"])
     if tcp.get("maxConnectionDuration") is not None:
         common["max_connection_duration"] = duration(tcp["maxConnectionDuration"])
-    if not common and not http2 and not use_client_protocol:
+    max_streams = int(http.get("maxConcurrentStreams") or 0)
+    if not common and max_streams <= 0 and not http2 and not use_client_protocol:
         return None
     options: dict[str, Any] = {"@type": HTTP_PROTOCOL_OPTIONS_TYPE}
-    if common:
+    if common or max_streams > 0:
         options["common_http_protocol_options"] = common
     if use_client_protocol:
-        options["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
+        downstream: dict[str, Any] = {"http_protocol_options": {}}
+        if http2_upstreams:
+            downstream["http2_protocol_options"] = {}
+        options["use_downstream_protocol_config"] = downstream
     elif http2:
         http2_options: dict[str, Any] = {}
-        if int(http.get("maxConcurrentStreams") or 0) > 0:
-            http2_options["max_concurrent_streams"] = int(http["maxConcurrentStreams"])
+        if max_streams > 0:
+            http2_options["max_concurrent_streams"] = max_streams
         options["explicit_http_config"] = {"http2_protocol_options": http2_options}
     else:
         options["explicit_http_config"] = {"http_protocol_options": {}}
     return options
 
 
+def upstream_http2(http: dict[str, Any], port_http2: bool, *, outbound: bool) -> bool:
+    """Istio's setUpstreamProtocol + shouldH2Upgrade: HTTP2/GRPC ports speak HTTP/2; an outbound
+    cluster is upgraded by h2UpgradePolicy UPGRADE (on any port) unless useClientProtocol is set;
+    DO_NOT_UPGRADE (and the mesh default) leave the port's protocol alone."""
+    if outbound and not http.get("useClientProtocol") and http.get("h2UpgradePolicy") == "UPGRADE":
+        return True
+    return port_http2
+
+
+def apply_tcp_keepalive(cluster: dict[str, Any], keepalive: dict[str, Any] | None) -> None:
+    """SO_KEEPALIVE with the probes / idle time / interval set. Envoy counts whole seconds; Istio
+    truncates, which turns a sub-second value into 0, a socket option Linux refuses: here it
+    becomes 1s instead."""
+    if keepalive is None:
+        return
+    settings = cluster.setdefault("upstream_connection_options", {}).setdefault("tcp_keepalive", {})
+    if int(keepalive.get("probes") or 0) > 0:
+        settings["keepalive_probes"] = int(keepalive["probes"])
+    for key, target in (("time", "keepalive_time"), ("interval", "keepalive_interval")):
+        if keepalive.get(key) is not None:
+            settings[target] = max(int(duration_seconds(keepalive[key])), 1)
+
+
 def apply_connection_pool(
-    cluster: dict[str, Any], connection_pool: dict[str, Any] | None, *, defaults: bool, http2: bool = False
+    cluster: dict[str, Any], connection_pool: dict[str, Any] | None, *, defaults: bool, http2: bool = False,
+    outbound: bool = True, lacks: frozenset[str] = frozenset(),
 ) -> None:
+    """Istio's applyH2Upgrade + applyConnectionPool. ``http2``: the port speaks HTTP/2 (HTTP2,
+    GRPC); ``lacks``: TranslateOptions.proxy_lacks (a proxy without http2_protocol_options
+    speaks HTTP/1.1 to every upstream)."""
     pool = connection_pool or {}
     tcp = pool.get("tcp") or {}
     http = pool.get("http") or {}
@@ -97,31 +130,23 @@ def apply_connection_pool(
     breakers = _circuit_breakers(pool, defaults)
     if breakers is not None:
         cluster["circuit_breakers"] = breakers
-    upgrade = http.get("h2UpgradePolicy")
-    if upgrade == "UPGRADE":
-        http2 = True
-    elif upgrade == "DO_NOT_UPGRADE":
-        http2 = False
-    options = _http_protocol_options(pool, http2, bool(http.get("useClientProtocol")))
+    http2_upstreams = "http2_protocol_options" not in lacks
+    http2 = http2_upstreams and upstream_http2(http, http2, outbound=outbound)
+    if "max_connection_duration" in lacks:
+        pool = {**pool, "tcp": {key: value for key, value in tcp.items() if key != "maxConnectionDuration"}}
+    options = _http_protocol_options(pool, http2, bool(http.get("useClientProtocol")), http2_upstreams)
     if options is not None:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options,
         }
-    if tcp.get("tcpKeepalive"):
-        keepalive = tcp["tcpKeepalive"]
-        settings: dict[str, Any] = {}
-        if keepalive.get("probes"):
-            settings["keepalive_probes"] = int(keepalive["probes"])
-        # Envoy counts keepalive time and interval in whole seconds.
-        if keepalive.get("time") is not None:
-            settings["keepalive_time"] = max(int(duration_seconds(keepalive["time"])), 1)
-        if keepalive.get("interval") is not None:
-            settings["keepalive_interval"] = max(int(duration_seconds(keepalive["interval"])), 1)
-        cluster["upstream_connection_options"] = {"tcp_keepalive": settings}
+    if "upstream_connection_options" not in lacks:
+        apply_tcp_keepalive(cluster, tcp.get("tcpKeepalive"))
 
 
 def apply_outlier_detection(cluster: dict[str, Any], outlier: dict[str, Any] | None) -> None:
-    if not outlier:
+    """Istio's applyOutlierDetection; an empty ``outlierDetection: {}`` still turns it (and
+    locality failover) on, with Envoy's defaults."""
+    if outlier is None:
         return
     out: dict[str, Any] = {"enforcing_success_rate": 0}  # Istio turns success-rate ejection off
     for key, target, enforcing in (
@@ -152,13 +177,15 @@ def apply_outlier_detection(cluster: dict[str, Any], outlier: dict[str, Any] | N
     }
 
 
-def apply_load_balancer(cluster: dict[str, Any], plan: ClusterPlan) -> None:
+def apply_load_balancer(cluster: dict[str, Any], plan: ClusterPlan, lacks: frozenset[str] = frozenset()) -> None:
     load_balancer = (plan.policy or {}).get("loadBalancer") or {}
     if cluster["type"] == ORIGINAL_DST:
         cluster["lb_policy"] = "CLUSTER_PROVIDED"
         return
     cluster["lb_policy"] = SIMPLE_LB_POLICIES.get(str(load_balancer.get("simple") or "UNSPECIFIED"), "LEAST_REQUEST")
     warmup = load_balancer.get("warmupDurationSecs")
+    if "slow_start_config" in lacks:
+        warmup = None
     if warmup is not None and cluster["lb_policy"] in ("ROUND_ROBIN", "LEAST_REQUEST"):
         key = "round_robin_lb_config" if cluster["lb_policy"] == "ROUND_ROBIN" else "least_request_lb_config"
         cluster[key] = {"slow_start_config": {"slow_start_window": duration(warmup)}}
@@ -211,10 +238,10 @@ def build_outbound_cluster(scope: ProxyScope, plan: ClusterPlan) -> dict[str, An
     policy = plan.policy or {}
     apply_connection_pool(
         cluster, policy.get("connectionPool"), defaults=scope.options.circuit_breaker_defaults,
-        http2=is_http2(plan.port.protocol),
+        http2=is_http2(plan.port.protocol), lacks=scope.options.proxy_lacks,
     )
     apply_outlier_detection(cluster, policy.get("outlierDetection"))
-    apply_load_balancer(cluster, plan)
+    apply_load_balancer(cluster, plan, scope.options.proxy_lacks)
     return cluster
 
 
@@ -222,7 +249,9 @@ def build_inbound_clusters(scope: ProxyScope) -> list[dict[str, Any]]:
     """``inbound|<port>||``: the proxy's own workload ports, STATIC to 127.0.0.1:<port>.
 
     Named by the workload (target) port as Istio does; the service's DestinationRule connection
-    pool applies here too, so the server side admits the traffic its clients may send.
+    pool (port level resolved) applies here too, so the server side admits the traffic its clients
+    may send, unless the Sidecar sets an inbound connection pool (its ingress listener's for that
+    port, else its inboundConnectionPool). Nothing is upgraded to HTTP/2 on the inbound side.
     """
     clusters = []
     app_ports = dict(scope.options.app_ports)
@@ -240,6 +269,36 @@ def build_inbound_clusters(scope: ProxyScope) -> list[dict[str, Any]]:
         }
         rule = scope.destination_rule_for(inbound.service.hostname, inbound.service.namespace)
         policy = port_traffic_policy((rule.spec if rule else {}).get("trafficPolicy"), inbound.port.port) or {}
-        apply_connection_pool(cluster, policy.get("connectionPool"), defaults=scope.options.circuit_breaker_defaults)
+        pool = sidecar_inbound_connection_pool(scope, inbound.workload_port)
+        apply_connection_pool(
+            cluster, pool if pool is not None else policy.get("connectionPool"),
+            defaults=scope.options.circuit_breaker_defaults, http2=is_http2(inbound.port.protocol),
+            outbound=False, lacks=scope.options.proxy_lacks,
+        )
         clusters.append(cluster)
     return clusters
+
+
+def sidecar_inbound_connection_pool(scope: ProxyScope, port: int) -> dict[str, Any] | None:
+    """Istio's SidecarScope.InboundConnectionPoolForPort."""
+    spec = scope.sidecar.spec if scope.sidecar is not None else {}
+    for listener in spec.get("ingress") or []:
+        if int((listener.get("port") or {}).get("number") or 0) == port and listener.get("connectionPool"):
+            return dict(listener["connectionPool"])
+    return spec.get("inboundConnectionPool")
+
+
+def tcp_proxy_settings(scope: ProxyScope, hostname: str) -> dict[str, Any]:
+    """What Istio's tcp_proxy takes from the DestinationRule of the (first) destination host: the
+    rule-level connectionPool.tcp (not a port's or a subset's) idle timeout and maximum connection
+    duration."""
+    service = scope.service(hostname)
+    rule = scope.destination_rule_for(hostname, service.namespace if service else scope.proxy.namespace)
+    policy = (rule.spec if rule is not None else {}).get("trafficPolicy") or {}
+    tcp = (policy.get("connectionPool") or {}).get("tcp") or {}
+    settings: dict[str, Any] = {}
+    if tcp.get("idleTimeout") is not None:
+        settings["idle_timeout"] = duration(tcp["idleTimeout"])
+    if tcp.get("maxConnectionDuration") is not None:
+        settings["max_downstream_connection_duration"] = duration(tcp["maxConnectionDuration"])
+    return settings

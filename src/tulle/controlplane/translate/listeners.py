@@ -22,23 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tulle.controlplane.model import Service, ServicePort
-from tulle.controlplane.translate.clusters import ads_config_source
+from tulle.controlplane.translate.clusters import ads_config_source, tcp_proxy_settings
 from tulle.controlplane.translate.names import (
     inbound_cluster_name,
     is_http,
     labels_match,
     outbound_cluster_name,
 )
-from tulle.controlplane.translate.policy import port_traffic_policy
 from tulle.controlplane.translate.routes import (
     CORS_FILTER,
     FAULT_FILTER,
     HTTP_PROXY_ROUTE_NAME,
     destination_cluster,
     http_filters_needed,
+    inbound_route,
 )
 from tulle.controlplane.translate.scope import MESH_GATEWAY, ProxyScope
-from tulle.controlplane.translate.values import duration
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -134,11 +133,14 @@ def tcp_proxy(scope: ProxyScope, service: Service, port: ServicePort) -> dict[st
     default_cluster = outbound_cluster_name(port.port, service.hostname)
     config: dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": default_cluster, "cluster": default_cluster}
     resource = scope.virtual_service_for(service.hostname)
+    target_host = service.hostname
     for tcp_route in (resource.spec.get("tcp") or []) if resource is not None else []:
         matches = tcp_route.get("match") or [{}]
         if not any(_tcp_route_applies(match, scope, port.port) for match in matches):
             continue
         destinations = [entry for entry in tcp_route.get("route") or [] if entry.get("destination")]
+        if destinations:
+            target_host = scope.resolve(str(destinations[0]["destination"].get("host") or ""), resource.namespace)
         if len(destinations) == 1:
             config["cluster"] = destination_cluster(scope, destinations[0]["destination"], resource.namespace,
                                                     port.port)
@@ -150,11 +152,7 @@ def tcp_proxy(scope: ProxyScope, service: Service, port: ServicePort) -> dict[st
                 for entry in destinations if int(entry.get("weight") or 0) > 0
             ]}
         break
-    rule = scope.destination_rule_for(service.hostname, service.namespace)
-    policy = port_traffic_policy((rule.spec if rule else {}).get("trafficPolicy"), port.port) or {}
-    idle_timeout = ((policy.get("connectionPool") or {}).get("tcp") or {}).get("idleTimeout")
-    if idle_timeout is not None:
-        config["idle_timeout"] = duration(idle_timeout)
+    config.update(tcp_proxy_settings(scope, target_host))
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
@@ -195,8 +193,7 @@ def per_port_inbound_listeners(scope: ProxyScope, address: str) -> list[dict[str
         name = f"inbound_{address}_{inbound.port.port}"
         if is_http(inbound.port.protocol):
             route_config = {"name": name, "virtual_hosts": [{
-                "name": "inbound", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+                "name": "inbound", "domains": ["*"], "routes": [inbound_route(scope.options, cluster, inbound.port)],
             }]}
             network_filter = http_connection_manager(name, set(), route_config=route_config)
         else:

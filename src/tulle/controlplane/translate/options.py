@@ -12,12 +12,19 @@ from typing import Any
 class TranslateOptions:
     # MeshConfig.connectTimeout (Istio's default 10s); DestinationRule tcp.connectTimeout overrides it.
     connect_timeout: str = "10s"
-    # Istio gives every outbound route without VirtualService retries 2 retries on connect
-    # failures and 503s (MeshConfig.defaultHttpRetryPolicy unset).
+    # Istio's default retry policies: every outbound route without VirtualService retries gets 2
+    # retries on connect failures, refused streams and gRPC unavailable/cancelled
+    # (MeshConfig.defaultHttpRetryPolicy unset), every inbound HTTP route 2 retries on
+    # reset-before-request (ENABLE_INBOUND_RETRY_POLICY). Off: routes retry only when asked.
     default_http_retries: bool = True
     # Istio puts circuit breaker thresholds at 2^32-1 on every cluster (Envoy's defaults are 1024);
     # without them a cluster gets thresholds only when a connectionPool sets some.
     circuit_breaker_defaults: bool = True
+    # Envoy fields the target proxy does not implement (names from LACKABLE): the translation
+    # leaves each out of that proxy's config, or takes the fallback LACKABLE describes, instead
+    # of sending what the proxy would refuse (and NACK with everything else in the response);
+    # istio/validation.py warns about resources that ask for them.
+    proxy_lacks: frozenset[str] = frozenset()
     # MeshConfig.localityLbSetting (Istio's default: enabled, so a DestinationRule with
     # outlierDetection fails over by locality). None: off unless a DestinationRule turns it on.
     mesh_locality_lb_setting: dict[str, Any] | None = field(default_factory=lambda: {"enabled": True})
@@ -46,8 +53,25 @@ class TranslateOptions:
                           for value in (getattr(self, item.name) for item in fields(self))))
 
 
+# Envoy field -> the Istio setting that produces it and what a proxy lacking it gets instead.
+LACKABLE = {
+    "http2_protocol_options": ("HTTP/2 upstreams (HTTP2/GRPC ports, connectionPool.http.h2UpgradePolicy, "
+                               "useClientProtocol)", "HTTP/1.1 to every upstream"),
+    "max_grpc_timeout": ("the grpc-timeout header of gRPC clients", "the route timeout only"),
+    "retry_priority": ("retries.retryRemoteLocalities", "retries in any locality"),
+    "upstream_connection_options": ("connectionPool.tcp.tcpKeepalive", "the OS keepalive settings"),
+    "max_connection_duration": ("connectionPool.tcp.maxConnectionDuration on HTTP connections",
+                                "no limit on an upstream connection's age"),
+    "slow_start_config": ("loadBalancer.warmupDurationSecs", "new endpoints get their full share at once"),
+}
+
 ISTIO_DEFAULTS = TranslateOptions()
 
-# What today's Tulle proxy accepts: it refuses retry_policy and circuit_breakers until the
-# resilience work lands, so routes and clusters carry them only when a resource asks.
-TULLE_PROXY_TODAY = TranslateOptions(default_http_retries=False, circuit_breaker_defaults=False)
+# What today's Tulle proxy accepts. tests/test_controlplane_translate_options.py keeps this
+# honest: it loads rich translations through the proxy's own xDS factories, with these options
+# (everything must be accepted) and with ISTIO_DEFAULTS (exactly what is gated here must be
+# refused, so a gate the proxy no longer needs fails the test).
+TULLE_PROXY_TODAY = TranslateOptions(
+    proxy_lacks=frozenset({"http2_protocol_options", "max_grpc_timeout", "retry_priority",
+                           "upstream_connection_options", "max_connection_duration", "slow_start_config"}),
+)

@@ -38,8 +38,9 @@ class ClusterPlan:
 
     @property
     def failover_enabled(self) -> bool:
-        # Istio fails over only with outlier detection: without it no endpoint ever leaves priority 0.
-        return bool((self.policy or {}).get("outlierDetection"))
+        # Istio fails over only with outlier detection (even an empty one): without it no endpoint
+        # ever leaves priority 0.
+        return (self.policy or {}).get("outlierDetection") is not None
 
 
 def discovery_type(service: Service, policy: dict[str, Any] | None) -> str:

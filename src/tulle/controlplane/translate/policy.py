@@ -1,9 +1,11 @@
 """DestinationRule traffic policies: which settings apply to one cluster (port, subset).
 
-As in Istio (pilot/pkg/networking/util MergeTrafficPolicy / MergeSubsetTrafficPolicy), each
-component (loadBalancer, connectionPool, outlierDetection, tls, ...) is replaced whole, never
-merged field by field: a port-level setting replaces the rule's, a subset's replaces both, and a
-subset's own port-level setting replaces the subset's.
+As in Istio (pilot/pkg/networking/util GetPortLevelTrafficPolicy / MergeSubsetTrafficPolicy):
+a matching portLevelSettings entry replaces the rule's policy as a whole, so a component it
+leaves out falls back to the default instead of being inherited ("port level settings override
+the destination-level settings"); a subset's policy replaces the components it sets, and a
+subset's own port-level setting replaces all four (loadBalancer, connectionPool,
+outlierDetection, tls) again. Components are never merged field by field.
 """
 
 from __future__ import annotations
@@ -24,24 +26,27 @@ def _port_setting(policy: Policy | None, port: int) -> Policy | None:
 
 
 def port_traffic_policy(policy: Policy | None, port: int) -> Policy | None:
-    """The policy for one port: the rule's components, replaced by that port's portLevelSettings."""
+    """The policy for one port: the rule's components, or only those of the port's
+    portLevelSettings entry when there is one (tunnel and proxyProtocol are not port-level)."""
     if policy is None:
         return None
-    merged = {name: policy[name] for name in COMPONENTS if policy.get(name) is not None}
     setting = _port_setting(policy, port)
     if setting is not None:
-        for name in PORT_LEVEL_COMPONENTS:
-            if setting.get(name) is not None:
-                merged[name] = setting[name]
-    return merged
+        return {name: setting[name] for name in PORT_LEVEL_COMPONENTS if setting.get(name) is not None}
+    return {name: policy[name] for name in COMPONENTS if policy.get(name) is not None}
 
 
 def subset_traffic_policy(base: Policy | None, subset_policy: Policy | None, port: int) -> Policy | None:
-    """A subset's policy over the (port-merged) rule policy."""
+    """A subset's policy over the (port-resolved) rule policy."""
     if subset_policy is None:
         return base
     own = port_traffic_policy(subset_policy, port) or {}
-    merged = dict(base or {})
+    if base is None:
+        return own
+    merged = dict(base)
+    if _port_setting(subset_policy, port) is not None:
+        for name in PORT_LEVEL_COMPONENTS:  # the subset's port level replaces all four, set or not
+            merged.pop(name, None)
     merged.update(own)
     return merged
 

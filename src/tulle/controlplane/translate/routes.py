@@ -9,6 +9,7 @@ for this proxy; a service without a VirtualService gets Istio's "default" route.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from tulle.controlplane.model import Resource, Service, ServicePort
@@ -21,6 +22,7 @@ from tulle.controlplane.translate.names import (
     virtual_host_domains,
     virtual_host_name,
 )
+from tulle.controlplane.translate.options import TranslateOptions
 from tulle.controlplane.translate.policy import consistent_hash_for_destination, consistent_hash_for_service
 from tulle.controlplane.translate.scope import MESH_GATEWAY, ProxyScope
 from tulle.controlplane.translate.values import (
@@ -44,9 +46,17 @@ BLOCK_ALL = "block_all"
 HTTP_PROXY_ROUTE_NAME = "http_proxy"  # Istio's RDSHttpProxy
 MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024  # Istio raises Envoy's 4 KiB to its validation limit
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+# Istio's EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY (default true): a 503 may come from a server that
+# already acted on the request, so the default policy lists no status code; its
+# "retriable-status-codes" condition then matches nothing.
+DEFAULT_RETRIABLE_STATUS_CODES: tuple[int, ...] = ()
+# Istio's inbound default (ENABLE_INBOUND_RETRY_POLICY): retry what never reached the app.
+INBOUND_RETRY_POLICY = {"retry_on": "reset-before-request", "num_retries": 2}
 NO_TIMEOUT = "0s"
 
-HTTP_STATUS_CODES = frozenset(range(100, 600))
+# Go's http.StatusText: a retryOn part that names a known status code is a retriable code.
+HTTP_STATUS_CODES = frozenset(int(status) for status in HTTPStatus)
+GRPC_PROTOCOLS = frozenset({"GRPC", "GRPC-WEB"})  # Istio's protocol.IsGRPC
 
 
 # --- matches ---------------------------------------------------------------------------------
@@ -249,14 +259,15 @@ def _destination_hash(scope: ProxyScope, destination: dict[str, Any], namespace:
                                            str(destination.get("subset") or ""))
 
 
-def retry_policy(retries: dict[str, Any] | None, consistent_hash: bool) -> dict[str, Any] | None:
+def retry_policy(
+    retries: dict[str, Any] | None, consistent_hash: bool, lacks: frozenset[str] = frozenset()
+) -> dict[str, Any] | None:
     """Istio's retry.ConvertPolicy: its default policy, overridden by the VirtualService's
     retries; ``attempts: 0`` turns retries off. With consistent hashing a retry must stay on
     the same host, so the previous-hosts predicate is left out."""
-    policy: dict[str, Any] = {
-        "retry_on": DEFAULT_RETRY_ON, "num_retries": 2, "retriable_status_codes": [503],
-        "host_selection_retry_max_attempts": 5,
-    }
+    policy: dict[str, Any] = {"retry_on": DEFAULT_RETRY_ON, "num_retries": 2, "host_selection_retry_max_attempts": 5}
+    if DEFAULT_RETRIABLE_STATUS_CODES:
+        policy["retriable_status_codes"] = list(DEFAULT_RETRIABLE_STATUS_CODES)
     if not consistent_hash:
         policy["retry_host_predicate"] = [
             {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": PREVIOUS_HOSTS_TYPE}}
@@ -276,11 +287,11 @@ def retry_policy(retries: dict[str, Any] | None, consistent_hash: bool) -> dict[
             elif part:
                 conditions.append(part)
         policy["retry_on"] = ",".join(conditions)
-        policy["retriable_status_codes"] = codes
-        if codes and "retriable-status-codes" not in policy["retry_on"]:
-            policy["retry_on"] = ",".join([*conditions, "retriable-status-codes"])
-        if not codes:
-            del policy["retriable_status_codes"]
+        policy.pop("retriable_status_codes", None)
+        if codes:
+            policy["retriable_status_codes"] = codes
+            if "retriable-status-codes" not in policy["retry_on"]:
+                policy["retry_on"] = ",".join([*conditions, "retriable-status-codes"])
     if retries.get("perTryTimeout") is not None:
         policy["per_try_timeout"] = duration(retries["perTryTimeout"])
     if retries.get("retryIgnorePreviousHosts") is not None:
@@ -290,7 +301,7 @@ def retry_policy(retries: dict[str, Any] | None, consistent_hash: bool) -> dict[
             ]
         else:
             policy.pop("retry_host_predicate", None)
-    if retries.get("retryRemoteLocalities"):
+    if retries.get("retryRemoteLocalities") and "retry_priority" not in lacks:
         policy["retry_priority"] = {
             "name": "envoy.retry_priorities.previous_priorities",
             "typed_config": {"@type": PREVIOUS_PRIORITIES_TYPE, "update_frequency": 2},
@@ -460,16 +471,24 @@ def _route_action(
         authority = str(rewrite["authority"])
     if authority:
         action["host_rewrite_literal"] = authority
-    action["timeout"] = duration(http["timeout"]) if http.get("timeout") is not None else NO_TIMEOUT
+    set_timeout(action, http.get("timeout"), scope.options)
     retries = http.get("retries")
     if retries is not None or scope.options.default_http_retries:
-        policy = retry_policy(retries, consistent)
+        policy = retry_policy(retries, consistent, scope.options.proxy_lacks)
         if policy is not None:
             action["retry_policy"] = policy
     mirrors = mirror_policies(scope, http, namespace, listen_port)
     if mirrors:
         action["request_mirror_policies"] = mirrors
     return action
+
+
+def set_timeout(action: dict[str, Any], timeout: Any, options: TranslateOptions) -> None:
+    """Istio's setTimeout: the VirtualService's timeout, else none (0s: Envoy's 15 s default is
+    off); a gRPC client's grpc-timeout header is honoured, capped by that timeout."""
+    action["timeout"] = duration(timeout) if timeout is not None else NO_TIMEOUT
+    if "max_grpc_timeout" not in options.proxy_lacks:
+        action["max_grpc_timeout"] = action["timeout"]
 
 
 def translate_route(
@@ -532,7 +551,8 @@ def virtual_service_routes(scope: ProxyScope, resource: Resource, listen_port: i
 
 def default_route(scope: ProxyScope, service: Service, port: ServicePort) -> dict[str, Any]:
     """Istio's route for a service without VirtualService: everything to its cluster."""
-    action: dict[str, Any] = {"cluster": outbound_cluster_name(port.port, service.hostname), "timeout": NO_TIMEOUT}
+    action: dict[str, Any] = {"cluster": outbound_cluster_name(port.port, service.hostname)}
+    set_timeout(action, None, scope.options)
     rule = scope.destination_rule_for(service.hostname, service.namespace)
     chosen_hash = hash_policy(consistent_hash_for_service(rule.spec if rule else None, port.port))
     if chosen_hash is not None:
@@ -624,6 +644,17 @@ def forward_proxy_route_configuration(scope: ProxyScope, port_numbers: list[int]
     return route_configuration(HTTP_PROXY_ROUTE_NAME, virtual_hosts)
 
 
+def inbound_route(options: TranslateOptions, cluster: str, port: ServicePort) -> dict[str, Any]:
+    """Istio's BuildDefaultHTTPInboundRoute: no timeout, no stream duration limit (a gRPC client's
+    grpc-timeout still applies) and, for HTTP but not gRPC, retries of requests reset before
+    they reached the app."""
+    action: dict[str, Any] = {"cluster": cluster, "timeout": NO_TIMEOUT}
+    action["max_stream_duration"] = {"max_stream_duration": NO_TIMEOUT, "grpc_timeout_header_max": NO_TIMEOUT}
+    if options.default_http_retries and port.protocol.upper() not in GRPC_PROTOCOLS:
+        action["retry_policy"] = dict(INBOUND_RETRY_POLICY)
+    return {"name": DEFAULT_ROUTE_NAME, "match": {"prefix": "/"}, "route": action}
+
+
 def inbound_route_configuration(scope: ProxyScope, name: str) -> dict[str, Any] | None:
     """The inline route table of the inbound listener, None when the workload serves no HTTP.
 
@@ -641,8 +672,7 @@ def inbound_route_configuration(scope: ProxyScope, name: str) -> dict[str, Any] 
         virtual_hosts.append({
             "name": f"inbound|http|{inbound.workload_port}",
             "domains": domains,
-            "routes": [{"name": DEFAULT_ROUTE_NAME, "match": {"prefix": "/"},
-                        "route": {"cluster": inbound_cluster_name(inbound.workload_port), "timeout": NO_TIMEOUT}}],
+            "routes": [inbound_route(scope.options, inbound_cluster_name(inbound.workload_port), inbound.port)],
         })
     if not virtual_hosts:
         return None
