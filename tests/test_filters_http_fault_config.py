@@ -115,6 +115,35 @@ def test_an_empty_fault_filter_is_valid_and_does_nothing() -> None:
     assert not built.settings.can_inject
 
 
+class RouteWith:
+    def __init__(self, per_route: dict[str, Any]) -> None:
+        self.per_route = per_route
+
+    def per_filter_config(self, name: str) -> Any:
+        return self.per_route.get(name)
+
+
+class StreamOn:
+    def __init__(self, route: Any) -> None:
+        self.route = route
+
+    def get_route(self) -> Any:
+        return self.route
+
+
+def test_an_idle_filter_joins_only_the_chains_of_routes_with_their_own_fault() -> None:
+    # Istio's shape: nothing at the filter level, faults per route. Other requests skip the filter.
+    idle = factory({})
+    assert idle.skippable
+    assert idle.create_filter(StreamOn(None)) is None
+    assert idle.create_filter(StreamOn(RouteWith({}))) is None
+    per_route = settings({"abort": {"http_status": 503, "percentage": {"numerator": 100}}})
+    assert idle.create_filter(StreamOn(RouteWith({"envoy.filters.http.fault": per_route}))) is not None
+    # a filter-level fault that can fire is in every chain
+    active = factory({"abort": {"http_status": 503, "percentage": {"numerator": 1}}})
+    assert not active.skippable and active.create_filter(StreamOn(RouteWith({}))) is not None
+
+
 def test_a_name_only_filter_gets_the_empty_config() -> None:
     built = factory(None)
     assert not built.settings.can_inject

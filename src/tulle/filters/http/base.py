@@ -48,5 +48,8 @@ class HttpFilterFactory(Protocol):
     name: str
     # True when encode_* must be called on this filter (saves calls on the hot path otherwise)
     encodes: bool
+    # True when create_filter may return None: the filter has nothing to do for that request and
+    # is left out of its chain (e.g. a fault filter that can only act through per-route config)
+    skippable: bool
 
-    def create_filter(self, stream: ActiveStream) -> HttpFilter: ...
+    def create_filter(self, stream: ActiveStream) -> HttpFilter | None: ...

@@ -164,6 +164,8 @@ class HcmConfig:
             # Envoy validates an inline route table's clusters unless told otherwise.
             self.check_clusters(self.route_table, join(field, "route_config"))
         self.encoder_filters = any(getattr(f, "encodes", False) for f in self.filter_factories)
+        # a factory whose create_filter may return None (the filter has nothing to do for that request)
+        self.skippable_filters = any(getattr(f, "skippable", False) for f in self.filter_factories)
         self.access_loggers: list[Any] = []
         if len(proto.access_log):
             from tulle.access_log.config import build_access_logs

@@ -162,7 +162,8 @@ class ActiveStream:
         span = config.stream_timeout_span
         if span and (connection.timer is None or connection.timer_when > now + span):
             connection._arm_timer(now + span)  # the lazy timer must wake up for this stream's timeouts
-        self.filters = [factory.create_filter(self) for factory in config.filter_factories]
+        filters = [factory.create_filter(self) for factory in config.filter_factories]
+        self.filters = [flt for flt in filters if flt is not None] if config.skippable_filters else filters
         self._decode_headers_from(0)
         if self.done:
             return
