@@ -80,6 +80,7 @@ class FakeCluster:
         self.hosts = hosts
         self.connect_timeout = connect_timeout
         self.per_connection_buffer_limit_bytes = buffer_limit
+        self.tcp_keepalive = None  # upstream_connection_options
         self.stats = FakeClusterStats(store, name)
         self._next = 0
 

@@ -174,7 +174,8 @@ REFUSALS = [
     ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/x"}}}},
      "eds_cluster_config.eds_config.path_config_source"),
     ({"cluster_type": {"name": "envoy.clusters.aggregate"}}, "cluster_type"),
-    ({"upstream_connection_options": {"tcp_keepalive": {}}}, "upstream_connection_options"),
+    ({"upstream_connection_options": {"set_local_interface_name_on_upstream_connections": True}},
+     "upstream_connection_options.set_local_interface_name_on_upstream_connections"),
     ({"protocol_selection": "USE_DOWNSTREAM_PROTOCOL"}, "protocol_selection"),
     ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}},
@@ -183,8 +184,8 @@ REFUSALS = [
     ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": HTTP_OPTIONS, "auto_config": {}}}},
      "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'].auto_config"),
-    ({"common_http_protocol_options": {"max_connection_duration": "10s"}},
-     "common_http_protocol_options.max_connection_duration"),
+    ({"common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}},
+     "common_http_protocol_options.headers_with_underscores_action"),
     ({"http_protocol_options": {"header_key_format": {"proper_case_words": {}}}},
      "http_protocol_options.header_key_format"),
 ]

@@ -667,3 +667,51 @@ def test_upstream_keep_alive_response_headers_do_not_close_the_client(tmp_path: 
             assert client.request("GET", "/ka").body == b"fine"
         assert proxy.stats()["cluster.backend.upstream_cx_total"] == 1
     assert backend.connections == 1
+
+
+# --------------------------------------------------------------------------- connection options
+
+
+def test_tcp_keepalive_is_set_on_upstream_sockets() -> None:
+    async def test(up: Upstream) -> None:
+        conn = await up.pool.connect()
+        sock = conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 90
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+
+    run_with_upstream(answer_each(OK), test, upstream_connection_options={"tcp_keepalive": {
+        "keepalive_probes": 3, "keepalive_time": 90, "keepalive_interval": 7}})
+
+
+def test_max_connection_duration_closes_idle_connections_and_busy_ones_after_their_request() -> None:
+    async def test(up: Upstream) -> None:
+        idle = await up.pool.connect()
+        assert (await up.exchange(idle)).status == 200
+        assert up.pool.take_idle() is idle
+        up.pool.release(idle, True)  # back to idle: aged out by the timer
+        busy = await up.pool.connect()
+        recorder = Recorder()
+        busy.start_request(recorder, b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n", False)
+        await asyncio.sleep(0.4)
+        assert idle.closed and up.pool.take_idle() is None
+        assert not busy.closed  # mid-request: it finishes first
+        await asyncio.wait_for(recorder.finished.wait(), 5)
+        assert recorder.status == 200
+        await asyncio.sleep(0.05)
+        assert busy.closed and up.pool.take_idle() is None
+        assert up.stat("upstream_cx_max_duration_reached") == 2
+
+    async def slow_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await read_head(reader)
+                if b"/slow" in head:
+                    await asyncio.sleep(0.6)
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    run_with_upstream(slow_second, test, common_http_protocol_options={"max_connection_duration": "0.3s"})

@@ -59,6 +59,7 @@ from tulle.upstream.resource_manager import (
     build_resource_managers,
     parse_circuit_breakers,
 )
+from tulle.upstream.socket_options import TcpKeepalive, parse_upstream_connection_options
 
 log = logging.getLogger("tulle.upstream")
 
@@ -81,13 +82,15 @@ _CLUSTER_FIELDS = (
     "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
     "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
     "eds_cluster_config", "health_checks", "outlier_detection", "ignore_health_on_host_removal",
-    "circuit_breakers",
+    "circuit_breakers", "upstream_connection_options",
 )
 # metadata only feeds subset load balancing and filters, which Tulle refuses or does not read.
 _CLUSTER_IGNORED = ("metadata",)
-_COMMON_HTTP_FIELDS = ("idle_timeout", "max_requests_per_connection", "max_stream_duration")
-# (idle_timeout, max_requests_per_connection, max_stream_duration) of upstream HTTP connections/streams
-ConnectionOptions = tuple[float | None, int | None, float | None]
+_COMMON_HTTP_FIELDS = ("idle_timeout", "max_requests_per_connection", "max_stream_duration",
+                       "max_connection_duration")
+# (idle_timeout, max_requests_per_connection, max_stream_duration, max_connection_duration) of
+# upstream HTTP connections and streams
+ConnectionOptions = tuple[float | None, int | None, float | None, float | None]
 _DISCOVERY_TYPES = dict(cluster_pb2.Cluster.DiscoveryType.items())
 
 
@@ -135,6 +138,8 @@ class ClusterConfig:
     outlier_detection: OutlierDetectionConfig | None = None
     ignore_health_on_host_removal: bool = False
     max_stream_duration: float | None = None  # common_http_protocol_options.max_stream_duration
+    max_connection_duration: float | None = None  # common_http_protocol_options.max_connection_duration
+    tcp_keepalive: TcpKeepalive | None = None  # upstream_connection_options.tcp_keepalive
     circuit_breakers: CircuitBreakersConfig = DEFAULT_CIRCUIT_BREAKERS
 
 
@@ -158,7 +163,9 @@ def _common_http_options(options: protocol_pb2.HttpProtocolOptions, field: str) 
     max_requests = options.max_requests_per_connection.value or None
     # each upstream stream's lifetime; reaching it resets the stream (UMSDR). 0: no limit
     max_stream_duration = duration_seconds(options.max_stream_duration) or None
-    return idle_timeout, max_requests, max_stream_duration
+    # a connection's lifetime: past it the connection closes once idle (never mid-request)
+    max_connection_duration = duration_seconds(options.max_connection_duration) or None
+    return idle_timeout, max_requests, max_stream_duration, max_connection_duration
 
 
 def _typed_http_options(options: http_protocol_options_pb2.HttpProtocolOptions, field: str) -> ConnectionOptions:
@@ -176,7 +183,7 @@ def _typed_http_options(options: http_protocol_options_pb2.HttpProtocolOptions, 
         return _common_http_options(
             options.common_http_protocol_options, join(field, "common_http_protocol_options")
         )
-    return DEFAULT_IDLE_TIMEOUT, None, None
+    return DEFAULT_IDLE_TIMEOUT, None, None, None
 
 
 def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionOptions:
@@ -207,15 +214,16 @@ def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionO
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_requests: int | None = None
     max_stream_duration: float | None = None
+    max_connection_duration: float | None = None
     if cluster.HasField("http_protocol_options"):
         check_fields(cluster.http_protocol_options, (), join(field, "http_protocol_options"))
     if cluster.HasField("common_http_protocol_options"):
-        idle_timeout, max_requests, max_stream_duration = _common_http_options(
+        idle_timeout, max_requests, max_stream_duration, max_connection_duration = _common_http_options(
             cluster.common_http_protocol_options, join(field, "common_http_protocol_options")
         )
     if cluster.HasField("max_requests_per_connection"):
         max_requests = cluster.max_requests_per_connection.value or None
-    return idle_timeout, max_requests, max_stream_duration
+    return idle_timeout, max_requests, max_stream_duration, max_connection_duration
 
 
 def _locality(locality_endpoints: endpoint_components_pb2.LocalityLbEndpoints, field: str) -> Locality:
@@ -352,7 +360,11 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         raise ConfigError("a cluster needs a name", field=join(field, "name"))
 
     lb_settings = lb_settings_from_cluster(cluster, field)
-    idle_timeout, max_requests, max_stream_duration = _connection_options(cluster, field)
+    idle_timeout, max_requests, max_stream_duration, max_connection_duration = _connection_options(cluster, field)
+    tcp_keepalive = None
+    if cluster.HasField("upstream_connection_options"):
+        tcp_keepalive = parse_upstream_connection_options(
+            cluster.upstream_connection_options, join(field, "upstream_connection_options"))
     health_check = parse_health_checks(list(cluster.health_checks), join(field, "health_checks"))
     outlier_detection = None
     if cluster.HasField("outlier_detection"):
@@ -395,6 +407,8 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         max_requests_per_connection=max_requests,
         idle_timeout=idle_timeout,
         max_stream_duration=max_stream_duration,
+        max_connection_duration=max_connection_duration,
+        tcp_keepalive=tcp_keepalive,
         endpoints=tuple(endpoints),
         overprovisioning_factor=overprovisioning_factor,
         dns_lookup_family=cluster_pb2.Cluster.DnsLookupFamily.Name(cluster.dns_lookup_family),
@@ -430,6 +444,8 @@ class Cluster:
         self.max_requests_per_connection = config.max_requests_per_connection
         self.idle_timeout = config.idle_timeout
         self.max_stream_duration = config.max_stream_duration
+        self.max_connection_duration = config.max_connection_duration
+        self.tcp_keepalive = config.tcp_keepalive
         self.overprovisioning_factor = config.overprovisioning_factor
         self.wait_for_warm_on_init = config.wait_for_warm_on_init
         self.stats = ClusterStats(store, config.stat_name)

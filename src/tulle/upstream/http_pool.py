@@ -94,7 +94,8 @@ class Http1ClientConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
         "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-        "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource",
+        "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource", "expired",
+        "age_timer",
     )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
@@ -118,12 +119,18 @@ class Http1ClientConnection(asyncio.Protocol):
         # circuit-breaker slots held: the current request's (max_requests), the connection's own
         self.rq_resource: Resource | None = None
         self.cx_resource: Resource | None = None
+        # past the cluster's max_connection_duration: closed when its request ends
+        self.expired = False
+        self.age_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        limit = self.pool.cluster.per_connection_buffer_limit_bytes
+        cluster = self.pool.cluster
+        limit = cluster.per_connection_buffer_limit_bytes
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        if cluster.tcp_keepalive is not None:
+            cluster.tcp_keepalive.apply(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
         self.pool.stats_rx.value += len(data)
@@ -487,17 +494,33 @@ class HttpConnectionPool:
         stats.upstream_cx_active.value += 1
         host.stats.cx_active += 1
         conn.cx_resource = resource  # given back in on_connection_closed
+        if cluster.max_connection_duration:
+            conn.age_timer = self.loop.call_later(cluster.max_connection_duration, self._connection_aged, conn)
         self.all.add(conn)
         if self.closing:
             conn.close("pool closed")
             raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, "connection pool closed")
         return conn
 
+    def _connection_aged(self, conn: Http1ClientConnection) -> None:
+        """max_connection_duration reached: an idle connection closes now, a busy one after its request."""
+        conn.age_timer = None
+        if conn.closed:
+            return
+        self.cluster.stats.upstream_cx_max_duration_reached.value += 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+            conn.close("max connection duration")
+        else:
+            conn.expired = True
+
     def release(self, conn: Http1ClientConnection, keep_alive: bool) -> None:
         conn._end_request()
         limit = self.cluster.max_requests_per_connection
         if limit and conn.requests >= limit:
             self.cluster.stats.upstream_cx_max_requests.value += 1
+            keep_alive = False
+        if conn.expired:
             keep_alive = False
         if not keep_alive or self.closing or conn.closed:
             conn.close("no keep-alive")
@@ -533,6 +556,9 @@ class HttpConnectionPool:
         if conn not in self.all:
             return
         self.all.discard(conn)
+        if conn.age_timer is not None:
+            conn.age_timer.cancel()
+            conn.age_timer = None
         resource = conn.cx_resource
         if resource is not None:
             conn.cx_resource = None

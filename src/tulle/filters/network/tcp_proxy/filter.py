@@ -366,6 +366,8 @@ class TcpProxySession(asyncio.Protocol):
         ip = host.ip
         sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if cluster.tcp_keepalive is not None:
+            cluster.tcp_keepalive.apply(sock)
         try:
             # the timeout covers the TCP handshake only, so it can never cancel a live transport
             async with asyncio.timeout(cluster.connect_timeout or None):
