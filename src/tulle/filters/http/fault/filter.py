@@ -187,24 +187,34 @@ class FaultFilter(HttpFilter):
         from_header = simple_atoi(value, 0, UINT32_MAX)
         return configured if from_header is None else min(from_header, configured)
 
-    def _delay_ms(self, settings: FaultSettings, headers: HeaderMap) -> int | None:
-        delay = settings.delay
-        if delay is None:
-            return None
-        percentage = delay.percentage
-        fixed_ms = delay.fixed_ms
+    def _drawn(self, settings: FaultSettings, headers: HeaderMap, percentage: Any, percentage_header: str | None,
+               runtime_key: str, cluster_key: str) -> tuple[bool, str | None]:
+        """Whether this request gets the fault, from its percentage: the configured one, the
+        request's header for header-controlled faults, then the runtime (per downstream cluster when
+        the request names one, as Envoy). Also the downstream cluster the runtime keys used."""
         numerator = percentage.numerator
         denominator = percentage.denominator
-        if fixed_ms is None:
-            numerator = self._header_numerator(headers, DELAY_REQUEST_PERCENTAGE, numerator)
+        if percentage_header is not None:
+            numerator = self._header_numerator(headers, percentage_header, numerator)
         runtime = settings.runtime
         cluster = None
         if runtime is not None:
             cluster = headers.get(DOWNSTREAM_SERVICE_CLUSTER)
-            key = settings.delay_percent_key if cluster is None else f"fault.http.{cluster}.delay.fixed_delay_percent"
+            key = runtime_key if cluster is None else f"fault.http.{cluster}.{cluster_key}"
             numerator, denominator = self._runtime_percent(runtime, key, numerator, denominator)
-        if not self._enabled(numerator, denominator):
+        return self._enabled(numerator, denominator), cluster
+
+    def _delay_ms(self, settings: FaultSettings, headers: HeaderMap) -> int | None:
+        delay = settings.delay
+        if delay is None:
             return None
+        fixed_ms = delay.fixed_ms
+        drawn, cluster = self._drawn(settings, headers, delay.percentage,
+                                     DELAY_REQUEST_PERCENTAGE if fixed_ms is None else None,
+                                     settings.delay_percent_key, "delay.fixed_delay_percent")
+        if not drawn:
+            return None
+        runtime = settings.runtime
         if fixed_ms is None:
             value = headers.get(DELAY_REQUEST)
             fixed_ms = None if value is None else simple_atoi(value, 0, UINT64_MAX)
@@ -222,19 +232,12 @@ class FaultFilter(HttpFilter):
         abort = settings.abort
         if abort is None:
             return None
-        percentage = abort.percentage
-        numerator = percentage.numerator
-        denominator = percentage.denominator
-        if abort.from_header:
-            numerator = self._header_numerator(headers, ABORT_REQUEST_PERCENTAGE, numerator)
-        runtime = settings.runtime
-        cluster = None
-        if runtime is not None:
-            cluster = headers.get(DOWNSTREAM_SERVICE_CLUSTER)
-            key = settings.abort_percent_key if cluster is None else f"fault.http.{cluster}.abort.abort_percent"
-            numerator, denominator = self._runtime_percent(runtime, key, numerator, denominator)
-        if not self._enabled(numerator, denominator):
+        drawn, cluster = self._drawn(settings, headers, abort.percentage,
+                                     ABORT_REQUEST_PERCENTAGE if abort.from_header else None,
+                                     settings.abort_percent_key, "abort.abort_percent")
+        if not drawn:
             return None
+        runtime = settings.runtime
         http_status = abort.http_status
         grpc_status = abort.grpc_status
         if abort.from_header:
