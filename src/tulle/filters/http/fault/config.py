@@ -232,17 +232,13 @@ class FaultFactory:
         self.buffer_limit: int = hcm.buffer_limit
         # one uint64 per percentage evaluated, like Envoy's random generator; tests inject their own
         self.random_value = random_value or _random_uint64
-        self.skip_unless_per_route = self.skippable
-
-    @property
-    def skippable(self) -> bool:
-        """Nothing to inject at this level and no runtime that could turn it on: the filter then
-        matters only on routes with a fault config of their own (create_filter returns None for
-        the others, so a configured-but-idle fault filter costs a route lookup, not a filter)."""
-        return not self.settings.can_inject and self.settings.runtime is None
+        # Nothing to inject at this level and no runtime that could turn it on: the filter then
+        # matters only on routes with a fault config of their own (create_filter returns None for
+        # the others, so a configured-but-idle fault filter costs a route lookup, not a filter).
+        self.skippable = not self.settings.can_inject and self.settings.runtime is None
 
     def create_filter(self, stream: Any) -> FaultFilter | None:
-        if self.skip_unless_per_route:
+        if self.skippable:
             route = stream.get_route()
             if route is None or route.per_filter_config(self.config_name) is None:
                 return None
