@@ -50,15 +50,26 @@ class FakeClock:
         return self.now
 
 
+TOKEN = "test-token-0123456789abcdefghijklmnopqrstuvwxyz"
+YAML = {"Content-Type": "application/yaml"}
+JSON = {"Content-Type": "application/json"}
+
+
 def make_api(**kwargs: Any) -> tuple[ApiServer, FakeClock]:
     clock = FakeClock()
     store = MemoryStore()
+    kwargs.setdefault("token", TOKEN)
     return ApiServer(store, Registry(store, clock=clock), **kwargs), clock
 
 
-def run(api: ApiServer, scenario: Callable[[TestClient], Awaitable[None]]) -> None:
+def bearer(api: ApiServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api.token}"}
+
+
+def run(api: ApiServer, scenario: Callable[[TestClient], Awaitable[None]], *, token: bool = True) -> None:
+    """``scenario`` with a client that sends the API's token on every request (``token=False``: none)."""
     async def main() -> None:
-        async with TestClient(TestServer(api.app)) as client:
+        async with TestClient(TestServer(api.app), headers=bearer(api) if token else None) as client:
             await scenario(client)
 
     asyncio.run(main())
@@ -75,18 +86,69 @@ def test_healthz() -> None:
     run(api, scenario)
 
 
+def test_without_the_token_nothing_is_read_or_written() -> None:
+    """Issue 8: any local process could register an instance and take half of a service's traffic."""
+    api, _ = make_api(validator=analyze)
+    api.registry.put_service("reviews", "default", [{"name": "http", "port": 9080}])
+    intruder = {"name": "reviews-evil", "address": "127.0.0.66", "ports": {"http": 9080}, "services": ["reviews"]}
+
+    async def scenario(client: TestClient) -> None:
+        assert (await client.get("/healthz")).status == 200
+        for method, path, body in (("POST", "/apis/v1/instances", intruder), ("POST", "/apis/v1/resources", []),
+                                   ("POST", "/apis/v1/services", {"name": "x", "ports": []}),
+                                   ("GET", "/apis/v1/resources", None), ("GET", "/apis/v1/services", None),
+                                   ("GET", "/apis/v1/instances", None), ("GET", "/debug/proxies", None),
+                                   ("GET", "/debug/config/any", None),
+                                   ("DELETE", "/apis/v1/services/default/reviews", None),
+                                   ("PUT", "/apis/v1/instances/any/heartbeat", None)):
+            response = await client.request(method, path, json=body)
+            assert response.status == 401, (method, path)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+    run(api, scenario, token=False)
+    assert api.registry.leases() == [] and api.store.list() != []
+
+
+def test_browser_requests_are_refused_even_with_the_token() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        # a page's form or fetch() without preflight can only send these types
+        response = await client.post("/apis/v1/resources", data=REVIEWS_YAML, headers={"Content-Type": "text/plain"})
+        assert response.status == 415
+        response = await client.post("/apis/v1/resources", data=REVIEWS_YAML,
+                                     headers={**YAML, "Origin": "http://evil.example"})
+        assert response.status == 403
+        rebound = f"evil.example:{client.server.port}"  # DNS rebinding: the page's own name, our address
+        assert (await client.get("/apis/v1/resources", headers={"Host": rebound})).status == 421
+
+    run(api, scenario)
+    assert api.store.list() == []
+
+
+def test_an_api_built_without_a_token_makes_a_random_one() -> None:
+    store = MemoryStore()
+    first, second = ApiServer(store, Registry(store)), ApiServer(store, Registry(store))
+    assert len(first.token) >= 32 and first.token != second.token
+
+    async def scenario(client: TestClient) -> None:
+        assert (await client.get("/apis/v1/resources")).status == 200
+
+    run(first, scenario)
+
+
 def test_resource_lifecycle() -> None:
     api, _ = make_api(validator=analyze)
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources", data=REVIEWS_YAML)
+        response = await client.post("/apis/v1/resources", data=REVIEWS_YAML, headers=YAML)
         assert response.status == 200, await response.text()
         answer = await response.json()
         assert answer["created"] == ["DestinationRule default/reviews", "VirtualService prod/reviews"]
         assert answer["updated"] == []
 
         changed = REVIEWS_YAML.replace("version: v1}", "version: v1, track: stable}")
-        answer = await (await client.post("/apis/v1/resources", data=changed)).json()
+        answer = await (await client.post("/apis/v1/resources", data=changed, headers=YAML)).json()
         assert (answer["created"], answer["updated"]) == ([], ["DestinationRule default/reviews"])
 
         items = (await (await client.get("/apis/v1/resources")).json())["items"]
@@ -119,7 +181,7 @@ def test_json_list_body_and_namespace_query() -> None:
             {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "default"}, "spec": {}}]
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources?namespace=edge", data=json.dumps(body))
+        response = await client.post("/apis/v1/resources?namespace=edge", data=json.dumps(body), headers=JSON)
         assert response.status == 200, await response.text()
         assert (await response.json())["created"] == ["Gateway edge/gw", "Sidecar edge/default"]
 
@@ -132,7 +194,7 @@ def test_bad_yaml_names_the_document_and_applies_nothing() -> None:
     body = REVIEWS_YAML + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw\n"
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources?source=mesh.yaml", data=body)
+        response = await client.post("/apis/v1/resources?source=mesh.yaml", data=body, headers=YAML)
         assert response.status == 400
         errors = (await response.json())["errors"]
         assert [e["source"] for e in errors] == ["mesh.yaml#3"]
@@ -147,7 +209,7 @@ def test_unknown_kind_is_named_and_the_batch_refused() -> None:
     body = REVIEWS_YAML + "---\napiVersion: networking.istio.io/v1\nkind: VirtualServis\nmetadata: {name: typo}\n"
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources", data=body)
+        response = await client.post("/apis/v1/resources", data=body, headers=YAML)
         assert response.status == 400
         errors = (await response.json())["errors"]
         assert len(errors) == 1
@@ -174,12 +236,12 @@ def test_validator_errors_block_and_warnings_are_returned() -> None:
     gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: %s}\nspec: {bad: %s}\n"
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources", data=gateway % ("a", "false"))
+        response = await client.post("/apis/v1/resources", data=gateway % ("a", "false"), headers=YAML)
         answer = await response.json()
         assert response.status == 200
         assert [w["resource"] for w in answer["warnings"]] == ["Gateway default/a"]
 
-        response = await client.post("/apis/v1/resources", data=gateway % ("b", "true"))
+        response = await client.post("/apis/v1/resources", data=gateway % ("b", "true"), headers=YAML)
         answer = await response.json()
         assert response.status == 400
         assert [(e["resource"], e["field"]) for e in answer["errors"]] == [("Gateway default/b", "spec.bad")]
@@ -199,7 +261,7 @@ def test_async_validator_and_real_analyze_reports() -> None:
     broken = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hostz: [a]}\n"
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources", data=broken)
+        response = await client.post("/apis/v1/resources", data=broken, headers=YAML)
         assert response.status == 400
         assert "spec.hostz" in [e["field"] for e in (await response.json())["errors"]]
 
@@ -210,15 +272,15 @@ def test_dry_run_applies_nothing() -> None:
     api, _ = make_api()
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources?dry_run=true", data=REVIEWS_YAML)
+        response = await client.post("/apis/v1/resources?dry_run=true", data=REVIEWS_YAML, headers=YAML)
         answer = await response.json()
         assert response.status == 200
         assert answer["created"] == ["DestinationRule default/reviews", "VirtualService prod/reviews"]
         assert answer["dryRun"] is True
         assert api.store.list() == []
-        await client.post("/apis/v1/resources", data=REVIEWS_YAML)
+        await client.post("/apis/v1/resources", data=REVIEWS_YAML, headers=YAML)
         changed = REVIEWS_YAML.replace("team: books", "team: films")
-        answer = await (await client.post("/apis/v1/resources?dry_run=1", data=changed)).json()
+        answer = await (await client.post("/apis/v1/resources?dry_run=1", data=changed, headers=YAML)).json()
         assert (answer["created"], answer["updated"]) == ([], ["VirtualService prod/reviews"])
         stored = api.store.get("VirtualService", "prod", "reviews")
         assert stored is not None and stored.labels == {"team": "books"}
@@ -231,7 +293,7 @@ def test_empty_and_non_text_bodies() -> None:
 
     async def scenario(client: TestClient) -> None:
         for body in (b"", b"  \n", b"---\n# nothing\n", b"\xff\xfe\x00"):
-            response = await client.post("/apis/v1/resources", data=body)
+            response = await client.post("/apis/v1/resources", data=body, headers=YAML)
             assert response.status == 400, body
             assert (await response.json())["error"]
 
@@ -244,7 +306,7 @@ def test_registry_services_through_resources_and_services_routes() -> None:
                     "spec:\n  ports: [{name: grpc, port: 9090}]\n")
 
     async def scenario(client: TestClient) -> None:
-        response = await client.post("/apis/v1/resources", data=service_yaml)
+        response = await client.post("/apis/v1/resources", data=service_yaml, headers=YAML)
         assert response.status == 200, await response.text()
 
         response = await client.post("/apis/v1/services", json={
@@ -282,12 +344,12 @@ def test_invalid_service_requests() -> None:
             json.dumps({"name": "a", "ports": [{"name": "http", "port": 80}], "portz": []}),
         ]
         for body in cases:
-            response = await client.post("/apis/v1/services", data=body)
+            response = await client.post("/apis/v1/services", data=body, headers=JSON)
             assert response.status == 400, body
             assert (await response.json())["error"]
         bad_version = ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n"
                        "spec: {ports: [{name: http, port: 80}]}\n")
-        errors = (await (await client.post("/apis/v1/resources", data=bad_version)).json())["errors"]
+        errors = (await (await client.post("/apis/v1/resources", data=bad_version, headers=YAML)).json())["errors"]
         assert [e["field"] for e in errors] == ["apiVersion"]
 
     run(api, scenario)
@@ -419,7 +481,8 @@ def test_real_loopback_server_start_and_stop() -> None:
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
                     assert (response.status, await response.text()) == (200, "ok")
-                async with session.post(f"http://127.0.0.1:{port}/apis/v1/resources", data=REVIEWS_YAML) as response:
+                async with session.post(f"http://127.0.0.1:{port}/apis/v1/resources", data=REVIEWS_YAML,
+                                        headers={**YAML, **bearer(api)}) as response:
                     assert response.status == 200
         finally:
             await api.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -22,6 +23,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tulle.controlplane.api.guard import request_guard
 from tulle.controlplane.istio.documents import load_documents
 from tulle.controlplane.istio.kinds import NETWORKING_KINDS, check_kind
 from tulle.controlplane.model import Diagnostic, Resource, Service
@@ -125,7 +127,12 @@ def _plain_json(item: Any) -> Any:
 
 
 class ApiServer:
-    """The aiohttp application and its lifecycle; ``app`` serves one ``start``/``stop`` cycle."""
+    """The aiohttp application and its lifecycle; ``app`` serves one ``start``/``stop`` cycle.
+
+    Every request passes ``api.guard`` first: ``Host``, ``Origin``, the bearer ``token`` (a random
+    one when none is given: the API is never open) and the body's type. ``allowed_hosts`` are the
+    names it answers to besides the address it is reached on (``--api-allowed-host``).
+    """
 
     def __init__(
         self,
@@ -134,17 +141,22 @@ class ApiServer:
         validator: Validator | None = None,
         xds_status: XdsStatus | None = None,
         config_view: ConfigView | None = None,
+        *,
+        token: str | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.registry = registry
         self.validator = validator
         self.xds_status = xds_status
         self.config_view = config_view
+        self.token = token or secrets.token_urlsafe(32)
+        self.allowed_hosts = tuple(allowed_hosts)
         self.app = self._make_app()
         self._runner: web.AppRunner | None = None
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[request_guard(self.token, self.allowed_hosts), _json_errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/apis/v1/resources", self.apply_resources)
         app.router.add_get("/apis/v1/resources", self.list_resources)
