@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,7 @@ import yaml
 from backends import bootstrap
 from proxy_harness import free_port, http_listener, simple_route, static_cluster
 from tulle import __version__
-from tulle.cli import main
+from tulle.cli import _control_plane_parser, main
 
 HCM_PATH = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 TULLE = Path(sys.executable).parent / "tulle"
@@ -174,3 +181,55 @@ def test_serve_mode_refuses_a_bad_config_before_starting(tmp_path: Path) -> None
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"{HCM_PATH}.tracing" in result.stderr
+
+
+# --- tulle control-plane: the HTTP API's token ------------------------------------------------
+
+
+def test_control_plane_addresses_default_to_loopback() -> None:
+    parser = argparse.ArgumentParser()
+    _control_plane_parser(parser.add_subparsers())
+    args = parser.parse_args(["control-plane"])
+    assert (args.xds_address, args.http_address) == (("127.0.0.1", 15010), ("127.0.0.1", 15014))
+
+
+@pytest.mark.integration
+def test_in_memory_control_plane_names_its_private_token_and_removes_it(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen([sys.executable, "-m", "tulle", "control-plane", "--in-memory",
+                                "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+                                "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text().endswith("}"):
+            assert process.poll() is None and time.monotonic() < deadline, "the control plane did not start"
+            time.sleep(0.05)
+        started = json.loads(ready.read_text())
+        token_file = Path(started["token_file"])
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        url = f"http://127.0.0.1:{started['http_port']}/apis/v1/services"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert json.loads(answer.read()) == {"items": []}
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert f"API token created in {token_file}" in err
+    assert not token_file.exists()
+
+
+def test_control_plane_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("r" * 40)
+    token_file.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "tulle", "control-plane", "--in-memory",
+                             "--token-file", str(token_file), "--xds-address", "127.0.0.1:0",
+                             "--http-address", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (f"tulle control-plane: error: {token_file}: the API token file is accessible to other "
+                             "users (mode 0644); whoever reads it can change the mesh's routing. "
+                             f"Run `chmod 600 {token_file}`, or delete it to have a new token made\n")

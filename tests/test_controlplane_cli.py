@@ -33,6 +33,17 @@ from tulle.controlplane.xds import types
 
 # --- the fake control plane -----------------------------------------------------------------
 
+TOKEN = "cli-test-token-0123456789abcdefghijklmnopq"
+
+
+@pytest.fixture(autouse=True)
+def api_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every command finds this token ($TULLE_TOKEN) and both control planes below demand it."""
+    for name in ("TULLE_TOKEN_FILE", "TULLE_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TULLE_TOKEN", TOKEN)
+    return TOKEN
+
 
 @dataclass
 class Recorded:
@@ -41,6 +52,7 @@ class Recorded:
     query: dict[str, str]
     body: Any
     content_type: str
+    authorization: str
 
 
 Answer = tuple[int, Any]
@@ -51,6 +63,7 @@ class FakeControlPlane:
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], Route] = {}
         self.requests: list[Recorded] = []
+        self.token = TOKEN
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,9 +76,11 @@ class FakeControlPlane:
                 except ValueError:
                     body = raw
                 request = Recorded(self.command, parts.path, dict(parse_qsl(parts.query)), body,
-                                   self.headers.get("Content-Type", ""))
+                                   self.headers.get("Content-Type", ""), self.headers.get("Authorization", ""))
                 fake.requests.append(request)
                 route = fake.routes.get((self.command, parts.path), (404, {"error": "not found"}))
+                if request.authorization != f"Bearer {fake.token}":  # as the real API's guard
+                    route = (401, {"error": "this API needs 'Authorization: Bearer <token>'"})
                 status, answer = route(request) if callable(route) else route
                 payload = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
                 self.send_response(status)
@@ -177,6 +192,73 @@ def test_address_comes_from_flag_then_environment_then_default(
     assert len(fake.requests) == 2
     monkeypatch.delenv(cli.CONTROL_PLANE_ENV)
     assert cli.control_plane_url(None) == cli.DEFAULT_CONTROL_PLANE == "http://127.0.0.1:15014"
+
+
+@pytest.mark.parametrize("argv", [["get", "vs"], ["apply", "-f", "-"], ["delete", "dr", "reviews"],
+                                  ["proxy-status"], ["proxy-config", "clusters", "p1"],
+                                  ["register", "service", "--name", "r", "--port", "http:9080"],
+                                  ["register", "instance", "--name", "r-1", "--address", "10.0.0.1",
+                                   "--port", "http:9080"]])
+def test_every_command_sends_the_token_and_explains_a_missing_one(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeControlPlane,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(item("Gateway", "ingress"))))
+    monkeypatch.chdir(tmp_path)  # no .tulle-state here
+    monkeypatch.delenv("TULLE_TOKEN")
+    code, out, err = run(capsys, fake, *argv)
+    assert code == 1 and out == ""
+    assert err == (f"tulle {argv[0]}: error: the control plane at {fake.url} refused the request: no API token "
+                   f"was found ({tmp_path}/.tulle-state/api-token does not exist); give --token-file PATH (the "
+                   "control plane's <state dir>/api-token or its --token-file), --state-dir DIR, or set "
+                   "TULLE_TOKEN_FILE or TULLE_TOKEN\n")
+    assert fake.requests[-1].authorization == ""
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(item("Gateway", "ingress"))))
+    monkeypatch.setenv("TULLE_TOKEN", "x" * 43)
+    code, _, err = run(capsys, fake, *argv)
+    assert code == 1
+    assert err.endswith("refused the request: the API token from $TULLE_TOKEN was refused: it is not this "
+                        "control plane's (its <state dir>/api-token or the file given to its --token-file)\n")
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(item("Gateway", "ingress"))))
+    monkeypatch.setenv("TULLE_TOKEN", TOKEN)
+    run(capsys, fake, *argv)
+    assert fake.requests[-1].authorization == f"Bearer {TOKEN}"
+
+
+def test_the_token_comes_from_flags_then_environment_then_the_default_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeControlPlane, capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.on("GET", "/apis/v1/resources", (200, {"items": []}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TULLE_TOKEN")
+    default = tmp_path / ".tulle-state"
+    default.mkdir()
+    (default / "api-token").write_text(TOKEN + "\n")
+    assert run(capsys, fake, "get", "vs")[0] == 0  # ./.tulle-state/api-token, the control plane's default
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "api-token").write_text("o" * 40)
+    monkeypatch.setenv("TULLE_STATE_DIR", str(tmp_path / "other"))
+    assert run(capsys, fake, "get", "vs")[0] == 1  # $TULLE_STATE_DIR beats the default
+    assert fake.requests[-1].authorization == "Bearer " + "o" * 40
+    assert run(capsys, fake, "get", "vs", "--state-dir", str(default))[0] == 0
+    monkeypatch.setenv("TULLE_TOKEN_FILE", str(default / "api-token"))
+    assert run(capsys, fake, "get", "vs")[0] == 0
+    monkeypatch.setenv("TULLE_TOKEN", "t" * 40)  # $TULLE_TOKEN beats $TULLE_TOKEN_FILE
+    assert run(capsys, fake, "get", "vs")[0] == 1
+    assert run(capsys, fake, "get", "vs", "--token-file", str(default / "api-token"))[0] == 0
+
+    code, _, err = run(capsys, fake, "get", "vs", "--token-file", str(tmp_path / "nowhere"))
+    assert code == 1
+    assert err == (f"tulle get: error: cannot use the API token from --token-file {tmp_path}/nowhere: "
+                   f"{tmp_path}/nowhere does not exist\n")
+    requests = len(fake.requests)
+    (tmp_path / "short").write_text("abc\n")
+    code, _, err = run(capsys, fake, "get", "vs", "--token-file", str(tmp_path / "short"))
+    assert code == 1 and "the API token is 3 characters long, fewer than 32" in err
+    assert len(fake.requests) == requests  # nothing sent with a token known to be unusable
 
 
 def test_unexpected_server_failure_shows_status_and_message(
@@ -771,7 +853,7 @@ def real_api() -> Iterator[str]:
     from tulle.controlplane.store.memory import MemoryStore
 
     store = MemoryStore()
-    server = api.ApiServer(store, Registry(store), validator=analyze)
+    server = api.ApiServer(store, Registry(store), validator=analyze, token=TOKEN)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -827,3 +909,15 @@ def test_registry_commands_against_the_real_api(
     assert main(["delete", "svc", "reviews"]) == 0
     assert main(["get", "svc"]) == 0
     assert "No services found" in capsys.readouterr().err
+
+
+def test_a_wrong_token_against_the_real_api_is_explained(
+    real_api: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(cli.CONTROL_PLANE_ENV, real_api)
+    monkeypatch.setenv("TULLE_TOKEN", TOKEN.upper())
+    assert main(["register", "service", "--name", "reviews", "--port", "http:9080"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tulle register: error: the control plane at {real_api} refused the request: the API "
+                          "token from $TULLE_TOKEN was refused")
+    assert "Traceback" not in err

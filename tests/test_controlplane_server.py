@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
 from proxy_harness import ProxyProcess
+from tulle.controlplane.api_token import TokenError
 from tulle.controlplane.server import ControlPlane, proxy_identity
 from tulle.samples.echo_server import start_in_thread
 
@@ -54,9 +57,13 @@ def test_proxy_identity_reads_istio_node_ids_and_metadata() -> None:
     assert identity.service_account == "bookinfo-reviews" and identity.kind == "sidecar"
 
 
-def _call(base: str, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+def _call(api: tuple[str, str], method: str, path: str, body: Any = None, content_type: str = "application/json"
+          ) -> Any:
+    """``api``: the control plane's URL and its token."""
+    base, token = api
     data = None if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
-    request = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": content_type})
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"content-type": content_type, "authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read() or b"{}")
 
@@ -82,7 +89,7 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
         control_plane = ControlPlane(str(tmp_path / "state"), xds_address=("127.0.0.1", 0),
                                      http_address=("127.0.0.1", 0))
         xds_port, http_port = await control_plane.start()
-        api = f"http://127.0.0.1:{http_port}"
+        api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
         try:
             await asyncio.to_thread(_call, api, "POST", "/apis/v1/services", {
                 "name": "reviews", "namespace": "default", "ports": [{"name": "http", "port": 9080}]})
@@ -150,3 +157,74 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
     finally:
         v1.shutdown()
         v2.shutdown()
+
+
+# --- the API's token ------------------------------------------------------------------------------
+
+
+def _status_without_token(http_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/apis/v1/instances", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_api_token_is_made_once_in_the_state_dir_and_demanded(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def start_and_stop() -> tuple[str, int, Any]:
+        control_plane = ControlPlane(str(state), xds_address=("127.0.0.1", 0), http_address=("127.0.0.1", 0))
+        _, http_port = await control_plane.start()
+        try:
+            api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
+            listed = await asyncio.to_thread(_call, api, "GET", "/apis/v1/instances")
+            return control_plane.api.token, await asyncio.to_thread(_status_without_token, http_port), listed
+        finally:
+            await control_plane.stop()
+
+    token, refused, listed = asyncio.run(start_and_stop())
+    path = state / "api-token"
+    assert path.read_text() == token + "\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (refused, listed) == (401, {"items": []})
+    assert asyncio.run(start_and_stop())[0] == token  # a restart keeps the token its clients hold
+
+
+def test_an_in_memory_control_plane_keeps_its_token_in_a_private_file_it_removes(tmp_path: Path) -> None:
+    async def scenario() -> Path:
+        control_plane = ControlPlane(None, xds_address=("127.0.0.1", 0), http_address=("127.0.0.1", 0))
+        path = Path(control_plane.token_file)
+        await control_plane.start()
+        try:
+            assert path.read_text() == control_plane.api.token + "\n"
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        finally:
+            await control_plane.stop()
+        return path
+
+    path = asyncio.run(scenario())
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_a_given_token_file_is_used_and_a_readable_one_refused_before_anything_opens(tmp_path: Path) -> None:
+    given = tmp_path / "token"
+    given.write_text("g" * 40 + "\n")
+    given.chmod(0o600)
+    control_plane = ControlPlane(str(tmp_path / "state"), token_file=str(given))
+    assert control_plane.api.token == "g" * 40 and not (tmp_path / "state" / "api-token").exists()
+    control_plane.store.close()
+
+    given.chmod(0o644)
+    with pytest.raises(TokenError, match="accessible to other users"):
+        ControlPlane(str(tmp_path / "other"), token_file=str(given))
+    assert not (tmp_path / "other").exists()  # no store was opened
+
+
+def test_xds_and_the_api_listen_on_loopback_by_default() -> None:
+    control_plane = ControlPlane(None)
+    try:
+        assert control_plane.xds_address == ("127.0.0.1", 15010)
+        assert control_plane.http_address == ("127.0.0.1", 15014)
+    finally:
+        control_plane.store.close()
+        control_plane.remove_private_token()

@@ -72,7 +72,13 @@ def _control_plane_parser(sub: argparse._SubParsersAction) -> None:
                     help="gRPC xDS (ADS) listen address (Istio's 15010)")
     cp.add_argument("--http-address", type=_address, default=("127.0.0.1", 15014),
                     help="HTTP API and debug views (default 127.0.0.1:15014)")
-    cp.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
+    cp.add_argument("--token-file", metavar="PATH",
+                    help="the HTTP API's bearer token, created 0600 if missing (default <state dir>/api-token; "
+                         "with --in-memory a private temporary file, named in the log and the ready file)")
+    cp.add_argument("--api-allowed-host", dest="api_allowed_hosts", action="append", default=[], metavar="NAME",
+                    help="a Host name the HTTP API answers to besides its address and localhost "
+                         "(NAME or NAME:PORT, repeatable)")
+    cp.add_argument("--ready-file", help="write the bound ports and the token file here as JSON once serving")
     cp.add_argument("-l", "--log-level", default="info",
                     choices=("debug", "info", "warning", "error", "critical"))
     cp.set_defaults(func=run_control_plane)
@@ -81,6 +87,7 @@ def _control_plane_parser(sub: argparse._SubParsersAction) -> None:
 def run_control_plane(args: argparse.Namespace) -> int:
     import asyncio
 
+    from tulle.controlplane.api_token import TokenError
     from tulle.controlplane.server import serve
     from tulle.server.server import install_event_loop_policy
 
@@ -89,8 +96,9 @@ def run_control_plane(args: argparse.Namespace) -> int:
     install_event_loop_policy()
     state_dir = None if args.in_memory else args.state_dir
     try:
-        return asyncio.run(serve(state_dir, args.xds_address, args.http_address, args.ready_file))
-    except OSError as exc:
+        return asyncio.run(serve(state_dir, args.xds_address, args.http_address, args.ready_file,
+                                 args.token_file, args.api_allowed_hosts))
+    except (OSError, TokenError) as exc:
         print(f"tulle control-plane: error: {exc}", file=sys.stderr)
         return 1
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from tulle.controlplane.api_token import ClientToken, add_client_arguments, find_client_token
+
 DEFAULT_CONTROL_PLANE = "http://127.0.0.1:15014"
 CONTROL_PLANE_ENV = "TULLE_CONTROL_PLANE"
 DEFAULT_NAMESPACE = "default"
@@ -90,9 +92,22 @@ def segment(text: str) -> str:
 
 
 class ControlPlaneClient:
-    def __init__(self, base_url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
+    """Every command's requests: the bearer token goes on each, and a 401 becomes a message
+    saying how to give the right one."""
+
+    def __init__(self, base_url: str, timeout: float = REQUEST_TIMEOUT_S, token: ClientToken | None = None) -> None:
         self.base_url = base_url
         self.timeout = timeout
+        self.token = token if token is not None else ClientToken(None, "")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ControlPlaneClient:
+        """The API and its token as ``--control-plane``, ``--token-file``, ``--state-dir`` and the
+        environment name them (api_token.find_client_token); a token named but unreadable is an error."""
+        token = find_client_token(getattr(args, "token_file", None), getattr(args, "state_dir", None))
+        if token.problem and token.explicit:
+            raise CommandError(f"cannot use the API token from {token.source}: {token.problem}")
+        return cls(control_plane_url(args.control_plane), token=token)
 
     def request(
         self, method: str, path: str, query: dict[str, str] | None = None, body: Any = None,
@@ -101,7 +116,7 @@ class ControlPlaneClient:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.token.headers()}
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -109,9 +124,13 @@ class ControlPlaneClient:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return Reply(response.status, _decode(response.read()))
-        except urllib.error.HTTPError as error:  # a status the server chose: the caller decides
+        except urllib.error.HTTPError as error:  # a status the server chose: the caller decides, but 401
             with error:
-                return Reply(error.code, _decode(error.read()))
+                reply = Reply(error.code, _decode(error.read()))
+            if reply.status == 401:
+                raise CommandError(f"the control plane at {self.base_url} refused the request: "
+                                   f"{self.token.refused()}") from None
+            return reply
         except urllib.error.URLError as error:
             raise Unreachable(self.base_url, error.reason) from None
         except (TimeoutError, ConnectionError) as error:
@@ -984,7 +1003,7 @@ def _runner(
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            return handler(args, ControlPlaneClient(control_plane_url(args.control_plane)))
+            return handler(args, ControlPlaneClient.from_args(args))
         except CommandError as error:
             return _fail(command, error)
 
@@ -1011,6 +1030,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--control-plane", metavar="URL",
                         help=f"the control plane's HTTP API (default ${CONTROL_PLANE_ENV} or {DEFAULT_CONTROL_PLANE})")
+    add_client_arguments(remote)
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("-o", "--output", choices=("yaml", "json"), help="print the answer as YAML or JSON")
     namespace = argparse.ArgumentParser(add_help=False)

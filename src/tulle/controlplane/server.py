@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tulle.controlplane import api_token
 from tulle.controlplane.api.server import ApiServer
 from tulle.controlplane.istio.validation import analyze
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource
@@ -75,6 +81,15 @@ def proxy_identity(node: Any) -> ProxyIdentity:
     )
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _metadata(node: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
@@ -90,7 +105,18 @@ class ControlPlane:
         http_address: tuple[str, int] = ("127.0.0.1", 15014),
         domain_suffix: str = "cluster.local",
         expiry_interval: float = 1.0,
+        token_file: str | None = None,
+        api_allowed_hosts: Iterable[str] = (),
     ) -> None:
+        # The API's token first: a token file others can read refuses the start before anything opens.
+        self._token_dir: str | None = None
+        if token_file is None and state_dir:
+            token_file = api_token.token_path(state_dir)
+        if token_file is None:  # in memory: a private directory of its own, removed at stop()
+            self._token_dir = tempfile.mkdtemp(prefix="tulle-control-plane-")
+            token_file = api_token.token_path(self._token_dir)
+        self.token_file = os.path.abspath(token_file)
+        token, self.token_created = api_token.load_or_create(self.token_file)
         self.store = SqliteStore(state_dir) if state_dir else MemoryStore()
         self.registry = Registry(self.store, domain_suffix=domain_suffix)
         self.domain_suffix = domain_suffix
@@ -102,7 +128,7 @@ class ControlPlane:
                                    on_node_disconnected=self._node_disconnected)
         self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS)
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
-                             config_view=self._config_view)
+                             config_view=self._config_view, token=token, allowed_hosts=api_allowed_hosts)
         self.translator = MeshTranslator()
         self.pushes = 0
         self._pending_full = True
@@ -124,8 +150,15 @@ class ControlPlane:
         self._unsubscribe.append(self.registry.subscribe(lambda endpoints_only: self.schedule_push(endpoints_only)))
         self._tasks.append(self._loop.create_task(self.registry.run_expiry(self.expiry_interval)))
         self._tasks.append(self._loop.create_task(self.collect_garbage()))
-        log.info("control plane: xDS on %s:%d, HTTP API on %s:%d", self.xds_address[0], xds_port,
-                 self.http_address[0], http_port)
+        log.info("control plane: xDS on %s:%d, HTTP API on %s:%d; API token %s %s", self.xds_address[0], xds_port,
+                 self.http_address[0], http_port, "created in" if self.token_created else "read from",
+                 self.token_file)
+        if not _loopback(self.http_address[0]):
+            log.warning("the HTTP API listens beyond loopback (%s): its bearer token crosses the network in "
+                        "plaintext", self.http_address[0])
+        if not _loopback(self.xds_address[0]):
+            log.warning("xDS listens beyond loopback (%s): it is unauthenticated plaintext, and whoever reaches "
+                        "it can read every proxy's configuration (docs/control-plane.md)", self.xds_address[0])
         return xds_port, http_port
 
     async def stop(self) -> None:
@@ -141,6 +174,13 @@ class ControlPlane:
         await self.xds.stop(0.5)
         self.registry.close()
         self.store.close()
+        self.remove_private_token()
+
+    def remove_private_token(self) -> None:
+        """An in-memory control plane's token goes with it."""
+        if self._token_dir is not None:
+            shutil.rmtree(self._token_dir, ignore_errors=True)
+            self._token_dir = None
 
     # --- pushes -------------------------------------------------------------------------------
     def schedule_push(self, endpoints_only: bool = False) -> None:
@@ -282,13 +322,20 @@ class ControlPlane:
 
 
 async def serve(state_dir: str | None, xds_address: tuple[str, int], http_address: tuple[str, int],
-                ready_file: str | None = None) -> int:
+                ready_file: str | None = None, token_file: str | None = None,
+                api_allowed_hosts: Iterable[str] = ()) -> int:
     import signal
 
-    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address)
-    xds_port, http_port = await control_plane.start()
+    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
+                                 token_file=token_file, api_allowed_hosts=api_allowed_hosts)
+    try:
+        xds_port, http_port = await control_plane.start()
+    except BaseException:
+        control_plane.remove_private_token()
+        raise
     if ready_file:
-        Path(ready_file).write_text(json.dumps({"xds_port": xds_port, "http_port": http_port}))
+        Path(ready_file).write_text(json.dumps({"xds_port": xds_port, "http_port": http_port,
+                                                "token_file": control_plane.token_file}))
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
