@@ -30,6 +30,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from proxy_harness import free_port
 from scripted_ads import ScriptedAds, rds_listener, route_config
+from tulle.controlplane.api_token import ClientToken, find_client_token
 from tulle.sidecar.agent import (
     Registration,
     SidecarConfig,
@@ -47,6 +48,7 @@ pytestmark = pytest.mark.integration
 INSTANCES = "/apis/v1/instances"
 # exported for the app in the same shell: neither the agent's calls nor the proxy's xDS may use it
 APP_PROXY_SETTINGS = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "http_proxy", "grpc_proxy")}
+TOKEN = "sidecar-test-token-0123456789abcdefghijklm"
 
 
 # --------------------------------------------------------------------------- fake control plane
@@ -56,10 +58,12 @@ class Event:
     method: str
     path: str
     body: dict[str, Any] | None
+    authorization: str = ""
 
 
 class FakeControlPlane(ThreadingHTTPServer):
-    """Leases by id; records every call. ``expire()`` drops the current leases (404 on heartbeat)."""
+    """Leases by id; records every call. ``expire()`` drops the current leases (404 on heartbeat).
+    Like the real API, it answers 401 to a call without its ``token``."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -69,6 +73,7 @@ class FakeControlPlane(ThreadingHTTPServer):
         self.leases: set[str] = set()
         self.registered = 0
         self.on_delete: Callable[[], None] = lambda: None
+        self.token = TOKEN
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _ControlPlaneHandler)
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -111,13 +116,16 @@ class _ControlPlaneHandler(BaseHTTPRequestHandler):
         server = self.server
         if self.command == "DELETE":
             server.on_delete()
+        authorization = self.headers.get("authorization", "")
         with server.lock:
-            server.events.append(Event(time.monotonic(), self.command, self.path, body))
-            if self.command == "POST" and self.path == INSTANCES:
+            server.events.append(Event(time.monotonic(), self.command, self.path, body, authorization))
+            if authorization != f"Bearer {server.token}":
+                answer: tuple[int, dict[str, Any]] = (401, {"error": "the bearer token is not this control plane's"})
+            elif self.command == "POST" and self.path == INSTANCES:
                 server.registered += 1
                 instance_id = f"{body['name']}-{server.registered}"
                 server.leases.add(instance_id)
-                answer: tuple[int, dict[str, Any]] = (200, {"id": instance_id, "ttlSeconds": body["ttlSeconds"]})
+                answer = (200, {"id": instance_id, "ttlSeconds": body["ttlSeconds"]})
             elif self.command == "PUT" and self.path.endswith("/heartbeat"):
                 instance_id = self.path.split("/")[-2]
                 answer = (200, {}) if instance_id in server.leases else (404, {"error": "no such instance"})
@@ -170,10 +178,13 @@ class Agent:
         self.ip = ip or workload_ip()
         self.log_path = tmp_path / f"agent-{self.ip}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115
+        token_file = tmp_path / f"api-token-{self.ip}"
+        token_file.write_text(TOKEN + "\n")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tulle", "sidecar", "--name", "reviews-v2", "--ip", self.ip,
              "--label", "app=reviews", "--label", "version=v2", "--app-port", "9080=19081",
-             "--control-plane", control_plane, "--xds-address", f"127.0.0.1:{free_port()}", *args],
+             "--control-plane", control_plane, "--token-file", str(token_file),
+             "--xds-address", f"127.0.0.1:{free_port()}", *args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env={**os.environ, **APP_PROXY_SETTINGS},
         )
 
@@ -254,6 +265,8 @@ def test_registers_heartbeats_every_third_of_the_ttl_and_registers_again_on_404(
     until(lambda: any(beat.path == f"{INSTANCES}/reviews-v2-2/heartbeat" for beat in control_plane.calls("PUT")))
     assert agent.stop() == 0
     assert control_plane.calls("DELETE")[-1].path == f"{INSTANCES}/reviews-v2-2"
+    # registration, heartbeats and deregistration all carried the token from --token-file
+    assert {event.authorization for event in control_plane.events} == {f"Bearer {TOKEN}"}
 
 
 def test_sigterm_deregisters_while_the_proxy_still_runs_then_stops_it(
@@ -333,7 +346,8 @@ def test_ready_once_the_proxy_has_a_listener_from_the_control_plane(
 # --------------------------------------------------------------------------- in-process pieces
 def test_registration_backs_off_until_the_control_plane_comes_up() -> None:
     port = free_port()
-    registration = Registration(f"http://127.0.0.1:{port}", SidecarConfig(name="ratings-v1", ttl=30).registration())
+    registration = Registration(f"http://127.0.0.1:{port}", SidecarConfig(name="ratings-v1", ttl=30).registration(),
+                                ClientToken(TOKEN, "$TULLE_TOKEN"))
     late: list[FakeControlPlane] = []
 
     async def scenario() -> None:
@@ -350,6 +364,38 @@ def test_registration_backs_off_until_the_control_plane_comes_up() -> None:
         for server in late:
             server.stop()
     assert registration.ttl == 30 and registration.heartbeat_interval == 10
+
+
+def test_a_refused_token_is_read_again_until_the_control_plane_takes_it(
+        tmp_path: Path, control_plane: FakeControlPlane, caplog: pytest.LogCaptureFixture) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text("stale-token-of-an-earlier-control-plane-0123\n")
+    token = find_client_token(str(token_file))
+    registration = Registration(control_plane.url, SidecarConfig(name="ratings-v1", ttl=3).registration(), token)
+
+    async def scenario() -> None:
+        registering = asyncio.create_task(registration.register())
+        while not control_plane.calls("POST"):
+            await asyncio.sleep(0.02)
+        token_file.write_text(TOKEN + "\n")  # the control plane's current token
+        await asyncio.wait_for(registering, 10)
+        assert await registration.heartbeat() is True
+        control_plane.token = "a-newer-token-made-by-a-fresh-state-dir-0123"
+        token_file.write_text(control_plane.token + "\n")
+        assert await registration.heartbeat() is True  # refused, so the file is read again
+        assert await registration.heartbeat() is True
+        await registration.deregister()
+
+    with caplog.at_level("INFO", logger="tulle.sidecar"):
+        asyncio.run(scenario())
+    assert registration.instance_id is None
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert refused[0] == ("the control plane refused the registration: the API token from --token-file "
+                          f"{token_file} was refused: it is not this control plane's (its <state dir>/api-token "
+                          "or the file given to its --token-file)")
+    assert refused[-1].startswith("the control plane refused the heartbeat: ")
+    with_new_token = [e.method for e in control_plane.events if e.authorization == f"Bearer {control_plane.token}"]
+    assert with_new_token == ["PUT", "DELETE"]
 
 
 def test_registration_body_and_defaults() -> None:
@@ -369,9 +415,10 @@ def test_command_line_flags_build_the_config() -> None:
         "sidecar", "--name", "productpage-v1", "--ip", "127.0.0.10", "--label", "app=productpage",
         "--app-port", "9080=19080", "--upstream", "reviews:9080=19090", "--upstream", "details:9080=19091",
         "--locality", "eu/west", "--ttl", "12", "--delta", "--concurrency", "2",
-        "--control-plane", "http://10.0.0.1:15014",
+        "--control-plane", "http://10.0.0.1:15014", "--token-file", "/run/tulle/api-token",
     ])
     config = config_from_args(args)
+    assert (config.token_file, config.state_dir) == ("/run/tulle/api-token", None)
     assert config.upstreams == {"reviews:9080": 19090, "details:9080": 19091}
     assert config.app_ports == {9080: 19080} and config.labels == {"app": "productpage"}
     assert (config.ttl, config.delta, config.concurrency, config.namespace) == (12, True, 2, "default")

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tulle.controlplane.api_token import ClientToken, add_client_arguments, find_client_token
 from tulle.controlplane.model import ProxyIdentity
 from tulle.sidecar.bootstrap import ADMIN_PORT, sidecar_bootstrap, sidecar_identity, split_host_port
 
@@ -62,6 +63,8 @@ class SidecarConfig:
     locality: str = ""
     ttl: float = 30.0
     control_plane: str = DEFAULT_CONTROL_PLANE
+    token_file: str | None = None  # the HTTP API's token (api_token.find_client_token looks further)
+    state_dir: str | None = None
     xds_address: str = DEFAULT_XDS_ADDRESS
     delta: bool = False
     concurrency: int = 1
@@ -118,9 +121,10 @@ def resolve_address(address: str) -> str:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> tuple[int, bytes]:
+def _http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT,
+          headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
     if data is not None:
         request.add_header("content-type", "application/json")
     try:
@@ -132,19 +136,22 @@ def _http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT
         raise OSError(f"bad HTTP answer from {url}: {error!r}") from error
 
 
-async def http_call(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> tuple[int, bytes]:
+async def http_call(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT,
+                    headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """(status, body); OSError when the server cannot be reached."""
-    return await asyncio.to_thread(_http, method, url, body, timeout)
+    return await asyncio.to_thread(_http, method, url, body, timeout, headers)
 
 
 # --- registration ----------------------------------------------------------
 class Registration:
     """Keeps one instance lease alive: register (with back-off), heartbeat every ttl/3,
-    register again when the control plane answers 404 (the lease expired)."""
+    register again when the control plane answers 404 (the lease expired). Every call carries
+    the API's token; a 401 reads the token file again (the control plane may have made a new one)."""
 
-    def __init__(self, control_plane: str, body: dict[str, Any]) -> None:
+    def __init__(self, control_plane: str, body: dict[str, Any], token: ClientToken | None = None) -> None:
         self.base = control_plane.rstrip("/")
         self.body = body
+        self.token = token if token is not None else ClientToken(None, "")
         self.ttl = float(body.get("ttlSeconds") or 30)
         self.instance_id: str | None = None
 
@@ -156,7 +163,8 @@ class Registration:
         """Until the control plane accepts the instance; it may be down or restarting."""
         delay = FIRST_RETRY_DELAY
         while True:
-            call = asyncio.ensure_future(http_call("POST", self.base + INSTANCES_PATH, self.body))
+            call = asyncio.ensure_future(http_call("POST", self.base + INSTANCES_PATH, self.body,
+                                                   headers=self.token.headers()))
             try:
                 if self._accept(*await asyncio.shield(call)):
                     return
@@ -172,6 +180,9 @@ class Registration:
             delay = min(delay * 2, max(FIRST_RETRY_DELAY, min(MAX_RETRY_DELAY, self.heartbeat_interval)))
 
     def _accept(self, status: int, raw: bytes) -> bool:
+        if status == 401:
+            self._refused("registration")
+            return False
         if status != 200:
             log.warning("registration refused: %s %s", status, raw.decode(errors="replace").strip())
             return False
@@ -187,9 +198,12 @@ class Registration:
         assert self.instance_id is not None
         url = f"{self.base}{INSTANCES_PATH}/{urllib.parse.quote(self.instance_id, safe='')}/heartbeat"
         try:
-            status, raw = await http_call("PUT", url)
+            status, raw = await http_call("PUT", url, headers=self.token.headers())
         except OSError as exc:
             log.warning("heartbeat failed (%s); the lease lasts %gs", exc, self.ttl)
+            return True
+        if status == 401:
+            self._refused("heartbeat")
             return True
         if status == 404:
             log.warning("lease %s expired; registering again", self.instance_id)
@@ -198,6 +212,11 @@ class Registration:
         if status != 200:
             log.warning("heartbeat answered %s %s", status, raw.decode(errors="replace").strip())
         return True
+
+    def _refused(self, what: str) -> None:
+        log.error("the control plane refused the %s: %s", what, self.token.refused())
+        if self.token.reload():
+            log.warning("read a new API token from %s", self.token.source)
 
     async def run(self) -> None:
         while True:
@@ -212,8 +231,11 @@ class Registration:
         instance_id, self.instance_id = self.instance_id, None
         url = f"{self.base}{INSTANCES_PATH}/{urllib.parse.quote(instance_id, safe='')}"
         try:
-            status, _ = await http_call("DELETE", url)
-            log.info("deregistered %s (%s)", instance_id, status)
+            status, _ = await http_call("DELETE", url, headers=self.token.headers())
+            if status == 401:  # the lease expires on its own within the TTL
+                self._refused("deregistration")
+            else:
+                log.info("deregistered %s (%s)", instance_id, status)
         except OSError as exc:  # the lease expires on its own within the TTL
             log.warning("deregistration failed (%s); the lease expires in %gs", exc, self.ttl)
 
@@ -230,7 +252,10 @@ def has_active_dynamic_listener(config_dump: dict[str, Any]) -> bool:
 class SidecarAgent:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
-        self.registration = Registration(config.control_plane, config.registration())
+        token = find_client_token(config.token_file, config.state_dir)
+        if token.problem and token.explicit:  # it may appear later: registration reads it again on 401
+            log.warning("cannot read the API token from %s: %s", token.source, token.problem)
+        self.registration = Registration(config.control_plane, config.registration(), token)
         self.proxy: asyncio.subprocess.Process | None = None
         self.shutting_down = False
         self.workdir = ""
@@ -412,6 +437,7 @@ def add_sidecar_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ttl", type=float, default=30.0, help="registration lease in seconds (default 30)")
     parser.add_argument("--control-plane", default=os.environ.get("TULLE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
                         help="control plane HTTP API (default $TULLE_CONTROL_PLANE or %(default)s)")
+    add_client_arguments(parser)
     parser.add_argument("--xds-address", default=DEFAULT_XDS_ADDRESS, help="control plane xDS gRPC HOST:PORT")
     parser.add_argument("--delta", action="store_true", help="delta xDS (DELTA_GRPC) instead of state of the world")
     parser.add_argument("--concurrency", type=int, default=1, help="proxy worker processes")
@@ -429,7 +455,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         name=args.name, namespace=args.namespace, labels=dict(args.labels),
         service_account=args.service_account, ip=args.ip, app_ports=dict(args.app_ports),
         services=list(args.services), upstreams=dict(args.upstreams), locality=args.locality, ttl=args.ttl,
-        control_plane=args.control_plane, xds_address=args.xds_address, delta=args.delta,
+        control_plane=args.control_plane, token_file=args.token_file, state_dir=args.state_dir,
+        xds_address=args.xds_address, delta=args.delta,
         concurrency=args.concurrency, admin_port=args.admin_port, status_port=args.status_port,
         drain_duration=args.drain_duration, proxy_log_level=args.proxy_log_level,
     )
