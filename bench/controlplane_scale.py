@@ -771,12 +771,13 @@ async def run_mode(args: argparse.Namespace, mode: str, layout: Layout, supervis
         except ValueError:  # caught half-written
             await asyncio.sleep(0.05)
     api, target = f"http://127.0.0.1:{ports['http_port']}", f"127.0.0.1:{ports['xds_port']}"
+    token = Path(ports["token_file"]).read_text().strip()  # the in-memory control plane's API token
     meter = _ControlPlaneMeter(control_plane.pid)
     outcome: dict[str, Any] = {"mode": mode, "control_plane_pid": control_plane.pid}
     clients: list[_ClientProcess] = []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=args.phase_timeout)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {token}"}) as session:
             _progress(f"{mode}: populating {layout.services} services, {layout.endpoints} endpoints")
             outcome["populate"] = await _populate(session, api, layout, meter)
             await asyncio.sleep(args.settle)  # the debounced push of the last registration (no proxies yet)

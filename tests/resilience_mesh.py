@@ -29,9 +29,10 @@ NAMESPACE = "default"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _call(url: str, method: str = "GET", body: Any = None, content_type: str = "application/json") -> Any:
+def _call(url: str, token: str, method: str = "GET", body: Any = None, content_type: str = "application/json") -> Any:
     data = None if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": content_type})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": content_type, "authorization": f"Bearer {token}"})
     try:
         with _DIRECT.open(request, timeout=10) as response:
             return json.loads(response.read() or b"{}")
@@ -71,6 +72,7 @@ class Mesh:
             stdout=self._cp_log, stderr=subprocess.STDOUT)
         ports = wait_until(lambda: self._ports(ready), 20, "the control plane")
         self.xds_port, self.api = ports["xds_port"], f"http://127.0.0.1:{ports['http_port']}"
+        self.token = Path(ports["token_file"]).read_text().strip()  # the in-memory control plane's own
         return self
 
     def _ports(self, ready: Path) -> dict[str, int] | None:
@@ -93,7 +95,7 @@ class Mesh:
             self._cp_log.close()
 
     def service(self, name: str, port: int, protocol: str = "HTTP") -> None:
-        _call(self.api + "/apis/v1/services", "POST", {
+        _call(self.api + "/apis/v1/services", self.token, "POST", {
             "name": name, "namespace": NAMESPACE, "ports": [{"name": "main", "port": port, "protocol": protocol}]})
 
     def instance(self, service: str, name: str, port: int, labels: dict[str, str] | None = None,
@@ -102,11 +104,11 @@ class Mesh:
                 "labels": {"app": service, **(labels or {})}, "services": [service], "ttlSeconds": 600}
         if locality:
             body["locality"] = locality
-        _call(self.api + "/apis/v1/instances", "POST", body)
+        _call(self.api + "/apis/v1/instances", self.token, "POST", body)
 
     def apply(self, documents: str) -> dict[str, Any]:
         """``tulle apply -f``: all or nothing; returns the answer (created, updated, warnings)."""
-        return _call(self.api + "/apis/v1/resources", "POST", documents, "application/yaml")
+        return _call(self.api + "/apis/v1/resources", self.token, "POST", documents, "application/yaml")
 
     # --- the client sidecar ----------------------------------------------------------------------
     def start_client(self, upstreams: dict[str, int]) -> None:
@@ -141,7 +143,9 @@ class Mesh:
         """What the control plane last sent the client (all four types), as JSON text."""
         quoted = urllib.parse.quote(self.node_id, safe="")
         try:
-            with _DIRECT.open(f"{self.api}/debug/config/{quoted}", timeout=10) as response:
+            request = urllib.request.Request(f"{self.api}/debug/config/{quoted}",
+                                             headers={"authorization": f"Bearer {self.token}"})
+            with _DIRECT.open(request, timeout=10) as response:
                 return response.read().decode()
         except urllib.error.HTTPError as error:
             if error.code == 404:  # not connected yet
@@ -150,7 +154,7 @@ class Mesh:
 
     def synced(self) -> bool:
         """The client acked the latest version of every type; a NACK fails the test with its reason."""
-        proxies = _call(self.api + "/debug/proxies")["proxies"]
+        proxies = _call(self.api + "/debug/proxies", self.token)["proxies"]
         mine = [proxy for proxy in proxies if proxy["id"] == self.node_id]
         if not mine:
             return False

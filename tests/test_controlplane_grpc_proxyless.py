@@ -171,7 +171,8 @@ class RunningControlPlane:
     def call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         data = None if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
         request = urllib.request.Request(self.api + path, data=data, method=method,
-                                         headers={"content-type": content_type})
+                                         headers={"content-type": content_type,
+                                                  "authorization": f"Bearer {self.control_plane.api.token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read() or b"{}")
 

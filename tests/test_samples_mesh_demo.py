@@ -21,5 +21,7 @@ def test_mesh_demo_runs_unattended_and_reports_the_canary() -> None:
     assert re.search(r"status codes: 200: \d+$", canary, re.M), canary  # no errors
     stats = dict(re.findall(r"^\s+(\S+-v\d)\s+(\d+)\s+\d+\s+(?:\d+)$", out, re.M))
     assert int(stats["productpage-v1"]) > 0 and int(stats["details-v1"]) == int(stats["productpage-v1"])
+    # the commands it prints reach this mesh's control plane, whose API needs its token
+    assert re.search(r"^  export TULLE_TOKEN_FILE=\S+/state/api-token ", out, re.M), out
     promoted = out.split("== after reviews-v3.yaml")[1]
     assert re.search(r"^\s+reviews-v3\s+\d+\s+100\.0%", promoted, re.M), promoted

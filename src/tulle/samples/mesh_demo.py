@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tulle.controlplane.api_token import token_path
+
 SAMPLES = Path(__file__).with_name("bookinfo")
 CANARY_FILE = SAMPLES / "reviews-canary.yaml"
 NEXT_RULES = [
@@ -86,6 +88,7 @@ class Demo:
         self.delta = delta
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.cp_url = "http://127.0.0.1:15014"
+        self.token_file = token_path(workdir / "state")  # made by its own control plane at start
         self.env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
 
     # --- processes -----------------------------------------------------------------------------
@@ -129,14 +132,19 @@ class Demo:
                                       "--log-level", "warning"])
         self._wait("the control plane", lambda: _ready(self.cp_url + "/healthz"))
 
+    def _api(self, path: str, body: bytes, content_type: str) -> dict:
+        """A call to this demo's own control plane, with the token from its state directory."""
+        token = Path(self.token_file).read_text().strip()
+        request = urllib.request.Request(self.cp_url + path, data=body, method="POST",
+                                         headers={"content-type": content_type, "authorization": f"Bearer {token}"})
+        with _direct_opener().open(request, timeout=5) as response:
+            return json.loads(response.read() or b"{}")
+
     def register_services(self) -> None:
         for service in sorted({w.service for w in WORKLOADS}):
             body = json.dumps({"name": service, "namespace": "default",
                                "ports": [{"name": "http", "port": SERVICE_PORT}]}).encode()
-            request = urllib.request.Request(self.cp_url + "/apis/v1/services", data=body, method="POST",
-                                             headers={"content-type": "application/json"})
-            with _direct_opener().open(request, timeout=5):
-                pass
+            self._api("/apis/v1/services", body, "application/json")
 
     def start_workloads(self) -> None:
         print("starting bookinfo: productpage, details, reviews v1/v2/v3, ratings, each with a tulle sidecar ...")
@@ -148,7 +156,8 @@ class Demo:
                        "--label", f"app={workload.service}", "--label", f"version={workload.version}",
                        "--service-account", f"bookinfo-{workload.service}",
                        "--app-port", f"{SERVICE_PORT}={workload.app_port}", "--service", workload.service,
-                       "--control-plane", self.cp_url, "--xds-address", "127.0.0.1:15010", "--ttl", "15",
+                       "--control-plane", self.cp_url, "--token-file", self.token_file,
+                       "--xds-address", "127.0.0.1:15010", "--ttl", "15",
                        "--drain-duration", "1"]
             if self.delta:
                 sidecar.append("--delta")
@@ -157,10 +166,7 @@ class Demo:
             self._wait(f"{workload.name}'s sidecar", lambda w=workload: _ready(f"http://{w.ip}:15021/healthz/ready"))
 
     def apply(self, path: Path) -> None:
-        request = urllib.request.Request(self.cp_url + "/apis/v1/resources", data=path.read_bytes(),
-                                         method="POST", headers={"content-type": "application/yaml"})
-        with _direct_opener().open(request, timeout=5) as response:
-            result = json.loads(response.read())
+        result = self._api("/apis/v1/resources", path.read_bytes(), "application/yaml")
         for ref in result.get("created", []) + result.get("updated", []):
             print(f"  applied {ref}")
 
@@ -233,6 +239,7 @@ def run(duration: float, delta: bool, keep: bool) -> int:
         for name, stats in demo.sidecar_stats().items():
             print(f"  {name:<16} {stats['requests']:>9} {stats['2xx']:>7} {stats['5xx']:>6}")
         print("\nTry the next rule (the mesh keeps running until Ctrl-C):")
+        print(f"  export TULLE_TOKEN_FILE={demo.token_file}     # this mesh's API token")
         for what, path in NEXT_RULES:
             print(f"  .venv/bin/tulle apply -f {path}     # {what}")
         print(f"  curl -s 'http://{WORKLOADS[0].ip}:{SERVICE_PORT}/productpage?format=json'")
