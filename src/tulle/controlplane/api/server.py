@@ -156,7 +156,8 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[request_guard(self.token, self.allowed_hosts), _json_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES,
+                              middlewares=[request_guard(self.token, self.allowed_hosts), _json_errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/apis/v1/resources", self.apply_resources)
         app.router.add_get("/apis/v1/resources", self.list_resources)
