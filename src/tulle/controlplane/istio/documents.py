@@ -2,8 +2,9 @@
 
 Each ``---`` document is parsed on its own so that one broken document is reported (with its
 file, document number and line) while the others still load. ``kind: List`` documents are
-expanded into their items. Only the envelope is checked here (kind, apiVersion, metadata);
-whether the kind is supported and what the spec says is ``validation``'s job.
+expanded into their items. YAML is read as kubectl and istioctl read it (``kubeyaml``). Only
+the envelope is checked here (kind, apiVersion, metadata); whether the kind is supported and
+what the spec says is ``validation``'s job.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tulle.controlplane.istio import kubeyaml
 from tulle.controlplane.model import Diagnostic, Resource
 
 DEFAULT_NAMESPACE = "default"
@@ -33,29 +35,6 @@ METADATA_FIELDS = (
 # forbids it inside any scalar, so splitting on it is exact.
 _DOCUMENT_START = re.compile(r"^---(?=\s|$)")
 _DOCUMENT_END = re.compile(r"^\.\.\.(?=\s|$)")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys, as kubectl does."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, list | dict):
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, "found an unhashable key", key_node.start_mark)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"found duplicate key {key!r}", key_node.start_mark)
-        seen[key] = key_node
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _split_documents(text: str) -> list[tuple[int, str]]:
@@ -118,7 +97,7 @@ def load_documents(
         where = f"{source}#{index}"
         if isinstance(document, str):
             try:
-                data = yaml.load(document, Loader=_StrictLoader)  # a SafeLoader: plain data only
+                data = kubeyaml.load(document)  # as kubectl and istioctl read it
             except yaml.YAMLError as error:
                 diagnostics.append(Diagnostic("error", "", "", _yaml_error_message(error, first_line), where))
                 continue
