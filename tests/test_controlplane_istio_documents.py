@@ -171,3 +171,13 @@ def test_fixture_file_loads_completely() -> None:
     assert diagnostics == []
     kinds = {r.kind for r in resources}
     assert kinds == {"VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "WorkloadEntry", "Sidecar"}
+
+
+def test_yaml_is_read_as_kubectl_reads_it_so_an_unquoted_ipv6_address_is_a_string() -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\n"
+            "spec:\n  hosts: [example.com]\n  addresses: [1.2.3.4, 001:db8::]\n"
+            "  ports: [{name: http, number: 80, protocol: HTTP}]\n  subjectAltNames: [1:20, 2024-01-02]\n")
+    resources, diagnostics = load_documents(text, "se.yaml")
+    assert diagnostics == []
+    assert resources[0].spec["addresses"] == ["1.2.3.4", "001:db8::"]
+    assert resources[0].spec["subjectAltNames"] == ["1:20", "2024-01-02"]
