@@ -181,3 +181,12 @@ def test_yaml_is_read_as_kubectl_reads_it_so_an_unquoted_ipv6_address_is_a_strin
     assert diagnostics == []
     assert resources[0].spec["addresses"] == ["1.2.3.4", "001:db8::"]
     assert resources[0].spec["subjectAltNames"] == ["1:20", "2024-01-02"]
+
+
+def test_kinds_whose_crd_requires_spec_are_refused_without_one() -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\n---\n"
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\n")
+    resources, diagnostics = load_documents(text, "f.yaml")
+    assert [(d.source, d.resource, d.field, d.message) for d in diagnostics] == [
+        ("f.yaml#1", "WorkloadEntry default/vm", "spec", "required field missing")]
+    assert [r.kind for r in resources] == ["Sidecar"]  # Sidecar's CRD does not require spec

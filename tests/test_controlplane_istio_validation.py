@@ -111,7 +111,7 @@ def test_proto_field_names_suggest_the_json_name() -> None:
     ("ServiceEntry", {"hosts": ["a.com"], "ports": [{"number": -1, "name": "http", "protocol": "HTTP"}]},
      "spec.ports[0].number", "out of range for uint32"),
     ("ServiceEntry", {"hosts": ["a.com"], "resolution": "dns"}, "spec.resolution",
-     "must be one of NONE, STATIC, DNS, DNS_ROUND_ROBIN; did you mean 'DNS'?"),
+     "must be one of NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS; did you mean 'DNS'?"),
     ("WorkloadEntry", {"address": "1.1.1.1", "ports": {80: 8080}}, "spec.ports[80]", "map keys must be strings"),
 ])
 def test_wrong_types_name_the_field(kind: str, spec: dict[str, Any], field: str, text: str) -> None:
@@ -654,6 +654,94 @@ def test_workload_entry_rules(spec: dict[str, Any], field: str, text: str) -> No
 def test_workload_entry_accepts_fqdn_and_network_only() -> None:
     assert _errors("WorkloadEntry", {"address": "vm1.example.com", "ports": {"http": 8080}}) == []
     _expect("WorkloadEntry", {"network": "vpc-1"}, "warning", "spec.address", "address is unset with network")
+
+
+# --- fields current Istio added (istio.io/api as pinned by istio/istio 86c9f01fd735) ---------------
+
+_POOL = "spec.trafficPolicy.connectionPool"
+_LB = "spec.trafficPolicy.loadBalancer"
+
+
+@pytest.mark.parametrize(("kind", "spec", "field", "text"), [
+    ("DestinationRule", _dr(loadBalancer={"warmup": {"duration": "300s", "minimumPercent": 150.0}}),
+     f"{_LB}.warmup.minimumPercent", "150.0 must be less than or equal to 100"),
+    ("DestinationRule", _dr(loadBalancer={"warmup": {"duration": "300s", "aggression": -0.1}}),
+     f"{_LB}.warmup.aggression", "-0.1 must be greater than or equal to 0"),
+    ("DestinationRule", _dr(loadBalancer={"warmup": {"duration": "300s", "aggression": 0}}),
+     f"{_LB}.warmup.aggression", "aggression should be greater than 0"),
+    ("DestinationRule", _dr(connectionPool={"http": {"http2KeepAlive": {"interval": "15s"}}}),
+     f"{_POOL}.http.http2KeepAlive.timeout", "http2 keepalive timeout is required"),
+    ("DestinationRule", _dr(connectionPool={"http": {"http2KeepAlive": {"interval": "1us", "timeout": "5s"}}}),
+     f"{_POOL}.http.http2KeepAlive.interval", "greater than 1ms"),
+    ("DestinationRule", _dr(retryBudget={"percent": 120}), "spec.trafficPolicy.retryBudget.percent",
+     "must be less than or equal to 100"),
+    ("DestinationRule", _dr(retryBudget={"budgetInterval": "soon"}), "spec.trafficPolicy.retryBudget.budgetInterval",
+     "invalid duration"),
+    ("DestinationRule", _dr(loadBalancer={"localityLbSetting": {}, "zoneAwareLbSetting": {}}), _LB,
+     "only one of localityLbSetting and zoneAwareLbSetting can be set"),
+    ("DestinationRule", _dr(loadBalancer={"zoneAwareLbSetting": {"minClusterSize": 0}}),
+     f"{_LB}.zoneAwareLbSetting.minClusterSize", "0 must be greater than or equal to 1"),
+    ("DestinationRule", _dr(loadBalancer={"zoneAwareLbSetting": {"failoverPriority": ["topology.kubernetes.io/zone"]}},
+                            outlierDetection={"consecutive5xxErrors": 1}),
+     f"{_LB}.zoneAwareLbSetting.failoverPriority", "must not use topology label 'topology.kubernetes.io/zone'"),
+    ("DestinationRule", _dr(loadBalancer={"zoneAwareLbSetting": {"failover": [{"from": "us/a", "to": "eu"}]}},
+                            outlierDetection={"consecutive5xxErrors": 1}),
+     f"{_LB}.zoneAwareLbSetting.failover[0]", "zone aware lb failover only specifies region"),
+    ("DestinationRule", _dr(loadBalancer={"simple": "RANDOM", "backendUtilization": {}}), _LB,
+     "only one of simple, consistentHash, backendUtilization may be set"),
+    ("DestinationRule", _dr(outlierDetection={"outlierDetectionHttpErrorCodes": [503, 99]}),
+     "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes[1]", "99 must be greater than or equal to 100"),
+    ("VirtualService", _vs({"redirect": {"uri": "/a", "prefixRewrite": "/b"}}), "spec.http[0].redirect",
+     "redirect may only specify one of uri or prefix_rewrite"),
+    ("VirtualService", _vs({"match": [{"uri": {"exact": "/a"}}], "redirect": {"prefixRewrite": "/b"}}),
+     "spec.http[0].redirect.prefixRewrite", "requires all URI matches to use prefix match type"),
+    ("VirtualService", _vs(_route(mirror={"host": "m"}, mirrorPercent=5, mirror_percent=5)),
+     "spec.http[0].mirror_percent", "mirror_percent and mirrorPercent are the same field"),
+    ("VirtualService", _vs(_route(mirror={"host": "m"}, mirror_percent=101)), "spec.http[0].mirror_percent",
+     "mirror_percent must have a max value of 100"),
+    ("ServiceEntry", _se(resolution="DYNAMIC_DNS", hosts=["api.example.com"]), "spec.hosts[0]",
+     "host must be wildcarded for resolution mode DYNAMIC_DNS"),
+    ("ServiceEntry", _se(resolution="DYNAMIC_DNS", hosts=["*.example.com"], addresses=["10.0.0.1"]), "spec.addresses",
+     "addresses cannot be set for resolution type DYNAMIC_DNS"),
+    ("ServiceEntry", _se(resolution="DYNAMIC_DNS", hosts=["*.example.com"],
+                         ports=[{"number": 5432, "name": "pg", "protocol": "TCP"}]), "spec.ports[0].protocol",
+     "only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type DYNAMIC_DNS"),
+    ("Gateway", {"servers": [_server(port={"name": "http", "protocol": "HTTP"})]}, "spec.servers[0].port.number",
+     "required field missing"),
+    ("Gateway", {"servers": [_server(port={"number": 443, "name": "s", "protocol": "HTTPS"},
+                                     tls={"mode": "SIMPLE", "credentialName": "a", "credentialNames": ["b"]})]},
+     "spec.servers[0].tls", "only one of credentialName or credentialNames can be set"),
+    ("Gateway", {"servers": [_server(port={"number": 443, "name": "s", "protocol": "HTTPS"},
+                                     tls={"mode": "SIMPLE", "serverCertificate": "/c", "privateKey": "/k",
+                                          "credentialName": "a"})]},
+     "spec.servers[0].tls", "only one of credential_name, credential_names, server_certificate/private_key"),
+    ("Gateway", {"servers": [_server(port={"number": 443, "name": "s", "protocol": "HTTPS"},
+                                     tls={"mode": "SIMPLE", "tlsCertificates": [{"serverCertificate": "/c"}]})]},
+     "spec.servers[0].tls.tlsCertificates[0].privateKey", "SIMPLE TLS requires a private key"),
+])
+def test_fields_current_istio_added_are_validated(kind: str, spec: dict[str, Any], field: str, text: str) -> None:
+    _expect(kind, spec, "error", field, text)
+
+
+@pytest.mark.parametrize(("kind", "spec"), [
+    ("DestinationRule", _dr(retryBudget={"percent": 20, "minRetryConcurrency": 3, "budgetInterval": "10s"})),
+    ("DestinationRule", _dr(connectionPool={"http": {"http2KeepAlive": {"interval": "15s", "timeout": "5s"}}})),
+    ("DestinationRule", _dr(loadBalancer={"simple": "ROUND_ROBIN", "zoneAwareLbSetting": {
+        "enabled": True, "minClusterSize": 3, "failover": [{"from": "us", "to": "eu"}]}},
+        outlierDetection={"consecutive5xxErrors": 1, "outlierDetectionHttpErrorCodes": [500, 503]})),
+    ("DestinationRule", _dr(loadBalancer={"backendUtilization": {
+        "errorUtilizationPenaltyPercent": 50, "metricNamesForComputingUtilization": ["cpu"],
+        "weightUpdatePeriod": "1s"}})),
+    ("VirtualService", _vs({"match": [{"uri": {"prefix": "/old"}}], "redirect": {"prefixRewrite": "/new"}})),
+    ("VirtualService", {"hosts": ["db"], "tcp": [{"match": [{"sourceSubnet": "10.0.0.0/8"}],
+                                                  "route": [{"destination": {"host": "db"}}]}]}),
+    ("ServiceEntry", _se(resolution="DYNAMIC_DNS", hosts=["*.example.com"], location="MESH_EXTERNAL")),
+    ("Gateway", {"servers": [_server(port={"number": 443, "name": "s", "protocol": "HTTPS"},
+                                     tls={"mode": "SIMPLE", "credentialName": "c", "ecdhCurves": ["X25519"],
+                                          "insecureSkipVerify": True})]}),
+])
+def test_fields_current_istio_added_are_accepted(kind: str, spec: dict[str, Any]) -> None:
+    assert _errors(kind, spec) == []
 
 
 # --- Sidecar ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from tulle.controlplane.istio import kubeyaml
+from tulle.controlplane.istio.kinds import SPEC_REQUIRED
 from tulle.controlplane.model import Diagnostic, Resource
 
 DEFAULT_NAMESPACE = "default"
@@ -170,8 +171,10 @@ def _to_resource(
         namespace = _metadata_text(metadata, "namespace", meta_path, problems) or default_namespace
         labels = _string_map(metadata, "labels", meta_path, problems)
         annotations = _string_map(metadata, "annotations", meta_path, problems)
-    spec = data.get("spec", {})
+    spec = data.get("spec")
     if spec is None:
+        if kind in SPEC_REQUIRED:  # their CRDs require it (an empty one is a different error)
+            problems.append((_join(prefix, "spec"), "required field missing"))
         spec = {}
     if not isinstance(spec, dict):
         problems.append((_join(prefix, "spec"), f"expected a mapping, got {type_name(spec)}"))

@@ -34,6 +34,7 @@ from tulle.controlplane.istio.kinds import (
     ListOf,
     MapOf,
     Message,
+    Range,
     Scalar,
     check_kind,
     spec_schema,
@@ -268,6 +269,8 @@ def _unknown_field(key: str, message: Message) -> str:
 def _check_value(value: Any, kind: FieldType, path: str, findings: _Findings) -> None:
     if isinstance(kind, Scalar):
         _check_scalar(value, kind, path, findings)
+    elif isinstance(kind, Range):
+        _check_range(value, kind, path, findings)
     elif isinstance(kind, EnumOf):
         if not isinstance(value, str) or value not in kind.values:
             close = difflib.get_close_matches(str(value).upper(), kind.values, n=1, cutoff=0.6)
@@ -318,6 +321,19 @@ def _check_scalar(value: Any, kind: Scalar, path: str, findings: _Findings) -> N
             findings.error(path, "invalid base64 text")
     else:
         _check_duration(value, kind is Scalar.DURATION, path, findings)
+
+
+def _check_range(value: Any, kind: Range, path: str, findings: _Findings) -> None:
+    """The CRD's minimum/maximum, checked (as the API server does) once the type is right."""
+    before = len(findings.items)
+    _check_scalar(value, kind.kind, path, findings)
+    if len(findings.items) > before:
+        return
+    number = _uint64(value) if kind.kind is Scalar.UINT64 else value
+    if kind.minimum is not None and number < kind.minimum:
+        findings.error(path, f"{value} must be greater than or equal to {kind.minimum:g}")
+    elif kind.maximum is not None and number > kind.maximum:
+        findings.error(path, f"{value} must be less than or equal to {kind.maximum:g}")
 
 
 def _check_integer(value: Any, kind: Scalar, path: str, findings: _Findings) -> None:
@@ -871,9 +887,12 @@ def _http_route(route: dict[str, Any], path: str, delegate: bool, findings: _Fin
     _cors_policy(route.get("corsPolicy"), f"{path}.corsPolicy", findings)
     if isinstance(route.get("fault"), dict):
         _fault(route["fault"], f"{path}.fault", findings)
-    mirror_percent = route.get("mirrorPercent")
-    if isinstance(mirror_percent, int) and not isinstance(mirror_percent, bool) and mirror_percent > 100:
-        findings.error(f"{path}.mirrorPercent", f"mirror_percent must have a max value of 100 (it has {mirror_percent})")
+    if route.get("mirrorPercent") is not None and route.get("mirror_percent") is not None:
+        findings.error(f"{path}.mirror_percent", "mirror_percent and mirrorPercent are the same field; set one")
+    for key in ("mirrorPercent", "mirror_percent"):
+        mirror_percent = route.get(key)
+        if isinstance(mirror_percent, int) and not isinstance(mirror_percent, bool) and mirror_percent > 100:
+            findings.error(f"{path}.{key}", f"mirror_percent must have a max value of 100 (it has {mirror_percent})")
     mirror_percentage = _number(_obj(route.get("mirrorPercentage")).get("value"))
     if mirror_percentage is not None and mirror_percentage > 100:
         findings.error(f"{path}.mirrorPercentage.value",
@@ -893,7 +912,7 @@ def _http_route(route: dict[str, Any], path: str, delegate: bool, findings: _Fin
             findings.error(f"{mirror_path}.percentage.value",
                            f"mirror percentage must have a min value of 0 (it has {value:f})")
     if isinstance(route.get("redirect"), dict):
-        _redirect(route["redirect"], f"{path}.redirect", findings)
+        _redirect(route["redirect"], route.get("match"), f"{path}.redirect", findings)
     if isinstance(route.get("directResponse"), dict):
         _direct_response(route["directResponse"], f"{path}.directResponse", findings)
     if isinstance(route.get("retries"), dict):
@@ -1026,9 +1045,19 @@ def _check_http_status(status: Any, path: str, findings: _Findings) -> None:
         findings.error(path, f"HTTP status {status} is not in range 200-599")
 
 
-def _redirect(redirect: dict[str, Any], path: str, findings: _Findings) -> None:
-    if not (_text(redirect.get("uri")) or _text(redirect.get("authority")) or _text(redirect.get("scheme"))
-            or redirect.get("port") is not None or redirect.get("derivePort") is not None):
+def _redirect(redirect: dict[str, Any], matches: Any, path: str, findings: _Findings) -> None:
+    prefix_rewrite = _text(redirect.get("prefixRewrite"))
+    if _text(redirect.get("uri")) and prefix_rewrite:
+        findings.error(path, "redirect may only specify one of uri or prefix_rewrite")
+        return
+    if prefix_rewrite and any(isinstance(match, dict) and isinstance(match.get("uri"), dict)
+                              and "prefix" not in match["uri"] for match in _seq(matches)):
+        findings.error(f"{path}.prefixRewrite", "redirect prefix_rewrite requires all URI matches to use prefix "
+                       "match type")
+        return
+    if not (_text(redirect.get("uri")) or prefix_rewrite or _text(redirect.get("authority"))
+            or _text(redirect.get("scheme")) or redirect.get("port") is not None
+            or redirect.get("derivePort") is not None):
         findings.error(path, "redirect must specify URI, authority, scheme, or port")
     code = _integer(redirect.get("redirectCode"))
     if code and not 300 <= code <= 399:
@@ -1344,7 +1373,7 @@ def _destination_rule(spec: dict[str, Any], resource: Resource, findings: _Findi
 def _traffic_policy(policy: Any, path: str, findings: _Findings) -> None:
     policy = _obj(policy)
     fields = ("outlierDetection", "connectionPool", "loadBalancer", "tls", "portLevelSettings", "tunnel",
-              "proxyProtocol")
+              "proxyProtocol", "retryBudget")
     if not any(_set(policy.get(field)) for field in fields):
         findings.error(path, "traffic policy must have at least one field")
         return
@@ -1407,6 +1436,11 @@ def _connection_pool(pool: Any, path: str, findings: _Findings) -> None:
     if http.get("h2UpgradePolicy") == "UPGRADE" and http.get("useClientProtocol") is True:
         findings.error(f"{path}.http.useClientProtocol",
                        "use client protocol must not be true when H2UpgradePolicy is UPGRADE")
+    keepalive = http.get("http2KeepAlive")
+    if isinstance(keepalive, dict):
+        for field in ("interval", "timeout"):
+            if keepalive.get(field) is None:
+                findings.error(f"{path}.http.http2KeepAlive.{field}", f"http2 keepalive {field} is required")
     if _integer(_obj(pool.get("tcp")).get("maxConnections")) < 0:
         findings.error(f"{path}.tcp.maxConnections", "max connections must be non-negative")
 
@@ -1433,8 +1467,15 @@ def _load_balancer(balancer: dict[str, Any], outlier: Any, path: str, findings: 
                 findings.error(table_path, "tableSize must be less than 5000011 for maglev")
             if 0 < table_size < 5000011 and not _is_prime(table_size):  # larger sizes are refused above
                 findings.error(table_path, "tableSize must be a prime number for maglev")
+    if balancer.get("localityLbSetting") is not None and balancer.get("zoneAwareLbSetting") is not None:
+        findings.error(path, "only one of localityLbSetting and zoneAwareLbSetting can be set")
     if isinstance(balancer.get("localityLbSetting"), dict):
         _locality_lb(balancer["localityLbSetting"], outlier, f"{path}.localityLbSetting", findings)
+    if isinstance(balancer.get("zoneAwareLbSetting"), dict):
+        _zone_aware_lb(balancer["zoneAwareLbSetting"], outlier, f"{path}.zoneAwareLbSetting", findings)
+    warmup = balancer.get("warmup")
+    if isinstance(warmup, dict) and warmup.get("aggression") == 0:  # the CRD refuses negative values already
+        findings.error(f"{path}.warmup.aggression", "aggression should be greater than 0")
 
 
 def _uint64(value: Any) -> int:
@@ -1492,6 +1533,25 @@ def _locality_lb(setting: dict[str, Any], outlier: Any, path: str, findings: _Fi
             findings.error(rule_path, "locality lb failover only specify region")
         if "*" in origin or "*" in target:
             findings.error(rule_path, "locality lb failover region should not contain '*' wildcard")
+
+
+def _zone_aware_lb(setting: dict[str, Any], outlier: Any, path: str, findings: _Findings) -> None:
+    for label in _strings(setting.get("failoverPriority")):
+        if label in TOPOLOGY_LABELS:
+            findings.error(f"{path}.failoverPriority", f"'failover_priority' for zone aware lb must not use topology "
+                           f"label '{label}'; region- and zone-level routing are handled automatically")
+    failover = _seq(setting.get("failover"))
+    if (failover or _seq(setting.get("failoverPriority"))) and outlier is None:
+        findings.warning(path, "outlier detection policy must be provided for failover")
+    for rule_path, rule in _messages(failover, f"{path}.failover"):
+        origin, target = _text(rule.get("from")), _text(rule.get("to"))
+        if origin == target:
+            findings.error(rule_path, "zone aware lb failover settings must specify different regions")
+        if "/" in origin or "/" in target:
+            findings.error(rule_path, "zone aware lb failover only specifies region; zone and subzone failover are "
+                           "handled automatically")
+        if "*" in origin or "*" in target:
+            findings.error(rule_path, "zone aware lb failover region should not contain '*' wildcard")
 
 
 def _localities_error(localities: list[str]) -> str | None:
@@ -1686,38 +1746,48 @@ def _server_tls(tls: dict[str, Any], path: str, findings: _Findings) -> None:
         findings.warning(f"{path}.cipherSuites", f"ignoring invalid cipher suites: {invalid}")
     if duplicates:
         findings.warning(f"{path}.cipherSuites", f"ignoring duplicate cipher suites: {duplicates}")
-    credential = bool(_text(tls.get("credentialName")) or _strings(tls.get("credentialNames")))
-    certificates = bool(_seq(tls.get("tlsCertificates")))
+    # The CRD's CEL rules (the third one, as generated, repeats the first).
+    if _set(tls.get("credentialNames")) and _set(tls.get("tlsCertificates")):
+        findings.error(path, "only one of credentialNames or tlsCertificates can be set")
+    if _set(tls.get("credentialName")) and _set(tls.get("credentialNames")):
+        findings.error(path, "only one of credentialName or credentialNames can be set")
+    certificates = [item for _, item in _messages(tls.get("tlsCertificates"), "")]
     if mode == "ISTIO_MUTUAL":
         for key, what in (("serverCertificate", "server certificate"), ("privateKey", "private key"),
-                          ("caCertificates", "CA bundle"), ("credentialName", "credentialName")):
-            if _text(tls.get(key)):
+                          ("caCertificates", "CA bundle"), ("tlsCertificates", "tlsCertificates"),
+                          ("credentialName", "credentialName"), ("credentialNames", "credentialNames")):
+            if _text(tls.get(key)) or (key in ("tlsCertificates", "credentialNames") and _seq(tls.get(key))):
                 findings.error(f"{path}.{key}", f"ISTIO_MUTUAL TLS cannot have associated {what}")
         return
     if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         if any(_text(tls.get(key)) for key in ("caCrl", "serverCertificate", "privateKey", "caCertificates",
-                                               "credentialName")):
+                                               "credentialName")) or certificates or _seq(tls.get("credentialNames")):
             findings.warning(path, f"{mode} mode does not use certificates, they will be ignored")
-    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and (credential or certificates):
-        # Credentials come from a secret (or the per-certificate list); no paths are needed.
-        if _text(tls.get("caCrl")) and credential:
+    sources = sum((bool(_text(tls.get("serverCertificate")) and _text(tls.get("privateKey"))),
+                   bool(_text(tls.get("credentialName"))), bool(_seq(tls.get("credentialNames"))), bool(certificates)))
+    if sources > 1:
+        findings.error(path, "only one of credential_name, credential_names, server_certificate/private_key, "
+                       "tls_certificates should be specified")
+    credential = bool(_text(tls.get("credentialName")) or _seq(tls.get("credentialNames")))
+    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and not credential:
+        prefix = "SIMPLE TLS" if mode == "SIMPLE" else "MUTUAL TLS"
+        if mode != "SIMPLE" and not _text(tls.get("caCertificates")):
+            findings.error(f"{path}.caCertificates", f"{prefix} requires a client CA bundle")
+        if len(certificates) > 2:
+            findings.warning(f"{path}.tlsCertificates", f"{prefix} can support up to 2 server certificates")
+        checked = ([(f"{path}.tlsCertificates[{index}]", item) for index, item in enumerate(certificates)]
+                   if certificates else [(path, tls)])
+        for cert_path, cert in checked:
+            if not _text(cert.get("serverCertificate")):
+                findings.error(f"{cert_path}.serverCertificate", f"{prefix} requires a server certificate")
+            if not _text(cert.get("privateKey")):
+                findings.error(f"{cert_path}.privateKey", f"{prefix} requires a private key")
+    if _text(tls.get("caCrl")) and not (mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and credential):
+        if _text(tls.get("credentialName")):
             findings.error(f"{path}.caCrl", "CRL is not supported with credentialName. CRL has to be specified in "
                            "the credential")
-        return
-    if mode == "SIMPLE":
-        if not _text(tls.get("serverCertificate")):
-            findings.error(f"{path}.serverCertificate", "SIMPLE TLS requires a server certificate")
-        if not _text(tls.get("privateKey")):
-            findings.error(f"{path}.privateKey", "SIMPLE TLS requires a private key")
-        if _text(tls.get("caCrl")):
+        if mode == "SIMPLE":
             findings.error(f"{path}.caCrl", "CRL is not supported with SIMPLE TLS")
-    elif mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-        if not _text(tls.get("serverCertificate")):
-            findings.error(f"{path}.serverCertificate", "MUTUAL TLS requires a server certificate")
-        if not _text(tls.get("privateKey")):
-            findings.error(f"{path}.privateKey", "MUTUAL TLS requires a private key")
-        if not _text(tls.get("caCertificates")):
-            findings.error(f"{path}.caCertificates", "MUTUAL TLS requires a client CA bundle")
 
 
 def _is_cipher_suite(name: str) -> bool:
@@ -1753,7 +1823,7 @@ def _service_entry(spec: dict[str, Any], resource: Resource, findings: _Findings
         problem = _wildcard_domain_error(host)
         if problem:
             findings.error(f"spec.hosts[{index}]", problem)
-        partial = _partial_wildcard_error(host)
+        partial = _partial_wildcard_error(host) if resolution != "DYNAMIC_DNS" else None
         if partial:
             findings.warning(f"spec.hosts[{index}]", partial)
     cidr_found = False
@@ -1803,6 +1873,8 @@ def _service_entry(spec: dict[str, Any], resource: Resource, findings: _Findings
             _workload_entry(endpoint, endpoint_path, findings, port_names, allow_fqdn=False)
     elif resolution in ("DNS", "DNS_ROUND_ROBIN"):
         _dns_service_entry(spec, resolution, host_names, port_names, findings)
+    elif resolution == "DYNAMIC_DNS":
+        _dynamic_dns_service_entry(spec, host_names, findings)
     if resolution != "NONE" and len(host_names) > 1:
         for port_path, port in ports:
             protocol = parse_protocol(_text(port.get("protocol")))
@@ -1839,6 +1911,25 @@ def _dns_service_entry(
                 findings.warning(port_path, "service entry can not have more than one host specified simultaneously "
                                  "with address and tcp port")
                 break
+
+
+def _dynamic_dns_service_entry(spec: dict[str, Any], hosts: list[str], findings: _Findings) -> None:
+    resolution = "DYNAMIC_DNS"
+    if not hosts:
+        findings.error("spec.hosts", f"at least one wildcard host must be provided for resolution type {resolution}")
+    for index, host in enumerate(hosts):
+        if not hostrules.is_wildcard(host):
+            findings.error(f"spec.hosts[{index}]", f"host must be wildcarded for resolution mode {resolution}")
+    if _seq(spec.get("addresses")):
+        findings.error("spec.addresses", f"addresses cannot be set for resolution type {resolution}. HTTP route "
+                       "domains will only be generated from the hosts field values")
+    if _seq(spec.get("endpoints")):
+        findings.error("spec.endpoints", f"endpoints cannot be set for resolution type {resolution}. Destination IP "
+                       "address determined from hosts field values")
+    for port_path, port in _messages(spec.get("ports"), "spec.ports"):
+        if parse_protocol(_text(port.get("protocol"))) not in ("HTTP", "TLS", "GRPC", "HTTP2"):
+            findings.error(f"{port_path}.protocol", "only HTTP, TLS, GRPC, and HTTP2 protocols are supported for "
+                           f"resolution type {resolution}")
 
 
 def _endpoint_ports(endpoint: dict[str, Any], path: str, service_ports: set[str] | None, findings: _Findings) -> None:
