@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tulle.controlplane.istio.documents import load_documents, load_files
+from tulle.controlplane.istio.documents import field_line, load_documents, load_files
 
 DATA = Path(__file__).parent / "data" / "istio"
 
@@ -190,3 +190,18 @@ def test_kinds_whose_crd_requires_spec_are_refused_without_one() -> None:
     assert [(d.source, d.resource, d.field, d.message) for d in diagnostics] == [
         ("f.yaml#1", "WorkloadEntry default/vm", "spec", "required field missing")]
     assert [r.kind for r in resources] == ["Sidecar"]  # Sidecar's CRD does not require spec
+
+
+def test_positions_give_the_line_of_each_field_or_its_nearest_written_parent() -> None:
+    text = "# header\n" + _vs("a") + "---\n" + ("apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n"
+                                               "  kind: DestinationRule\n  metadata: {name: d}\n  spec:\n"
+                                               "    host: reviews\n    subsets:\n    - name: v1\n")
+    resources, _ = load_documents(text, "f.yaml", positions=True)
+    vs, rule = resources
+    assert field_line(vs, "") == 2  # apiVersion, after the comment
+    assert field_line(vs, "spec.hosts") == 7
+    assert field_line(vs, "spec.hosts[0]") == 7
+    assert field_line(vs, "spec.http[0].route") == 6  # not written: its nearest parent, spec
+    assert field_line(rule, "spec.subsets[0].name") == 18
+    assert field_line(rule, "") == 12
+    assert load_documents(text, "f.yaml")[0][0].positions == {}  # only when asked for

@@ -88,20 +88,30 @@ def _has_content(lines: Iterable[str]) -> bool:
     return False
 
 
+Positions = dict[tuple[str | int, ...], int]
+
+
 def load_documents(
-    text: str, source: str, default_namespace: str = DEFAULT_NAMESPACE,
+    text: str, source: str, default_namespace: str = DEFAULT_NAMESPACE, positions: bool = False,
 ) -> tuple[list[Resource], list[Diagnostic]]:
-    """Parse every document of ``text``; ``source`` names the file in messages."""
+    """Parse every document of ``text``; ``source`` names the file in messages.
+
+    With ``positions``, each YAML resource records the line of each of its fields
+    (``Resource.positions``, for ``field_line``), as istioctl points its messages at lines.
+    """
     resources: list[Resource] = []
     diagnostics: list[Diagnostic] = []
     for index, (first_line, document) in enumerate(_documents(text), start=1):
         where = f"{source}#{index}"
+        lines: Positions = {}
         if isinstance(document, str):
             try:
-                data = kubeyaml.load(document)  # as kubectl and istioctl read it
+                data, node = kubeyaml.load_with_node(document)  # as kubectl and istioctl read it
             except yaml.YAMLError as error:
                 diagnostics.append(Diagnostic("error", "", "", _yaml_error_message(error, first_line), where))
                 continue
+            if positions and node is not None:
+                lines = _positions(node, first_line)
         else:
             data = document.value
         if data is None:
@@ -112,17 +122,60 @@ def load_documents(
                 "kind and metadata", where))
             continue
         if data.get("kind") == "List" and "items" in data:
-            _load_list(data, where, default_namespace, resources, diagnostics)
+            _load_list(data, where, default_namespace, resources, diagnostics, lines)
             continue
-        resource = _to_resource(data, where, "", default_namespace, diagnostics)
+        resource = _to_resource(data, where, "", default_namespace, diagnostics, lines)
         if resource is not None:
             resources.append(resource)
     return resources, diagnostics
 
 
+def _positions(root: yaml.Node, first_line: int) -> Positions:
+    """The file line of every mapping key and list item under ``root``, by path."""
+    found: Positions = {(): first_line + root.start_mark.line + 1}
+    pending: list[tuple[tuple[str | int, ...], yaml.Node]] = [((), root)]
+    visited: set[int] = set()
+    while pending:
+        path, node = pending.pop()
+        if id(node) in visited:  # an alias: its lines are those of the anchor, recorded already
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [((*path, key.value), key, value) for key, value in node.value if isinstance(key, yaml.ScalarNode)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [((*path, position), item, item) for position, item in enumerate(node.value)]
+        else:
+            continue
+        for child_path, marker, child in children:
+            found.setdefault(child_path, first_line + marker.start_mark.line + 1)
+            pending.append((child_path, child))
+    return found
+
+
+_PATH_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\]]*)\]")
+
+
+def field_line(resource: Resource, field: str) -> int | None:
+    """The line where ``field`` (``spec.http[0].route``) or its nearest written parent is, if known."""
+    if not resource.positions:
+        return None
+    path: list[str | int] = []
+    line = resource.positions.get(())
+    for match in _PATH_PART.finditer(field):
+        name, key = match.groups()
+        part = name if name is not None else key
+        candidates = [int(part), part] if part.isdigit() else [part]
+        found = next(((*path, c) for c in candidates if (*path, c) in resource.positions), None)
+        if found is None:
+            break
+        path = list(found)
+        line = resource.positions[found]
+    return line
+
+
 def _load_list(
     data: dict[str, Any], where: str, default_namespace: str,
-    resources: list[Resource], diagnostics: list[Diagnostic],
+    resources: list[Resource], diagnostics: list[Diagnostic], lines: Positions,
 ) -> None:
     items = data.get("items")
     if not isinstance(items, list):
@@ -135,13 +188,15 @@ def _load_list(
             diagnostics.append(Diagnostic("error", "", prefix, f"list item is a {type_name(item)}, expected a mapping",
                                           where))
             continue
-        resource = _to_resource(item, f"{where}.{prefix}", "", default_namespace, diagnostics)
+        item_lines = {path[2:]: line for path, line in lines.items() if path[:2] == ("items", position)}
+        resource = _to_resource(item, f"{where}.{prefix}", "", default_namespace, diagnostics, item_lines)
         if resource is not None:
             resources.append(resource)
 
 
 def _to_resource(
     data: dict[str, Any], where: str, prefix: str, default_namespace: str, diagnostics: list[Diagnostic],
+    positions: Positions | None = None,
 ) -> Resource | None:
     """The Resource of one object, or None after reporting why its envelope is unusable."""
     problems: list[tuple[str, str]] = []
@@ -183,7 +238,7 @@ def _to_resource(
         diagnostics.extend(Diagnostic("error", ref, path, message, where) for path, message in problems)
         return None
     return Resource(kind=kind, api_version=api_version, name=name, namespace=namespace, spec=spec,
-                    labels=labels, annotations=annotations, source=where)
+                    labels=labels, annotations=annotations, source=where, positions=positions or {})
 
 
 def _metadata_text(
@@ -221,7 +276,7 @@ def _string_map(
 
 
 def load_files(
-    paths: Iterable[str | os.PathLike[str]], default_namespace: str = DEFAULT_NAMESPACE,
+    paths: Iterable[str | os.PathLike[str]], default_namespace: str = DEFAULT_NAMESPACE, positions: bool = False,
 ) -> tuple[list[Resource], list[Diagnostic]]:
     """Load every file; a directory contributes its ``*.yaml``/``*.yml``/``*.json`` files, sorted."""
     resources: list[Resource] = []
@@ -233,7 +288,7 @@ def load_files(
         except (OSError, UnicodeDecodeError) as error:
             diagnostics.append(Diagnostic("error", "", "", f"cannot read file: {error}", path))
             continue
-        file_resources, file_diagnostics = load_documents(text, path, default_namespace)
+        file_resources, file_diagnostics = load_documents(text, path, default_namespace, positions)
         resources.extend(file_resources)
         diagnostics.extend(file_diagnostics)
     return resources, diagnostics

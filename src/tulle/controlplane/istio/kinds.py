@@ -11,6 +11,7 @@ the rules Istio's validation webhook adds on top live in ``validation.py``.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -32,24 +33,56 @@ NOT_YET_SUPPORTED = {
 }
 
 
+# Tulle's own kind for the service registry (registry/registry.py validates its spec): `tulle apply`
+# takes it beside Istio's kinds, so `tulle analyze` does too.
+REGISTRY_SERVICE = ("Service", "registry.tulle.dev/v1")
+_KUBERNETES_VERSION = re.compile(r"v[1-9][0-9]*(?:(?:alpha|beta)[1-9][0-9]*)?")
+# What to use instead of a Kubernetes kind Tulle does not read.
+_KUBERNETES_INSTEAD = {
+    "Service": "register services with `tulle register service` or use a ServiceEntry",
+    "Endpoints": "register instances with `tulle register instance` or use a WorkloadEntry",
+    "EndpointSlice": "register instances with `tulle register instance` or use a WorkloadEntry",
+    "Pod": "register instances with `tulle register instance` or use a WorkloadEntry",
+}
+
+
 def supported_api_versions() -> list[str]:
     return [f"{NETWORKING_GROUP}/{version}" for version in NETWORKING_VERSIONS]
 
 
+def is_kubernetes_api_version(api_version: str) -> bool:
+    """Kubernetes' own groups: the core group (``v1``), dotless groups (``apps/v1``) and ``*.k8s.io``."""
+    group, _, version = api_version.rpartition("/")
+    return bool(_KUBERNETES_VERSION.fullmatch(version)) and ("." not in group or group.endswith(".k8s.io"))
+
+
 def check_kind(kind: str, api_version: str) -> tuple[str, str] | None:
-    """``(field, message)`` when ``kind``/``api_version`` is not supported, else None."""
-    supported = ", ".join(sorted(NETWORKING_KINDS))
+    """``(field, message)`` when Tulle does not read ``kind``/``api_version``, else None.
+
+    The one judgement of a document's kind: ``tulle analyze`` (validation) and ``tulle apply``
+    (the HTTP API) both ask it, so both say the same thing.
+    """
     versions = ", ".join(supported_api_versions())
-    if kind not in NETWORKING_KINDS:
-        if kind in NOT_YET_SUPPORTED:
-            return "kind", (f"kind {kind} ({NOT_YET_SUPPORTED[kind]}) is not supported yet; "
-                            f"supported kinds: {supported} ({versions})")
-        close = difflib.get_close_matches(kind, NETWORKING_KINDS, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return "kind", f"unsupported kind {kind!r}{hint}; supported kinds: {supported} ({versions})"
-    if api_version not in supported_api_versions():
-        return "apiVersion", f"unsupported apiVersion {api_version!r} for {kind}; supported: {versions}"
-    return None
+    readable = (f"Tulle reads {', '.join(sorted(NETWORKING_KINDS))} ({versions}) and "
+                f"{REGISTRY_SERVICE[0]} ({REGISTRY_SERVICE[1]})")
+    if (kind, api_version) == REGISTRY_SERVICE:
+        return None
+    if kind in NETWORKING_KINDS:
+        if api_version in supported_api_versions():
+            return None
+        what = " (a Kubernetes API, which Tulle does not read)" if is_kubernetes_api_version(api_version) else ""
+        return "apiVersion", f"unsupported apiVersion {api_version!r} for {kind}{what}; supported: {versions}"
+    if is_kubernetes_api_version(api_version):
+        instead = _KUBERNETES_INSTEAD.get(kind, readable)
+        return "kind", f"{kind} ({api_version}) is a Kubernetes kind Tulle does not read: {instead}"
+    if kind == REGISTRY_SERVICE[0]:
+        return "apiVersion", (f"unsupported apiVersion {api_version!r} for {kind}: Tulle's registry Service is "
+                              f"{REGISTRY_SERVICE[1]}; for Istio's API use a ServiceEntry")
+    if kind in NOT_YET_SUPPORTED:
+        return "kind", f"kind {kind} ({NOT_YET_SUPPORTED[kind]}) is not supported yet; {readable}"
+    close = difflib.get_close_matches(kind, NETWORKING_KINDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return "kind", f"unsupported kind {kind!r}{hint}; {readable}"
 
 
 # --- schema -------------------------------------------------------------------------------

@@ -273,3 +273,13 @@ GoYamlLoader.add_constructor("tag:yaml.org,2002:binary", _construct_binary)
 def load(text: str) -> Any:
     """One YAML document, as kubectl and istioctl read it."""
     return yaml.load(text, Loader=GoYamlLoader)  # noqa: S506 - a SafeLoader subclass: plain data only
+
+
+def load_with_node(text: str) -> tuple[Any, yaml.Node | None]:
+    """``load``, and the node tree the value was built from (its marks say where each part was written)."""
+    loader = GoYamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()

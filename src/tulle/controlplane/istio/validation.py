@@ -9,7 +9,12 @@ warning.
 
 ``analyze(resources, known_services)`` adds what only the whole set can tell, like
 ``istioctl analyze``: references to hosts, subsets and gateways that do not exist, and
-DestinationRules that fight over a host.
+DestinationRules that fight over a host. Every finding carries istioctl's message code and level
+(istio/istio ``pkg/config/analysis/msg/messages.yaml``): webhook errors are IST0106
+SchemaValidationError, webhook warnings IST0133 SchemaWarning, and the analyzers' own codes
+(IST0101, IST0109, IST0128-IST0131) keep their levels, so a missing subset is an Error as in
+istioctl. What Tulle itself adds has TUL codes (``TULLE_CODES``). ``review`` is what ``tulle apply``
+reports: Istio's webhook admits what only the analyzers flag, so there those are warnings.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from typing import Any
@@ -29,12 +35,14 @@ from tulle.controlplane.istio import hosts as hostrules
 from tulle.controlplane.istio.documents import type_name
 from tulle.controlplane.istio.kinds import (
     MESSAGES,
+    REGISTRY_SERVICE,
     EnumOf,
     FieldType,
     ListOf,
     MapOf,
     Message,
     Range,
+    Ref,
     Scalar,
     check_kind,
     spec_schema,
@@ -43,6 +51,27 @@ from tulle.controlplane.model import Diagnostic, Resource
 
 ERROR = "error"
 WARNING = "warning"
+INFO = "info"
+# istioctl analyze's codes (messages.yaml) for what Tulle reports, and their levels there.
+IST_REFERENCED_RESOURCE_NOT_FOUND = "IST0101"  # Error
+IST_SCHEMA_VALIDATION_ERROR = "IST0106"  # Error: the webhook refuses
+IST_CONFLICTING_MESH_GATEWAY_HOSTS = "IST0109"  # Error
+IST_NO_SERVER_CERT_VERIFICATION = "IST0128"  # Warning: DestinationRule level
+IST_NO_SERVER_CERT_VERIFICATION_PORT = "IST0129"  # Warning: port level
+IST_UNREACHABLE_RULE = "IST0130"  # Warning
+IST_INEFFECTIVE_MATCH = "IST0131"  # Info
+IST_SCHEMA_WARNING = "IST0133"  # Warning: the webhook admits with a warning
+# Tulle's own codes: what istioctl has no analyzer for.
+TULLE_NOT_TRANSLATED = "TUL0001"  # Warning: accepted, but the control plane does not translate it yet
+TULLE_PROXY_LACKS = "TUL0002"  # Warning: translated, but Tulle proxies cannot honour it yet
+TULLE_CONFLICTING_DESTINATION_RULES = "TUL0003"  # Warning
+TULLE_DUPLICATE_RESOURCE = "TUL0004"  # Warning
+TULLE_CODES = {
+    TULLE_NOT_TRANSLATED: "NotTranslated", TULLE_PROXY_LACKS: "TulleProxyLacks",
+    TULLE_CONFLICTING_DESTINATION_RULES: "ConflictingDestinationRules", TULLE_DUPLICATE_RESOURCE: "DuplicateResource",
+}
+# Found by the analyzers only: Istio's webhook admits such resources, so `tulle apply` does too.
+ANALYZER_ONLY_CODES = frozenset({IST_REFERENCED_RESOURCE_NOT_FOUND, IST_CONFLICTING_MESH_GATEWAY_HOSTS})
 MESH_GATEWAY = "mesh"
 UNIX_PREFIX = "unix://"
 MAX_REGEX_LENGTH = 1024
@@ -104,8 +133,12 @@ def validate(resource: Resource) -> list[Diagnostic]:
     findings = _Findings()
     unsupported = check_kind(resource.kind, resource.api_version)
     if unsupported is not None:
-        findings.error(*unsupported)
+        findings.error(*unsupported, code="")  # not Istio configuration Tulle can read at all
         return findings.diagnostics(resource)
+    if (resource.kind, resource.api_version) == REGISTRY_SERVICE:
+        from tulle.controlplane.registry.registry import validate_service  # the registry imports this package
+
+        return [replace(d, code=IST_SCHEMA_VALIDATION_ERROR) for d in validate_service(resource)]
     _check_metadata(resource, findings)
     spec = resource.spec if isinstance(resource.spec, dict) else {}
     _check_message(spec, spec_schema(resource.kind), "spec", findings)
@@ -119,28 +152,51 @@ def analyze(
     domain_suffix: str = "cluster.local",
     root_namespace: str = "istio-system",
 ) -> list[Diagnostic]:
-    """``validate`` for each resource, then warnings about how the resources fit together.
+    """``validate`` for each resource, then what only the whole set tells, like ``istioctl analyze``.
 
     ``known_services`` are the FQDNs of the registry's services. Without it (None) the
     registry is unknown and destination hosts are not checked; subsets, gateways and
-    DestinationRule conflicts still are.
+    DestinationRule conflicts still are. A resource defined more than once (the same
+    directory holding several versions of it) counts once, as its last definition, as
+    it would once applied.
     """
     diagnostics: list[Diagnostic] = []
     for resource in resources:
         diagnostics.extend(validate(resource))
-    supported = [r for r in resources if check_kind(r.kind, r.api_version) is None]
-    mesh = _MeshIndex(supported, known_services, domain_suffix, root_namespace)
     diagnostics.extend(_duplicate_resources(resources))
-    for resource in supported:
+    latest = {(r.kind, r.namespace, r.name): r for r in resources if check_kind(r.kind, r.api_version) is None}
+    supported = list(latest.values())
+    mesh = _MeshIndex(supported, known_services, domain_suffix, root_namespace)
+    for resource in resources:
+        if latest.get((resource.kind, resource.namespace, resource.name)) is not resource:
+            continue
         findings = _Findings()
         if resource.kind == "VirtualService":
             _analyze_virtual_service(resource, mesh, findings)
         elif resource.kind == "DestinationRule":
             _analyze_destination_rule(resource, mesh, findings)
-        _tulle_proxy_gaps(resource, findings)
+            _ca_certificates(resource, findings)
+        _tulle_gaps(resource, findings)
         diagnostics.extend(findings.diagnostics(resource))
     diagnostics.extend(_conflicting_mesh_virtual_services(supported, mesh))
     return diagnostics
+
+
+def review(
+    resources: Sequence[Resource],
+    known_services: set[str] | None = None,
+    domain_suffix: str = "cluster.local",
+    root_namespace: str = "istio-system",
+) -> list[Diagnostic]:
+    """What ``tulle apply`` reports: ``analyze``, with what only the analyzers find as warnings.
+
+    Istio's webhook (and so ``kubectl apply``) admits a VirtualService whose subset is not
+    defined yet; only ``istioctl analyze`` calls that an Error (IST0101). Refusing it would make
+    the order of applies matter, so on apply it informs, with its code, and the webhook's
+    errors alone refuse.
+    """
+    return [replace(d, level=WARNING) if d.level == ERROR and d.code in ANALYZER_ONLY_CODES else d
+            for d in analyze(resources, known_services, domain_suffix, root_namespace)]
 
 
 def parse_duration(text: str) -> int | None:
@@ -177,16 +233,20 @@ def parse_protocol(name: str) -> str | None:
 
 class _Findings:
     def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
+        self.items: list[tuple[str, str, str, str]] = []
 
-    def error(self, path: str, message: str) -> None:
-        self.items.append((ERROR, path, message))
+    def error(self, path: str, message: str, code: str = IST_SCHEMA_VALIDATION_ERROR) -> None:
+        self.items.append((ERROR, path, message, code))
 
-    def warning(self, path: str, message: str) -> None:
-        self.items.append((WARNING, path, message))
+    def warning(self, path: str, message: str, code: str = IST_SCHEMA_WARNING) -> None:
+        self.items.append((WARNING, path, message, code))
+
+    def info(self, path: str, message: str, code: str) -> None:
+        self.items.append((INFO, path, message, code))
 
     def diagnostics(self, resource: Resource) -> list[Diagnostic]:
-        return [Diagnostic(level, resource.ref, path, message, resource.source) for level, path, message in self.items]
+        return [Diagnostic(level, resource.ref, path, message, resource.source, code)
+                for level, path, message, code in self.items]
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -1221,7 +1281,7 @@ def _l4_match(match: dict[str, Any], path: str, findings: _Findings) -> None:
 
 
 def _unreachable_rules(routes: list[Any], path: str, findings: _Findings, named: bool) -> None:
-    """Istio's warnings for rules that can never match: a second catch-all, repeated or shadowed matches."""
+    """Rules that can never match (IST0130) and matches an earlier rule takes (IST0131), as Istio finds them."""
     seen: dict[str, int] = {}
     catch_all_seen = False
     prefix_matches: list[_PrefixMatch] = []
@@ -1232,36 +1292,43 @@ def _unreachable_rules(routes: list[Any], path: str, findings: _Findings, named:
         matches = _seq(route.get("match"))
         if not matches:
             if catch_all_seen:
-                findings.warning(f"{path}[{index}]",
-                                 f"virtualService rule {route_name} not used (only the last rule can have no matches)")
+                _unreachable(findings, f"{path}[{index}]", route_name, "only the last rule can have no matches")
             catch_all_seen = True
             continue
         duplicates = 0
         for match_index, match in enumerate(matches):
+            match_path = f"{path}[{index}].match[{match_index}]"
+            if catch_all_seen:
+                _unreachable(findings, match_path, route_name, "route without matches defined before")
+                continue
             key = _match_key(match)
             if key in seen:
                 duplicate_of = seen[key]
-                findings.warning(f"{path}[{index}].match[{match_index}]",
-                                 f"virtualService rule {route_name} match {_rule_name(match, match_index, named)} is "
-                                 f"not used (duplicate/overlapping match in rule "
-                                 f"{_rule_name(routes[duplicate_of], duplicate_of, named)})")
+                _ineffective(findings, match_path, route_name, _rule_name(match, match_index, named),
+                             _rule_name(routes[duplicate_of], duplicate_of, named))
                 duplicates += 1
                 continue
             seen[key] = index
             prefix_match = _PrefixMatch.of(match, route_name, _rule_name(match, match_index, named),
-                                           f"{path}[{index}].match[{match_index}]") if named else None
+                                           match_path) if named else None
             if prefix_match is not None:
                 prefix_matches.append(prefix_match)
         if duplicates == len(matches):
-            findings.warning(f"{path}[{index}]",
-                             f"virtualService rule {route_name} not used (all matches used by prior rules)")
+            _unreachable(findings, f"{path}[{index}]", route_name, "all matches used by prior rules")
     for position, earlier in enumerate(prefix_matches):
         for later in prefix_matches[position + 1:]:
             if later.prefix != earlier.prefix and earlier.covers(later):
-                findings.warning(later.path,
-                                 f"virtualService rule {later.route_name} match {later.match_name} of prefix "
-                                 f"{later.prefix} is not used (duplicate/overlapping match in rule "
-                                 f"{earlier.match_name} of prefix {earlier.prefix} on {earlier.route_name})")
+                _ineffective(findings, later.path, later.route_name, f"{later.match_name} of prefix {later.prefix}",
+                             f"{earlier.match_name} of prefix {earlier.prefix} on {earlier.route_name}")
+
+
+def _unreachable(findings: _Findings, path: str, rule: str, reason: str) -> None:
+    findings.warning(path, f"VirtualService rule {rule} not used ({reason}).", IST_UNREACHABLE_RULE)
+
+
+def _ineffective(findings: _Findings, path: str, rule: str, match: str, earlier: str) -> None:
+    findings.info(path, f"VirtualService rule {rule} match {match} is not used (duplicate/overlapping match in rule "
+                  f"{earlier}).", IST_INEFFECTIVE_MATCH)
 
 
 def _rule_name(item: Any, index: int, named: bool) -> str:
@@ -2267,14 +2334,14 @@ def _analyze_virtual_service(resource: Resource, mesh: _MeshIndex, findings: _Fi
             continue
         fqdn = mesh.resolve(host, resource.namespace)
         if mesh.known_services is not None and not mesh.host_exists(fqdn, resource.namespace):
-            findings.warning(f"{path}.host", f'IST0101 Referenced host not found: "{host}"')
+            findings.error(f"{path}.host", f'Referenced host not found: "{host}"', IST_REFERENCED_RESOURCE_NOT_FOUND)
             continue
         subset = _text(destination.get("subset"))
         if subset:
             defined = mesh.subsets_for(fqdn, resource.namespace)
             if defined is None or subset not in defined:
-                findings.warning(f"{path}.subset",
-                                 f'IST0101 Referenced host+subset in destinationrule not found: "{host}+{subset}"')
+                findings.error(f"{path}.subset", f'Referenced host+subset in destinationrule not found: '
+                               f'"{host}+{subset}"', IST_REFERENCED_RESOURCE_NOT_FOUND)
     references = [("spec.gateways", _seq(spec.get("gateways")))]
     for route_kind in ("http", "tls", "tcp"):
         for route_path, route in _messages(spec.get(route_kind), f"spec.{route_kind}"):
@@ -2286,7 +2353,8 @@ def _analyze_virtual_service(resource: Resource, mesh: _MeshIndex, findings: _Fi
                 continue
             namespace, name = _gateway_reference(gateway, resource.namespace)
             if (namespace, name) not in mesh.gateways:
-                findings.warning(f"{path}[{index}]", f'IST0101 Referenced gateway not found: "{namespace}/{name}"')
+                findings.error(f"{path}[{index}]", f'Referenced gateway not found: "{namespace}/{name}"',
+                               IST_REFERENCED_RESOURCE_NOT_FOUND)
 
 
 def _gateway_reference(reference: str, namespace: str) -> tuple[str, str]:
@@ -2314,7 +2382,7 @@ def _analyze_destination_rule(resource: Resource, mesh: _MeshIndex, findings: _F
         if other.spec.get("workloadSelector") is None and mesh.resolve(other_host, other.namespace) == fqdn:
             findings.warning("spec.host", f"multiple DestinationRules for host {fqdn!r} in namespace "
                              f"{resource.namespace!r}: {other.ref} ({other.source}) also configures it; Istio "
-                             "merges them and the first one's traffic policy wins")
+                             "merges them and the first one's traffic policy wins", TULLE_CONFLICTING_DESTINATION_RULES)
 
 
 def _traffic_policies(spec: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -2329,13 +2397,69 @@ def _traffic_policies(spec: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any
         yield from _messages(policy.get("portLevelSettings"), f"{path}.portLevelSettings")
 
 
-def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
-    """Settings a Tulle proxy cannot honour yet (TranslateOptions.proxy_lacks of TULLE_PROXY_TODAY):
-    the control plane leaves them out of Tulle proxies' config, so say so where they are asked for."""
+def _ca_certificates(resource: Resource, findings: _Findings) -> None:
+    """IST0128/IST0129: SIMPLE or MUTUAL TLS without caCertificates does not verify the server."""
+    spec = resource.spec
+    name, host = f"{resource.namespace}/{resource.name}", _text(spec.get("host"))
+    policy = _obj(spec.get("trafficPolicy"))
+    levels = [("spec.trafficPolicy.tls", _obj(policy.get("tls")), None)]
+    for port_path, port_policy in _messages(policy.get("portLevelSettings"), "spec.trafficPolicy.portLevelSettings"):
+        number = _obj(port_policy.get("port")).get("number")
+        levels.append((f"{port_path}.tls", _obj(port_policy.get("tls")), f"number:{number}"))
+    for path, tls, port in levels:
+        mode = tls.get("mode")
+        if mode not in ("SIMPLE", "MUTUAL") or _text(tls.get("caCertificates")):
+            continue
+        if _text(tls.get("credentialName")) and spec.get("workloadSelector") is not None:
+            continue
+        message = (f"DestinationRule {name} in namespace {resource.namespace} has TLS mode set to {mode} but no "
+                   f"caCertificates are set to validate server identity for host: {host}")
+        if port is None:
+            findings.warning(path, message, IST_NO_SERVER_CERT_VERIFICATION)
+        else:
+            findings.warning(path, f"{message} at port {port}", IST_NO_SERVER_CERT_VERIFICATION_PORT)
+
+
+def _set_fields(value: Any, message: Message, path: str) -> Iterable[tuple[str, str, str, Any]]:
+    """``(message name, field, path, value)`` for every field set anywhere in a spec, per the schema."""
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        field = message.fields.get(key) if isinstance(key, str) else None
+        if field is None or item is None:
+            continue
+        item_path = f"{path}.{key}"
+        yield message.name, key, item_path, item
+        kind = field.type
+        if isinstance(kind, Ref):
+            yield from _set_fields(item, MESSAGES[kind.message], item_path)
+        elif isinstance(kind, ListOf) and isinstance(kind.item, Ref):
+            for index, element in enumerate(_seq(item)):
+                yield from _set_fields(element, MESSAGES[kind.item.message], f"{item_path}[{index}]")
+        elif isinstance(kind, MapOf) and isinstance(kind.value, Ref):
+            for name, element in _obj(item).items():
+                yield from _set_fields(element, MESSAGES[kind.value.message], f"{item_path}[{name}]")
+
+
+def _tulle_gaps(resource: Resource, findings: _Findings) -> None:
+    """What Tulle accepts but does not act on yet, said where it is asked for: settings the control
+    plane does not translate (translate/coverage.py, TUL0001), resources nobody serves, and settings
+    Tulle proxies cannot honour (TranslateOptions.proxy_lacks of TULLE_PROXY_TODAY, TUL0002)."""
+    from tulle.controlplane.translate.coverage import GATEWAY_NOT_SERVED, NOT_TRANSLATED
     from tulle.controlplane.translate.options import LACKABLE, TULLE_PROXY_TODAY
 
-    asked: list[tuple[str, str]] = []  # (field path, Envoy field)
     spec = resource.spec if isinstance(resource.spec, dict) else {}
+    if resource.kind == "Gateway":
+        findings.warning("spec.servers", GATEWAY_NOT_SERVED, TULLE_NOT_TRANSLATED)
+    elif resource.kind == "VirtualService":
+        _gateway_bindings(spec, findings)
+    if resource.kind in _KIND_RULES:
+        for message_name, field_name, path, value in _set_fields(spec, spec_schema(resource.kind), "spec"):
+            gap = NOT_TRANSLATED.get((message_name, field_name))
+            if gap is not None and gap.applies(value):
+                findings.warning(path, f"Tulle does not translate {gap.what} yet: {gap.instead}", TULLE_NOT_TRANSLATED)
+
+    asked: list[tuple[str, str]] = []  # (field path, Envoy field)
     if resource.kind == "DestinationRule":
         for path, policy in _traffic_policies(spec):
             pool = _obj(policy.get("connectionPool"))
@@ -2346,10 +2470,8 @@ def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
                 asked.append((f"{path}.connectionPool.tcp.tcpKeepalive", "upstream_connection_options"))
             if tcp.get("maxConnectionDuration") is not None:
                 asked.append((f"{path}.connectionPool.tcp.maxConnectionDuration", "max_connection_duration"))
-            balancer = _obj(policy.get("loadBalancer"))
-            for key in ("warmupDurationSecs", "warmup"):
-                if balancer.get(key) is not None:
-                    asked.append((f"{path}.loadBalancer.{key}", "slow_start_config"))
+            if _obj(policy.get("loadBalancer")).get("warmupDurationSecs") is not None:
+                asked.append((f"{path}.loadBalancer.warmupDurationSecs", "slow_start_config"))
     elif resource.kind == "VirtualService":
         for route_path, route in _messages(spec.get("http"), "spec.http"):
             if _obj(route.get("retries")).get("retryRemoteLocalities") is True:
@@ -2358,12 +2480,37 @@ def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
         if envoy_field in TULLE_PROXY_TODAY.proxy_lacks:
             what, instead = LACKABLE[envoy_field]
             findings.warning(path, f"Tulle proxies do not support {what} yet ({envoy_field}): they get {instead}; "
-                             "Envoy sidecars honour it")
+                             "Envoy sidecars honour it", TULLE_PROXY_LACKS)
+
+
+def _gateway_bindings(spec: dict[str, Any], findings: _Findings) -> None:
+    """Routes bound to gateways reach no proxy while Tulle serves sidecars only."""
+    gateways = _strings(spec.get("gateways"))
+    named = [gateway for gateway in gateways if gateway != MESH_GATEWAY]
+    if named and MESH_GATEWAY not in gateways:
+        findings.warning("spec.gateways", f"this VirtualService is bound only to gateways ({', '.join(named)}), which "
+                         "Tulle does not serve yet: no proxy receives its routes", TULLE_NOT_TRANSLATED)
+        return
+    if named:
+        findings.warning("spec.gateways", f"Tulle does not serve gateways yet: sidecars get this VirtualService's "
+                         f"routes, {', '.join(named)} gets nothing", TULLE_NOT_TRANSLATED)
+    for route_kind in ("http", "tcp", "tls"):
+        for route_path, route in _messages(spec.get(route_kind), f"spec.{route_kind}"):
+            for match_path, match in _messages(route.get("match"), f"{route_path}.match"):
+                bound = _strings(match.get("gateways"))
+                if bound and MESH_GATEWAY not in bound:
+                    findings.warning(f"{match_path}.gateways", f"this match applies only at gateways "
+                                     f"({', '.join(bound)}), which Tulle does not serve yet: no proxy uses it",
+                                     TULLE_NOT_TRANSLATED)
 
 
 def _conflicting_mesh_virtual_services(resources: Sequence[Resource], mesh: _MeshIndex) -> list[Diagnostic]:
-    """IST0109: VirtualServices bound to the mesh that claim the same host in the same namespace scope."""
-    claims: dict[tuple[str, str], list[Resource]] = {}
+    """IST0109: VirtualServices bound to the mesh that claim the same host in the same namespace scope.
+
+    ``resources`` hold each resource once (its last definition); a VirtualService naming the host
+    twice (``reviews`` and its FQDN) counts once, so each is listed and reported once per host.
+    """
+    claims: dict[tuple[str, str], dict[str, Resource]] = {}
     for resource in resources:
         if resource.kind != "VirtualService":
             continue
@@ -2373,20 +2520,20 @@ def _conflicting_mesh_virtual_services(resources: Sequence[Resource], mesh: _Mes
         # Only VirtualServices seen by the same namespaces conflict.
         exported = ",".join(sorted({resource.namespace if entry == hostrules.EXPORT_PRIVATE else entry
                                     for entry in hostrules.export_to(resource)}))
-        for host in sorted(set(_strings(resource.spec.get("hosts")))):
+        for host in _strings(resource.spec.get("hosts")):
             key = (mesh.resolve(host, resource.namespace), exported)
-            claims.setdefault(key, []).append(resource)
+            claims.setdefault(key, {})[f"{resource.namespace}/{resource.name}"] = resource
     diagnostics = []
-    for (host, _), claimants in claims.items():
+    for (host, _), claimants in sorted(claims.items()):
         if len(claimants) < 2:
             continue
-        names = ",".join(sorted(f"{r.namespace}/{r.name}" for r in claimants))
-        for resource in claimants:
+        names = ",".join(sorted(claimants))
+        for resource in claimants.values():
             diagnostics.append(Diagnostic(
-                WARNING, resource.ref, "spec.hosts",
-                f"IST0109 The VirtualServices {names} associated with mesh gateway define the same host {host} which "
+                ERROR, resource.ref, "spec.hosts",
+                f"The VirtualServices {names} associated with mesh gateway define the same host {host} which "
                 "can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a "
-                "single resource.", resource.source))
+                "single resource.", resource.source, IST_CONFLICTING_MESH_GATEWAY_HOSTS))
     return diagnostics
 
 
@@ -2399,7 +2546,7 @@ def _duplicate_resources(resources: Sequence[Resource]) -> list[Diagnostic]:
             diagnostics.append(Diagnostic(
                 WARNING, resource.ref, "metadata.name",
                 f"defined more than once (also at {first_seen[key].source}); the last definition wins",
-                resource.source))
+                resource.source, TULLE_DUPLICATE_RESOURCE))
         else:
             first_seen[key] = resource
     return diagnostics
