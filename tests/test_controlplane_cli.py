@@ -488,7 +488,7 @@ def test_analyze_warnings_pass_unless_the_failure_threshold_says_otherwise(
         "  - route:\n    - destination: {host: reviews, subset: v1}",
         "  - route:\n    - destination: {host: reviews, subset: v1}\n  - route:\n    - destination: {host: reviews}")
     path = write(tmp_path, twice)
-    code, out, err = run(capsys, None, "analyze", "-f", str(path))
+    code, out, err = run(capsys, None, "analyze", "-f", str(path), "-o", "log")
     assert code == 0 and err == ""
     assert out.splitlines() == [f"Warning [IST0130] (VirtualService default/reviews {path}:10) VirtualService rule #1 "
                                 "not used (only the last rule can have no matches)."]

@@ -594,7 +594,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     threshold = ANALYSIS_LEVELS.index(args.failure_threshold)
     found_issues = any(m.get("code") and ANALYSIS_LEVELS.index(m["level"]) >= threshold for m in messages)
     unreadable = sum(1 for m in messages if not m.get("code"))
-    if args.output:
+    if args.output in ("json", "yaml"):
         sys.stdout.write(dump(messages, args.output))
     else:
         for message in messages:
@@ -1113,8 +1113,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("--ignore-not-found", action="store_true", help="a missing resource is not an error")
     delete.set_defaults(func=_runner("delete", run_delete))
 
-    analyze = subparsers.add_parser("analyze", parents=[output, namespace],
+    analyze = subparsers.add_parser("analyze", parents=[namespace],
                                     help="validate Istio files offline, like istioctl analyze")
+    analyze.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log",
+                         help="one line per message (log, the default), or istioctl's JSON/YAML messages")
     analyze.add_argument("files", metavar="FILE", nargs="*", help="files or directories to analyze")
     analyze.add_argument("-f", "--filename", action="extend", nargs="+", metavar="FILE|DIR|-",
                          help="files or directories to analyze, - for stdin (repeatable)")
