@@ -593,7 +593,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                 for d in [*loaded.diagnostics, *validation.analyze(loaded.resources)]]
     threshold = ANALYSIS_LEVELS.index(args.failure_threshold)
     found_issues = any(m.get("code") and ANALYSIS_LEVELS.index(m["level"]) >= threshold for m in messages)
-    unreadable = sum(1 for m in messages if not m.get("code"))
+    unreadable = sum(1 for m in messages if not m.get("code") and m["level"] == "Error")
     if args.output in ("json", "yaml"):
         sys.stdout.write(dump(messages, args.output))
     else:
