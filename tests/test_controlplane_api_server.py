@@ -350,7 +350,10 @@ def test_invalid_service_requests() -> None:
         bad_version = ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n"
                        "spec: {ports: [{name: http, port: 80}]}\n")
         errors = (await (await client.post("/apis/v1/resources", data=bad_version, headers=YAML)).json())["errors"]
-        assert [e["field"] for e in errors] == ["apiVersion"]
+        # A Kubernetes Service: one message, the one `tulle analyze` gives (istio.kinds.check_kind).
+        assert [(e["field"], e["message"]) for e in errors] == [
+            ("kind", "Service (v1) is a Kubernetes kind Tulle does not read: register services with "
+                     "`tulle register service` or use a ServiceEntry")]
 
     run(api, scenario)
     assert api.store.list() == []

@@ -37,6 +37,14 @@ DEFAULT_NAMESPACE = "default"
 REQUEST_TIMEOUT_S = 30.0
 DEFAULT_TTL_S = 30.0  # the registry's default lease (docs/control-plane.md, "Store and registry")
 STDIN_SOURCE = "<stdin>"
+# `tulle analyze` exits as `istioctl analyze` does (istioctl/pkg/root: ExitAnalyzerFoundIssues for
+# AnalyzerFoundIssuesError, ExitDataError for FileParseError).
+EXIT_ANALYZER_FOUND_ISSUES = 79
+EXIT_FILE_PARSE_ERROR = 65
+ANALYSIS_LEVELS = ("Info", "Warning", "Error")  # istioctl's levels, least severe first
+ANALYSIS_DOCS = "https://istio.io/latest/docs/reference/config/analysis"
+# The webhook's own findings: `tulle apply` shows them as kubectl shows webhook answers, without a code.
+WEBHOOK_CODES = ("IST0106", "IST0133")
 
 # Patched by tests to end a heartbeat loop deterministically (a KeyboardInterrupt stands in for Ctrl-C).
 _sleep: Callable[[float], None] = time.sleep
@@ -285,30 +293,37 @@ def age(value: Any, now: float | None = None) -> str:
 
 
 def print_diagnostics(diagnostics: Iterable[dict[str, Any]], stream: Any) -> tuple[int, int]:
-    """Errors as ``file#doc: Kind ns/name: field: message``; warnings prefixed ``Warning:``."""
+    """Errors as ``file#doc: Kind ns/name: field: message``; warnings prefixed ``Warning:``, info ``Info:``.
+
+    An analyzer's message (IST0101, TUL0001, ...) shows its code before the message.
+    """
     errors = warnings = 0
     for diagnostic in diagnostics:
         line = diagnostic_text(diagnostic)
-        if diagnostic.get("level") == "warning":
-            warnings += 1
-            print(f"Warning: {line}", file=stream)
-        else:
+        level = diagnostic.get("level")
+        if level == "error":
             errors += 1
             print(line, file=stream)
+        else:
+            warnings += 1
+            print(f"{'Info' if level == 'info' else 'Warning'}: {line}", file=stream)
     return errors, warnings
 
 
 def diagnostic_text(diagnostic: dict[str, Any]) -> str:
-    """``Diagnostic.__str__`` for the JSON form the HTTP API sends."""
+    """``Diagnostic.__str__`` for the JSON form the HTTP API sends, with an analyzer's code."""
     where = ": ".join(str(diagnostic.get(key) or "") for key in ("source", "resource", "field")
                       if diagnostic.get(key))
     message = str(diagnostic.get("message") or "")
+    code = str(diagnostic.get("code") or "")
+    if code and code not in WEBHOOK_CODES:
+        message = f"[{code}] {message}"
     return f"{where}: {message}" if where else message
 
 
 def diagnostic_dict(diagnostic: Any) -> dict[str, Any]:
     return {"level": diagnostic.level, "resource": diagnostic.resource, "field": diagnostic.field,
-            "message": diagnostic.message, "source": diagnostic.source}
+            "message": diagnostic.message, "source": diagnostic.source, "code": diagnostic.code}
 
 
 def ref_text(ref: Any) -> str:
@@ -328,8 +343,11 @@ class LoadedFiles:
     diagnostics: list[Any]  # model.Diagnostic
 
 
-def load_inputs(paths: Sequence[str], default_namespace: str) -> LoadedFiles:
-    """Files, directories (their *.yaml/*.yml/*.json) and "-" for stdin, in the order given."""
+def load_inputs(paths: Sequence[str], default_namespace: str, positions: bool = False) -> LoadedFiles:
+    """Files, directories (their *.yaml/*.yml/*.json) and "-" for stdin, in the order given.
+
+    ``positions``: record the line of every field, for messages that point at lines.
+    """
     try:
         from tulle.controlplane.istio import documents
     except ImportError as error:  # pragma: no cover - only while the istio package is being written
@@ -337,9 +355,10 @@ def load_inputs(paths: Sequence[str], default_namespace: str) -> LoadedFiles:
     loaded = LoadedFiles([], [])
     for path in paths:
         if path == "-":
-            resources, diagnostics = documents.load_documents(sys.stdin.read(), STDIN_SOURCE, default_namespace)
+            resources, diagnostics = documents.load_documents(sys.stdin.read(), STDIN_SOURCE, default_namespace,
+                                                              positions)
         else:
-            resources, diagnostics = documents.load_files([path], default_namespace)
+            resources, diagnostics = documents.load_files([path], default_namespace, positions)
         loaded.resources.extend(resources)
         loaded.diagnostics.extend(diagnostics)
     return loaded
@@ -573,28 +592,83 @@ def _delete_each(client: ControlPlaneClient, targets: list[tuple[str, str]], ign
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    """``istioctl analyze`` on files: messages on stdout, one a line; the verdict on stderr.
+
+    Exit codes as istioctl's: 79 when a message reaches --failure-threshold (Error by default),
+    else 65 when a document could not be read (invalid YAML, a kind Tulle does not read), else
+    0. istioctl exits 0 with ``-o json``/``yaml`` whatever it finds (istio/istio#35054, a bug);
+    Tulle exits the same way for every format.
+    """
     paths = [*(args.filename or []), *args.files]
     if not paths:
         raise CommandError("give the files to analyze: tulle analyze -f FILE|DIR|- ...")
-    loaded = load_inputs(paths, args.namespace or DEFAULT_NAMESPACE)
+    loaded = load_inputs(paths, args.namespace or DEFAULT_NAMESPACE, positions=True)
     try:
-        from tulle.controlplane.istio import validation
+        from tulle.controlplane.istio import documents, validation
     except ImportError as error:  # pragma: no cover - only while validation is being written
         raise CommandError(f"analysis is not available in this build ({error})") from None
-    findings = [diagnostic_dict(d) for d in [*loaded.diagnostics, *validation.analyze(loaded.resources)]]
-    errors = sum(1 for finding in findings if finding["level"] != "warning")
-    if args.output:
-        sys.stdout.write(dump({"diagnostics": findings}, args.output))
-        return 1 if errors else 0
-    for finding in findings:
-        level = "Warning" if finding["level"] == "warning" else "Error"
-        print(f"{level}: {diagnostic_text(finding)}")
-    if not findings:
-        print(f"No validation issues found in {_count(len(loaded.resources), 'resource')}.")
+    by_ref = {resource.ref: resource for resource in loaded.resources}
+    messages = [analysis_message(d, by_ref.get(d.resource), documents.field_line)
+                for d in [*loaded.diagnostics, *validation.analyze(loaded.resources)]]
+    threshold = ANALYSIS_LEVELS.index(args.failure_threshold)
+    found_issues = any(m.get("code") and ANALYSIS_LEVELS.index(m["level"]) >= threshold for m in messages)
+    unreadable = sum(1 for m in messages if not m.get("code") and m["level"] == "Error")
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(dump(messages, args.output))
     else:
-        print(f"{_count(errors, 'error')}, {_count(len(findings) - errors, 'warning')} "
-              f"in {_count(len(loaded.resources), 'resource')}.", file=sys.stderr)
-    return 1 if errors else 0
+        for message in messages:
+            print(analysis_line(message))
+    target = ", ".join(paths)
+    if not messages:
+        print(f"\u2714 No validation issues found when analyzing {target}.", file=sys.stderr)
+    if found_issues:
+        print(f"Error: Analyzers found issues when analyzing {target}.\nSee {ANALYSIS_DOCS} for more information "
+              "about causes and resolutions.", file=sys.stderr)
+        return EXIT_ANALYZER_FOUND_ISSUES
+    if unreadable:
+        print(f"Error: {_count(unreadable, 'document')} could not be read.", file=sys.stderr)
+        return EXIT_FILE_PARSE_ERROR
+    return 0
+
+
+def analysis_message(diagnostic: Any, resource: Any, field_line: Callable[[Any, str], int | None]) -> dict[str, Any]:
+    """A finding in istioctl's JSON form (code, level, origin, reference, message, documentationUrl),
+    plus Tulle's field path. The reference is ``file:line`` of the field when the line is known."""
+    source = diagnostic.source or ""
+    line = field_line(resource, diagnostic.field) if resource is not None else None
+    message: dict[str, Any] = {}
+    if diagnostic.code:
+        message["code"] = diagnostic.code
+    message["level"] = diagnostic.level.capitalize()
+    if diagnostic.resource:
+        message["origin"] = diagnostic.resource
+    if source:
+        message["reference"] = f"{source.split('#')[0]}:{line}" if line else source
+    message["message"] = analysis_text(diagnostic)
+    if diagnostic.field:
+        message["field"] = diagnostic.field
+    if diagnostic.code.startswith("IST"):
+        message["documentationUrl"] = f"{ANALYSIS_DOCS}/{diagnostic.code.lower()}/?ref=tulle-analyze"
+    return message
+
+
+def analysis_text(diagnostic: Any) -> str:
+    """The message as istioctl words it: the webhook's findings wrapped as IST0106/IST0133 wrap them."""
+    where = f"{diagnostic.field}: " if diagnostic.field else ""
+    if diagnostic.code == "IST0106":
+        return f"Schema validation error: {where}{diagnostic.message}"
+    if diagnostic.code == "IST0133":
+        return f"Schema validation warning: {where}{diagnostic.message}"
+    if diagnostic.code.startswith("IST"):
+        return diagnostic.message  # the analyzer's own text; the reference points at the field
+    return f"{where}{diagnostic.message}"
+
+
+def analysis_line(message: dict[str, Any]) -> str:
+    """``Error [IST0101] (VirtualService default/reviews file.yaml:12) Referenced ...``, as istioctl prints."""
+    code = f" [{message['code']}]" if message.get("code") else ""
+    origin = " ".join(str(message[key]) for key in ("origin", "reference") if message.get(key))
+    return f"{message['level']}{code}{f' ({origin})' if origin else ''} {message['message']}"
 
 
 def _count(number: int, noun: str) -> str:
@@ -1059,11 +1133,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("--ignore-not-found", action="store_true", help="a missing resource is not an error")
     delete.set_defaults(func=_runner("delete", run_delete))
 
-    analyze = subparsers.add_parser("analyze", parents=[output, namespace],
+    analyze = subparsers.add_parser("analyze", parents=[namespace],
                                     help="validate Istio files offline, like istioctl analyze")
+    analyze.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log",
+                         help="one line per message (log, the default), or istioctl's JSON/YAML messages")
     analyze.add_argument("files", metavar="FILE", nargs="*", help="files or directories to analyze")
     analyze.add_argument("-f", "--filename", action="extend", nargs="+", metavar="FILE|DIR|-",
                          help="files or directories to analyze, - for stdin (repeatable)")
+    analyze.add_argument("--failure-threshold", type=str.capitalize, choices=ANALYSIS_LEVELS, default="Error",
+                         help="the level of message that makes the exit code non-zero (default Error, as istioctl)")
     analyze.set_defaults(func=_offline_runner("analyze", run_analyze))
 
     status = subparsers.add_parser("proxy-status", aliases=["ps"], parents=[remote, output],

@@ -27,7 +27,7 @@ from typing import Any
 
 from tulle.controlplane import api_token
 from tulle.controlplane.api.server import ApiServer
-from tulle.controlplane.istio.validation import analyze
+from tulle.controlplane.istio.validation import review
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource
 from tulle.controlplane.push import MeshTranslator
 from tulle.controlplane.registry.registry import Registry
@@ -288,7 +288,7 @@ class ControlPlane:
     # --- hooks from the HTTP API ----------------------------------------------------------------
     def _validate(self, resources: list[Resource]) -> list[Any]:
         known = {service.hostname for service in self.registry.services()}
-        return analyze(resources, known_services=known, domain_suffix=self.domain_suffix)
+        return review(resources, known_services=known, domain_suffix=self.domain_suffix)
 
     def _xds_status(self) -> dict[str, Any]:
         """The API's proxy-status shape (docs/control-plane.md) from the cache's node status."""

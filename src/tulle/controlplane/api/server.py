@@ -28,7 +28,6 @@ from tulle.controlplane.istio.documents import load_documents
 from tulle.controlplane.istio.kinds import NETWORKING_KINDS, check_kind
 from tulle.controlplane.model import Diagnostic, Resource, Service
 from tulle.controlplane.registry.registry import (
-    SERVICE_API_VERSION,
     SERVICE_KIND,
     Lease,
     Registry,
@@ -70,7 +69,7 @@ def resource_to_json(resource: Resource, generation: int = 0) -> dict[str, Any]:
 
 def diagnostic_to_json(diagnostic: Diagnostic) -> dict[str, str]:
     return {"level": diagnostic.level, "resource": diagnostic.resource, "field": diagnostic.field,
-            "message": diagnostic.message, "source": diagnostic.source}
+            "message": diagnostic.message, "source": diagnostic.source, "code": diagnostic.code}
 
 
 def service_to_json(service: Service) -> dict[str, Any]:
@@ -426,15 +425,11 @@ def _as_document_stream(text: str) -> str:
 def _kind_errors(resources: list[Resource]) -> list[Diagnostic]:
     errors: list[Diagnostic] = []
     for resource in resources:
-        if resource.kind == SERVICE_KIND:
-            errors.extend(validate_service(resource))
-            continue
-        problem = check_kind(resource.kind, resource.api_version)
+        problem = check_kind(resource.kind, resource.api_version)  # the judgement `tulle analyze` makes too
         if problem is not None:
-            field, message = problem
-            if field == "kind":
-                message = f"{message}; or {SERVICE_KIND} ({SERVICE_API_VERSION}) for the registry"
-            errors.append(Diagnostic("error", resource.ref, field, message, resource.source))
+            errors.append(Diagnostic("error", resource.ref, *problem, resource.source))
+        elif resource.kind == SERVICE_KIND:
+            errors.extend(validate_service(resource))
     return errors
 
 
