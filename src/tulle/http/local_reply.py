@@ -28,8 +28,9 @@ BY_FLAG: dict[str, tuple[int, bytes, str]] = {
         b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
         "upstream_reset_before_response_started{remote_reset}",
     ),
+    # Envoy's router answers an upstream protocol error (a response it cannot parse) 502, not 503
     flags.UPSTREAM_PROTOCOL_ERROR: (
-        503,
+        502,
         b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
         "upstream_reset_before_response_started{protocol_error}",
     ),
