@@ -322,8 +322,11 @@ def test_server_name_is_configurable(tmp_path: Path, echo_port: int) -> None:
 def test_absolute_form_target_sets_authority_and_path(tmp_path: Path, echo_port: int) -> None:
     with echo_proxy(tmp_path, echo_port) as (_, port), Client(port) as client:
         echo = client.request("GET", "http://other.example:8080/abs?x=1", host="ignored.example").json()
-    assert echo["path"] == "/abs?x=1"
-    assert echo["headers"]["host"] == "other.example:8080"
+        assert echo["path"] == "/abs?x=1"
+        assert echo["headers"]["host"] == "other.example:8080"
+        # RFC 9112 section 3.2.2: the target's authority replaces Host, whatever Host said (Envoy too)
+        echo = client.request("GET", "http://other.example/abs", host="not a host").json()
+        assert echo["headers"]["host"] == "other.example"
 
 
 def test_merge_slashes(tmp_path: Path, echo_port: int) -> None:
@@ -335,45 +338,86 @@ def test_merge_slashes(tmp_path: Path, echo_port: int) -> None:
 
 
 def test_headers_over_max_request_headers_kb_get_431(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port, max_request_headers_kb=1) as (proxy, port):
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, max_request_headers_kb=1,
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port):
         assert get(port, "/small", [("x-fill", "a" * 500)]).status == 200
         with Client(port) as client:
             response = client.request("GET", "/big", [("x-fill", "a" * 2000)])
-            assert response.status == 431
+            assert (response.status, response.body) == (431, b"Request Header Fields Too Large")
             assert client.closed_by_peer()
+        assert read_lines(log_path, 2)[1] == "431 DPE http1.headers_too_large"
         stats = proxy.stats()
     assert stats["http.ingress.downstream_rq_4xx"] == 1
 
 
 def test_too_many_headers_get_431(tmp_path: Path, echo_port: int) -> None:
+    log_path = tmp_path / "access.log"
     limits = {"max_headers_count": 10}
-    with echo_proxy(tmp_path, echo_port, common_http_protocol_options=limits) as (_, port):
+    with echo_proxy(tmp_path, echo_port, common_http_protocol_options=limits,
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (_, port):
         assert get(port, "/few", [(f"x-h{i}", "v") for i in range(5)]).status == 200
         with Client(port) as client:
             response = client.request("GET", "/many", [(f"x-h{i}", "v") for i in range(20)])
             assert response.status == 431
             assert client.closed_by_peer()
+        assert read_lines(log_path, 2)[1] == "431 DPE http1.too_many_headers"
 
 
-@pytest.mark.parametrize("payload", [
-    b"GET / HTTP/1.1\r\nhost: a\r\nthis is not a header\r\n\r\n",
-    b"NOT HTTP AT ALL\r\n\r\n",
-    b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello",
+DETAILS_LOG = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+
+
+@pytest.mark.parametrize(("payload", "details"), [
+    (b"GET / HTTP/1.1\r\nhost: a\r\nthis is not a header\r\n\r\n", "http1.codec_error"),
+    (b"NOT HTTP AT ALL\r\n\r\n", "http1.codec_error"),
+    # duplicated Content-Length with different values: a smuggling vector, refused by the codec
+    (b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello", "http1.codec_error"),
+    # RFC 9112 section 3.2: more than one Host line, even with the same value, is a 400
+    (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n", "http.invalid_authority"),
+    (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: a.example\r\n\r\n", "http.invalid_authority"),
+    (b"GET http://a.example/x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n",
+     "http.invalid_authority"),
+    # a Host (or absolute-form authority) with characters Envoy's authority check refuses
+    (b"GET / HTTP/1.1\r\nhost: a.example b\r\n\r\n", "http.invalid_authority"),
+    (b"GET / HTTP/1.1\r\nhost: a.example/evil\r\n\r\n", "http.invalid_authority"),
+    (b"GET http://a.example?x=1 HTTP/1.1\r\nhost: a.example\r\n\r\n", "http.invalid_authority"),
 ])
-def test_malformed_request_gets_400_and_close(tmp_path: Path, echo_port: int, payload: bytes) -> None:
-    with echo_proxy(tmp_path, echo_port) as (proxy, port), Client(port) as client:
+def test_malformed_request_gets_400_and_close(tmp_path: Path, echo_port: int, payload: bytes, details: str) -> None:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port), \
+            Client(port) as client:
         client.send(payload)
         response = client.response()
-        assert response.status == 400
+        # Envoy's codec error reply (sendProtocolError): the reason phrase as a text body, then close
+        assert (response.status, response.body) == (400, b"Bad Request")
+        assert response.header("content-type") == "text/plain"
+        assert response.header("connection") == "close"
         assert client.closed_by_peer()
+        assert read_lines(log_path, 1) == [f"400 DPE {details}"]
         stats = proxy.stats()
     assert stats["http.ingress.downstream_cx_protocol_error"] == 1
+    assert stats["http.ingress.downstream_rq_total"] == 1  # Envoy's codec made a stream of it
+    assert stats["http.ingress.downstream_rq_4xx"] == 1
     assert stats.get("cluster.backend.upstream_rq_total", 0) == 0
 
 
-def test_missing_host_on_http11_gets_400(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port) as (_, port), Client(port) as client:
-        assert client.request("GET", "/nohost", host=None).status == 400
+def test_a_host_with_every_character_envoy_allows_is_served(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port) as (_, port):
+        for host in ("a.example:8080", "[::1]:80", "user@a.example", "x-y_z~!$&'()*+,;=%41"):
+            response = get(port, "/ok", host=host)
+            assert response.status == 200, host
+            assert response.json()["headers"]["host"] == host
+
+
+def test_missing_or_empty_host_on_http11_gets_400(tmp_path: Path, echo_port: int) -> None:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, DETAILS_LOG)) as (_, port):
+        for host in (None, ""):
+            with Client(port) as client:
+                response = client.request("GET", "/nohost", host=host)
+                # the connection manager's own reply (Envoy's decodeHeaders): no body, no DPE
+                assert (response.status, response.body) == (400, b"")
+        assert read_lines(log_path, 2) == ["400 - missing_host_header"] * 2
 
 
 # --------------------------------------------------------------------------- timeouts and disconnects
