@@ -9,6 +9,7 @@ and the HCM timeouts. Upstream-side behaviour lives in the router and pool tests
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from backends import (
     Client,
+    Message,
     ProxyContext,
     RawBackend,
     chunked_body,
@@ -424,12 +426,15 @@ def test_missing_or_empty_host_on_http11_gets_400(tmp_path: Path, echo_port: int
 
 
 def test_request_timeout_answers_408_when_the_body_stalls(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port, request_timeout="0.3s") as (proxy, port), Client(port) as client:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, request_timeout="0.3s",
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port), Client(port) as client:
         client.send(encode_request("POST", "/stall", [("content-length", "100")]) + b"only part")
         response = client.response()
         assert (response.status, response.body) == (408, b"request timeout")
         assert client.closed_by_peer()
         assert proxy.stats()["http.ingress.downstream_rq_timeout"] == 1
+        assert read_lines(log_path, 1) == ["408 - request_overall_timeout"]  # Envoy sets no flag (not DT)
 
 
 def test_stream_idle_timeout_answers_408(tmp_path: Path, echo_port: int) -> None:
@@ -458,6 +463,125 @@ def test_request_timeout_stops_once_the_request_is_received(tmp_path: Path, echo
         response = client.request("POST", "/delay/700", body=b"complete")
         assert (response.status, response.body) == (200, b"delayed\n")
         assert proxy.stats()["http.ingress.downstream_rq_timeout"] == 0
+
+
+class Trickle:
+    """A client that sends a request head one byte at a time and never finishes it (a slowloris),
+    until the proxy answers or closes. The pace only makes the client slow; nothing waits on it."""
+
+    HEAD = b"GET /slow HTTP/1.1\r\nhost: example.com\r\nx-slow: "
+
+    def __init__(self, client: Client, pace: float = 0.02) -> None:
+        self.client = client
+        self.pace = pace
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        index = 0
+        while not self.stop.is_set():
+            byte = self.HEAD[index:index + 1] or b"a"  # the header value never ends
+            try:
+                self.client.send(byte)
+            except OSError:
+                return  # the proxy closed: done
+            index += 1
+            self.sent += 1
+            self.stop.wait(self.pace)
+
+    def __enter__(self) -> Trickle:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def slow_head_reply(tmp_path: Path, echo_port: int, **hcm: object) -> tuple[Message, list[str], dict[str, int]]:
+    """Trickle a head that never completes: the reply, its access log line and the stats."""
+    log_path = tmp_path / "access.log"
+    log_format = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, log_format), **hcm) as (proxy, port), \
+            Client(port) as client:
+        with Trickle(client) as trickle:
+            response = client.response()  # while the head is still arriving
+            assert trickle.sent < 200  # it was cut off, long before the head could have grown large
+        assert client.closed_by_peer()
+        lines = read_lines(log_path, 1)
+        stats = proxy.stats()
+    assert response.header("connection") == "close"
+    assert stats["http.ingress.downstream_rq_total"] == 1 and stats["http.ingress.downstream_rq_4xx"] == 1
+    assert stats.get("http.ingress.downstream_cx_idle_timeout", 0) == 0
+    assert stats.get("cluster.backend.upstream_rq_total", 0) == 0
+    return response, lines, stats
+
+
+def test_request_headers_timeout_cuts_off_a_head_that_keeps_trickling(tmp_path: Path, echo_port: int) -> None:
+    # Envoy's onRequestHeaderTimeout: from the head's first byte; the bytes that follow do not restart it
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, request_headers_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"request header timeout")
+    assert lines == ["- 408 - request_header_timeout"]
+    assert stats["http.ingress.downstream_rq_header_timeout"] == 1
+
+
+def test_request_timeout_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, request_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"request timeout")
+    assert lines == ["- 408 - request_overall_timeout"]  # Envoy's onRequestTimeout sets no flag
+    assert stats["http.ingress.downstream_rq_timeout"] == 1
+
+
+def test_stream_idle_timeout_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, stream_idle_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"stream timeout")
+    assert lines == ["- 408 SI stream_idle_timeout"]
+    assert stats["http.ingress.downstream_rq_idle_timeout"] == 1
+
+
+def test_max_stream_duration_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(
+        tmp_path, echo_port, common_http_protocol_options={"max_stream_duration": "0.3s"})
+    assert (response.status, response.body) == (408, b"downstream duration timeout")
+    assert lines == ["- 408 - max_duration_timeout"]
+    assert stats["http.ingress.downstream_rq_max_duration_reached"] == 1
+
+
+def test_the_shortest_head_timeout_answers(tmp_path: Path, echo_port: int) -> None:
+    response, _, stats = slow_head_reply(tmp_path, echo_port, request_headers_timeout="0.3s",
+                                         request_timeout="60s", stream_idle_timeout="60s")
+    assert response.body == b"request header timeout"
+    assert stats.get("http.ingress.downstream_rq_timeout", 0) == 0
+
+
+def test_the_idle_timeout_leaves_a_partial_head_to_the_stream_timeouts(tmp_path: Path, echo_port: int) -> None:
+    # Envoy disables the connection idle timer once its codec made a stream (the head's first byte)
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.6s", stream_idle_timeout="0s",
+                    common_http_protocol_options={"idle_timeout": "0.1s"},
+                    access_log=file_access_log(log_path, "%RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n")) as (
+                        proxy, port), Client(port) as client:
+        client.send(b"GET /partial HTTP/1.1\r\nhost: exa")  # and nothing more
+        response = client.response()
+        assert (response.status, response.body) == (408, b"request header timeout")
+        assert client.closed_by_peer()
+        assert read_lines(log_path, 1) == ["408 request_header_timeout"]
+        stats = proxy.stats()
+    assert stats.get("http.ingress.downstream_cx_idle_timeout", 0) == 0
+
+
+def test_a_head_sent_byte_by_byte_in_time_is_served_and_its_timer_stops_with_it(
+        tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.3s") as (proxy, port), Client(port) as client:
+        for byte in encode_request("GET", "/delay/700"):
+            client.send(bytes([byte]))
+        # the upstream takes longer than the header timeout: the head was complete, so it does not apply
+        response = client.response()
+        assert (response.status, response.body) == (200, b"delayed\n")
+        assert client.request("GET", "/again").status == 200  # and the connection stays usable
+        stats = proxy.stats()
+    assert stats.get("http.ingress.downstream_rq_header_timeout", 0) == 0
 
 
 def test_idle_timeout_closes_an_idle_client_connection(tmp_path: Path, echo_port: int) -> None:

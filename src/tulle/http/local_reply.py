@@ -41,5 +41,4 @@ BY_FLAG: dict[str, tuple[int, bytes, str]] = {
     ),
     flags.UPSTREAM_REQUEST_TIMEOUT: (504, b"upstream request timeout", "upstream_response_timeout"),
     flags.STREAM_IDLE_TIMEOUT: (408, b"stream timeout", "stream_idle_timeout"),
-    flags.DURATION_TIMEOUT: (408, b"request timeout", "request_overall_timeout"),
 }

@@ -372,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
         "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
         "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
         "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-        "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed",
+        "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed", "head_started",
     )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
@@ -387,6 +387,9 @@ class HttpConnection(asyncio.Protocol):
         self.header_list: list[tuple[str, str]] = []
         self.header_bytes = 0
         self.in_head = False
+        # monotonic time of the first byte of a request head still incomplete after a read (0: none):
+        # where Envoy's stream for it started, and its head timeouts with it
+        self.head_started = 0.0
         self.parse_failed = False
         self.read_disabled = 0
         self.close_when_done = False
@@ -433,6 +436,8 @@ class HttpConnection(asyncio.Protocol):
             if self.in_head:
                 # llhttp buffers a header until it is complete: bound the head per read instead of
                 # counting in every header callback (the callbacks are the hot path).
+                if not self.header_bytes:
+                    self._head_pending()
                 self.header_bytes += len(data)
                 if self.header_bytes > self.config.max_request_headers_bytes:
                     raise HeadersTooLarge
@@ -509,6 +514,7 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         config = self.config
         self.in_head = False
+        head_started = self.head_started
         raw = self.header_list
         if len(raw) > config.max_headers_count:
             raise HeadersTooLarge("http1.too_many_headers")
@@ -572,6 +578,10 @@ class HttpConnection(asyncio.Protocol):
         if config.merge_slashes and "//" in target:
             target = _merge_slashes(target)
         info = StreamInfo(self.remote_str, self.local_str)
+        if head_started:
+            self.head_started = 0.0
+            if not self.streams:
+                _start_stream_at(info, head_started)  # a head that took several reads: its first byte
         info.protocol = "HTTP/1.0" if http10 else "HTTP/1.1"
         headers = HeaderMap.of([(":method", method), (":path", target), (":authority", authority or ""),
                                 (":scheme", "http")] + rest)
@@ -732,6 +742,11 @@ class HttpConnection(asyncio.Protocol):
                 self.read_disable(False)
             nxt.dispatch()
         if not streams:
+            if self.in_head:
+                # the next request's head was read meanwhile: Envoy's codec makes its stream now
+                self.head_started = _monotonic()
+                self.watch_deadline(self._next_deadline())
+                return
             idle = self.config.idle_timeout
             # re-arm only if the armed timer would fire after the idle deadline (or none is armed)
             if self.timer is None or (idle and self.timer_when > self.last_activity + idle):
@@ -779,7 +794,7 @@ class HttpConnection(asyncio.Protocol):
         """A stream for a request whose head never became one (malformed, or cut off by a timeout):
         Envoy's codec created the stream on the request's first byte, so it counts as a request."""
         info = StreamInfo(self.remote_str, self.local_str)
-        headers = HeaderMap([(":method", ""), (":path", ""), (":authority", "")])
+        headers = HeaderMap()  # no request headers: access logs print "-" for them, as Envoy's
         stream = ActiveStream(self, headers, info)
         info.request_headers = headers
         stats = self.config.stats
@@ -788,6 +803,42 @@ class HttpConnection(asyncio.Protocol):
         stats.downstream_rq_active.value += 1
         self.streams.append(stream)
         return stream
+
+    # --- a request head arriving over several reads ------------------------
+    def _head_pending(self) -> None:
+        """A request head is still incomplete after the read it began in. Envoy's codec made its
+        stream at the first byte: the connection idle timeout stops and the stream's own timeouts
+        (request headers, request, stream idle, stream duration) run from that byte. Reached only
+        when a head spans reads, so a request that arrives whole pays nothing for it."""
+        self.head_started = _monotonic()
+        head_timeout = self.config.head_timeout
+        if head_timeout and not self.streams:
+            self.watch_deadline(self.last_activity + head_timeout)
+
+    def _head_timed_out(self) -> None:
+        """The shortest head timeout ran out before the head was complete: 408 as Envoy's stream
+        answers it (remote not complete), then the connection closes; nothing more is read."""
+        config = self.config
+        stats = config.stats
+        started = self.head_started
+        self.head_started = 0.0
+        self.parse_failed = True
+        stream = self._stream_without_head()
+        _start_stream_at(stream.info, started)
+        stream.keep_alive = False
+        kind = config.head_timeout_kind
+        if kind == "request_headers":
+            stats.downstream_rq_header_timeout.value += 1
+            stream.send_local_reply("", status=408, body=b"request header timeout", details="request_header_timeout")
+        elif kind == "request":
+            stats.downstream_rq_timeout.value += 1
+            stream.send_local_reply("", status=408, body=b"request timeout", details="request_overall_timeout")
+        elif kind == "stream_idle":
+            stats.downstream_rq_idle_timeout.value += 1
+            stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=408)
+        else:
+            stats.downstream_rq_max_duration_reached.value += 1
+            stream.send_local_reply("", status=408, body=b"downstream duration timeout", details="max_duration_timeout")
 
     def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         stream = self.streams[-1] if self.streams else None
@@ -879,6 +930,9 @@ class HttpConnection(asyncio.Protocol):
             if config.request_timeout and not stream.request_complete:
                 candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
                                   + config.request_timeout)
+        elif self.head_started:
+            if config.head_timeout:  # a head is arriving: its stream's clocks, not the idle timeout
+                candidates.append(self.head_started - _monotonic() + self.loop.time() + config.head_timeout)
         elif config.idle_timeout:
             candidates.append(self.last_activity + config.idle_timeout)
         return min(candidates) if candidates else 0.0
@@ -901,7 +955,8 @@ class HttpConnection(asyncio.Protocol):
                     _monotonic() - stream.info.start_monotonic >= config.request_timeout):
                 config.stats.downstream_rq_timeout.value += 1
                 stream.keep_alive = False
-                stream.send_local_reply(flags.DURATION_TIMEOUT)
+                # Envoy's onRequestTimeout: 408 (the request is incomplete), no response flag
+                stream.send_local_reply("", status=408, body=b"request timeout", details="request_overall_timeout")
             elif stream.duration_deadline and now >= stream.duration_deadline:
                 # max_stream_duration: Envoy answers 408 while the request arrives, else 504 (no flag)
                 config.stats.downstream_rq_max_duration_reached.value += 1
@@ -914,12 +969,22 @@ class HttpConnection(asyncio.Protocol):
                 stream.keep_alive = False
                 # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
                 stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=504 if stream.request_complete else 0)
+        elif self.head_started:
+            if config.head_timeout and _monotonic() - self.head_started >= config.head_timeout:
+                self._head_timed_out()
+                return
         elif config.idle_timeout and now - self.last_activity >= config.idle_timeout:
             config.stats.downstream_cx_idle_timeout.value += 1
             self.close_when_done = True
             self.close_transport()
             return
         self._arm_timer(self._next_deadline())
+
+
+def _start_stream_at(info: StreamInfo, started: float) -> None:
+    """Date ``info`` back to ``started`` (monotonic): the first byte of its request's head."""
+    info.start_time -= _monotonic() - started
+    info.start_monotonic = started
 
 
 def _merge_slashes(target: str) -> str:
