@@ -571,6 +571,21 @@ def test_the_idle_timeout_leaves_a_partial_head_to_the_stream_timeouts(tmp_path:
     assert stats.get("http.ingress.downstream_cx_idle_timeout", 0) == 0
 
 
+def test_a_partial_head_pipelined_behind_a_request_is_timed_once_that_request_ends(
+        tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.2s") as (proxy, port), Client(port) as client:
+        # the first request outlives the header timeout; the second head's clock starts after it (Envoy)
+        client.send(encode_request("GET", "/delay/400") + b"GET /second HTTP/1.1\r\nhost: exa")
+        first = client.response()
+        assert (first.status, first.body) == (200, b"delayed\n")
+        second = client.response()
+        assert (second.status, second.body) == (408, b"request header timeout")
+        assert client.closed_by_peer()
+        stats = proxy.stats()
+    assert stats["http.ingress.downstream_rq_header_timeout"] == 1
+    assert stats["http.ingress.downstream_rq_total"] == 2
+
+
 def test_a_head_sent_byte_by_byte_in_time_is_served_and_its_timer_stops_with_it(
         tmp_path: Path, echo_port: int) -> None:
     with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.3s") as (proxy, port), Client(port) as client:
