@@ -581,3 +581,29 @@ def test_initial_fetch_timeout_is_counted_and_logged(caplog: pytest.LogCaptureFi
     timeouts = sorted(r.getMessage() for r in caplog.records if "initial fetch" in r.getMessage())
     assert timeouts == ["xDS: initial fetch of clusters timed out after 0.05s (initial_fetch_timeout)",
                         "xDS: initial fetch of routes 'local' timed out after 0.05s (initial_fetch_timeout)"]
+
+
+def test_a_shared_route_subscription_keeps_its_stats_while_any_connection_manager_uses_it() -> None:
+    worker = _worker({"lds_config": {"ads": {}}})
+
+    async def scenario() -> None:
+        ads = ScriptedAds()
+        server, target = await _serve(ads)
+        ads.publish(LISTENER_TYPE, "l1", [rds_listener("a", 0, "shared", "a"), rds_listener("b", 0, "shared", "b")])
+        ads.publish(ROUTE_TYPE, "r1", [route_config("shared", "xds-grpc")])
+        client = _client(target, worker, wildcard={LISTENER_TYPE: 0.0})
+        task = _started(client)
+        try:
+            # the first connection manager using it names the subscription's stats, as in Envoy
+            await _eventually(lambda: _stat(worker, "http.a.rds.shared.update_success") == 1)
+            assert _stat(worker, "http.b.rds.shared.update_success") is None
+            ads.publish(LISTENER_TYPE, "l2", [rds_listener("b", 0, "shared", "b")])
+            await _eventually(lambda: _stat(worker, "listener_manager.lds.update_success") == 2)
+            ads.publish(ROUTE_TYPE, "r2", [route_config("shared", "xds-grpc", "second")])
+            await _eventually(lambda: _stat(worker, "http.a.rds.shared.update_success") == 2)
+            assert _stat(worker, "http.a.rds.shared.update_attempt") == 3  # never restarted
+            assert [r.resource_names for r in ads.requests if r.type_url == ROUTE_TYPE][0] == ["shared"]
+        finally:
+            await _shutdown(client, task, server)
+
+    asyncio.run(scenario())

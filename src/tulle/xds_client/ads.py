@@ -289,7 +289,10 @@ class AdsClient:
         watches = self.applier.watches(type_url)
         subscriptions = self.states[type_url].subscriptions
         for key in list(subscriptions):
-            if watches.get(key) != subscriptions[key].watch:
+            watch, current = watches.get(key), subscriptions[key].watch
+            # an RDS subscription is shared: it lives (stats and all) while any connection manager uses it
+            kept = watch == current if type_url == ENDPOINT_TYPE else watch is not None
+            if not kept:
                 subscriptions.pop(key).delivered()
         for key, watch in watches.items():
             if key not in subscriptions:
