@@ -166,18 +166,25 @@ class ProxyServer:
 
     def _start_xds_client(self) -> None:
         """The main process holds the ADS stream; children get each applied update forwarded."""
-        if self.worker.xds is None:
+        settings = self.worker.xds
+        if settings is None:
             return
+        from tulle.server.bootstrap import initial_fetch_timeout
         from tulle.xds_client.ads import AdsClient
-        from tulle.xds_client.apply import XdsApplier
+        from tulle.xds_client.apply import CLUSTER_TYPE, LISTENER_TYPE, XdsApplier
 
+        wildcard = {}  # only what the bootstrap asks for, as Envoy
+        if settings.cds_config is not None:
+            wildcard[CLUSTER_TYPE] = initial_fetch_timeout(settings.cds_config)
+        if settings.lds_config is not None:
+            wildcard[LISTENER_TYPE] = initial_fetch_timeout(settings.lds_config)
         self.applier = XdsApplier(self.worker)
-        self.ads = AdsClient(self.worker.xds_target(), self.bootstrap.node, self.applier,
-                             delta=self.worker.xds[1], on_applied=self._forward_update)
+        self.ads = AdsClient(self.worker.xds_target(), self.bootstrap.node, self.applier, delta=settings.delta,
+                             wildcard=wildcard, max_receive_message_length=settings.max_receive_message_length,
+                             stats=self.worker.stats, on_applied=self._forward_update)
         task = asyncio.get_running_loop().create_task(self.ads.run())
         self.background.add(task)
-        log.info("xDS: ADS (%s) to %s", "delta" if self.worker.xds[1] else "state of the world",
-                 self.worker.xds_target())
+        log.info("xDS: ADS (%s) to %s", "delta" if settings.delta else "state of the world", self.worker.xds_target())
 
     def _forward_update(self, type_url: str, resources: dict[str, Any], removed: set[str], sotw: bool) -> None:
         if not self.children:

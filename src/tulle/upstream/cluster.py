@@ -822,7 +822,8 @@ class EdsCluster(Cluster):
         self._retire([host for host in removed if host not in held])
         self.assignment = assignment
         self.stats.membership_change.value += 1
-        self.stats.update_success.value += 1
+        # update_attempt/update_success are the EDS subscription's, counted once by the ADS client
+        # (tulle.xds_client.stats), not once per worker here
         self.initialized = True
         self._first_assignment.set()
 

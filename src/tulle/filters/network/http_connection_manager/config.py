@@ -167,8 +167,10 @@ class HcmConfig:
         self.strip_port = strip
         self.listener_port = listener_port
         self.normalize_host = strip != "none"
-        # With rds the table arrives later over ADS (the listener warms until it does).
+        # With rds the table arrives later over ADS (a dynamic listener warms until it does).
         self.route_config_name = proto.rds.route_config_name if proto.HasField("rds") else ""
+        self.rds_field = join(field, "rds") if self.route_config_name else ""
+        self.rds_config_source = proto.rds.config_source if self.route_config_name else None
         if self.route_config_name:
             self.route_table = self.build_route_table(RouteConfiguration(), "")  # 404 until RDS arrives
         else:
