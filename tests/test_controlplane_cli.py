@@ -483,17 +483,30 @@ def test_get_registry_services_and_instances(fake: FakeControlPlane, capsys: pyt
 # --- delete ---------------------------------------------------------------------------------
 
 
-def test_delete_by_kind_and_names(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
-    fake.on("DELETE", "/apis/v1/resources/VirtualService/prod/reviews",
-            (200, {"deleted": "VirtualService prod/reviews"}))
+def _bulk_delete(existing: set[str]) -> Callable[[Recorded], tuple[int, dict[str, Any]]]:
+    """The bulk delete endpoint over a set of "Kind ns/name" refs: all or nothing."""
+
+    def answer(request: Recorded) -> tuple[int, dict[str, Any]]:
+        refs = [f"{i['kind']} {i['namespace']}/{i['name']}" for i in request.body["items"]]
+        missing = [ref for ref in refs if ref not in existing]
+        if missing and not request.body["ignoreNotFound"]:
+            return 404, {"error": "not found; nothing was deleted", "notFound": missing, "deleted": []}
+        return 200, {"deleted": [ref for ref in refs if ref in existing], "notFound": missing}
+
+    return answer
+
+
+def test_delete_by_kind_and_names_is_one_request_all_or_nothing(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("POST", "/apis/v1/resources:delete", _bulk_delete({"VirtualService prod/reviews"}))
     code, out, err = run(capsys, fake, "delete", "vs", "reviews", "ratings", "-n", "prod")
-    assert code == 1  # ratings was missing; reviews was still deleted
-    assert out == "VirtualService prod/reviews deleted\n"
-    assert "Error: VirtualService prod/ratings not found" in err
-    assert [r.path for r in fake.sent("DELETE")] == ["/apis/v1/resources/VirtualService/prod/reviews",
-                                                     "/apis/v1/resources/VirtualService/prod/ratings"]
-    code, _, err = run(capsys, fake, "delete", "vs", "ratings", "-n", "prod", "--ignore-not-found")
-    assert code == 0 and err == ""
+    assert code == 1 and out == ""  # ratings was missing: nothing was deleted
+    assert "Error: VirtualService prod/ratings not found" in err and "nothing was deleted" in err
+    assert [r.body for r in fake.sent("POST")] == [{"items": [
+        {"kind": "VirtualService", "namespace": "prod", "name": "reviews"},
+        {"kind": "VirtualService", "namespace": "prod", "name": "ratings"}], "ignoreNotFound": False}]
+    code, out, err = run(capsys, fake, "delete", "vs", "reviews", "ratings", "-n", "prod", "--ignore-not-found")
+    assert (code, out, err) == (0, "VirtualService prod/reviews deleted\n", "")
 
 
 def test_delete_names_are_quoted_in_the_path(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
@@ -501,12 +514,14 @@ def test_delete_names_are_quoted_in_the_path(fake: FakeControlPlane, capsys: pyt
     assert fake.requests[0].path == "/apis/v1/instances/a%2Fb%20c"
 
 
-def test_delete_from_file(tmp_path: Path, fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
-    for path in ("/apis/v1/resources/VirtualService/default/reviews", "/apis/v1/resources/DestinationRule/prod/reviews"):
-        fake.on("DELETE", path, (200, {"deleted": path}))
+def test_delete_from_file_is_one_request(tmp_path: Path, fake: FakeControlPlane,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("POST", "/apis/v1/resources:delete",
+            _bulk_delete({"VirtualService default/reviews", "DestinationRule prod/reviews"}))
     code, out, _ = run(capsys, fake, "delete", "-f", str(write(tmp_path, REVIEWS_VS)))
     assert code == 0
     assert out.splitlines() == ["VirtualService default/reviews deleted", "DestinationRule prod/reviews deleted"]
+    assert len(fake.requests) == 1
 
 
 def test_delete_registry_service(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1017,3 +1032,35 @@ def test_analyze_and_apply_say_the_same_about_a_kubernetes_service(
     assert capsys.readouterr().out == f"Error (Service default/reviews {path}:2) kind: {expected}\n"
     assert main(["apply", "-f", str(path)]) == 1
     assert capsys.readouterr().err.splitlines()[0] == f"{path}#1: Service default/reviews: kind: {expected}"
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def test_state_check_restore_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tulle.controlplane.model import Resource
+    from tulle.controlplane.store import SqliteStore
+
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir)
+    store.apply([Resource("VirtualService", "networking.istio.io/v1", "reviews", "prod",
+                          spec={"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]})])
+    store.close()
+    code, out, _ = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 0 and out.startswith(f"{state_dir}/config.db: ok, 1 resources")
+
+    (state_dir / "config.db").write_bytes(b"")
+    code, _, err = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 1 and err.startswith(f"DAMAGED: {state_dir}/config.db: the file is empty")
+    code, out, err = run(capsys, None, "state", "export", "--state-dir", str(state_dir), "--last-good")
+    assert code == 0 and "1 resource exported" in err
+    (exported,) = list(yaml.safe_load_all(out))
+    assert (exported["kind"], exported["metadata"], exported["spec"]["hosts"]) == (
+        "VirtualService", {"name": "reviews", "namespace": "prod"}, ["reviews"])
+
+    code, out, _ = run(capsys, None, "state", "restore", "--state-dir", str(state_dir))
+    assert code == 0 and out.startswith(f"restored {state_dir}/config.db from {state_dir}/config.db.last-good")
+    code, out, _ = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 0 and "ok, 1 resources" in out
+    code, _, err = run(capsys, None, "state", "restore", "--state-dir", str(state_dir))
+    assert code == 1 and "add --force" in err

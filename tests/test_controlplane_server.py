@@ -17,6 +17,7 @@ from envoy.config.core.v3.base_pb2 import Node
 
 from proxy_harness import ProxyProcess
 from tulle.controlplane.api_token import TokenError
+from tulle.controlplane.model import Resource
 from tulle.controlplane.server import ControlPlane, proxy_identity
 from tulle.samples.echo_server import start_in_thread
 
@@ -228,3 +229,97 @@ def test_xds_and_the_api_listen_on_loopback_by_default() -> None:
     finally:
         control_plane.store.close()
         control_plane.remove_private_token()
+
+
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+VM_ENTRIES = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms}
+spec:
+  hosts: [vms.example.internal]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vms}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: by-name}
+spec: {address: vm-1.example.internal, labels: {app: vms}}
+"""
+
+
+def _delivered_endpoints(control_plane: ControlPlane, node_id: str) -> dict[str, list[str]]:
+    """Every ClusterLoadAssignment the node would receive, parsed as the proxy parses it (a NACK raises)."""
+    from tulle.upstream.cluster import parse_assignment
+
+    snapshot = control_plane.cache.get_snapshot(node_id)
+    assert snapshot is not None
+    delivered = {}
+    for name, assignment in snapshot.resources(ENDPOINT_TYPE).items():
+        endpoints, _ = parse_assignment(assignment, f"eds[{name}]")
+        delivered[name] = sorted(endpoint.address for endpoint in endpoints)
+    return delivered
+
+
+def test_one_bad_endpoint_never_blocks_the_good_ones_changes() -> None:
+    """A WorkloadEntry with a host name is valid Istio, but only a DNS service can use it: in this
+    STATIC service's EDS it would make every proxy NACK the update, and with it every later change."""
+    cluster = "outbound|80||vms.example.internal"
+
+    async def scenario() -> None:
+        control_plane = ControlPlane(None, xds_address=("127.0.0.1", 0), http_address=("127.0.0.1", 0))
+        _, http_port = await control_plane.start()
+        api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
+        try:
+            await asyncio.to_thread(_call, api, "POST", "/apis/v1/resources", VM_ENTRIES, "application/yaml")
+            control_plane.registry.register("vm-2", "default", "10.0.0.2", labels={"app": "vms"})
+            node = Node(id="sidecar~127.0.0.5~client.default~default.svc.cluster.local")
+            control_plane._node_connected(node)
+            await control_plane.push_all()
+            assert _delivered_endpoints(control_plane, node.id)[cluster] == ["10.0.0.2"]
+
+            control_plane.registry.register("vm-3", "default", "10.0.0.3", labels={"app": "vms"})
+            await control_plane.push_all()
+            assert _delivered_endpoints(control_plane, node.id)[cluster] == ["10.0.0.2", "10.0.0.3"]
+        finally:
+            await control_plane.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_change_committed_by_an_api_worker_thread_is_pushed() -> None:
+    async def scenario() -> None:
+        control_plane = ControlPlane(None, xds_address=("127.0.0.1", 0), http_address=("127.0.0.1", 0))
+        _, http_port = await control_plane.start()
+        try:
+            pushes = control_plane.pushes
+            await asyncio.to_thread(_call, (f"http://127.0.0.1:{http_port}", control_plane.api.token), "POST",
+                                    "/apis/v1/resources",
+                                    VM_ENTRIES, "application/yaml")
+            deadline = time.monotonic() + 10
+            while control_plane.pushes == pushes and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert control_plane.pushes > pushes
+        finally:
+            await control_plane.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_truncated_state_file_stops_the_start_with_a_clear_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tulle.controlplane.server import serve
+    from tulle.controlplane.store import SqliteStore
+
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir)
+    store.apply([Resource("Sidecar", "networking.istio.io/v1", "default", spec={"egress": [{"hosts": ["./*"]}]})])
+    store.close()
+    (state_dir / "config.db").write_bytes(b"")
+
+    assert asyncio.run(serve(str(state_dir), ("127.0.0.1", 0), ("127.0.0.1", 0))) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tulle control-plane: error: {state_dir}/config.db: the file is empty (0 bytes)")
+    assert f"tulle state restore --state-dir {state_dir}" in err and "Traceback" not in err

@@ -34,6 +34,7 @@ from tulle.controlplane.api_token import ClientToken, add_client_arguments, find
 DEFAULT_CONTROL_PLANE = "http://127.0.0.1:15014"
 CONTROL_PLANE_ENV = "TULLE_CONTROL_PLANE"
 DEFAULT_NAMESPACE = "default"
+DEFAULT_STATE_DIR = ".tulle-state"  # as `tulle control-plane --state-dir`
 REQUEST_TIMEOUT_S = 30.0
 DEFAULT_TTL_S = 30.0  # the registry's default lease (docs/control-plane.md, "Store and registry")
 STDIN_SOURCE = "<stdin>"
@@ -567,13 +568,29 @@ def run_delete(args: argparse.Namespace, client: ControlPlaneClient) -> int:
             return _delete_each(client, [(f"instance {name}", f"/apis/v1/instances/{segment(name)}")
                                          for name in args.names], args.ignore_not_found)
         targets = [(info.kind, namespace, name) for name in args.names]
-    return _delete_each(client, [(f"{kind} {namespace}/{name}",
-                                  f"/apis/v1/resources/{segment(kind)}/{segment(namespace)}/{segment(name)}")
-                                 for kind, namespace, name in targets], args.ignore_not_found)
+    return _delete_resources(client, targets, args.ignore_not_found)
+
+
+def _delete_resources(client: ControlPlaneClient, targets: list[tuple[str, str, str]], ignore_not_found: bool) -> int:
+    """One request, one transaction: all of them are deleted, or (one missing) none unless ignored."""
+    body = {"items": [{"kind": kind, "namespace": namespace, "name": name} for kind, namespace, name in targets],
+            "ignoreNotFound": ignore_not_found}
+    reply = client.request("POST", "/apis/v1/resources:delete", body=body)
+    answer = reply.data if isinstance(reply.data, dict) else {}
+    if reply.status == 404 and isinstance(answer.get("notFound"), list):
+        for ref in answer["notFound"]:
+            print(f"Error: {ref_text(ref)} not found", file=sys.stderr)
+        raise CommandError(f"{_count(len(answer['notFound']), 'resource')} not found; nothing was deleted "
+                           "(--ignore-not-found deletes the others)")
+    if not reply.ok:
+        raise CommandError(f"the control plane answered {reply.status} deleting: {reply.error_text()}")
+    for ref in answer.get("deleted", []):
+        print(f"{ref_text(ref)} deleted")
+    return 0
 
 
 def _delete_each(client: ControlPlaneClient, targets: list[tuple[str, str]], ignore_not_found: bool) -> int:
-    """Delete every target even when one is missing (like kubectl); exit 1 if any was missing."""
+    """Delete registry entries one by one, even when one is missing (like kubectl); exit 1 if any was."""
     missing = 0
     for label, path in targets:
         reply = client.request("DELETE", path)
@@ -1069,6 +1086,36 @@ def _register_instance(args: argparse.Namespace, client: ControlPlaneClient) -> 
         return 1
 
 
+# --- commands: the state directory --------------------------------------------------------
+
+
+def run_state(args: argparse.Namespace) -> int:
+    """``tulle state check|restore|export``: work on a state directory's files directly."""
+    from tulle.controlplane.store import state  # sqlite3 only: the other commands need none of it
+
+    if args.action == "check":
+        healthy, lines = state.describe(args.state_dir)
+        print("\n".join(lines), file=sys.stdout if healthy else sys.stderr)
+        return 0 if healthy else 1
+    if args.action == "restore":
+        try:
+            print(state.restore(args.state_dir, force=args.force))
+        except state.StateError as error:
+            raise CommandError(str(error)) from None
+        return 0
+    path = state.last_good_path(args.state_dir) if args.last_good else state.database_path(args.state_dir)
+    resources, problem = state.read_resources(path)
+    items = [resource_json(resource) for resource in resources]
+    if args.output == "json":
+        sys.stdout.write(dump({"apiVersion": "v1", "kind": "List", "items": items}, "json"))
+    else:
+        sys.stdout.write(yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    if problem:
+        raise CommandError(f"only {_count(len(items), 'resource')} could be read: {problem}")
+    print(f"{_count(len(items), 'resource')} exported from {path}", file=sys.stderr)
+    return 0
+
+
 # --- argument parsing ---------------------------------------------------------------------
 
 
@@ -1100,7 +1147,7 @@ def _fail(command: str, error: CommandError) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add apply, get, delete, analyze, proxy-status, proxy-config and register to ``tulle``."""
+    """Add apply, get, delete, analyze, proxy-status, proxy-config, register and state to ``tulle``."""
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--control-plane", metavar="URL",
                         help=f"the control plane's HTTP API (default ${CONTROL_PLANE_ENV} or {DEFAULT_CONTROL_PLANE})")
@@ -1182,3 +1229,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     instance.add_argument("--heartbeat", action="store_true",
                           help="renew the lease until Ctrl-C, then deregister")
     instance.set_defaults(func=_runner("register", run_register))
+
+    state_dir = argparse.ArgumentParser(add_help=False)
+    state_dir.add_argument("--state-dir", default=os.environ.get("TULLE_STATE_DIR", DEFAULT_STATE_DIR),
+                           help=f"the control plane's state directory (default {DEFAULT_STATE_DIR}, or $TULLE_STATE_DIR)")
+    state = subparsers.add_parser("state", help="check, restore or export a control plane's state directory")
+    action = state.add_subparsers(dest="action", required=True, metavar="(check|restore|export)")
+    action.add_parser("check", parents=[state_dir],
+                      help="is config.db whole? (and its last good copy); exit 1 when damaged")
+    restore = action.add_parser("restore", parents=[state_dir],
+                                help="replace a damaged config.db with config.db.last-good (the damaged file is kept)")
+    restore.add_argument("--force", action="store_true", help="restore even though config.db is whole")
+    export = action.add_parser("export", parents=[state_dir],
+                               help="print the stored resources as YAML that `tulle apply -f` takes")
+    export.add_argument("--last-good", action="store_true", help="export config.db.last-good instead")
+    export.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    state.set_defaults(func=_offline_runner("state", run_state))

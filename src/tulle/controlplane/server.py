@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -33,6 +35,7 @@ from tulle.controlplane.push import MeshTranslator
 from tulle.controlplane.registry.registry import Registry
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.store.sqlite import SqliteStore
+from tulle.controlplane.store.state import StateError
 from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
@@ -44,6 +47,7 @@ DEBOUNCE_SECONDS = 0.1  # istiod's PILOT_DEBOUNCE_AFTER is 100 ms
 DEBOUNCE_MAX_SECONDS = 1.0  # ... and PILOT_DEBOUNCE_MAX 10 s; a busy mesh still converges within 1 s here
 PUSH_SLICE_SECONDS = 0.02  # a push yields to the event loop this often
 GC_INTERVAL_SECONDS = 300.0  # full garbage collections (see push_all)
+LAST_GOOD_INTERVAL_SECONDS = 60.0  # how often config.db.last-good catches up with changes (store/state.py)
 # A control-plane restart makes every proxy reconnect at once. gRPC core holds RPCs the event loop has
 # not picked up yet and, past 1,000 of them, drops new ones at random (INTERNAL) up to a hard limit of
 # 3,000: the whole mesh must fit in that queue, so that reconnecting proxies wait instead of failing.
@@ -143,13 +147,17 @@ class ControlPlane:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> tuple[int, int]:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.translator.set_mesh(self.mesh_snapshot())
         xds_port = await self.xds.start(*self.xds_address)
         http_port = await self.api.start(*self.http_address)
-        self._unsubscribe.append(self.store.subscribe(lambda *_: self.schedule_push()))
-        self._unsubscribe.append(self.registry.subscribe(lambda endpoints_only: self.schedule_push(endpoints_only)))
+        # Commits may happen in the API's worker threads: their pushes are scheduled on the loop.
+        self._unsubscribe.append(self.store.subscribe(lambda *_: self._schedule_push_from_any_thread(False)))
+        self._unsubscribe.append(self.registry.subscribe(self._schedule_push_from_any_thread))
         self._tasks.append(self._loop.create_task(self.registry.run_expiry(self.expiry_interval)))
         self._tasks.append(self._loop.create_task(self.collect_garbage()))
+        if isinstance(self.store, SqliteStore):
+            self._tasks.append(self._loop.create_task(self.keep_last_good_copy()))
         log.info("control plane: xDS on %s:%d, HTTP API on %s:%d; API token %s %s", self.xds_address[0], xds_port,
                  self.http_address[0], http_port, "created in" if self.token_created else "read from",
                  self.token_file)
@@ -173,7 +181,7 @@ class ControlPlane:
         await self.api.stop()
         await self.xds.stop(0.5)
         self.registry.close()
-        self.store.close()
+        self.store.close()  # a SqliteStore saves its last good copy as it closes
         self.remove_private_token()
 
     def remove_private_token(self) -> None:
@@ -195,6 +203,12 @@ class ControlPlane:
             self._push_handle.cancel()
         delay = min(DEBOUNCE_SECONDS, max(0.0, self._first_pending + DEBOUNCE_MAX_SECONDS - now))
         self._push_handle = loop.call_later(delay, self._start_push)
+
+    def _schedule_push_from_any_thread(self, endpoints_only: bool) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self.schedule_push(endpoints_only)
+        else:
+            self._loop.call_soon_threadsafe(self.schedule_push, endpoints_only)
 
     def mesh_snapshot(self) -> MeshSnapshot:
         services, instances = self.registry.snapshot()
@@ -221,7 +235,8 @@ class ControlPlane:
         served while a large mesh is pushed."""
         started = time.perf_counter()
         endpoints_only, self._pending_full = not self._pending_full, False
-        self.translator.set_mesh(self.mesh_snapshot(), endpoints_only=endpoints_only)
+        # Reading 10,000 resources takes about a second: off the loop (the store and registry are thread-safe).
+        self.translator.set_mesh(await asyncio.to_thread(self.mesh_snapshot), endpoints_only=endpoints_only)
         slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
         for node_id in list(self.nodes):
             node = self.nodes.get(node_id)
@@ -280,6 +295,23 @@ class ControlPlane:
             gc.collect()
             gc.freeze()
 
+    async def keep_last_good_copy(self, interval: float = LAST_GOOD_INTERVAL_SECONDS) -> None:
+        """Every ``interval``, if the configuration changed, refresh config.db.last-good (off the loop)."""
+        assert isinstance(self.store, SqliteStore)
+        saved = self.store.revision()  # the store saved a copy when it opened
+        while True:
+            await asyncio.sleep(interval)
+            revision = self.store.revision()
+            if revision == saved:
+                continue
+            try:
+                if await asyncio.to_thread(self.store.save_last_good):
+                    saved = revision
+                else:
+                    log.error("%s failed its integrity check: the last good copy was kept as it was", self.store.path)
+            except Exception:
+                log.exception("saving the last good copy of %s failed", self.store.path)
+
     def _node_disconnected(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
         self.translator.forget(node_id)
@@ -326,8 +358,12 @@ async def serve(state_dir: str | None, xds_address: tuple[str, int], http_addres
                 api_allowed_hosts: Iterable[str] = ()) -> int:
     import signal
 
-    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
-                                 token_file=token_file, api_allowed_hosts=api_allowed_hosts)
+    try:
+        control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
+                                     token_file=token_file, api_allowed_hosts=api_allowed_hosts)
+    except StateError as error:  # damaged or busy state: say what to do instead of a traceback
+        print(f"tulle control-plane: error: {error}", file=sys.stderr)
+        return 1
     try:
         xds_port, http_port = await control_plane.start()
     except BaseException:
