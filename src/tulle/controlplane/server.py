@@ -31,7 +31,7 @@ from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
 from tulle.controlplane.xds.server import XdsServer
-from tulle.listener.claim import address_text, unavailable
+from tulle.listener.claim import address_text, os_reason, unavailable
 
 log = logging.getLogger("tulle.controlplane")
 
@@ -141,7 +141,7 @@ class ControlPlane:
             http_port = await self.api.start(*self.http_address)
         except OSError as exc:
             await self.xds.stop(None)
-            raise PortInUse(*ports[1], exc.strerror or str(exc)) from None
+            raise PortInUse(*ports[1], os_reason(exc)) from None
         await self.xds.serve()
         self._unsubscribe.append(self.store.subscribe(lambda *_: self.schedule_push()))
         self._unsubscribe.append(self.registry.subscribe(lambda endpoints_only: self.schedule_push(endpoints_only)))

@@ -13,6 +13,7 @@ matters, one started while the other runs.
 
 from __future__ import annotations
 
+import os
 import socket
 
 
@@ -34,10 +35,15 @@ def claim(ip: str, port: int) -> socket.socket:
     return sock
 
 
+def os_reason(error: OSError) -> str:
+    """``Address already in use``: the OS's words (asyncio wraps them in a sentence of its own)."""
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
 def unavailable(ip: str, port: int) -> str | None:
     """Why ``ip:port`` cannot be listened on now (``Address already in use``), or None if it can."""
     try:
         claim(ip, port).close()
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return os_reason(exc)
     return None

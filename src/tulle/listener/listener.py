@@ -18,7 +18,7 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields
 from tulle.extensions import registry
-from tulle.listener.claim import address_text, claim
+from tulle.listener.claim import address_text, claim, os_reason
 from tulle.server.context import DownstreamConnection, FactoryContext
 
 LISTENER_FIELDS = (
@@ -164,7 +164,7 @@ class Listener:
                 sock.close()
                 raise
         except OSError as exc:  # Envoy's words
-            raise ConfigError(f"cannot bind '{address_text(self.ip, self.port)}': {exc.strerror or exc}",
+            raise ConfigError(f"cannot bind '{address_text(self.ip, self.port)}': {os_reason(exc)}",
                               field=self.field) from None
         finally:
             if held is not None:

@@ -156,7 +156,7 @@ class ProxyServer:
     def _bind_admin(self) -> socket.socket | None:
         if not (self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address")):
             return None
-        from tulle.listener.claim import address_text
+        from tulle.listener.claim import address_text, os_reason
         from tulle.listener.listener import socket_address_of
 
         ip, port = socket_address_of(self.bootstrap.admin.address, "admin.address")
@@ -167,7 +167,7 @@ class ProxyServer:
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot bind '{address_text(ip, port)}': {exc.strerror or exc}",
+            raise ConfigError(f"cannot bind '{address_text(ip, port)}': {os_reason(exc)}",
                               field="admin.address") from None
         sock.setblocking(False)
         return sock

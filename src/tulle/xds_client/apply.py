@@ -213,7 +213,7 @@ class XdsApplier:
         """Envoy binds a listener when it is added and rejects the update if the address is in use.
         Checked here, in the main process, before anything is applied: the worker processes bind
         after it without a claim, and with SO_REUSEPORT they would join another process's port."""
-        from tulle.listener.claim import address_text, claim
+        from tulle.listener.claim import address_text, claim, os_reason
 
         if self.worker.state.worker_index != 0 or listener.port == 0 or self._holds(listener):
             return
@@ -222,7 +222,7 @@ class XdsApplier:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:  # other bind errors are reported when it binds
                 raise UpdateRejected(f"Listener '{name}': cannot bind "
-                                     f"'{address_text(listener.ip, listener.port)}': {exc.strerror}") from None
+                                     f"'{address_text(listener.ip, listener.port)}': {os_reason(exc)}") from None
 
     async def _maybe_start(self, dynamic: _DynamicListener) -> None:
         """A listener whose HTTP routes come from RDS warms until they have arrived (as in Envoy)."""
