@@ -311,7 +311,7 @@ class SidecarAgent:
         # Own process group: a terminal's Ctrl-C reaches the agent only, which then shuts the
         # proxy down in order. The death signal stops an orphaned proxy if the agent is killed.
         proxy = await asyncio.create_subprocess_exec(*command, env=proxy_environment(os.environ),
-                                                     process_group=0, preexec_fn=_die_with_parent)
+                                                     process_group=0, preexec_fn=die_with_parent)
         log.info("proxy started (pid %d): %s", proxy.pid, " ".join(command))
         return proxy
 
@@ -380,8 +380,8 @@ def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name.lower() not in PROXY_VARIABLES}
 
 
-def _die_with_parent() -> None:
-    """In the proxy child, before exec: get SIGTERM when the agent dies (Linux's prctl)."""
+def die_with_parent() -> None:
+    """In a child process, before exec: get SIGTERM when its parent dies (Linux's prctl)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
