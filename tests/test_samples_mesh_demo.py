@@ -50,6 +50,7 @@ def held(addresses: list[tuple[str, int]]) -> Iterator[list[socket.socket]]:
     try:
         for address in addresses:
             sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT from an earlier run is no owner
             try:
                 sock.bind(address)
             except OSError:

@@ -35,9 +35,10 @@ def test_demo_takes_free_ports_when_front_proxy_yaml_s_are_taken() -> None:
     held = []
     for port in (10000, 19901, 18081):  # the quick tour's front proxy and a backend still running
         sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT from an earlier run is no owner
         try:
             sock.bind(("127.0.0.1", port))
-        except OSError:  # taken by someone else: taken all the same
+        except OSError:  # someone else listens there: taken all the same
             sock.close()
             continue
         sock.listen()
