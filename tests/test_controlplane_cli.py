@@ -789,11 +789,90 @@ def test_proxy_config_endpoints(
 
 
 def test_proxy_config_unknown_proxy_and_bad_type(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("GET", "/debug/proxies", (200, {"proxies": []}))
     code, _, err = run(capsys, fake, "proxy-config", "clusters", "ghost")
     assert code == 1 and "proxy 'ghost' is not connected (see `tulle proxy-status`)" in err
     with pytest.raises(SystemExit) as exited:
         main(["proxy-config", "secrets", "ghost"])
     assert exited.value.code == 2
+
+
+REVIEWS_V2 = "sidecar~127.0.10.4~reviews-v2.default~default.svc.cluster.local"
+REVIEWS_V2_PROD = "sidecar~10.0.0.9~reviews-v2.prod~prod.svc.cluster.local"
+RATINGS = "sidecar~127.0.10.6~ratings-v1.default~default.svc.cluster.local"
+
+
+def test_proxy_config_and_status_take_a_short_proxy_name(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """istioctl takes pod.namespace (or a pod name with -n), not only the node id."""
+    fake.on("GET", "/debug/proxies", (200, {"proxies": [
+        {"id": proxy_id, "connected_since": 0, "types": {}} for proxy_id in (REVIEWS_V2, REVIEWS_V2_PROD, RATINGS)]}))
+    for proxy_id in (REVIEWS_V2, REVIEWS_V2_PROD, RATINGS):
+        cluster = {"name": f"outbound|9080||{proxy_id.split('~')[2]}", "type": "EDS"}
+        fake.on("GET", f"/debug/config/{proxy_id}", (200, {"resources": [cluster]}))
+    for argv, proxy_id in ((["reviews-v2.default"], REVIEWS_V2), (["reviews-v2", "-n", "prod"], REVIEWS_V2_PROD),
+                           (["ratings-v1"], RATINGS), ([RATINGS], RATINGS)):
+        code, out, err = run(capsys, fake, "proxy-config", "clusters", *argv)
+        assert code == 0, err
+        assert out.splitlines()[1].split()[0] == proxy_id.split("~")[2]
+        assert fake.requests[-1].path == f"/debug/config/{proxy_id}"
+    code, _, err = run(capsys, fake, "pc", "clusters", "reviews-v2")
+    assert code == 1
+    assert (f"tulle proxy-config: error: proxy 'reviews-v2' is ambiguous: it names {REVIEWS_V2_PROD}, {REVIEWS_V2}; "
+            "give NAME.NAMESPACE, -n NAMESPACE or the full id") in err
+    code, _, err = run(capsys, fake, "pc", "clusters", "ratings-v1", "-n", "prod")
+    assert code == 1 and "proxy 'ratings-v1' is not connected in namespace prod" in err
+    code, out, _ = run(capsys, fake, "proxy-status", "ratings-v1.default")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["NAME", RATINGS]
+
+
+def test_proxy_status_columns_read_the_control_planes_own_status(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """The API keys each type by its message name ("Cluster"): those are the CDS/LDS/EDS/RDS columns,
+    not extra columns with a mangled type name next to four reading NOT SENT."""
+    from envoy.config.core.v3 import base_pb2
+
+    from tulle.controlplane.server import ControlPlane
+    from tulle.controlplane.xds.cache import SnapshotCache
+
+    control_plane = ControlPlane(None)
+    control_plane.cache = SnapshotCache()
+    try:
+        stream = control_plane.cache.stream_opened(base_pb2.Node(id=REVIEWS_V2), "sotw")
+        for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER):
+            stream.record_sent(type_url, "7", f"n-{type_url}", 1)
+            stream.record_ack(type_url, "7", f"n-{type_url}")
+        stream.record_sent(types.ROUTE, "7", "n-rds", 1)  # sent, not answered yet
+        fake.on("GET", "/debug/proxies", (200, json.loads(json.dumps(control_plane._xds_status()))))
+    finally:
+        control_plane.registry.close()
+        control_plane.store.close()
+    code, out, _ = run(capsys, fake, "proxy-status")
+    assert code == 0
+    header, row = (line.split() for line in out.splitlines())
+    assert header == ["NAME", "CDS", "LDS", "EDS", "RDS", "CONNECTED"]
+    assert row[:5] == [REVIEWS_V2, "SYNCED", "SYNCED", "SYNCED", "STALE"]
+
+
+def test_proxy_config_clusters_names_the_destination_rule_that_applies(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """The DESTINATION RULE column, from what the translation records on each cluster (as istiod does)."""
+    from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource, Service, ServicePort
+    from tulle.controlplane.translate.translate import CLUSTER_TYPE, translate
+
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "reviews", "default", spec={
+        "host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})
+    services = [Service("reviews.default.svc.cluster.local", "default", [ServicePort("http", 9080, "HTTP")]),
+                Service("ratings.default.svc.cluster.local", "default", [ServicePort("http", 9080, "HTTP")])]
+    translated = translate(MeshSnapshot([rule], services, []), ProxyIdentity(REVIEWS_V2, "default"))
+    fake.on("GET", f"/debug/config/{REVIEWS_V2}", (200, {"resources": [
+        json_format.MessageToDict(cluster, preserving_proto_field_name=True)
+        for cluster in translated[CLUSTER_TYPE].values()]}))
+    code, out, _ = run(capsys, fake, "proxy-config", "clusters", REVIEWS_V2)
+    assert code == 0
+    rows = {tuple(line.split()[:3]): line.split() for line in out.splitlines()[1:]}
+    assert rows[("reviews.default.svc.cluster.local", "9080", "outbound")][-1] == "reviews.default"
+    assert rows[("reviews.default.svc.cluster.local", "9080", "v1")][-1] == "reviews.default"
+    assert rows[("ratings.default.svc.cluster.local", "9080", "outbound")][-1] == "EDS"  # no rule: empty
 
 
 # --- register -------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +18,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
-from proxy_harness import ProxyProcess
+from proxy_harness import ProxyProcess, free_port
 from tulle.controlplane.api_token import TokenError
 from tulle.controlplane.model import Resource
 from tulle.controlplane.server import ControlPlane, proxy_identity
@@ -323,3 +326,62 @@ def test_a_truncated_state_file_stops_the_start_with_a_clear_message(
     err = capsys.readouterr().err
     assert err.startswith(f"tulle control-plane: error: {state_dir}/config.db: the file is empty (0 bytes)")
     assert f"tulle state restore --state-dir {state_dir}" in err and "Traceback" not in err
+
+
+# --- a second control plane ------------------------------------------------------------------
+
+
+def _start_control_plane(tmp_path: Path, name: str, xds: int, http: int) -> tuple[subprocess.Popen[str], Path]:
+    ready = tmp_path / f"{name}.ready"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tulle", "control-plane", "--state-dir", str(tmp_path / name),
+         "--xds-address", f"127.0.0.1:{xds}", "--http-address", f"127.0.0.1:{http}", "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, ready
+
+
+def _serving_or_exited(process: subprocess.Popen[str], ready: Path) -> dict[str, int] | None:
+    """The bound ports once ready, None once exited (whichever comes first)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text():
+            return json.loads(ready.read_text())
+        if process.poll() is not None:
+            return None
+        time.sleep(0.05)
+    raise AssertionError("neither ready nor exited")
+
+
+@pytest.mark.parametrize("taken", ["xds", "http"])
+def test_a_second_control_plane_on_a_port_in_use_fails_naming_it(tmp_path: Path, taken: str) -> None:
+    # gRPC's default SO_REUSEPORT let a second control plane bind the same xDS port: proxies then
+    # attached to either one at random and lost their config.
+    first, first_ready = _start_control_plane(tmp_path, "first", 0, 0)
+    try:
+        ports = _serving_or_exited(first, first_ready)
+        assert ports is not None, first.communicate()
+        xds = ports["xds_port"] if taken == "xds" else free_port()
+        http = ports["http_port"] if taken == "http" else free_port()
+        second, second_ready = _start_control_plane(tmp_path, "second", xds, http)
+        try:
+            assert _serving_or_exited(second, second_ready) is None, "the second control plane started"
+            _, stderr = second.communicate(timeout=10)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.communicate()
+        assert second.returncode == 1
+        port, what, flag = (xds, "xDS", "--xds-address") if taken == "xds" else (http, "HTTP API", "--http-address")
+        assert (f"tulle control-plane: error: cannot listen on 127.0.0.1:{port} for the {what}: "
+                f"Address already in use (is another control plane running? choose another address with {flag})"
+                in stderr), stderr
+        assert "Traceback" not in stderr and "add_port.cc" not in stderr
+        # nothing of the second one was left listening: its other port is free again
+        other = http if taken == "xds" else xds
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", other))
+        token = Path(ports["token_file"]).read_text().strip()
+        assert _call((f"http://127.0.0.1:{ports['http_port']}", token), "GET", "/apis/v1/services") is not None
+    finally:
+        first.terminate()
+        first.communicate(timeout=10)

@@ -301,19 +301,37 @@ def test_proxy_death_deregisters_and_exits_non_zero(
     assert "proxy exited" in agent.log()
 
 
-def test_taken_readiness_port_stops_the_proxy_and_fails(
+def test_a_second_sidecar_on_the_same_ip_fails_before_registering_or_starting_a_proxy(
+        tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = Agent(tmp_path / "first", control_plane.url)
+    agents.append(first)
+    until(first.admin_ready)
+    until(lambda: control_plane.calls("POST"))
+    second = Agent(tmp_path / "second", control_plane.url, ip=first.ip)
+    agents.append(second)
+    assert second.process.wait(10) == 1
+    assert (f"tulle sidecar: error: cannot listen on {first.ip}:15021 for the readiness port: Address already "
+            f"in use (is another sidecar running with --ip {first.ip}? give each workload its own --ip, or move "
+            "the port with --status-port)") in second.log()
+    assert "proxy started" not in second.log() and "Traceback" not in second.log()
+    assert len(control_plane.calls("POST")) == 1 and not control_plane.calls("DELETE")  # only the first's lease
+    assert first.process.poll() is None and first.admin_ready()
+
+
+def test_a_taken_admin_port_fails_before_registering_or_starting_a_proxy(
         tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
     ip = workload_ip()
-    with socket.socket() as taken:
-        taken.bind((ip, 15021))
-        taken.listen()
+    with socket.create_server((ip, 15000)):
         agent = Agent(tmp_path, control_plane.url, ip=ip)
         agents.append(agent)
         assert agent.process.wait(10) == 1
-    proxy_pid = agent.proxy_pid()
-    assert "tulle sidecar: error:" in agent.log() and "15021" in agent.log()
-    assert not pid_alive(proxy_pid)
-    assert len(control_plane.calls("POST")) == len(control_plane.calls("DELETE"))  # no lease left behind
+    assert (f"tulle sidecar: error: cannot listen on {ip}:15000 for the proxy admin port: Address already in use"
+            in agent.log())
+    assert "proxy started" not in agent.log()
+    assert not control_plane.calls("POST")
+    assert not can_connect(ip, 15021)  # the readiness port it had bound was released
 
 
 def test_ready_once_the_proxy_has_a_listener_from_the_control_plane(

@@ -713,12 +713,16 @@ def sync_state(status: dict[str, Any]) -> str:
 
 
 def type_column(type_key: str) -> str:
-    """"CDS" for the Cluster type URL or for "CDS"; other types by their message name."""
+    """"CDS" for the Cluster type URL, its message name ("Cluster", as the control plane's API keys
+    its types) or "CDS"; other types by their message name."""
     from tulle.controlplane.xds import types
 
     if type_key.upper() in types.SHORT_NAMES.values():
         return type_key.upper()
-    return types.short_name(type_key if "/" in type_key else types.TYPE_PREFIX + type_key)
+    if "/" in type_key:
+        return types.short_name(type_key)
+    by_message = {url.rsplit(".", 1)[-1]: short for url, short in types.SHORT_NAMES.items()}
+    return by_message.get(type_key, type_key)
 
 
 def normalize_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
@@ -745,13 +749,48 @@ def normalize_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
     return {"id": proxy.get("node_id", ""), "connected_since": proxy.get("connected_at"), "types": merged}
 
 
+def connected_proxies(client: ControlPlaneClient) -> list[dict[str, Any]]:
+    return [normalize_proxy(p) for p in _items(client.expect_ok("GET", "/debug/proxies"), "proxies")
+            if isinstance(p, dict)]
+
+
+def proxy_names(proxy_id: str) -> tuple[str, str] | None:
+    """(name, namespace) of an Istio node id ``<type>~<ip>~<name>.<namespace>~<domain>``."""
+    parts = proxy_id.split("~")
+    if len(parts) != 4 or "." not in parts[2]:
+        return None
+    name, namespace = parts[2].rsplit(".", 1)
+    return name, namespace
+
+
+def resolve_proxy(wanted: str, proxy_ids: Iterable[str], namespace: str | None = None) -> str:
+    """The node id ``wanted`` names: itself, ``NAME.NAMESPACE`` or ``NAME`` (as istioctl takes
+    ``pod.namespace`` or a pod name with -n). CommandError when none or several match."""
+    ids = sorted(set(proxy_ids))
+    if wanted in ids:
+        return wanted
+    matches = []
+    for proxy_id in ids:
+        names = proxy_names(proxy_id)
+        if names is None:
+            continue
+        name, proxy_namespace = names
+        if wanted == f"{name}.{proxy_namespace}" or (wanted == name and namespace in (None, proxy_namespace)):
+            matches.append(proxy_id)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise CommandError(f"proxy {wanted!r} is ambiguous: it names {', '.join(matches)}; give NAME.NAMESPACE, "
+                           "-n NAMESPACE or the full id")
+    where = f" in namespace {namespace}" if namespace else ""
+    raise CommandError(f"proxy {wanted!r} is not connected{where} (see `tulle proxy-status`)")
+
+
 def run_proxy_status(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    proxies = [normalize_proxy(p) for p in _items(client.expect_ok("GET", "/debug/proxies"), "proxies")
-               if isinstance(p, dict)]
+    proxies = connected_proxies(client)
     if args.proxy:
-        proxies = [proxy for proxy in proxies if proxy.get("id") == args.proxy]
-        if not proxies:
-            raise CommandError(f"proxy {args.proxy!r} is not connected")
+        wanted = resolve_proxy(args.proxy, (str(proxy.get("id", "")) for proxy in proxies), args.namespace)
+        proxies = [proxy for proxy in proxies if proxy.get("id") == wanted]
     if args.output:
         sys.stdout.write(dump({"proxies": proxies}, args.output))
         return 0
@@ -806,9 +845,14 @@ def config_type(text: str) -> str:
 
 
 def run_proxy_config(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    reply = client.request("GET", f"/debug/config/{segment(args.proxy)}", {"type": args.type})
-    if reply.status == 404:
-        raise CommandError(f"proxy {args.proxy!r} is not connected (see `tulle proxy-status`)")
+    proxy_id = args.proxy
+    reply = client.request("GET", f"/debug/config/{segment(proxy_id)}", {"type": args.type})
+    if reply.status == 404:  # not a connected node id: perhaps NAME or NAME.NAMESPACE
+        proxy_id = resolve_proxy(args.proxy, (str(p.get("id", "")) for p in connected_proxies(client)),
+                                 args.namespace)
+        reply = client.request("GET", f"/debug/config/{segment(proxy_id)}", {"type": args.type})
+        if reply.status == 404:
+            raise CommandError(f"proxy {proxy_id!r} is not connected (see `tulle proxy-status`)")
     if not reply.ok:
         raise CommandError(f"the control plane answered {reply.status}: {reply.error_text()}")
     resources = [r for r in _items(reply.data, "resources") if isinstance(r, dict)]
@@ -817,7 +861,7 @@ def run_proxy_config(args: argparse.Namespace, client: ControlPlaneClient) -> in
         return 0
     headers, rows = CONFIG_TABLES[args.type](resources)
     if not rows:
-        print(f"No {args.type} for proxy {args.proxy}.", file=sys.stderr)
+        print(f"No {args.type} for proxy {proxy_id}.", file=sys.stderr)
         return 0
     sys.stdout.write(render_table(headers, rows))
     return 0
@@ -1191,15 +1235,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="the level of message that makes the exit code non-zero (default Error, as istioctl)")
     analyze.set_defaults(func=_offline_runner("analyze", run_analyze))
 
-    status = subparsers.add_parser("proxy-status", aliases=["ps"], parents=[remote, output],
+    proxy_help = "a connected proxy: NAME, NAME.NAMESPACE (as istioctl's pod.namespace) or its node id"
+    status = subparsers.add_parser("proxy-status", aliases=["ps"], parents=[remote, output, namespace],
                                    help="xDS sync state of every connected proxy")
-    status.add_argument("proxy", metavar="PROXY_ID", nargs="?", help="only this proxy")
+    status.add_argument("proxy", metavar="PROXY", nargs="?", help=f"only this proxy: {proxy_help}")
     status.set_defaults(func=_runner("proxy-status", run_proxy_status))
 
-    config = subparsers.add_parser("proxy-config", aliases=["pc"], parents=[remote, output],
+    config = subparsers.add_parser("proxy-config", aliases=["pc"], parents=[remote, output, namespace],
                                    help="the xDS configuration the control plane serves to one proxy")
     config.add_argument("type", type=config_type, metavar="(listeners|routes|clusters|endpoints)")
-    config.add_argument("proxy", metavar="PROXY_ID")
+    config.add_argument("proxy", metavar="PROXY", help=proxy_help)
     config.set_defaults(func=_runner("proxy-config", run_proxy_config))
 
     registration = subparsers.add_parser("register", help="add a service or a workload instance to the registry")

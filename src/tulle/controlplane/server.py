@@ -40,6 +40,7 @@ from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
 from tulle.controlplane.xds.server import XdsServer
+from tulle.listener.claim import address_text, os_reason, unavailable
 
 log = logging.getLogger("tulle.controlplane")
 
@@ -55,6 +56,14 @@ XDS_GRPC_OPTIONS = (
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 100_000),
 )
+
+
+class PortInUse(OSError):
+    """A port the control plane needs is taken: which one, what for, and the flag that moves it."""
+
+    def __init__(self, what: str, flag: str, address: tuple[str, int], reason: str) -> None:
+        super().__init__(f"cannot listen on {address_text(*address)} for the {what}: {reason} "
+                         f"(is another control plane running? choose another address with {flag})")
 
 
 @dataclass(frozen=True)
@@ -146,11 +155,25 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> tuple[int, int]:
+        """Bind both ports, then serve. A port in use raises PortInUse and nothing is served."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        ports = (("xDS", "--xds-address", self.xds_address), ("HTTP API", "--http-address", self.http_address))
+        for what, flag, address in ports:  # a claim first: the OS's reason (gRPC's error has none)
+            reason = unavailable(*address)
+            if reason is not None:
+                raise PortInUse(what, flag, address, reason)
         self.translator.set_mesh(self.mesh_snapshot())
-        xds_port = await self.xds.start(*self.xds_address)
-        http_port = await self.api.start(*self.http_address)
+        try:
+            xds_port = self.xds.bind(*self.xds_address)
+        except OSError as exc:  # taken since the check
+            raise PortInUse(*ports[0], str(exc)) from None
+        try:
+            http_port = await self.api.start(*self.http_address)
+        except OSError as exc:
+            await self.xds.stop(None)
+            raise PortInUse(*ports[1], os_reason(exc)) from None
+        await self.xds.serve()
         # Commits may happen in the API's worker threads: their pushes are scheduled on the loop.
         self._unsubscribe.append(self.store.subscribe(lambda *_: self._schedule_push_from_any_thread(False)))
         self._unsubscribe.append(self.registry.subscribe(self._schedule_push_from_any_thread))
@@ -367,6 +390,8 @@ async def serve(state_dir: str | None, xds_address: tuple[str, int], http_addres
     try:
         xds_port, http_port = await control_plane.start()
     except BaseException:
+        control_plane.registry.close()
+        control_plane.store.close()
         control_plane.remove_private_token()
         raise
     if ready_file:

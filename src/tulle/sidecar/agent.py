@@ -34,6 +34,7 @@ from typing import Any
 
 from tulle.controlplane.api_token import ClientToken, add_client_arguments, find_client_token
 from tulle.controlplane.model import ProxyIdentity
+from tulle.listener.claim import address_text, os_reason, unavailable
 from tulle.sidecar.bootstrap import ADMIN_PORT, sidecar_bootstrap, sidecar_identity, split_host_port
 
 log = logging.getLogger("tulle.sidecar")
@@ -249,6 +250,15 @@ def has_active_dynamic_listener(config_dump: dict[str, Any]) -> bool:
     return False
 
 
+class PortInUse(OSError):
+    """A port of the workload's IP is taken, most likely by another sidecar with the same --ip."""
+
+    def __init__(self, config: SidecarConfig, what: str, flag: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {address_text(config.ip, port)} for the {what} port: {reason} "
+                         f"(is another sidecar running with --ip {config.ip}? give each workload its own "
+                         f"--ip, or move the port with {flag})")
+
+
 class SidecarAgent:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
@@ -300,6 +310,20 @@ class SidecarAgent:
         finally:
             writer.close()
 
+    async def _start_status_server(self) -> asyncio.Server:
+        try:
+            server = await asyncio.start_server(self._serve_status, self.config.ip, self.config.status_port)
+        except OSError as exc:
+            raise PortInUse(self.config, "readiness", "--status-port", self.config.status_port, os_reason(exc)) from None
+        log.info("readiness on http://%s:%d%s", self.config.ip, self.config.status_port, READY_PATH)
+        return server
+
+    def _check_admin_port(self) -> None:
+        """The proxy would refuse a taken admin port too, but only once registration has begun."""
+        reason = unavailable(self.config.ip, self.config.admin_port)
+        if reason is not None:
+            raise PortInUse(self.config, "proxy admin", "--admin-port", self.config.admin_port, reason)
+
     async def _start_proxy(self) -> asyncio.subprocess.Process:
         self.workdir = tempfile.mkdtemp(prefix="tulle-sidecar-")
         path = os.path.join(self.workdir, "bootstrap.json")
@@ -312,7 +336,7 @@ class SidecarAgent:
         # Own process group: a terminal's Ctrl-C reaches the agent only, which then shuts the
         # proxy down in order. The death signal stops an orphaned proxy if the agent is killed.
         proxy = await asyncio.create_subprocess_exec(*command, env=proxy_environment(os.environ),
-                                                     process_group=0, preexec_fn=_die_with_parent)
+                                                     process_group=0, preexec_fn=die_with_parent)
         log.info("proxy started (pid %d): %s", proxy.pid, " ".join(command))
         return proxy
 
@@ -322,14 +346,18 @@ class SidecarAgent:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Ports first: another sidecar on this IP must not get a second registration or proxy started.
+        status_server = await self._start_status_server()
+        try:
+            self._check_admin_port()
+        except PortInUse:
+            status_server.close()
+            raise
         self.proxy = await self._start_proxy()
         proxy_exit = loop.create_task(self.proxy.wait())
         stopped = loop.create_task(stop.wait())
         registering = loop.create_task(self.registration.run())
-        status_server: asyncio.Server | None = None
         try:
-            status_server = await asyncio.start_server(self._serve_status, self.config.ip, self.config.status_port)
-            log.info("readiness on http://%s:%d%s", self.config.ip, self.config.status_port, READY_PATH)
             await asyncio.wait({proxy_exit, stopped, registering}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.shutting_down = True  # readiness answers 503 from here on
@@ -347,9 +375,8 @@ class SidecarAgent:
             else:
                 await self._stop_proxy(proxy_exit, drain=asked_to_stop)
             stopped.cancel()
-            if status_server is not None:
-                status_server.close()
-                await status_server.wait_closed()
+            status_server.close()
+            await status_server.wait_closed()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return 0 if asked_to_stop else 1
 
@@ -378,8 +405,8 @@ def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name.lower() not in PROXY_VARIABLES}
 
 
-def _die_with_parent() -> None:
-    """In the proxy child, before exec: get SIGTERM when the agent dies (Linux's prctl)."""
+def die_with_parent() -> None:
+    """In a child process, before exec: get SIGTERM when its parent dies (Linux's prctl)."""
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -11,6 +11,7 @@ picked up by new requests only.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,7 @@ class XdsApplier:
                 listener = Listener(proto, "", worker.ctx)
             except ConfigError as exc:
                 raise _rejected("Listener", name, exc) from None
+            self._check_address_free(name, listener)
             for config in [getattr(listener.factory, "config", None)]:
                 route_name = getattr(config, "route_config_name", "")
                 if route_name and route_name in self.route_protos:
@@ -254,6 +256,26 @@ class XdsApplier:
             await self._maybe_start(dynamic)
 
     # --- listener lifecycle ---------------------------------------------------
+    def _holds(self, listener: Any) -> bool:
+        """Whether this process already listens on the listener's address (it then binds it too)."""
+        address = (listener.ip, listener.port)
+        return any((other.ip, other.port) == address for other in self.worker.listeners)
+
+    def _check_address_free(self, name: str, listener: Any) -> None:
+        """Envoy binds a listener when it is added and rejects the update if the address is in use.
+        Checked here, in the main process, before anything is applied: the worker processes bind
+        after it without a claim, and with SO_REUSEPORT they would join another process's port."""
+        from tulle.listener.claim import address_text, claim, os_reason
+
+        if self.worker.state.worker_index != 0 or listener.port == 0 or self._holds(listener):
+            return
+        try:
+            claim(listener.ip, listener.port).close()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # other bind errors are reported when it binds
+                raise UpdateRejected(f"Listener '{name}': cannot bind "
+                                     f"'{address_text(listener.ip, listener.port)}': {os_reason(exc)}") from None
+
     async def _maybe_start(self, dynamic: _DynamicListener) -> None:
         """A listener whose HTTP routes come from RDS warms until they have arrived (as in Envoy)."""
         if dynamic.started:
@@ -262,8 +284,11 @@ class XdsApplier:
         route_name = getattr(config, "route_config_name", "")
         if route_name and route_name not in self.route_protos:
             return
+        listener = dynamic.listener
+        # The main process claims the address (another process listening there is refused, not
+        # shared); worker processes bind after it, and so does a listener replacing one of ours.
         try:
-            sock = dynamic.listener.bind()
+            sock = listener.bind(exclusive=self.worker.state.worker_index == 0 and not self._holds(listener))
         except ConfigError as exc:
             log.error("listener %s: %s", dynamic.listener.name, exc)
             return

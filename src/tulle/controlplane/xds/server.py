@@ -69,20 +69,34 @@ class XdsServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Bind and start serving; returns the bound port (useful with ``port=0``)."""
+        bound = self.bind(host, port)
+        await self.serve()
+        return bound
+
+    def bind(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Bind ``host:port`` without serving yet; the bound port. OSError if it is in use: gRPC
+        sets SO_REUSEPORT unless told not to, which let a second control plane bind the same port
+        and take half of the proxies' streams."""
         if self._server is not None:
-            raise RuntimeError("xDS server already started")
-        server = grpc.aio.server(options=self._grpc_options)
+            raise RuntimeError("xDS server already bound")
+        server = grpc.aio.server(options=[*self._grpc_options, ("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_AdsServicer(self), server)
         if self.serve_separate_services:
             _add_single_type_services(self, server)
         address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:  # gRPC's "Failed to bind to address": it does not say why
+            bound = 0
         if bound == 0:
-            raise OSError(f"xDS server could not bind {address}")
-        await server.start()
+            raise OSError(f"cannot bind {address}")
         self._server, self.port = server, bound
-        log.info("xDS server listening on %s:%d", host, bound)
         return bound
+
+    async def serve(self) -> None:
+        assert self._server is not None, "bind() first"
+        await self._server.start()
+        log.info("xDS server listening on port %d", self.port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting streams; open streams are cancelled after ``grace`` seconds."""
