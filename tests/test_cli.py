@@ -174,3 +174,25 @@ def test_serve_mode_refuses_a_bad_config_before_starting(tmp_path: Path) -> None
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"{HCM_PATH}.tracing" in result.stderr
+
+
+def test_control_plane_takes_the_xds_message_limit(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import tulle.controlplane.server as control_plane_server
+
+    passed: list[Any] = []
+
+    async def fake_serve(*args: Any) -> int:
+        passed.append(args)
+        return 0
+
+    monkeypatch.setattr(control_plane_server, "serve", fake_serve)
+    assert main(["control-plane", "--in-memory", "--xds-max-message-bytes", "128Mi"]) == 0
+    assert main(["control-plane", "--in-memory"]) == 0
+    from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES
+
+    assert [args[-1] for args in passed] == [128 * 1024 * 1024, DEFAULT_MAX_XDS_MESSAGE_BYTES]
+    with pytest.raises(SystemExit) as exited:
+        main(["control-plane", "--in-memory", "--xds-max-message-bytes", "12"])
+    assert exited.value.code == 2
+    assert "--xds-max-message-bytes: expected a byte count from 1024 to 2 GiB" in capsys.readouterr().err

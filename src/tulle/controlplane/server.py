@@ -30,7 +30,7 @@ from tulle.controlplane.store.sqlite import SqliteStore
 from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
-from tulle.controlplane.xds.server import XdsServer
+from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES, XdsServer
 
 log = logging.getLogger("tulle.controlplane")
 
@@ -90,6 +90,7 @@ class ControlPlane:
         http_address: tuple[str, int] = ("127.0.0.1", 15014),
         domain_suffix: str = "cluster.local",
         expiry_interval: float = 1.0,
+        xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES,
     ) -> None:
         self.store = SqliteStore(state_dir) if state_dir else MemoryStore()
         self.registry = Registry(self.store, domain_suffix=domain_suffix)
@@ -100,7 +101,7 @@ class ControlPlane:
         self.nodes: dict[str, ConnectedNode] = {}  # by node id
         self.cache = SnapshotCache(on_node_connected=self._node_connected,
                                    on_node_disconnected=self._node_disconnected)
-        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS)
+        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS, max_message_bytes=xds_max_message_bytes)
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
                              config_view=self._config_view)
         self.translator = MeshTranslator()
@@ -261,6 +262,10 @@ class ControlPlane:
                 nack = type_status.last_nack
                 if nack is not None:
                     entry["nack"] = {"version": nack.version, "error": nack.message}
+                refused = type_status.refused
+                if refused is not None:  # not sent: over the xDS message size limit
+                    entry["refused"] = {"version": refused.version, "bytes": refused.size,
+                                        "limit": refused.limit, "error": refused.message}
                 types[type_url.rsplit(".", 1)[-1]] = entry
             proxies.append({"id": status.node_id, "cluster": status.cluster,
                             "connected_since": status.connected_at, "types": types})
@@ -282,10 +287,12 @@ class ControlPlane:
 
 
 async def serve(state_dir: str | None, xds_address: tuple[str, int], http_address: tuple[str, int],
-                ready_file: str | None = None) -> int:
+                ready_file: str | None = None,
+                xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES) -> int:
     import signal
 
-    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address)
+    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
+                                 xds_max_message_bytes=xds_max_message_bytes)
     xds_port, http_port = await control_plane.start()
     if ready_file:
         Path(ready_file).write_text(json.dumps({"xds_port": xds_port, "http_port": http_port}))
