@@ -18,7 +18,8 @@ State of the world, per type (xDS protocol, "ACK/NACK", "When to send an update"
     RDS) carry everything only in the stream's first update; later ones carry just the
     resources whose version changed and the ones newly subscribed, as istiod does for EDS: a
     client keeps what a response of those types does not mention ("Grouping Resources into
-    Responses"), and drops it when the cluster or listener naming it goes away.
+    Responses"), and drops it when the cluster or listener naming it goes away. The EDS update
+    after a CDS update is whole again (Envoy waits for the endpoints of clusters it rebuilt).
   * A request whose ``response_nonce`` is not the last nonce we sent is stale and ignored.
     With the current nonce it is an ACK, or a NACK when ``error_detail`` is set: the NACK is
     recorded and the rejected version is not sent again; the next version is.
@@ -394,11 +395,14 @@ class _SotwType:
     handled_version: str = ""  # the snapshot version last sent or refused: not tried again
     # Types whose later updates carry only changes: resource name -> the version we sent.
     held: dict[str, str] = field(default_factory=dict)
+    # EDS after a CDS update: Envoy rebuilds a cluster whose definition changed and waits (warming)
+    # for its endpoints, asking again with the same names: the next EDS update is whole, as istiod's.
+    whole_next: bool = False
 
     @property
     def partial(self) -> bool:
         """Whether the next update may carry only what changed (a first update is always whole)."""
-        return self.responded and self.type_url not in types.SOTW_COMPLETE_TYPES
+        return self.responded and not self.whole_next and self.type_url not in types.SOTW_COMPLETE_TYPES
 
 
 class _SotwStream(_Stream):
@@ -447,7 +451,7 @@ class _SotwStream(_Stream):
         if state is None or not state.awaiting_response or not snapshot.has_type(state.type_url):
             return
         version = snapshot.version(state.type_url)
-        if state.responded and not state.names_changed and version == state.handled_version:
+        if state.responded and not (state.names_changed or state.whole_next) and version == state.handled_version:
             return  # the client has (or rejected) exactly this, or it was refused; wait for a newer version
         available = snapshot.resources(state.type_url)
         versions = snapshot.resource_versions(state.type_url)
@@ -475,8 +479,10 @@ class _SotwStream(_Stream):
             return
         state.sent_version, state.sent_nonce = version, nonces[-1]
         state.update_nonces, state.part_rejected = frozenset(nonces), None
-        state.awaiting_response = False
+        state.awaiting_response = state.whole_next = False
         state.responded = True
+        if state.type_url == types.CLUSTER and types.ENDPOINT in self.types:
+            self.types[types.ENDPOINT].whole_next = True
         if splittable:
             # Optimistic, as for delta: a rejected resource counts as held, so it is not resent.
             state.held.update((name, versions[name]) for name in selected)
