@@ -58,7 +58,7 @@ from envoy.service.route.v3 import rds_pb2_grpc
 from google.protobuf import any_pb2
 
 from tulle.controlplane.xds import types
-from tulle.controlplane.xds.cache import Snapshot, SnapshotCache, StreamStatus, Watch
+from tulle.controlplane.xds.cache import EMPTY_SET, ResourceSet, Snapshot, SnapshotCache, StreamStatus, Watch
 
 log = logging.getLogger("tulle.controlplane.xds")
 
@@ -322,7 +322,9 @@ class _Stream:
     ) -> _Update | None:
         """Pack ``items`` (the response's repeated resources) into responses made by
         ``make_response``: one, or (``splittable``) as many as keep each under the server's split
-        size. None, after recording and logging why, when a response would be over the limit."""
+        size. None, after recording and logging why, when a response would be over the limit.
+        The responses copy the items: callers pass a temporary list, so that it is freed before
+        the responses are written (2,000 streams writing at once would otherwise hold both)."""
         server = self.server
         sizes = [item.ByteSize() + _FIELD_OVERHEAD for item in items]
         if splittable:
@@ -393,11 +395,19 @@ class _SotwType:
     update_nonces: frozenset[str] = frozenset()  # every response's nonce, when the update was split
     part_rejected: str | None = None  # a NACK of an earlier response of a split update
     handled_version: str = ""  # the snapshot version last sent or refused: not tried again
-    # Types whose later updates carry only changes: resource name -> the version we sent.
-    held: dict[str, str] = field(default_factory=dict)
+    # Types whose later updates carry only changes: what the client holds is the set of the last
+    # update (shared with every stream that has it, so nothing per stream), restricted to
+    # ``held_names`` (None: all of it). Optimistic, as for delta: a rejected resource counts as
+    # held, so the same version is not sent again.
+    held_set: ResourceSet = EMPTY_SET
+    held_names: frozenset[str] | None = frozenset()
     # EDS after a CDS update: Envoy rebuilds a cluster whose definition changed and waits (warming)
     # for its endpoints, asking again with the same names: the next EDS update is whole, as istiod's.
     whole_next: bool = False
+
+    def holds(self, name: str, version: str) -> bool:
+        held = self.held_set.entries.get(name)
+        return held is not None and held.version == version and (self.held_names is None or name in self.held_names)
 
     @property
     def partial(self) -> bool:
@@ -442,7 +452,7 @@ class _SotwStream(_Stream):
         if (wildcard, names) != (state.wildcard, state.names):
             state.wildcard, state.names, state.names_changed = wildcard, names, True
             if not wildcard:  # the client forgets what it unsubscribed; a new subscription is sent again
-                state.held = {name: version for name, version in state.held.items() if name in names}
+                state.held_names = names if state.held_names is None else state.held_names & names
             self.status.record_subscription(type_url, names, wildcard)
         state.awaiting_response = True
 
@@ -457,13 +467,11 @@ class _SotwStream(_Stream):
         versions = snapshot.resource_versions(state.type_url)
         selected = sorted(available) if state.wildcard else sorted(state.names & available.keys())
         if state.partial:
-            selected = [name for name in selected if state.held.get(name) != versions[name]]
+            selected = [name for name in selected if not state.holds(name, versions[name])]
             if not selected and not state.names_changed:
                 state.handled_version = version  # nothing this client holds changed
                 return
         state.handled_version, state.names_changed = version, False
-        items = [any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name))
-                 for name in selected]
         nonces: list[str] = []
 
         def make_response(resources: list[Any]) -> discovery_pb2.DiscoveryResponse:
@@ -474,7 +482,11 @@ class _SotwStream(_Stream):
             )
 
         splittable = state.type_url not in types.SOTW_COMPLETE_TYPES
-        update = self.build_update(state.type_url, version, items, make_response, splittable, selected)
+        update = self.build_update(
+            state.type_url, version,
+            [any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name)) for name in selected],
+            make_response, splittable, selected,
+        )
         if update is None:  # refused; the request stays unanswered until a newer version fits
             return
         state.sent_version, state.sent_nonce = version, nonces[-1]
@@ -483,9 +495,9 @@ class _SotwStream(_Stream):
         state.responded = True
         if state.type_url == types.CLUSTER and types.ENDPOINT in self.types:
             self.types[types.ENDPOINT].whole_next = True
-        if splittable:
-            # Optimistic, as for delta: a rejected resource counts as held, so it is not resent.
-            state.held.update((name, versions[name]) for name in selected)
+        if splittable:  # what it did not hold it has now: the client holds this set
+            state.held_set = snapshot.resource_set(state.type_url)
+            state.held_names = None if state.wildcard else state.names
         assert self.status is not None
         self.status.record_sent(state.type_url, version, nonces[-1], len(selected), update.size)
         log.debug(
@@ -606,14 +618,6 @@ class _DeltaStream(_Stream):
         if not updated and not removed and (state.responded or not state.wildcard):
             state.owed.clear()
             return
-        items = [
-            discovery_pb2.Resource(
-                name=name,
-                version=versions[name],
-                resource=any_pb2.Any(type_url=type_url, value=snapshot.serialized(type_url, name)),
-            )
-            for name in updated
-        ]
         nonces: list[str] = []
 
         def make_response(resources: list[Any]) -> discovery_pb2.DeltaDiscoveryResponse:
@@ -625,7 +629,14 @@ class _DeltaStream(_Stream):
             )
 
         # Delta updates may always be split: each resource could have had a response of its own.
-        update = self.build_update(type_url, version, items, make_response, True, updated)
+        update = self.build_update(type_url, version, [
+            discovery_pb2.Resource(
+                name=name,
+                version=versions[name],
+                resource=any_pb2.Any(type_url=type_url, value=snapshot.serialized(type_url, name)),
+            )
+            for name in updated
+        ], make_response, True, updated)
         state.owed.clear()
         if update is None:
             state.refused_version = version
