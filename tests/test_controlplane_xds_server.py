@@ -244,6 +244,28 @@ def test_nack_is_recorded_and_the_rejected_version_not_resent() -> None:
     run(test)
 
 
+def test_a_client_rejecting_every_version_keeps_its_stream_and_gets_each_version_once() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.request(types.CLUSTER)
+        await client.nack(await client.read(), "rejected")
+        status = cache.node_status("n1")
+        assert status is not None
+        stream_ids = set(status.streams)
+        for extra in ("c3", "c4", "c5"):
+            cache.set_snapshot("n1", make_snapshot(clusters=("c1", "c2", extra)))
+            update = await client.read()  # the next version, never the rejected one again
+            assert names_in(update) == ["c1", "c2", extra]
+            await client.nack(update, f"{extra} rejected")
+        await client.request(types.LISTENER)  # probe: nothing else came
+        assert (await client.read()).type_url == types.LISTENER
+        assert set(status.streams) == stream_ids  # a NACK never ends the stream
+        assert status.types()[types.CLUSTER].sync_state == "NACKED"
+
+    run(test)
+
+
 def test_new_snapshot_pushes_only_changed_types() -> None:
     async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
         cache.set_snapshot("n1", make_snapshot())
