@@ -683,6 +683,33 @@ def test_proxy_status_reads_the_xds_cache_status_form(fake: FakeControlPlane, ca
     assert "sidecar-1 LDS rejected version 2: bad listener" in out
 
 
+def test_proxy_status_shows_an_update_too_large_to_send(fake: FakeControlPlane,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    from tulle.controlplane.xds.cache import NodeStatus, StreamStatus
+
+    node = NodeStatus("sidecar-1", base_pb2.Node(id="sidecar-1"), connected_at=0.0)
+    stream = StreamStatus(1, "sidecar-1", "sotw", 0.0)
+    node.streams = {1: stream}
+    stream.record_sent(types.ROUTE, "1", "n1", 2)
+    stream.record_ack(types.ROUTE, "1", "n1")
+    stream.record_refused(types.ROUTE, "2", 70_000_000, 67_108_864, "RDS version 2 for node sidecar-1 was not sent")
+    contract_form = {"id": "sidecar-2", "connected_since": 0, "types": {types.ROUTE: {
+        "sent": "1", "acked": "1", "state": "TOO LARGE",
+        "refused": {"version": "2", "bytes": 70_000_000, "limit": 67_108_864, "error": "too large"}}}}
+    fake.on("GET", "/debug/proxies", (200, {"proxies": [node.to_dict(), contract_form]}))
+    code, out, _ = run(capsys, fake, "proxy-status")
+    assert code == 0
+    lines = out.splitlines()
+    for line, proxy in zip(lines[1:3], ("sidecar-1", "sidecar-2"), strict=True):
+        # CDS, LDS and EDS were never sent; RDS (the fourth column) was refused
+        assert line.split()[:9] == [proxy, "NOT", "SENT", "NOT", "SENT", "NOT", "SENT", "TOO", "LARGE"]
+    for proxy in ("sidecar-1", "sidecar-2"):
+        assert f"{proxy} RDS version 2: 70000000 bytes, limit 67108864" in out
+    assert "over the control plane's xDS message limit (--xds-max-message-bytes)" in out
+
+
 # --- proxy-config ---------------------------------------------------------------------------
 
 

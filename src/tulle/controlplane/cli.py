@@ -745,6 +745,9 @@ def normalize_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
             nack = status.get("last_nack")
             if isinstance(nack, dict):
                 entry["nack"] = {"version": nack.get("version", ""), "error": nack.get("message", "")}
+            refused = status.get("refused")
+            if isinstance(refused, dict):
+                entry["refused"] = {**refused, "error": refused.get("message", "")}
             merged[str(status.get("type_url") or status.get("type", ""))] = entry
     return {"id": proxy.get("node_id", ""), "connected_since": proxy.get("connected_at"), "types": merged}
 
@@ -811,7 +814,8 @@ def proxy_status_table(proxies: list[dict[str, Any]], now: float | None = None) 
         per_proxy.append((proxy, statuses))
     columns = [*STATUS_COLUMNS, *sorted(extra)]
     rows = []
-    rejections = []
+    rejections: list[str] = []
+    too_large: list[str] = []
     for proxy, statuses in sorted(per_proxy, key=lambda entry: str(entry[0].get("id", ""))):
         row = [str(proxy.get("id", ""))]
         for column in columns:
@@ -821,11 +825,18 @@ def proxy_status_table(proxies: list[dict[str, Any]], now: float | None = None) 
             if isinstance(nack, dict):
                 rejections.append(f"{proxy.get('id', '')} {column} rejected version {nack.get('version', '')}: "
                                   f"{nack.get('error', '')}")
+            refused = status.get("refused") if status is not None else None
+            if isinstance(refused, dict):
+                too_large.append(f"{proxy.get('id', '')} {column} version {refused.get('version', '')}: "
+                                 f"{refused.get('bytes', '?')} bytes, limit {refused.get('limit', '?')}")
         row.append(age(proxy.get("connected_since"), now))
         rows.append(row)
     text = render_table(["NAME", *columns, "CONNECTED"], rows)
     if rejections:
         text += "\nLast rejections:\n" + "".join(f"  {line}\n" for line in rejections)
+    if too_large:
+        text += ("\nNot sent, over the control plane's xDS message limit (--xds-max-message-bytes):\n"
+                 + "".join(f"  {line}\n" for line in too_large))
     return text
 
 

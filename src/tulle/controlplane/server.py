@@ -39,7 +39,7 @@ from tulle.controlplane.store.state import StateError
 from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
-from tulle.controlplane.xds.server import XdsServer
+from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES, XdsServer
 from tulle.listener.claim import address_text, os_reason, unavailable
 
 log = logging.getLogger("tulle.controlplane")
@@ -120,6 +120,7 @@ class ControlPlane:
         expiry_interval: float = 1.0,
         token_file: str | None = None,
         api_allowed_hosts: Iterable[str] = (),
+        xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES,
     ) -> None:
         # The API's token first: a token file others can read refuses the start before anything opens.
         self._token_dir: str | None = None
@@ -139,7 +140,7 @@ class ControlPlane:
         self.nodes: dict[str, ConnectedNode] = {}  # by node id
         self.cache = SnapshotCache(on_node_connected=self._node_connected,
                                    on_node_disconnected=self._node_disconnected)
-        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS)
+        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS, max_message_bytes=xds_max_message_bytes)
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
                              config_view=self._config_view, token=token, allowed_hosts=api_allowed_hosts)
         self.translator = MeshTranslator()
@@ -356,6 +357,10 @@ class ControlPlane:
                 nack = type_status.last_nack
                 if nack is not None:
                     entry["nack"] = {"version": nack.version, "error": nack.message}
+                refused = type_status.refused
+                if refused is not None:  # not sent: over the xDS message size limit
+                    entry["refused"] = {"version": refused.version, "bytes": refused.size,
+                                        "limit": refused.limit, "error": refused.message}
                 types[type_url.rsplit(".", 1)[-1]] = entry
             proxies.append({"id": status.node_id, "cluster": status.cluster,
                             "connected_since": status.connected_at, "types": types})
@@ -378,12 +383,14 @@ class ControlPlane:
 
 async def serve(state_dir: str | None, xds_address: tuple[str, int], http_address: tuple[str, int],
                 ready_file: str | None = None, token_file: str | None = None,
-                api_allowed_hosts: Iterable[str] = ()) -> int:
+                api_allowed_hosts: Iterable[str] = (),
+                xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES) -> int:
     import signal
 
     try:
         control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
-                                     token_file=token_file, api_allowed_hosts=api_allowed_hosts)
+                                     token_file=token_file, api_allowed_hosts=api_allowed_hosts,
+                                     xds_max_message_bytes=xds_max_message_bytes)
     except StateError as error:  # damaged or busy state: say what to do instead of a traceback
         print(f"tulle control-plane: error: {error}", file=sys.stderr)
         return 1
