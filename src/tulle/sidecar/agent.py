@@ -34,6 +34,7 @@ from typing import Any
 
 from tulle.controlplane.api_token import ClientToken, add_client_arguments, find_client_token
 from tulle.controlplane.model import ProxyIdentity
+from tulle.controlplane.registry.validation import registration_problems
 from tulle.listener.claim import address_text, os_reason, unavailable
 from tulle.sidecar.bootstrap import ADMIN_PORT, sidecar_bootstrap, sidecar_identity, split_host_port
 
@@ -155,6 +156,8 @@ class Registration:
         self.token = token if token is not None else ClientToken(None, "")
         self.ttl = float(body.get("ttlSeconds") or 30)
         self.instance_id: str | None = None
+        self.refused_permanently = False  # the last answer was a 4xx: retry at the longest delay
+        self._last_refusal: str | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -177,16 +180,32 @@ class Registration:
                 raise
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("control plane %s unreachable (%s); retrying in %.1fs", self.base, exc, delay)
+            longest = max(FIRST_RETRY_DELAY, min(MAX_RETRY_DELAY, self.heartbeat_interval))
+            if self.refused_permanently:
+                delay = longest
             await asyncio.sleep(delay)
-            delay = min(delay * 2, max(FIRST_RETRY_DELAY, min(MAX_RETRY_DELAY, self.heartbeat_interval)))
+            delay = min(delay * 2, longest)
 
     def _accept(self, status: int, raw: bytes) -> bool:
         if status == 401:
             self._refused("registration")
             return False
         if status != 200:
-            log.warning("registration refused: %s %s", status, raw.decode(errors="replace").strip())
+            answer = raw.decode(errors="replace").strip()
+            if 400 <= status < 500 and status not in (408, 429):
+                # the control plane refuses this registration as it is (a newer control plane may
+                # check more than this sidecar did): say it once, loudly, and retry slowly in case
+                # the operator fixes the control plane side (e.g. registers the service)
+                self.refused_permanently = True
+                if answer != self._last_refusal:
+                    log.error("registration refused (%s): %s; this workload gets no traffic until it is "
+                              "accepted", status, answer)
+                    self._last_refusal = answer
+                return False
+            log.warning("registration refused: %s %s", status, answer)
             return False
+        self.refused_permanently = False
+        self._last_refusal = None
         answer = json.loads(raw or b"{}")
         self.instance_id = str(answer["id"])
         # the control plane may clamp the TTL: heartbeat at the lease it granted
@@ -489,6 +508,25 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
+# The flag that sets each registration field, so a refusal names what the user typed.
+REGISTRATION_FLAGS = {"name": "--name", "namespace": "--namespace", "address": "--ip", "ports": "--app-port",
+                      "labels": "--label", "serviceAccount": "--service-account", "locality": "--locality",
+                      "services": "--service", "ttlSeconds": "--ttl"}
+
+
+def registration_errors(body: dict[str, Any]) -> list[str]:
+    """The registry's own checks, run before anything starts: a registration the control plane
+    would refuse is a command-line error naming the flag, not a sidecar retrying forever."""
+    problems = registration_problems(
+        body["name"], body["namespace"], body["address"], body["ports"], body["labels"], body["serviceAccount"],
+        body["locality"], body["services"], body["ttlSeconds"], 1)
+    out = []
+    for field_path, message in problems:
+        flag = REGISTRATION_FLAGS.get(field_path.split("[", 1)[0], field_path)
+        out.append(f"{flag} ({field_path}): {message}")
+    return out
+
+
 def run_sidecar(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="[%(asctime)s][%(process)d][%(levelname)s][tulle sidecar] %(message)s")
@@ -500,6 +538,11 @@ def run_sidecar(args: argparse.Namespace) -> int:
         config.bootstrap()  # refuse a bad --xds-address or --locality before starting anything
     except (ValueError, OSError) as exc:
         print(f"tulle sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    errors = registration_errors(config.registration())
+    if errors:
+        for error in errors:
+            print(f"tulle sidecar: error: {error}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(SidecarAgent(config).run())
