@@ -87,16 +87,34 @@ class Demo:
         self.workdir = workdir
         self.delta = delta
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}  # label -> how it started
         self.cp_url = "http://127.0.0.1:15014"
         self.token_file = token_path(workdir / "state")  # made by its own control plane at start
         self.env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
 
     # --- processes -----------------------------------------------------------------------------
     def _spawn(self, label: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.workdir / f"{label}.log", "wb")  # noqa: SIM115 - closed with the process
+        self._commands[label] = (args, env)
+        # appended: a process started again (respawn) keeps its earlier incarnation's log
+        log = open(self.workdir / f"{label}.log", "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
                                    env=env or self.env, start_new_session=True)
         self.processes.append((label, process))
+
+    def process(self, label: str) -> subprocess.Popen[bytes]:
+        """The running (or last) process of ``label`` ("control-plane", "app-<workload>", "sidecar-<workload>")."""
+        return next(process for name, process in self.processes if name == label)
+
+    def respawn(self, label: str) -> subprocess.Popen[bytes]:
+        """Start ``label`` again exactly as it first started, after it exited or was killed
+        (bench/mesh_reliability.py restarts the control plane, sidecars and apps this way)."""
+        index = next(i for i, (name, _) in enumerate(self.processes) if name == label)
+        if self.processes[index][1].poll() is None:
+            raise RuntimeError(f"{label} is still running (pid {self.processes[index][1].pid})")
+        args, env = self._commands[label]
+        self._spawn(label, args, env)
+        self.processes[index] = self.processes.pop()  # keep the stop order: sidecars, apps, control plane
+        return self.processes[index][1]
 
     def _check_alive(self) -> None:
         for label, process in self.processes:
