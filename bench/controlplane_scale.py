@@ -360,7 +360,10 @@ class _LoadStream:
                 held[name] = refs
                 if watch is not None and name == watch.change["cluster"]:
                     carries_change = (watch.needle in item.value) == watch.change["present"]
-            state.held = held
+            if type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+                state.held = held  # the state of the world
+            else:
+                state.held.update(held)  # EDS/RDS: what a response leaves out is kept (xDS protocol)
             state.version = response.version_info
         state.nonce = response.nonce
         state.received = True
@@ -391,9 +394,9 @@ class _LoadStream:
                 continue
             added, dropped = wanted - state.names, state.names - wanted
             state.names = wanted
+            for name in dropped:
+                state.held.pop(name, None)
             if self.delta:
-                for name in dropped:
-                    state.held.pop(name, None)
                 await self._send(child, subscribe=added, unsubscribe=dropped)
             else:
                 await self._send(child)

@@ -479,9 +479,9 @@ class Mesh:
 
     def __init__(self, workdir: Path, delta: bool) -> None:
         self.demo = mesh_demo.Demo(workdir, delta)
-        # addresses come from the demo (a demo that picks free ones carries them itself), never from here
-        self.workloads = list(getattr(self.demo, "workloads", mesh_demo.WORKLOADS))
-        self.service_port = int(getattr(self.demo, "service_port", mesh_demo.SERVICE_PORT))
+        # addresses come from the demo, which picks free ones in start(), never from here
+        self.workloads: list[Any] = []
+        self.service_port = mesh_demo.SERVICE_PORT
         self.lock = threading.Lock()  # one deliberate change to the processes at a time
         self.expected_down: set[str] = set()  # process labels the run stopped on purpose
 
@@ -497,6 +497,8 @@ class Mesh:
 
     def start(self) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # the demo's progress lines; stdout is the report
+            self.demo.choose_ports()  # free ports and a free loopback block, beside any other mesh
+            self.workloads = list(self.demo.workloads)
             self.demo.start_control_plane()
             self.demo.register_services()
             self.demo.start_workloads()

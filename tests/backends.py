@@ -449,6 +449,43 @@ def echo_backend(name: str = "echo") -> Iterator[int]:
         server.server_close()
 
 
+class RecordingSocket(socket.socket):
+    """An accepted connection that records the writes and socket options of its handler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+        self.options: set[tuple[int, int, Any]] = set()
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        self.options.add((level, option, bool(value)))
+        super().setsockopt(level, option, value, *rest)
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.writes += 1
+        return super().send(data, *args)
+
+    def sendall(self, data: Any, *args: Any) -> None:
+        self.writes += 1
+        super().sendall(data, *args)
+
+
+def handle_one_connection(server: Any) -> tuple[list[RecordingSocket], threading.Thread]:
+    """Accept one connection on ``server`` and run its request handler over a RecordingSocket."""
+    accepted: list[RecordingSocket] = []
+
+    def run() -> None:
+        connection, address = server.socket.accept()
+        recording = RecordingSocket(connection.family, connection.type, fileno=connection.detach())
+        accepted.append(recording)
+        with recording:
+            server.RequestHandlerClass(recording, address, server)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return accepted, thread
+
+
 # --------------------------------------------------------------------------- proxy config and observation
 
 

@@ -25,12 +25,14 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """Answers every request for a type with the latest scripted response for it, once per version."""
+    """Answers every request for a type with the latest scripted response for it, once per version and
+    stream (a new stream gets it again, as from a real server)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unsolicited: tuple[str, ...] = ()) -> None:
+        """``unsolicited``: types sent whether or not the client asked for them (a misbehaving server)."""
+        self.unsolicited = set(unsolicited)
         self.requests: list[Any] = []
         self.latest: dict[str, discovery_pb2.DiscoveryResponse] = {}
-        self.sent: dict[str, str] = {}  # type -> nonce of what the stream got last
         self.wake = asyncio.Event()
         self.nonce = 0
 
@@ -53,7 +55,8 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 await queue.put(request)
 
         reader = asyncio.ensure_future(read())
-        subscribed: set[str] = set()
+        subscribed: set[str] = set(self.unsolicited)
+        sent: dict[str, str] = {}  # type -> nonce of what this stream got last
         try:
             while True:
                 waiter = asyncio.ensure_future(queue.get())
@@ -67,8 +70,8 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 woken.cancel()
                 for type_url in sorted(subscribed):
                     response = self.latest.get(type_url)
-                    if response is not None and self.sent.get(type_url) != response.nonce:
-                        self.sent[type_url] = response.nonce
+                    if response is not None and sent.get(type_url) != response.nonce:
+                        sent[type_url] = response.nonce
                         yield response
         finally:
             reader.cancel()
@@ -124,7 +127,7 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             delta.resources.add(name=name, version=version, resource=packed)
                             held[name] = version
                     for name in sorted(set(held) - set(current)):
-                        if type_url in wildcard:
+                        if type_url in wildcard or name in subscribed:
                             delta.removed_resources.append(name)
                             del held[name]
                     if delta.resources or delta.removed_resources:

@@ -65,6 +65,15 @@ def test_stats_formats_and_parameters() -> None:
     assert call(backend, "GET", "/stats/prometheus?filter=server").body.startswith("# TYPE envoy_server_live gauge")
 
 
+def test_prometheus_text_readouts_only_when_asked() -> None:
+    backend = FakeBackend()
+    backend.snapshot = {**backend.snapshot, "text_readouts": {"cluster_manager.cds.version_text": "c1"}}
+    assert "version_text" not in call(backend, "GET", "/stats/prometheus").body
+    shown = call(backend, "GET", "/stats/prometheus?text_readouts").body
+    assert 'envoy_cluster_manager_cds_version_text{text_value="c1"} 0\n' in shown
+    assert call(backend, "GET", "/stats").body.startswith('cluster_manager.cds.version_text: "c1"\n')
+
+
 def test_stats_rejects_bad_parameters() -> None:
     backend = FakeBackend()
     assert call(backend, "GET", "/stats?filter=(").status == 400

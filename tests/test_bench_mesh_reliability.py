@@ -208,7 +208,9 @@ def test_every_config_step_is_valid_istio_and_never_routes_to_a_subset_that_is_n
     for step in bench.CONFIG_CYCLE * 2:
         if step.apply is not None:
             resources, diagnostics = load_files([step.apply])
-            problems = [d for d in diagnostics + analyze(resources) if d.level == "error"]
+            # each file alone: its subsets live in another step's DestinationRule (IST0101 by itself),
+            # which the make-before-break check below follows across the cycle
+            problems = [d for d in diagnostics + analyze(resources) if d.level == "error" and d.code != "IST0101"]
             assert not problems, (step.label, problems)
             for resource in resources:
                 if resource.kind == "VirtualService":

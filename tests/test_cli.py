@@ -233,3 +233,25 @@ def test_control_plane_refuses_a_token_file_others_can_read(tmp_path: Path) -> N
     assert result.stderr == (f"tulle control-plane: error: {token_file}: the API token file is accessible to other "
                              "users (mode 0644); whoever reads it can change the mesh's routing. "
                              f"Run `chmod 600 {token_file}`, or delete it to have a new token made\n")
+
+
+def test_control_plane_takes_the_xds_message_limit(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import tulle.controlplane.server as control_plane_server
+
+    passed: list[Any] = []
+
+    async def fake_serve(*args: Any) -> int:
+        passed.append(args)
+        return 0
+
+    monkeypatch.setattr(control_plane_server, "serve", fake_serve)
+    assert main(["control-plane", "--in-memory", "--xds-max-message-bytes", "128Mi"]) == 0
+    assert main(["control-plane", "--in-memory"]) == 0
+    from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES
+
+    assert [args[-1] for args in passed] == [128 * 1024 * 1024, DEFAULT_MAX_XDS_MESSAGE_BYTES]
+    with pytest.raises(SystemExit) as exited:
+        main(["control-plane", "--in-memory", "--xds-max-message-bytes", "12"])
+    assert exited.value.code == 2
+    assert "--xds-max-message-bytes: expected a byte count from 1024 to 2 GiB" in capsys.readouterr().err

@@ -329,8 +329,6 @@ class SwitchableEchoHandler(echo_server.EchoHandler):
     """The echo backend with the locality sandbox service's switch: while its server's ``unhealthy``
     is set (the sandbox's ``/unhealthy``) every request gets 503, health checks included."""
 
-    wbufsize = -1  # headers and body in one write: no Nagle/delayed-ACK stall on each keep-alive request
-
     def _handle(self) -> None:
         if getattr(self.server, "unhealthy", False):
             self._read_body()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 from aiohttp.test_utils import TestClient, TestServer
 from envoy.config.cluster.v3 import cluster_pb2
 
@@ -346,11 +348,16 @@ def test_invalid_service_requests() -> None:
         for body in cases:
             response = await client.post("/apis/v1/services", data=body, headers=JSON)
             assert response.status == 400, body
-            assert (await response.json())["error"]
+            answer = await response.json()
+            assert answer["error"] and answer["errors"] and {"level", "resource", "field", "message"} <= set(
+                answer["errors"][0]), body
         bad_version = ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n"
                        "spec: {ports: [{name: http, port: 80}]}\n")
         errors = (await (await client.post("/apis/v1/resources", data=bad_version, headers=YAML)).json())["errors"]
-        assert [e["field"] for e in errors] == ["apiVersion"]
+        # A Kubernetes Service: one message, the one `tulle analyze` gives (istio.kinds.check_kind).
+        assert [(e["field"], e["message"]) for e in errors] == [
+            ("kind", "Service (v1) is a Kubernetes kind Tulle does not read: register services with "
+                     "`tulle register service` or use a ServiceEntry")]
 
     run(api, scenario)
     assert api.store.list() == []
@@ -398,15 +405,153 @@ def test_invalid_instance_requests() -> None:
     api, _ = make_api()
 
     async def scenario(client: TestClient) -> None:
-        for body in ({"name": "a"}, {"name": "a", "address": "10.0.0.1", "ttlSeconds": 0},
-                     {"name": "a", "address": "10.0.0.1", "ports": {"http": "80"}},
-                     {"name": "a", "address": "10.0.0.1", "servics": ["x"]}):
+        for body, field in (({"name": "a"}, "address"), ({"name": "a", "address": "10.0.0.1", "ttlSeconds": 0},
+                                                         "ttlSeconds"),
+                            ({"name": "a", "address": "10.0.0.1", "ports": {"http": "80"}}, "ports[http]"),
+                            ({"name": "a", "address": "10.0.0.1", "servics": ["x"]}, "servics")):
             response = await client.post("/apis/v1/instances", json=body)
             assert response.status == 400, body
-            assert (await response.json())["error"]
+            answer = await response.json()
+            assert answer["error"] and [e["field"] for e in answer["errors"]] == [field], answer
 
     run(api, scenario)
     assert api.registry.leases() == []
+
+
+def test_an_instance_that_is_not_an_ip_is_refused_with_a_diagnostic_naming_the_field() -> None:
+    api, _ = make_api()
+    api.registry.put_service("reviews", "default", [{"name": "http", "port": 9080}])
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post("/apis/v1/instances", json={
+            "name": "reviews-1", "address": "not-an-ip", "ports": {"http": 9080}, "services": ["reviews"]})
+        assert response.status == 400
+        (error,) = (await response.json())["errors"]
+        assert (error["level"], error["resource"], error["field"]) == ("error", "instance default/reviews-1", "address")
+        assert "'not-an-ip' is not an IP address" in error["message"]
+
+    run(api, scenario)
+    assert api.registry.leases() == []
+
+
+def test_registry_bodies_are_bounded_and_strict_json() -> None:
+    api, _ = make_api()
+
+    async def scenario(client: TestClient) -> None:
+        huge = {"name": "a", "address": "10.0.0.1", "labels": {"x": "y" * 70_000}}
+        response = await client.post("/apis/v1/instances", json=huge)
+        assert response.status == 413
+        assert "larger than 65536 bytes" in (await response.json())["errors"][0]["message"]
+
+        async def chunked() -> Any:
+            yield json.dumps(huge).encode()
+
+        assert (await client.post("/apis/v1/instances", data=chunked(), headers=JSON)).status == 413
+        for constant in ("NaN", "Infinity"):
+            response = await client.post("/apis/v1/instances", data=f'{{"name": "a", "address": "10.0.0.1", '
+                                                                     f'"ttlSeconds": {constant}}}', headers=JSON)
+            assert response.status == 400
+            assert f"{constant} is not a JSON number" in (await response.json())["error"]
+
+    run(api, scenario)
+    assert api.registry.leases() == []
+
+
+def test_a_heartbeat_is_answered_while_a_big_apply_is_being_validated() -> None:
+    """Validation (and parsing, and the commit) run off the event loop: the loop keeps serving."""
+    validating, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def slow_validator(resources: list[Resource]) -> list[Diagnostic]:
+        validating.set()
+        released.append(release.wait(10))  # False: the loop was blocked until it gave up
+        return []
+
+    api, _ = make_api(validator=slow_validator)
+    lease_id = api.registry.register("reviews-1", "default", "10.0.0.1", ttl=30)
+
+    async def scenario(client: TestClient) -> None:
+        apply = asyncio.create_task(client.post("/apis/v1/resources", data=REVIEWS_YAML, headers=YAML))
+        assert await asyncio.to_thread(validating.wait, 10)
+        response = await client.put(f"/apis/v1/instances/{lease_id}/heartbeat")
+        assert response.status == 200
+        assert not apply.done()  # answered while the apply was still being validated
+        release.set()
+        assert (await apply).status == 200
+
+    run(api, scenario)
+    assert released == [True]
+    assert len(api.store.list()) == 2
+
+
+def test_concurrent_applies_are_committed_in_arrival_order() -> None:
+    order: list[str] = []
+    first_in, release = threading.Event(), threading.Event()
+
+    def validator(resources: list[Resource]) -> list[Diagnostic]:
+        hosts = [r.spec["hosts"][0] for r in resources if r.kind == "VirtualService"]
+        order.append(hosts[0])
+        if hosts[0] == "first":
+            first_in.set()
+            release.wait(10)
+        return []
+
+    api, _ = make_api(validator=validator)
+    second_arrived = asyncio.Event()
+
+    @aiohttp.web.middleware
+    async def notice_second(request: aiohttp.web.Request, handler: Any) -> Any:
+        if request.query.get("source") == "second":
+            second_arrived.set()
+        return await handler(request)
+
+    api.app.middlewares.append(notice_second)
+    vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [{}]}}\n"
+
+    async def scenario(client: TestClient) -> None:
+        first = asyncio.create_task(client.post("/apis/v1/resources?source=first", data=vs.format("first"), headers=YAML))
+        assert await asyncio.to_thread(first_in.wait, 10)
+        second = asyncio.create_task(client.post("/apis/v1/resources?source=second", data=vs.format("second"), headers=YAML))
+        await second_arrived.wait()  # the second apply is in the server while the first is validated
+        release.set()
+        assert [(await first).status, (await second).status] == [200, 200]
+
+    run(api, scenario)
+    assert order == ["first", "second"]
+    stored = api.store.get("VirtualService", "default", "r")
+    assert stored is not None and stored.spec["hosts"] == ["second"]
+
+
+def test_bulk_delete_is_one_transaction_all_or_nothing() -> None:
+    api, _ = make_api()
+    api.store.apply([Resource("VirtualService", "networking.istio.io/v1", name, spec={"hosts": [name]})
+                     for name in ("a", "b")])
+
+    async def scenario(client: TestClient) -> None:
+        items = [{"kind": "virtualservice", "namespace": "default", "name": "a"},
+                 {"kind": "VirtualService", "name": "missing"}, {"kind": "VirtualService", "name": "b"}]
+        response = await client.post("/apis/v1/resources:delete", json={"items": items})
+        answer = await response.json()
+        assert response.status == 404
+        assert (answer["notFound"], answer["deleted"]) == (["VirtualService default/missing"], [])
+        assert "nothing was deleted" in answer["error"]
+        assert [r.name for r in api.store.list()] == ["a", "b"]
+
+        response = await client.post("/apis/v1/resources:delete", json={"items": items, "ignoreNotFound": True})
+        assert (response.status, await response.json()) == (200, {
+            "deleted": ["VirtualService default/a", "VirtualService default/b"],
+            "notFound": ["VirtualService default/missing"]})
+        assert api.store.list() == []
+
+        for body, field in (({"items": []}, "items"), ({"items": [{"kind": "VirtualService"}]}, "items[0]"),
+                            ({"items": [{"kind": "vs", "name": "a", "nmae": "b"}]}, "items[0]"),
+                            ({"items": [{"kind": "vs", "name": "a"}], "ignoreNotFound": "yes"}, "ignoreNotFound"),
+                            ({"item": []}, "item")):
+            response = await client.post("/apis/v1/resources:delete", json=body)
+            assert response.status == 400, body
+            assert field in [e["field"] for e in (await response.json())["errors"]], body
+
+    run(api, scenario)
 
 
 def test_debug_proxies() -> None:

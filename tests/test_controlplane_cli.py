@@ -483,17 +483,30 @@ def test_get_registry_services_and_instances(fake: FakeControlPlane, capsys: pyt
 # --- delete ---------------------------------------------------------------------------------
 
 
-def test_delete_by_kind_and_names(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
-    fake.on("DELETE", "/apis/v1/resources/VirtualService/prod/reviews",
-            (200, {"deleted": "VirtualService prod/reviews"}))
+def _bulk_delete(existing: set[str]) -> Callable[[Recorded], tuple[int, dict[str, Any]]]:
+    """The bulk delete endpoint over a set of "Kind ns/name" refs: all or nothing."""
+
+    def answer(request: Recorded) -> tuple[int, dict[str, Any]]:
+        refs = [f"{i['kind']} {i['namespace']}/{i['name']}" for i in request.body["items"]]
+        missing = [ref for ref in refs if ref not in existing]
+        if missing and not request.body["ignoreNotFound"]:
+            return 404, {"error": "not found; nothing was deleted", "notFound": missing, "deleted": []}
+        return 200, {"deleted": [ref for ref in refs if ref in existing], "notFound": missing}
+
+    return answer
+
+
+def test_delete_by_kind_and_names_is_one_request_all_or_nothing(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("POST", "/apis/v1/resources:delete", _bulk_delete({"VirtualService prod/reviews"}))
     code, out, err = run(capsys, fake, "delete", "vs", "reviews", "ratings", "-n", "prod")
-    assert code == 1  # ratings was missing; reviews was still deleted
-    assert out == "VirtualService prod/reviews deleted\n"
-    assert "Error: VirtualService prod/ratings not found" in err
-    assert [r.path for r in fake.sent("DELETE")] == ["/apis/v1/resources/VirtualService/prod/reviews",
-                                                     "/apis/v1/resources/VirtualService/prod/ratings"]
-    code, _, err = run(capsys, fake, "delete", "vs", "ratings", "-n", "prod", "--ignore-not-found")
-    assert code == 0 and err == ""
+    assert code == 1 and out == ""  # ratings was missing: nothing was deleted
+    assert "Error: VirtualService prod/ratings not found" in err and "nothing was deleted" in err
+    assert [r.body for r in fake.sent("POST")] == [{"items": [
+        {"kind": "VirtualService", "namespace": "prod", "name": "reviews"},
+        {"kind": "VirtualService", "namespace": "prod", "name": "ratings"}], "ignoreNotFound": False}]
+    code, out, err = run(capsys, fake, "delete", "vs", "reviews", "ratings", "-n", "prod", "--ignore-not-found")
+    assert (code, out, err) == (0, "VirtualService prod/reviews deleted\n", "")
 
 
 def test_delete_names_are_quoted_in_the_path(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
@@ -501,12 +514,14 @@ def test_delete_names_are_quoted_in_the_path(fake: FakeControlPlane, capsys: pyt
     assert fake.requests[0].path == "/apis/v1/instances/a%2Fb%20c"
 
 
-def test_delete_from_file(tmp_path: Path, fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
-    for path in ("/apis/v1/resources/VirtualService/default/reviews", "/apis/v1/resources/DestinationRule/prod/reviews"):
-        fake.on("DELETE", path, (200, {"deleted": path}))
+def test_delete_from_file_is_one_request(tmp_path: Path, fake: FakeControlPlane,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("POST", "/apis/v1/resources:delete",
+            _bulk_delete({"VirtualService default/reviews", "DestinationRule prod/reviews"}))
     code, out, _ = run(capsys, fake, "delete", "-f", str(write(tmp_path, REVIEWS_VS)))
     assert code == 0
     assert out.splitlines() == ["VirtualService default/reviews deleted", "DestinationRule prod/reviews deleted"]
+    assert len(fake.requests) == 1
 
 
 def test_delete_registry_service(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
@@ -524,41 +539,91 @@ def test_delete_needs_names_or_files(fake: FakeControlPlane, capsys: pytest.Capt
 
 
 def test_analyze_clean_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tulle.controlplane.istio.validation", reason="validation is written by another engineer")
     same_namespace = REVIEWS_VS.replace("namespace: prod", "namespace: default")
-    code, out, _ = run(capsys, None, "analyze", "-f", str(write(tmp_path, same_namespace)))
+    path = write(tmp_path, same_namespace)
+    code, out, err = run(capsys, None, "analyze", "-f", str(path))
     assert code == 0
-    assert out == "No validation issues found in 2 resources.\n"
+    # istioctl: messages on stdout (none here), the verdict on stderr.
+    assert (out, err) == ("", f"\u2714 No validation issues found when analyzing {path}.\n")
 
 
-def test_analyze_errors_fail_and_name_file_document_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tulle.controlplane.istio.validation", reason="validation is written by another engineer")
-    broken = REVIEWS_VS.replace("hosts: [reviews]", "hosts: [reviews]\n  htp: []")
+def test_analyze_prints_istioctl_messages_with_codes_and_the_line_of_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = REVIEWS_VS.replace("hosts: [reviews]", "hosts: [reviews]\n  htp: []").replace("namespace: prod",
+                                                                                          "namespace: default")
     path = write(tmp_path, broken)
     code, out, err = run(capsys, None, "analyze", str(path))
-    assert code == 1
-    assert any(line.startswith(f"Error: {path}#1: VirtualService default/reviews: spec.htp: ")
-               for line in out.splitlines())
-    assert "1 error" in err
+    assert code == cli.EXIT_ANALYZER_FOUND_ISSUES == 79
+    assert out.splitlines() == [
+        f"Error [IST0106] (VirtualService default/reviews {path}:7) Schema validation error: spec.htp: unknown field "
+        "'htp' in VirtualService; did you mean 'http'?"]
+    assert err.startswith(f"Error: Analyzers found issues when analyzing {path}.\nSee https://istio.io/")
     code, out, _ = run(capsys, None, "analyze", "-f", str(path), "-o", "json")
-    assert code == 1
-    findings = json.loads(out)["diagnostics"]
-    assert {"level": "error", "field": "spec.htp", "source": f"{path}#1"}.items() <= findings[0].items()
+    assert code == 79  # istioctl exits 0 with -o json (istio/istio#35054); Tulle does not
+    assert json.loads(out) == [{
+        "code": "IST0106", "level": "Error", "origin": "VirtualService default/reviews", "reference": f"{path}:7",
+        "message": "Schema validation error: spec.htp: unknown field 'htp' in VirtualService; did you mean 'http'?",
+        "field": "spec.htp",
+        "documentationUrl": "https://istio.io/latest/docs/reference/config/analysis/ist0106/?ref=tulle-analyze"}]
 
 
-def test_analyze_warnings_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tulle.controlplane.istio.validation", reason="validation is written by another engineer")
-    # A subset no DestinationRule defines: istioctl analyze warns (IST0101), it does not refuse.
-    path = write(tmp_path, REVIEWS_VS.replace("subset: v1}", "subset: v9}"))
+def test_analyze_missing_subset_is_an_error_as_in_istioctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # IST0101 ReferencedResourceNotFound is an Error in istioctl's messages.yaml.
+    path = write(tmp_path, REVIEWS_VS.replace("subset: v1}", "subset: v9}").replace("namespace: prod",
+                                                                                      "namespace: default"))
     code, out, _ = run(capsys, None, "analyze", "-f", str(path))
+    assert code == 79
+    assert out.splitlines() == [f'Error [IST0101] (VirtualService default/reviews {path}:9) Referenced host+subset in '
+                                'destinationrule not found: "reviews+v9"']
+
+
+def test_analyze_warnings_pass_unless_the_failure_threshold_says_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    twice = REVIEWS_VS.replace("namespace: prod", "namespace: default").replace(
+        "  - route:\n    - destination: {host: reviews, subset: v1}",
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n  - route:\n    - destination: {host: reviews}")
+    path = write(tmp_path, twice)
+    code, out, err = run(capsys, None, "analyze", "-f", str(path), "-o", "log")
+    assert code == 0 and err == ""
+    assert out.splitlines() == [f"Warning [IST0130] (VirtualService default/reviews {path}:10) VirtualService rule #1 "
+                                "not used (only the last rule can have no matches)."]
+    code, _, _ = run(capsys, None, "analyze", "--failure-threshold", "warning", "-f", str(path))
+    assert code == 79
+
+
+def test_analyze_reports_unreadable_documents_in_the_same_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, None, "analyze", "-f", str(tmp_path / "missing.yaml"))
+    assert code == cli.EXIT_FILE_PARSE_ERROR == 65
+    assert out.startswith(f"Error ({tmp_path / 'missing.yaml'}) cannot read file:")
+    assert err == "Error: 1 document could not be read.\n"
+
+
+def test_analyze_lists_each_conflicting_virtual_service_once_in_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Istio's samples directory holds several versions of VirtualService "reviews"; it counts once.
+    vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: %s}\nspec:\n  hosts: [reviews]\n" \
+         "  http:\n  - route:\n    - destination: {host: reviews}\n"
+    for index in range(3):
+        write(tmp_path, vs % "reviews", f"reviews-{index}.yaml")
+    write(tmp_path, vs % "reviews-canary", "canary.yaml")
+    code, out, _ = run(capsys, None, "analyze", str(tmp_path))
+    conflicts = [line for line in out.splitlines() if "[IST0109]" in line]
+    assert code == 79
+    assert [line.split(" (")[1].split()[1] for line in conflicts] == ["default/reviews-canary", "default/reviews"]
+    assert all("The VirtualServices default/reviews,default/reviews-canary associated with mesh gateway" in line
+               for line in conflicts)
+
+
+def test_analyze_says_what_tulle_does_not_act_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = Path(__file__).parent / "data" / "istio"
+    code, out, _ = run(capsys, None, "analyze", str(data / "destination-rule-all-mtls.yaml"))
     assert code == 0
-    assert any(line.startswith(f"Warning: {path}#1: VirtualService default/reviews") for line in out.splitlines())
-
-
-def test_analyze_reports_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tulle.controlplane.istio.validation", reason="validation is written by another engineer")
-    code, out, _ = run(capsys, None, "analyze", "-f", str(tmp_path / "missing.yaml"))
-    assert code == 1 and "cannot read file" in out
+    assert (f"Warning [TUL0001] (DestinationRule default/reviews {data / 'destination-rule-all-mtls.yaml'}:23) "
+            "spec.trafficPolicy.tls: Tulle does not translate TLS origination (tls) yet: clusters get no transport "
+            "socket, so traffic to this host is sent in plaintext") in out.splitlines()
 
 
 # --- proxy-status ---------------------------------------------------------------------------
@@ -616,6 +681,33 @@ def test_proxy_status_reads_the_xds_cache_status_form(fake: FakeControlPlane, ca
     assert code == 0
     assert out.splitlines()[1].split()[:4] == ["sidecar-1", "SYNCED", "NACKED", "NOT"]
     assert "sidecar-1 LDS rejected version 2: bad listener" in out
+
+
+def test_proxy_status_shows_an_update_too_large_to_send(fake: FakeControlPlane,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    from tulle.controlplane.xds.cache import NodeStatus, StreamStatus
+
+    node = NodeStatus("sidecar-1", base_pb2.Node(id="sidecar-1"), connected_at=0.0)
+    stream = StreamStatus(1, "sidecar-1", "sotw", 0.0)
+    node.streams = {1: stream}
+    stream.record_sent(types.ROUTE, "1", "n1", 2)
+    stream.record_ack(types.ROUTE, "1", "n1")
+    stream.record_refused(types.ROUTE, "2", 70_000_000, 67_108_864, "RDS version 2 for node sidecar-1 was not sent")
+    contract_form = {"id": "sidecar-2", "connected_since": 0, "types": {types.ROUTE: {
+        "sent": "1", "acked": "1", "state": "TOO LARGE",
+        "refused": {"version": "2", "bytes": 70_000_000, "limit": 67_108_864, "error": "too large"}}}}
+    fake.on("GET", "/debug/proxies", (200, {"proxies": [node.to_dict(), contract_form]}))
+    code, out, _ = run(capsys, fake, "proxy-status")
+    assert code == 0
+    lines = out.splitlines()
+    for line, proxy in zip(lines[1:3], ("sidecar-1", "sidecar-2"), strict=True):
+        # CDS, LDS and EDS were never sent; RDS (the fourth column) was refused
+        assert line.split()[:9] == [proxy, "NOT", "SENT", "NOT", "SENT", "NOT", "SENT", "TOO", "LARGE"]
+    for proxy in ("sidecar-1", "sidecar-2"):
+        assert f"{proxy} RDS version 2: 70000000 bytes, limit 67108864" in out
+    assert "over the control plane's xDS message limit (--xds-max-message-bytes)" in out
 
 
 # --- proxy-config ---------------------------------------------------------------------------
@@ -724,11 +816,90 @@ def test_proxy_config_endpoints(
 
 
 def test_proxy_config_unknown_proxy_and_bad_type(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("GET", "/debug/proxies", (200, {"proxies": []}))
     code, _, err = run(capsys, fake, "proxy-config", "clusters", "ghost")
     assert code == 1 and "proxy 'ghost' is not connected (see `tulle proxy-status`)" in err
     with pytest.raises(SystemExit) as exited:
         main(["proxy-config", "secrets", "ghost"])
     assert exited.value.code == 2
+
+
+REVIEWS_V2 = "sidecar~127.0.10.4~reviews-v2.default~default.svc.cluster.local"
+REVIEWS_V2_PROD = "sidecar~10.0.0.9~reviews-v2.prod~prod.svc.cluster.local"
+RATINGS = "sidecar~127.0.10.6~ratings-v1.default~default.svc.cluster.local"
+
+
+def test_proxy_config_and_status_take_a_short_proxy_name(fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """istioctl takes pod.namespace (or a pod name with -n), not only the node id."""
+    fake.on("GET", "/debug/proxies", (200, {"proxies": [
+        {"id": proxy_id, "connected_since": 0, "types": {}} for proxy_id in (REVIEWS_V2, REVIEWS_V2_PROD, RATINGS)]}))
+    for proxy_id in (REVIEWS_V2, REVIEWS_V2_PROD, RATINGS):
+        cluster = {"name": f"outbound|9080||{proxy_id.split('~')[2]}", "type": "EDS"}
+        fake.on("GET", f"/debug/config/{proxy_id}", (200, {"resources": [cluster]}))
+    for argv, proxy_id in ((["reviews-v2.default"], REVIEWS_V2), (["reviews-v2", "-n", "prod"], REVIEWS_V2_PROD),
+                           (["ratings-v1"], RATINGS), ([RATINGS], RATINGS)):
+        code, out, err = run(capsys, fake, "proxy-config", "clusters", *argv)
+        assert code == 0, err
+        assert out.splitlines()[1].split()[0] == proxy_id.split("~")[2]
+        assert fake.requests[-1].path == f"/debug/config/{proxy_id}"
+    code, _, err = run(capsys, fake, "pc", "clusters", "reviews-v2")
+    assert code == 1
+    assert (f"tulle proxy-config: error: proxy 'reviews-v2' is ambiguous: it names {REVIEWS_V2_PROD}, {REVIEWS_V2}; "
+            "give NAME.NAMESPACE, -n NAMESPACE or the full id") in err
+    code, _, err = run(capsys, fake, "pc", "clusters", "ratings-v1", "-n", "prod")
+    assert code == 1 and "proxy 'ratings-v1' is not connected in namespace prod" in err
+    code, out, _ = run(capsys, fake, "proxy-status", "ratings-v1.default")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["NAME", RATINGS]
+
+
+def test_proxy_status_columns_read_the_control_planes_own_status(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """The API keys each type by its message name ("Cluster"): those are the CDS/LDS/EDS/RDS columns,
+    not extra columns with a mangled type name next to four reading NOT SENT."""
+    from envoy.config.core.v3 import base_pb2
+
+    from tulle.controlplane.server import ControlPlane
+    from tulle.controlplane.xds.cache import SnapshotCache
+
+    control_plane = ControlPlane(None)
+    control_plane.cache = SnapshotCache()
+    try:
+        stream = control_plane.cache.stream_opened(base_pb2.Node(id=REVIEWS_V2), "sotw")
+        for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER):
+            stream.record_sent(type_url, "7", f"n-{type_url}", 1)
+            stream.record_ack(type_url, "7", f"n-{type_url}")
+        stream.record_sent(types.ROUTE, "7", "n-rds", 1)  # sent, not answered yet
+        fake.on("GET", "/debug/proxies", (200, json.loads(json.dumps(control_plane._xds_status()))))
+    finally:
+        control_plane.registry.close()
+        control_plane.store.close()
+    code, out, _ = run(capsys, fake, "proxy-status")
+    assert code == 0
+    header, row = (line.split() for line in out.splitlines())
+    assert header == ["NAME", "CDS", "LDS", "EDS", "RDS", "CONNECTED"]
+    assert row[:5] == [REVIEWS_V2, "SYNCED", "SYNCED", "SYNCED", "STALE"]
+
+
+def test_proxy_config_clusters_names_the_destination_rule_that_applies(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    """The DESTINATION RULE column, from what the translation records on each cluster (as istiod does)."""
+    from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource, Service, ServicePort
+    from tulle.controlplane.translate.translate import CLUSTER_TYPE, translate
+
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "reviews", "default", spec={
+        "host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})
+    services = [Service("reviews.default.svc.cluster.local", "default", [ServicePort("http", 9080, "HTTP")]),
+                Service("ratings.default.svc.cluster.local", "default", [ServicePort("http", 9080, "HTTP")])]
+    translated = translate(MeshSnapshot([rule], services, []), ProxyIdentity(REVIEWS_V2, "default"))
+    fake.on("GET", f"/debug/config/{REVIEWS_V2}", (200, {"resources": [
+        json_format.MessageToDict(cluster, preserving_proto_field_name=True)
+        for cluster in translated[CLUSTER_TYPE].values()]}))
+    code, out, _ = run(capsys, fake, "proxy-config", "clusters", REVIEWS_V2)
+    assert code == 0
+    rows = {tuple(line.split()[:3]): line.split() for line in out.splitlines()[1:]}
+    assert rows[("reviews.default.svc.cluster.local", "9080", "outbound")][-1] == "reviews.default"
+    assert rows[("reviews.default.svc.cluster.local", "9080", "v1")][-1] == "reviews.default"
+    assert rows[("ratings.default.svc.cluster.local", "9080", "outbound")][-1] == "EDS"  # no rule: empty
 
 
 # --- register -------------------------------------------------------------------------------
@@ -848,12 +1019,12 @@ def test_render_table_aligns_columns() -> None:
 def real_api() -> Iterator[str]:
     """The control plane's own HTTP API (in-memory store) on a loopback port, in a thread."""
     api = pytest.importorskip("tulle.controlplane.api.server", reason="the HTTP API is written by another engineer")
-    from tulle.controlplane.istio.validation import analyze
+    from tulle.controlplane.istio.validation import review
     from tulle.controlplane.registry.registry import Registry
     from tulle.controlplane.store.memory import MemoryStore
 
     store = MemoryStore()
-    server = api.ApiServer(store, Registry(store), validator=analyze, token=TOKEN)
+    server = api.ApiServer(store, Registry(store), validator=review, token=TOKEN)  # as the control plane does
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -921,3 +1092,81 @@ def test_a_wrong_token_against_the_real_api_is_explained(
     assert err.startswith(f"tulle register: error: the control plane at {real_api} refused the request: the API "
                           "token from $TULLE_TOKEN was refused")
     assert "Traceback" not in err
+
+
+def test_apply_says_at_apply_time_what_tulle_does_not_act_on(
+    real_api: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(cli.CONTROL_PLANE_ENV, real_api)
+    data = Path(__file__).parent / "data" / "istio"
+    assert main(["apply", "-f", str(data / "bookinfo-gateway.yaml"), "-f", str(data / "egress-rule-google-apis.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "Gateway default/bookinfo-gateway created" in captured.out
+    warnings = captured.err.splitlines()
+    gateway = data / "bookinfo-gateway.yaml"
+    assert (f"Warning: {gateway}#1: Gateway default/bookinfo-gateway: spec.servers: [TUL0001] Tulle does not serve "
+            "Gateway resources yet: no gateway proxy receives listeners for this Gateway") in warnings
+    assert (f"Warning: {gateway}#2: VirtualService default/bookinfo: spec.gateways: [TUL0001] this VirtualService is "
+            "bound only to gateways (bookinfo-gateway), which Tulle does not serve yet: no proxy receives its routes"
+            ) in warnings
+    assert any("DestinationRule default/originate-tls-for-googleapis: spec.trafficPolicy.portLevelSettings[0].tls: "
+               "[TUL0001] Tulle does not translate TLS origination (tls) yet" in line for line in warnings)
+
+
+def test_apply_admits_what_only_the_analyzers_flag_and_says_so(
+    tmp_path: Path, real_api: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kubectl apply admits a VirtualService whose subset is defined later; only istioctl analyze flags it.
+    monkeypatch.setenv(cli.CONTROL_PLANE_ENV, real_api)
+    path = write(tmp_path, REVIEWS_VS.split("---")[0])
+    assert main(["apply", "-f", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "VirtualService default/reviews created\n"
+    assert captured.err == (f"Warning: {path}#1: VirtualService default/reviews: spec.http[0].route[0].destination."
+                            'subset: [IST0101] Referenced host+subset in destinationrule not found: "reviews+v1"\n')
+
+
+def test_analyze_and_apply_say_the_same_about_a_kubernetes_service(
+    tmp_path: Path, real_api: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(cli.CONTROL_PLANE_ENV, real_api)
+    path = write(tmp_path, "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\n"
+                           "spec:\n  type: ClusterIP\n  ports: [{name: http, port: 9080}]\n")
+    expected = ("Service (v1) is a Kubernetes kind Tulle does not read: register services with `tulle register "
+                "service` or use a ServiceEntry")
+    assert main(["analyze", str(path)]) == cli.EXIT_FILE_PARSE_ERROR
+    assert capsys.readouterr().out == f"Error (Service default/reviews {path}:2) kind: {expected}\n"
+    assert main(["apply", "-f", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == f"{path}#1: Service default/reviews: kind: {expected}"
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def test_state_check_restore_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tulle.controlplane.model import Resource
+    from tulle.controlplane.store import SqliteStore
+
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir)
+    store.apply([Resource("VirtualService", "networking.istio.io/v1", "reviews", "prod",
+                          spec={"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]})])
+    store.close()
+    code, out, _ = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 0 and out.startswith(f"{state_dir}/config.db: ok, 1 resources")
+
+    (state_dir / "config.db").write_bytes(b"")
+    code, _, err = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 1 and err.startswith(f"DAMAGED: {state_dir}/config.db: the file is empty")
+    code, out, err = run(capsys, None, "state", "export", "--state-dir", str(state_dir), "--last-good")
+    assert code == 0 and "1 resource exported" in err
+    (exported,) = list(yaml.safe_load_all(out))
+    assert (exported["kind"], exported["metadata"], exported["spec"]["hosts"]) == (
+        "VirtualService", {"name": "reviews", "namespace": "prod"}, ["reviews"])
+
+    code, out, _ = run(capsys, None, "state", "restore", "--state-dir", str(state_dir))
+    assert code == 0 and out.startswith(f"restored {state_dir}/config.db from {state_dir}/config.db.last-good")
+    code, out, _ = run(capsys, None, "state", "check", "--state-dir", str(state_dir))
+    assert code == 0 and "ok, 1 resources" in out
+    code, _, err = run(capsys, None, "state", "restore", "--state-dir", str(state_dir))
+    assert code == 1 and "add --force" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tulle.controlplane.istio.documents import load_documents, load_files
+from tulle.controlplane.istio.documents import field_line, load_documents, load_files
 
 DATA = Path(__file__).parent / "data" / "istio"
 
@@ -171,3 +171,37 @@ def test_fixture_file_loads_completely() -> None:
     assert diagnostics == []
     kinds = {r.kind for r in resources}
     assert kinds == {"VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "WorkloadEntry", "Sidecar"}
+
+
+def test_yaml_is_read_as_kubectl_reads_it_so_an_unquoted_ipv6_address_is_a_string() -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\n"
+            "spec:\n  hosts: [example.com]\n  addresses: [1.2.3.4, 001:db8::]\n"
+            "  ports: [{name: http, number: 80, protocol: HTTP}]\n  subjectAltNames: [1:20, 2024-01-02]\n")
+    resources, diagnostics = load_documents(text, "se.yaml")
+    assert diagnostics == []
+    assert resources[0].spec["addresses"] == ["1.2.3.4", "001:db8::"]
+    assert resources[0].spec["subjectAltNames"] == ["1:20", "2024-01-02"]
+
+
+def test_kinds_whose_crd_requires_spec_are_refused_without_one() -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\n---\n"
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\n")
+    resources, diagnostics = load_documents(text, "f.yaml")
+    assert [(d.source, d.resource, d.field, d.message) for d in diagnostics] == [
+        ("f.yaml#1", "WorkloadEntry default/vm", "spec", "required field missing")]
+    assert [r.kind for r in resources] == ["Sidecar"]  # Sidecar's CRD does not require spec
+
+
+def test_positions_give_the_line_of_each_field_or_its_nearest_written_parent() -> None:
+    text = "# header\n" + _vs("a") + "---\n" + ("apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n"
+                                               "  kind: DestinationRule\n  metadata: {name: d}\n  spec:\n"
+                                               "    host: reviews\n    subsets:\n    - name: v1\n")
+    resources, _ = load_documents(text, "f.yaml", positions=True)
+    vs, rule = resources
+    assert field_line(vs, "") == 2  # apiVersion, after the comment
+    assert field_line(vs, "spec.hosts") == 7
+    assert field_line(vs, "spec.hosts[0]") == 7
+    assert field_line(vs, "spec.http[0].route") == 6  # not written: its nearest parent, spec
+    assert field_line(rule, "spec.subsets[0].name") == 18
+    assert field_line(rule, "") == 12
+    assert load_documents(text, "f.yaml")[0][0].positions == {}  # only when asked for

@@ -7,6 +7,7 @@ import pytest
 from tulle.controlplane.istio.kinds import (
     MESSAGES,
     NETWORKING_KINDS,
+    REGISTRY_SERVICE,
     ListOf,
     MapOf,
     Ref,
@@ -42,6 +43,35 @@ def test_unknown_kind_lists_the_supported_kinds_and_suggests() -> None:
     assert "did you mean VirtualService?" in message
     for kind in NETWORKING_KINDS:
         assert kind in message
+
+
+@pytest.mark.parametrize(("kind", "api_version", "message"), [
+    ("Service", "v1", "Service (v1) is a Kubernetes kind Tulle does not read: register services with "
+                      "`tulle register service` or use a ServiceEntry"),
+    ("Pod", "v1", "Pod (v1) is a Kubernetes kind Tulle does not read: register instances with "
+                  "`tulle register instance` or use a WorkloadEntry"),
+    ("Deployment", "apps/v1", "Deployment (apps/v1) is a Kubernetes kind Tulle does not read: Tulle reads "
+                              "DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry "),
+    ("HTTPRoute", "gateway.networking.k8s.io/v1", "HTTPRoute (gateway.networking.k8s.io/v1) is a Kubernetes kind"),
+])
+def test_kubernetes_kinds_get_one_message_saying_what_to_use(kind: str, api_version: str, message: str) -> None:
+    assert check_kind(kind, api_version) == ("kind", check_kind(kind, api_version)[1])
+    assert check_kind(kind, api_version)[1].startswith(message)
+
+
+def test_the_registry_service_is_read_and_other_service_versions_point_to_it() -> None:
+    from tulle.controlplane.registry.registry import SERVICE_API_VERSION, SERVICE_KIND
+
+    assert REGISTRY_SERVICE == (SERVICE_KIND, SERVICE_API_VERSION)  # the registry's own names
+    assert check_kind(*REGISTRY_SERVICE) is None
+    field, message = check_kind("Service", "networking.istio.io/v1")
+    assert field == "apiVersion" and "registry.tulle.dev/v1" in message and "ServiceEntry" in message
+
+
+def test_gateway_api_gateway_is_an_api_version_problem_of_istios_gateway() -> None:
+    field, message = check_kind("Gateway", "gateway.networking.k8s.io/v1")
+    assert field == "apiVersion"
+    assert "(a Kubernetes API, which Tulle does not read)" in message
 
 
 def test_security_kinds_are_reported_as_not_yet_supported() -> None:

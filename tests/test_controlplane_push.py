@@ -182,3 +182,47 @@ def test_the_memo_keeps_only_what_the_last_full_push_used() -> None:
     memo.new_generation()
     assert memo.entry(CLUSTER_TYPE, body, "x") is not first  # unused for a generation: dropped
     assert memo.parsed == 2
+
+
+# --- ServiceEntries reach only the proxies that may see them ---------------------------------------
+
+
+def service_entry(name: str, namespace: str, host: str, export_to: list[str] | None = None) -> Resource:
+    spec = {"hosts": [host], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC", "endpoints": [{"address": "10.9.0.1"}]}
+    if export_to is not None:
+        spec["exportTo"] = export_to
+    return Resource("ServiceEntry", "networking.istio.io/v1", name, namespace, spec=spec)
+
+
+@pytest.mark.parametrize("sidecar_layout", [False, True], ids=["istio", "tulle-sidecar"])
+def test_service_entries_are_scoped_by_export_to_and_sidecar_egress_hosts(sidecar_layout: bool) -> None:
+    entries = [service_entry("public", "ext", "public.example.com"),
+               service_entry("private", "ext", "private.example.com", ["."]),
+               service_entry("for-app", "ext", "for-app.example.com", ["app"]),
+               service_entry("own", "app", "own.example.com")]
+    narrow = Resource("Sidecar", "networking.istio.io/v1", "default", "narrow",
+                      spec={"egress": [{"hosts": ["./*", "ext/for-app.example.com"]}]})
+    translator = MeshTranslator()
+    translator.set_mesh(MeshSnapshot(resources=[*entries, narrow], services=[], instances=[]))
+
+    def seen(namespace: str) -> dict[str, set[str]]:
+        proxy = client(1, namespace)
+        sets = translator.resource_sets(proxy, options_for(proxy, sidecar_layout))
+        clusters = {name.rsplit("|", 1)[-1] for name in sets[CLUSTER_TYPE].entries if name.startswith("outbound|")}
+        domains = {domain for entry in sets[ROUTE_TYPE].entries.values() for host in entry.message.virtual_hosts
+                   for domain in host.domains if "example.com" in domain}
+        return {"clusters": clusters, "routes": {domain.split(":")[0] for domain in domains}}
+
+    # No Sidecar: whatever is exported to the proxy's namespace.
+    expected = {"public.example.com", "for-app.example.com", "own.example.com"}
+    assert seen("app") == {"clusters": expected, "routes": expected}
+    assert seen("ext")["clusters"] == {"public.example.com", "private.example.com", "own.example.com"}
+    assert seen("other")["clusters"] == {"public.example.com", "own.example.com"}
+    # A Sidecar's egress hosts narrow that further.
+    assert seen("narrow") == {"clusters": set(), "routes": set()}  # for-app is not exported to "narrow"
+    narrow_app = Resource("Sidecar", "networking.istio.io/v1", "default", "app",
+                          spec={"egress": [{"hosts": ["./*", "ext/for-app.example.com"]}]})
+    translator.set_mesh(MeshSnapshot(resources=[*entries, narrow_app], services=[], instances=[]))
+    expected = {"for-app.example.com", "own.example.com"}
+    assert seen("app") == {"clusters": expected, "routes": expected}

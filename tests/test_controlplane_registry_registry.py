@@ -112,20 +112,88 @@ def test_put_service_persists_as_a_store_resource(clock: FakeClock) -> None:
     assert registry.services() == [service]
 
 
-def test_services_survive_a_restart_but_instances_do_not(tmp_path, clock: FakeClock) -> None:
+def test_services_and_instances_survive_a_restart_and_leases_start_afresh(tmp_path, clock: FakeClock) -> None:
     store = SqliteStore(tmp_path)
     registry = Registry(store, clock=clock)
     registry.put_service("reviews", "default", [{"name": "http", "port": 9080}])
-    registry.register("reviews-1", "default", "10.0.0.1", {"http": 9080}, services=["reviews"])
+    kept = registry.register("reviews-1", "default", "10.0.0.1", {"http": 9080}, labels={"v": "1"},
+                             service_account="sa", locality="eu/west", services=["reviews"], ttl=10, weight=3)
+    gone = registry.register("reviews-2", "default", "10.0.0.2", services=["reviews"], ttl=10)
+    registry.deregister(gone)
+    clock.advance(9)  # one second left on the lease when the control plane stops
+    registry.close()
     store.close()
 
+    clock.advance(60)  # down for a minute: no heartbeat could have arrived
     reopened = SqliteStore(tmp_path)
     try:
-        services, instances = Registry(reopened, clock=clock).snapshot()
+        restarted = Registry(reopened, clock=clock)
+        services, instances = restarted.snapshot()
         assert [s.hostname for s in services] == ["reviews.default.svc.cluster.local"]
-        assert instances == []
+        (instance,) = instances
+        assert (instance.name, instance.address, instance.ports, instance.labels, instance.service_account,
+                instance.locality, instance.weight) == ("reviews-1", "10.0.0.1", {"http": 9080}, {"v": "1"}, "sa",
+                                                        "eu/west", 3)
+        assert instance.service_hostnames == ("reviews.default.svc.cluster.local",)
+        clock.advance(9)  # a whole TTL from the restart, not what was left before it
+        assert restarted.heartbeat(kept)
+        # Registering the same workload again replaces the restored lease.
+        again = restarted.register("reviews-1", "default", "10.0.0.1", services=["reviews"])
+        assert [lease.id for lease in restarted.leases()] == [again]
+        restarted.close()
     finally:
         reopened.close()
+
+
+def test_expired_leases_are_not_restored(tmp_path, clock: FakeClock) -> None:
+    store = SqliteStore(tmp_path)
+    registry = Registry(store, clock=clock)
+    registry.register("a", "default", "10.0.0.1", ttl=5)
+    registry.save_leases()
+    clock.advance(6)
+    registry.expire()
+    registry.close()
+    store.close()
+    reopened = SqliteStore(tmp_path)
+    try:
+        assert Registry(reopened, clock=clock).leases() == []
+    finally:
+        reopened.close()
+
+
+# --- leases while the control plane is stalled ------------------------------------------
+
+
+def test_a_lease_survives_a_stall_of_the_control_plane(registry: Registry, clock: FakeClock) -> None:
+    lease_id = registry.register("a", "default", "10.0.0.1", ttl=10)
+    registry.sweep(1.0)
+    clock.advance(25)  # the event loop was blocked: no sweep, no heartbeat answered for 25 s
+    assert registry.lease(lease_id) is not None  # the lateness is not lease time, even before a sweep
+    assert registry.sweep(1.0) == []
+    assert registry.heartbeat(lease_id)
+
+
+def test_a_dead_lease_still_expires_after_a_stall(registry: Registry, clock: FakeClock) -> None:
+    lease_id = registry.register("a", "default", "10.0.0.1", ttl=10)
+    registry.sweep(1.0)
+    clock.advance(25)
+    registry.sweep(1.0)
+    # Lease time counted 1.25 s of the stall (a sweep interval and the tolerance): 8.75 s are left.
+    for _ in range(8):  # the control plane is responsive again: sweeps on time, no heartbeat
+        clock.advance(1.0)
+        assert registry.sweep(1.0) == []
+    clock.advance(1.0)
+    assert registry.sweep(1.0) == [lease_id]
+
+
+def test_sweeps_on_time_do_not_extend_leases(registry: Registry, clock: FakeClock) -> None:
+    lease_id = registry.register("a", "default", "10.0.0.1", ttl=3)
+    registry.sweep(1.0)
+    for _ in range(2):
+        clock.advance(1.2)  # a little late: scheduling noise below the tolerance
+        assert registry.sweep(1.0) == []
+    clock.advance(0.6)
+    assert registry.sweep(1.0) == [lease_id]
 
 
 def test_remove_service(registry: Registry) -> None:
@@ -144,8 +212,14 @@ def test_remove_service(registry: Registry) -> None:
     ({"ports": [{"name": "a", "port": 80, "protocol": "QUIC"}]}, "spec.ports[0].protocol"),
     ({"ports": [{"name": "a", "port": 80, "targetport": 81}]}, "spec.ports[0].targetport"),
     ({"ports": [{"name": "a", "port": 80}], "selecter": {"app": "x"}}, "spec.selecter"),
-    ({"ports": [{"name": "a", "port": 80}], "selector": {"version": 1}}, "spec.selector"),
+    ({"ports": [{"name": "a", "port": 80}], "selector": {"version": 1}}, "spec.selector[version]"),
     ({"ports": [{"name": "a", "port": 80}], "resolution": "MAGIC"}, "spec.resolution"),
+    ({"ports": [{"name": "HTTP web", "port": 80}]}, "spec.ports[0].name"),
+    ({"ports": [{"name": f"p{i}", "port": 1000 + i} for i in range(101)]}, "spec.ports"),
+    ({"ports": [{"name": "a", "port": 80}], "selector": {"app": "a b"}}, "spec.selector[app]"),
+    ({"ports": [{"name": "a", "port": 80}], "addresses": ["not-an-ip"]}, "spec.addresses[0]"),
+    ({"ports": [{"name": "a", "port": 80}], "addresses": ["10.0.0.0/33"]}, "spec.addresses[0]"),
+    ({"ports": [{"name": "a", "port": 80}], "exportTo": ["Prod"]}, "spec.exportTo[0]"),
 ])
 def test_invalid_services_are_refused(registry: Registry, spec: dict, field: str) -> None:
     resource = Resource(kind="Service", api_version=SERVICE_API_VERSION, name="svc", spec=spec)
@@ -226,21 +300,75 @@ def test_registering_the_same_workload_again_replaces_the_lease(registry: Regist
     assert len(registry.leases()) == 2
 
 
-@pytest.mark.parametrize("bad", [
-    {"address": ""},
-    {"ports": {"http": 0}},
-    {"ports": {"http": "80"}},
-    {"labels": {"v": 1}},
-    {"services": "reviews"},
-    {"ttl": 0},
-    {"ttl": -1},
-    {"weight": 0},
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"address": ""}, "address"),
+    ({"address": "not-an-ip"}, "address"),  # a host name, for an instance of no DNS service
+    ({"address": "10.0.0.300"}, "address"),
+    ({"address": "0.0.0.0"}, "address"),
+    ({"address": "::"}, "address"),
+    ({"address": "224.0.0.1"}, "address"),
+    ({"address": "255.255.255.255"}, "address"),
+    ({"address": "10.0.0.1:80"}, "address"),
+    ({"name": "Reviews_1"}, "name"),
+    ({"name": "x" * 254}, "name"),
+    ({"namespace": "Prod"}, "namespace"),
+    ({"namespace": "a.b"}, "namespace"),
+    ({"ports": {"http": 0}}, "ports[http]"),
+    ({"ports": {"http": 65536}}, "ports[http]"),
+    ({"ports": {"http": "80"}}, "ports[http]"),
+    ({"ports": {"http": True}}, "ports[http]"),
+    ({"ports": {"bad name": 80}}, "ports[bad name]"),
+    ({"ports": {f"p{i}": 1000 + i for i in range(101)}}, "ports"),
+    ({"labels": {"v": 1}}, "labels[v]"),
+    ({"labels": {"-v": "1"}}, "labels[-v]"),
+    ({"labels": {"Example.com/v": "1"}}, "labels[Example.com/v]"),
+    ({"labels": {"v": "x" * 64}}, "labels[v]"),
+    ({"labels": {"v": "a b"}}, "labels[v]"),
+    ({"labels": {f"l{i}": "x" for i in range(65)}}, "labels"),
+    ({"service_account": "Bad SA"}, "serviceAccount"),
+    ({"locality": "a/b/c/d"}, "locality"),
+    ({"locality": "a//c"}, "locality"),
+    ({"locality": "*"}, "locality"),
+    ({"services": "reviews"}, "services"),
+    ({"services": ["bad host!"]}, "services[0]"),
+    ({"services": [f"s{i}" for i in range(65)]}, "services"),
+    ({"ttl": 0}, "ttlSeconds"),
+    ({"ttl": -1}, "ttlSeconds"),
+    ({"ttl": 0.5}, "ttlSeconds"),
+    ({"ttl": 86401}, "ttlSeconds"),
+    ({"ttl": float("inf")}, "ttlSeconds"),
+    ({"ttl": float("nan")}, "ttlSeconds"),
+    ({"ttl": True}, "ttlSeconds"),
+    ({"weight": 0}, "weight"),
+    ({"weight": 65536}, "weight"),
 ])
-def test_invalid_registrations_are_refused(registry: Registry, bad: dict) -> None:
+def test_invalid_registrations_are_refused_naming_the_field(registry: Registry, bad: dict, field: str) -> None:
     arguments = {"name": "a", "namespace": "default", "address": "10.0.0.1", **bad}
-    with pytest.raises(RegistryError):
+    with pytest.raises(RegistryError) as refused:
         registry.register(**arguments)
+    assert [d.field for d in refused.value.diagnostics] == [field]
+    assert refused.value.diagnostics[0].resource.startswith("instance ")
     assert registry.leases() == []
+
+
+def test_every_valid_form_is_accepted(registry: Registry) -> None:
+    registry.register("reviews-v1.vm", "prod-1", "fd00::1", {"http": 9080, "9443": 9443},
+                      labels={"app.kubernetes.io/name": "reviews", "version": "v1", "empty": ""},
+                      service_account="bookinfo.reviews", locality="eu-west1/eu-west1-b/rack_1",
+                      services=["reviews", "reviews.prod-1.svc.cluster.local."], ttl=86400, weight=65535)
+    registry.register("a", "default", "127.0.10.4", ttl=1, locality="us")
+    assert len(registry.leases()) == 2
+
+
+def test_a_host_name_address_is_only_for_instances_of_dns_services(registry: Registry) -> None:
+    registry.put_service("static", "default", [{"name": "http", "port": 80}])
+    registry.put_service("external", "default", [{"name": "http", "port": 80}], resolution="DNS")
+    for services in ([], ["static"], ["external", "static"], ["unknown"]):
+        with pytest.raises(RegistryError, match="a host name is allowed only for an instance of DNS services"):
+            registry.register("vm", "default", "vm-1.example.com", services=services)
+    registry.register("vm", "default", "vm-1.example.com", services=["external"])
+    _, instances = registry.snapshot()
+    assert instances_of(instances, "external.default.svc.cluster.local") == ["vm-1.example.com"]
 
 
 def test_short_and_qualified_service_names_resolve(registry: Registry) -> None:

@@ -148,6 +148,24 @@ def test_delete_missing_is_false_and_recreate_restarts_generation(store: ConfigS
     assert store.generation("VirtualService", "default", "reviews") == 1
 
 
+def test_delete_many_is_one_commit_and_all_or_nothing(store: ConfigStore) -> None:
+    store.apply([virtual_service("a"), virtual_service("b"), virtual_service("c")])
+    heard: list[list[str]] = []
+    store.subscribe(heard.append)
+    revision = store.revision()
+    keys = [("VirtualService", "default", "a"), ("VirtualService", "default", "nope"), ("VirtualService", "default", "b")]
+    assert store.delete_many(keys) == ([], ["VirtualService default/nope"])
+    assert [r.name for r in store.list()] == ["a", "b", "c"]  # one missing: nothing deleted
+    assert (store.revision(), heard) == (revision, [])
+
+    deleted, missing = store.delete_many(keys + [keys[0]], ignore_missing=True)
+    assert (deleted, missing) == (["VirtualService default/a", "VirtualService default/b"],
+                                  ["VirtualService default/nope"])
+    assert [r.name for r in store.list()] == ["c"]
+    assert store.revision() == revision + 1  # one commit for the batch
+    assert heard == [deleted]
+
+
 def test_same_key_twice_in_a_batch_keeps_the_last(store: ConfigStore) -> None:
     created, updated = store.apply([virtual_service("reviews", hosts=["first"]),
                                     virtual_service("reviews", hosts=["second"])])

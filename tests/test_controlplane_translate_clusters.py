@@ -263,3 +263,14 @@ def test_what_a_proxy_lacks_is_left_out() -> None:
     options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert options["common_http_protocol_options"] == {"idle_timeout": "60s"}
     assert "upstream_connection_options" not in cluster and "round_robin_lb_config" not in cluster
+
+
+def test_clusters_record_the_destination_rule_that_shaped_them() -> None:
+    """istiod's filter_metadata istio.config (and .subset): what `proxy-config clusters` shows as
+    DESTINATION RULE."""
+    built = clusters({"loadBalancer": {"simple": "RANDOM"}}, subsets=[{"name": "v1", "labels": {"version": "v1"}}])
+    config = "/apis/networking.istio.io/v1/namespaces/default/destination-rule/r"
+    assert built[f"outbound|80||{HOST}"]["metadata"] == {"filter_metadata": {"istio": {"config": config}}}
+    assert built[f"outbound|80|v1|{HOST}"]["metadata"] == {
+        "filter_metadata": {"istio": {"config": config, "subset": "v1"}}}
+    assert "metadata" not in default_cluster()  # no rule, no metadata

@@ -28,6 +28,7 @@ from tulle.controlplane.translate.endpoints import (
 )
 from tulle.controlplane.translate.plan import plan_outbound_clusters
 from tulle.controlplane.translate.scope import build_scope
+from tulle.upstream.cluster import parse_assignment
 
 HOST = "api.default.svc.cluster.local"
 
@@ -66,6 +67,32 @@ def test_subsets_filter_by_labels_and_ports_come_from_the_instance() -> None:
     assert statuses == ["HEALTHY", "UNHEALTHY"]
     assert assignment["endpoints"][0]["load_balancing_weight"] == 6
     parse_message(assignment, endpoint_pb2.ClusterLoadAssignment)
+
+
+def test_endpoints_a_proxy_would_refuse_are_left_out_and_the_others_still_sent(caplog) -> None:
+    good = [instance("good-1", "10.0.0.1"), instance("good-2", "fd00::2")]
+    bad = [instance("not-an-ip", "not-an-ip"), instance("unix", "unix:///var/run/app.sock"),
+           WorkloadInstance("port-0", "default", "10.0.0.3", {"http": 0}, service_hostnames=(HOST,)),
+           WorkloadInstance("port-big", "default", "10.0.0.4", {"http": 70000}, service_hostnames=(HOST,)),
+           WorkloadInstance("heavy", "default", "10.0.0.5", {"http": 8080}, weight=2**32, service_hostnames=(HOST,))]
+    scope, by_name = plans([], good + bad)
+    plan = by_name[f"outbound|80||{HOST}"]
+    assert [e.address for e in cluster_endpoints(scope, plan)] == ["10.0.0.1", "fd00::2"]
+    # What the proxy itself parses (and would NACK as a whole if one endpoint were bad).
+    parse_assignment(parse_message(load_assignment(scope, plan), endpoint_pb2.ClusterLoadAssignment), "eds")
+    assert "instance default/not-an-ip left out: address 'not-an-ip' is not an IP address" in caplog.text
+    assert "instance default/port-big left out: port 70000 is not 1-65535" in caplog.text
+
+    # Host names back DNS clusters (as Istio's DNS-only WorkloadEntries); junk still does not.
+    scope, by_name = plans([], [instance("a", "a.example.com"), instance("b", "bad host!")], resolution="DNS")
+    assert [e.address for e in cluster_endpoints(scope, by_name[f"outbound|80||{HOST}"])] == ["a.example.com"]
+
+
+def test_a_bad_endpoint_is_logged_once_not_at_every_push(caplog) -> None:
+    scope, by_name = plans([], [instance("bad", "999.0.0.1")])
+    for _ in range(3):
+        assert cluster_endpoints(scope, by_name[f"outbound|80||{HOST}"]) == []
+    assert caplog.text.count("instance default/bad left out") == 1
 
 
 def test_dns_services_without_endpoints_resolve_their_host() -> None:

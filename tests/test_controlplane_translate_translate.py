@@ -115,8 +115,19 @@ def load_case(path: pathlib.Path) -> tuple[MeshSnapshot, dict[str, ProxyIdentity
 
 
 def golden_yaml(resources: dict[str, dict[str, Any]]) -> str:
-    body = {SHORT_TYPE_NAMES[type_url]: resources[type_url] for type_url in TYPE_URLS}
+    body = {SHORT_TYPE_NAMES[type_url]: sorted_structs(resources[type_url]) for type_url in TYPE_URLS}
     return yaml.safe_dump(body, sort_keys=False, width=120)
+
+
+def sorted_structs(value: Any, in_struct: bool = False) -> Any:
+    """Metadata values are protobuf Structs, maps whose JSON keys come in no set order (it changes
+    from run to run): sorted, so that a golden file reads the same every time."""
+    if isinstance(value, dict):
+        items = sorted(value.items()) if in_struct else value.items()
+        return {name: sorted_structs(item, in_struct or name == "filter_metadata") for name, item in items}
+    if isinstance(value, list):
+        return [sorted_structs(item, in_struct) for item in value]
+    return value
 
 
 CASES = sorted(path.name for path in GOLDEN.iterdir() if (path / "input.yaml").exists())

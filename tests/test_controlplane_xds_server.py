@@ -23,10 +23,17 @@ from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from test_controlplane_xds_cache import make_cluster, make_node, make_snapshot
+from test_controlplane_xds_cache import (
+    make_cluster,
+    make_endpoints,
+    make_listener,
+    make_node,
+    make_route,
+    make_snapshot,
+)
 from tulle.controlplane.xds import types
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
-from tulle.controlplane.xds.server import XdsServer
+from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES, XdsServer, split_by_size
 
 READ_TIMEOUT = 1.5  # a safety net against hanging, never an assertion
 
@@ -35,7 +42,8 @@ READ_TIMEOUT = 1.5  # a safety net against hanging, never an assertion
 async def serving(cache: SnapshotCache, **options: Any) -> AsyncIterator[grpc.aio.Channel]:
     server = XdsServer(cache, **options)
     port = await server.start("127.0.0.1", 0)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    # The client takes anything: what the server sends and refuses is what these tests check.
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)])
     try:
         yield channel
     finally:
@@ -44,11 +52,13 @@ async def serving(cache: SnapshotCache, **options: Any) -> AsyncIterator[grpc.ai
 
 
 def run(
-    test: Callable[[SnapshotCache, grpc.aio.Channel], Awaitable[None]], cache: SnapshotCache | None = None
+    test: Callable[[SnapshotCache, grpc.aio.Channel], Awaitable[None]],
+    cache: SnapshotCache | None = None,
+    **options: Any,
 ) -> None:
     async def main() -> None:
         the_cache = cache or SnapshotCache()
-        async with serving(the_cache) as channel:
+        async with serving(the_cache, **options) as channel:
             await asyncio.wait_for(test(the_cache, channel), 10)
 
     asyncio.run(main())
@@ -234,6 +244,28 @@ def test_nack_is_recorded_and_the_rejected_version_not_resent() -> None:
     run(test)
 
 
+def test_a_client_rejecting_every_version_keeps_its_stream_and_gets_each_version_once() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.request(types.CLUSTER)
+        await client.nack(await client.read(), "rejected")
+        status = cache.node_status("n1")
+        assert status is not None
+        stream_ids = set(status.streams)
+        for extra in ("c3", "c4", "c5"):
+            cache.set_snapshot("n1", make_snapshot(clusters=("c1", "c2", extra)))
+            update = await client.read()  # the next version, never the rejected one again
+            assert names_in(update) == ["c1", "c2", extra]
+            await client.nack(update, f"{extra} rejected")
+        await client.request(types.LISTENER)  # probe: nothing else came
+        assert (await client.read()).type_url == types.LISTENER
+        assert set(status.streams) == stream_ids  # a NACK never ends the stream
+        assert status.types()[types.CLUSTER].sync_state == "NACKED"
+
+    run(test)
+
+
 def test_new_snapshot_pushes_only_changed_types() -> None:
     async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
         cache.set_snapshot("n1", make_snapshot())
@@ -266,7 +298,8 @@ def test_endpoint_only_change_wakes_only_eds() -> None:
         assert cache.set_snapshot("n1", moved) == {types.ENDPOINT}
         eds = await client.read()
         assert eds.type_url == types.ENDPOINT and eds.version_info == moved.version(types.ENDPOINT)
-        assert names_in(eds) == ["c1", "c2"]  # SotW: every subscribed endpoint set
+        # SotW EDS after the first update: only what changed (c2 is kept by the client)
+        assert names_in(eds) == ["c1"]
         await client.ack(eds, SUBSCRIPTIONS[types.ENDPOINT])
 
         cache.set_snapshot("n1", make_snapshot(c1_ip="10.7.7.7", listener_port=1234))
@@ -286,13 +319,17 @@ def test_resource_names_select_what_rds_and_eds_get() -> None:
         await client.request(types.ENDPOINT, ["c1"])
         first = await client.read()
         assert names_in(first) == ["c1"]
-        await client.ack(first, ["c1", "c2", "missing"])  # ACK plus a new name: same version, resent
+        await client.ack(first, ["c1", "c2", "missing"])  # ACK plus a new name: answered at the same version
         second = await client.read()
-        assert names_in(second) == ["c1", "c2"] and second.version_info == first.version_info
+        # only the newly subscribed resource: the client keeps c1 (xDS: EDS/RDS need not be complete)
+        assert names_in(second) == ["c2"] and second.version_info == first.version_info
         await client.ack(second, ["c2"])
         third = await client.read()
-        assert names_in(third) == ["c2"]
-        await client.ack(third, [])  # no names: nothing wanted (EDS has no wildcard)
+        assert names_in(third) == []  # nothing new to hold; the client dropped c1 itself
+        await client.ack(third, ["c1", "c2"])
+        fourth = await client.read()
+        assert names_in(fourth) == ["c1"]  # subscribed again: sent again
+        await client.ack(fourth, [])  # no names: nothing wanted (EDS has no wildcard)
         assert names_in(await client.read()) == []
 
         await client.request(types.ROUTE, ["r2"])
@@ -493,6 +530,208 @@ def test_separate_cluster_discovery_service() -> None:
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     run(test)
+
+
+def test_sotw_rds_updates_carry_only_changed_routes_while_lds_and_cds_stay_complete() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        initial = await client.subscribe_all()
+        cache.set_snapshot("n1", make_snapshot(route_cluster="c2"))  # r1 changes, r2 does not
+        rds = await client.read()
+        assert rds.type_url == types.ROUTE and names_in(rds) == ["r1"]
+        await client.ack(rds, SUBSCRIPTIONS[types.ROUTE])
+        cache.set_snapshot("n1", make_snapshot(route_cluster="c2", clusters=("c1", "c2", "c3")))
+        cds = await client.read()
+        assert names_in(cds) == ["c1", "c2", "c3"]  # CDS: the state of the world, unchanged ones too
+        await client.ack(cds)
+        # The EDS update after a CDS update is whole (Envoy waits for the endpoints of every cluster
+        # it rebuilt), although c1's and c2's did not change.
+        eds = await client.read()
+        assert eds.type_url == types.ENDPOINT and names_in(eds) == ["c1", "c2"]
+        await client.ack(eds, ["c1", "c2", "c3"])
+        assert names_in(await client.read()) == ["c3"]  # then only what is new or changed again
+        assert initial[types.ENDPOINT].nonce != eds.nonce
+
+    run(test)
+
+
+def test_sotw_eds_change_not_held_by_the_client_sends_nothing() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.request(types.ENDPOINT, ["c2"])
+        await client.ack(await client.read(), ["c2"])
+        cache.set_snapshot("n1", make_snapshot(c1_ip="10.3.3.3"))  # EDS version moves, c2 stays
+        await client.request(types.LISTENER)  # probe
+        assert (await client.read()).type_url == types.LISTENER
+        cache.set_snapshot("n1", make_snapshot(c1_ip="10.3.3.3", clusters=("c1", "c2")))
+        status = cache.node_status("n1")
+        assert status is not None and status.types()[types.ENDPOINT].sync_state == "SYNCED"
+
+    run(test)
+
+
+def endpoints_snapshot(count: int, ip: str = "10.0.0.1") -> Snapshot:
+    clusters = [f"c{index:03d}" for index in range(count)]
+    return Snapshot.from_messages(
+        [make_cluster(name) for name in clusters] + [make_endpoints(name, ip) for name in clusters]
+        + [make_listener("l1", 8080)]
+    )
+
+
+def test_split_by_size() -> None:
+    assert split_by_size([], 10) == []
+    assert split_by_size([4, 4, 4, 20, 1], 10) == [range(0, 2), range(2, 3), range(3, 4), range(4, 5)]
+    assert split_by_size([5, 5], 10) == [range(0, 2)]
+
+
+def test_sotw_eds_larger_than_the_split_size_goes_out_in_several_responses_of_one_version() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        snapshot = endpoints_snapshot(40)
+        names = sorted(snapshot.resources(types.ENDPOINT))
+        cache.set_snapshot("n1", snapshot)
+        client = SotwClient(channel, "n1")
+        await client.request(types.ENDPOINT, names)
+        parts = [await client.read()]
+        while sum(len(part.resources) for part in parts) < len(names):
+            parts.append(await client.read())
+        assert len(parts) > 2 and all(part.ByteSize() <= 2048 for part in parts)
+        assert [name for part in parts for name in names_in(part)] == names
+        assert {part.version_info for part in parts} == {snapshot.version(types.ENDPOINT)}
+        assert len({part.nonce for part in parts}) == len(parts)
+        for part in parts[:-1]:
+            await client.ack(part, names)  # answers to earlier parts settle nothing yet
+        status = cache.node_status("n1")
+        assert status is not None
+        await client.request(types.LISTENER)  # probe: nothing was resent for those answers
+        assert (await client.read()).type_url == types.LISTENER
+        assert status.types()[types.ENDPOINT].sync_state == "STALE"
+        await client.ack(parts[-1], names)
+        await client.request(types.CLUSTER)  # probe
+        assert (await client.read()).type_url == types.CLUSTER
+        eds = status.types()[types.ENDPOINT]
+        assert eds.sync_state == "SYNCED" and eds.sent_resources == 40
+        assert eds.sent_bytes == sum(part.ByteSize() for part in parts)
+
+    run(test, split_bytes=2048)
+
+
+def test_a_nack_of_one_part_of_a_split_update_is_the_update_s() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        snapshot = endpoints_snapshot(20)
+        names = sorted(snapshot.resources(types.ENDPOINT))
+        cache.set_snapshot("n1", snapshot)
+        client = SotwClient(channel, "n1")
+        await client.request(types.ENDPOINT, names)
+        parts = [await client.read()]
+        while sum(len(part.resources) for part in parts) < len(names):
+            parts.append(await client.read())
+        assert len(parts) > 2
+        await client.nack(parts[0], "c000: bad endpoint", names)
+        for part in parts[1:]:
+            await client.ack(part, names)
+        await client.request(types.CLUSTER)  # probe
+        assert (await client.read()).type_url == types.CLUSTER
+        status = cache.node_status("n1")
+        assert status is not None
+        eds = status.types()[types.ENDPOINT]
+        assert eds.sync_state == "NACKED" and eds.last_nack is not None
+        assert eds.last_nack.message == "c000: bad endpoint"
+
+    run(test, split_bytes=1500)
+
+
+def test_an_update_over_the_message_limit_is_refused_visibly_and_not_retried() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        small = make_snapshot()
+        cache.set_snapshot("n1", small)
+        client = SotwClient(channel, "n1")
+        await client.request(types.CLUSTER)
+        await client.ack(await client.read())
+        big = Snapshot.from_messages(
+            [make_cluster(f"c{index:03d}") for index in range(100)] + [make_listener("l1", 8080)]
+        )
+        cache.set_snapshot("n1", big)  # CDS of 100 clusters: one response, over the limit
+        await client.request(types.LISTENER)  # probe: the CDS update never comes
+        assert (await client.read()).type_url == types.LISTENER
+        status = cache.node_status("n1")
+        assert status is not None
+        cds = status.types()[types.CLUSTER]
+        assert cds.sync_state == "TOO LARGE" and cds.refusals == 1
+        assert cds.refused is not None and cds.refused.version == big.version(types.CLUSTER)
+        assert cds.refused.limit == 1024 and cds.refused.size > 1024
+        assert "CDS version" in cds.refused.message and "n1" in cds.refused.message
+        assert cds.to_dict()["refused"]["bytes"] == cds.refused.size
+        assert cds.acked_version == small.version(types.CLUSTER)  # the client keeps running that
+
+        again = SotwClient(channel, "n1")  # a reconnect is refused the same way, not sent
+        await again.request(types.CLUSTER)
+        await again.request(types.LISTENER)
+        assert (await again.read()).type_url == types.LISTENER
+
+        fits = make_snapshot(clusters=("c1", "c2", "c3"))
+        cache.set_snapshot("n1", fits)
+        update = await client.read()
+        assert update.type_url == types.CLUSTER and names_in(update) == ["c1", "c2", "c3"]
+        assert status.types()[types.CLUSTER].sync_state == "STALE"  # sent: no longer refused
+
+    run(test, max_message_bytes=1024)
+
+
+def test_a_resource_too_large_alone_refuses_a_split_update_naming_it() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        many = make_endpoints("huge", *[f"10.1.{index // 250}.{index % 250}" for index in range(100)])
+        cache.set_snapshot("n1", Snapshot.from_messages([make_cluster("huge"), make_cluster("c1"), many,
+                                                          make_endpoints("c1", "10.0.0.1")]))
+        client = SotwClient(channel, "n1")
+        await client.request(types.ENDPOINT, ["c1", "huge"])
+        await client.request(types.CLUSTER)  # probe
+        assert (await client.read()).type_url == types.CLUSTER
+        status = cache.node_status("n1")
+        assert status is not None
+        refused = status.types()[types.ENDPOINT].refused
+        assert refused is not None and "'huge' alone is" in refused.message
+
+    run(test, max_message_bytes=1024)
+
+
+def test_message_limits_default_to_64_mib_each_way() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        # Well over gRPC's 4 MiB default: a one-resource RDS response and a request naming it.
+        wide = make_route("wide", "c1")
+        host = wide.virtual_hosts[0]
+        host.domains.extend(f"host-{index:07d}.example.com" for index in range(220_000))
+        assert wide.ByteSize() > 5 * 1024 * 1024
+        cache.set_snapshot("n1", Snapshot.from_messages([wide]))
+        client = SotwClient(channel, "n1")
+        names = ["wide", *(f"unknown-{index:07d}-{'x' * 20}" for index in range(150_000))]
+        await client.request(types.ROUTE, names)
+        response = await client.read()
+        assert names_in(response) == ["wide"] and response.ByteSize() > 5 * 1024 * 1024
+
+    assert DEFAULT_MAX_XDS_MESSAGE_BYTES == 64 * 1024 * 1024
+    run(test)
+
+
+def test_a_stream_dropped_under_a_large_response_is_logged(caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tulle.controlplane.xds.server as server_module
+
+    monkeypatch.setattr(server_module, "GRPC_DEFAULT_MAX_MESSAGE_BYTES", 100)
+
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.request(types.CLUSTER)
+        await client.read()
+        client.call.cancel()  # as a client refusing the message (RESOURCE_EXHAUSTED) does
+        while cache.node_status("n1") is not None:
+            await asyncio.sleep(0.005)
+
+    with caplog.at_level("WARNING", logger="tulle.controlplane.xds"):
+        run(test)
+    assert any("closed its xDS stream without answering CDS" in record.getMessage() for record in caplog.records)
 
 
 # --- incremental (delta) -----------------------------------------------------------------------
@@ -701,3 +940,49 @@ def test_delta_nodes_are_isolated() -> None:
         assert names_in(await client_b.read()) == ["c2"]
 
     run(test)
+
+
+def test_delta_updates_are_split_and_the_last_answer_settles_them() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        snapshot = endpoints_snapshot(30)
+        names = sorted(snapshot.resources(types.ENDPOINT))
+        cache.set_snapshot("n1", snapshot)
+        client = DeltaClient(channel, "n1")
+        await client.request(types.ENDPOINT, names)
+        parts = [await client.read()]
+        while sum(len(part.resources) for part in parts) < len(names):
+            parts.append(await client.read())
+        assert len(parts) > 1 and [name for part in parts for name in names_in(part)] == names
+        await client.request(types.ENDPOINT, nonce=parts[0].nonce, error="c000 rejected")
+        await client.ack(parts[-1])
+        await client.request(types.CLUSTER)  # probe
+        assert (await client.read()).type_url == types.CLUSTER
+        status = cache.node_status("n1")
+        assert status is not None
+        eds = status.types()[types.ENDPOINT]
+        assert eds.sync_state == "NACKED" and eds.last_nack is not None
+        assert eds.last_nack.message == "c000 rejected"
+
+    run(test, split_bytes=1500)
+
+
+def test_delta_update_over_the_limit_is_refused_once_per_version() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        huge = make_endpoints("c1", *[f"10.1.{index // 250}.{index % 250}" for index in range(100)])
+        cache.set_snapshot("n1", Snapshot.from_messages([huge]))
+        client = DeltaClient(channel, "n1")
+        await client.request(types.ENDPOINT, ["c1"])
+        await client.request(types.CLUSTER)  # probe (no snapshot of clusters: nothing comes)
+        await client.request(types.ENDPOINT)  # asks again: not tried again at the same version
+        status = cache.node_status("n1")
+        while status is None or types.CLUSTER not in status.types():  # the server has read all three
+            await asyncio.sleep(0.005)
+            status = cache.node_status("n1")
+        small = make_endpoints("c1", "10.0.0.1")
+        cache.set_snapshot("n1", Snapshot.from_messages([small]))
+        update = await client.read()
+        assert names_in(update) == ["c1"]
+        eds = status.types()[types.ENDPOINT]
+        assert eds.refusals == 1 and eds.refused is None
+
+    run(test, max_message_bytes=1024)

@@ -101,6 +101,20 @@ def test_settings_are_honoured() -> None:
     assert config.via == "tulle"
 
 
+def test_request_headers_timeout_and_the_timeout_that_bounds_a_head() -> None:
+    default = build(document())
+    assert default.request_headers_timeout == 0.0
+    assert (default.head_timeout, default.head_timeout_kind) == (300.0, "stream_idle")  # Envoy's default
+    config = build(document(request_headers_timeout="2s", request_timeout="5s"))
+    assert config.request_headers_timeout == 2.0
+    assert (config.head_timeout, config.head_timeout_kind) == (2.0, "request_headers")
+    none = build(document(stream_idle_timeout="0s"))
+    assert (none.head_timeout, none.head_timeout_kind) == (0.0, "")
+    # equal timeouts: the one Envoy arms first answers
+    tie = build(document(stream_idle_timeout="3s", request_headers_timeout="3s"))
+    assert tie.head_timeout_kind == "stream_idle"
+
+
 def test_zero_stream_idle_timeout_disables_it() -> None:
     assert build(document(stream_idle_timeout="0s")).stream_idle_timeout == 0.0
 
@@ -110,7 +124,8 @@ def test_hcm_stats_have_envoy_names() -> None:
     build(document(), store=store)
     for name in ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total", "downstream_rq_2xx",
                  "downstream_rq_5xx", "downstream_rq_completed", "no_route", "no_cluster", "rq_redirect",
-                 "rq_direct_response", "downstream_cx_protocol_error", "downstream_rq_timeout"):
+                 "rq_direct_response", "downstream_cx_protocol_error", "downstream_rq_timeout",
+                 "downstream_rq_header_timeout"):
         assert f"http.ingress_http.{name}" in store.counters or f"http.ingress_http.{name}" in store.gauges, name
     assert "http.ingress_http.downstream_rq_time" in store.histograms
 

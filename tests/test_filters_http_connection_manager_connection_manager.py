@@ -9,6 +9,7 @@ and the HCM timeouts. Upstream-side behaviour lives in the router and pool tests
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from backends import (
     Client,
+    Message,
     ProxyContext,
     RawBackend,
     chunked_body,
@@ -322,8 +324,11 @@ def test_server_name_is_configurable(tmp_path: Path, echo_port: int) -> None:
 def test_absolute_form_target_sets_authority_and_path(tmp_path: Path, echo_port: int) -> None:
     with echo_proxy(tmp_path, echo_port) as (_, port), Client(port) as client:
         echo = client.request("GET", "http://other.example:8080/abs?x=1", host="ignored.example").json()
-    assert echo["path"] == "/abs?x=1"
-    assert echo["headers"]["host"] == "other.example:8080"
+        assert echo["path"] == "/abs?x=1"
+        assert echo["headers"]["host"] == "other.example:8080"
+        # RFC 9112 section 3.2.2: the target's authority replaces Host, whatever Host said (Envoy too)
+        echo = client.request("GET", "http://other.example/abs", host="not a host").json()
+        assert echo["headers"]["host"] == "other.example"
 
 
 def test_merge_slashes(tmp_path: Path, echo_port: int) -> None:
@@ -335,57 +340,101 @@ def test_merge_slashes(tmp_path: Path, echo_port: int) -> None:
 
 
 def test_headers_over_max_request_headers_kb_get_431(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port, max_request_headers_kb=1) as (proxy, port):
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, max_request_headers_kb=1,
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port):
         assert get(port, "/small", [("x-fill", "a" * 500)]).status == 200
         with Client(port) as client:
             response = client.request("GET", "/big", [("x-fill", "a" * 2000)])
-            assert response.status == 431
+            assert (response.status, response.body) == (431, b"Request Header Fields Too Large")
             assert client.closed_by_peer()
+        assert read_lines(log_path, 2)[1] == "431 DPE http1.headers_too_large"
         stats = proxy.stats()
     assert stats["http.ingress.downstream_rq_4xx"] == 1
 
 
 def test_too_many_headers_get_431(tmp_path: Path, echo_port: int) -> None:
+    log_path = tmp_path / "access.log"
     limits = {"max_headers_count": 10}
-    with echo_proxy(tmp_path, echo_port, common_http_protocol_options=limits) as (_, port):
+    with echo_proxy(tmp_path, echo_port, common_http_protocol_options=limits,
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (_, port):
         assert get(port, "/few", [(f"x-h{i}", "v") for i in range(5)]).status == 200
         with Client(port) as client:
             response = client.request("GET", "/many", [(f"x-h{i}", "v") for i in range(20)])
             assert response.status == 431
             assert client.closed_by_peer()
+        assert read_lines(log_path, 2)[1] == "431 DPE http1.too_many_headers"
 
 
-@pytest.mark.parametrize("payload", [
-    b"GET / HTTP/1.1\r\nhost: a\r\nthis is not a header\r\n\r\n",
-    b"NOT HTTP AT ALL\r\n\r\n",
-    b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello",
+DETAILS_LOG = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+
+
+@pytest.mark.parametrize(("payload", "details"), [
+    (b"GET / HTTP/1.1\r\nhost: a\r\nthis is not a header\r\n\r\n", "http1.codec_error"),
+    (b"NOT HTTP AT ALL\r\n\r\n", "http1.codec_error"),
+    # duplicated Content-Length with different values: a smuggling vector, refused by the codec
+    (b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello", "http1.codec_error"),
+    # RFC 9112 section 3.2: more than one Host line, even with the same value, is a 400
+    (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n", "http.invalid_authority"),
+    (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: a.example\r\n\r\n", "http.invalid_authority"),
+    (b"GET http://a.example/x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n",
+     "http.invalid_authority"),
+    # a Host (or absolute-form authority) with characters Envoy's authority check refuses
+    (b"GET / HTTP/1.1\r\nhost: a.example b\r\n\r\n", "http.invalid_authority"),
+    (b"GET / HTTP/1.1\r\nhost: a.example/evil\r\n\r\n", "http.invalid_authority"),
+    (b"GET http://a.example?x=1 HTTP/1.1\r\nhost: a.example\r\n\r\n", "http.invalid_authority"),
 ])
-def test_malformed_request_gets_400_and_close(tmp_path: Path, echo_port: int, payload: bytes) -> None:
-    with echo_proxy(tmp_path, echo_port) as (proxy, port), Client(port) as client:
+def test_malformed_request_gets_400_and_close(tmp_path: Path, echo_port: int, payload: bytes, details: str) -> None:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port), \
+            Client(port) as client:
         client.send(payload)
         response = client.response()
-        assert response.status == 400
+        # Envoy's codec error reply (sendProtocolError): the reason phrase as a text body, then close
+        assert (response.status, response.body) == (400, b"Bad Request")
+        assert response.header("content-type") == "text/plain"
+        assert response.header("connection") == "close"
         assert client.closed_by_peer()
+        assert read_lines(log_path, 1) == [f"400 DPE {details}"]
         stats = proxy.stats()
     assert stats["http.ingress.downstream_cx_protocol_error"] == 1
+    assert stats["http.ingress.downstream_rq_total"] == 1  # Envoy's codec made a stream of it
+    assert stats["http.ingress.downstream_rq_4xx"] == 1
     assert stats.get("cluster.backend.upstream_rq_total", 0) == 0
 
 
-def test_missing_host_on_http11_gets_400(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port) as (_, port), Client(port) as client:
-        assert client.request("GET", "/nohost", host=None).status == 400
+def test_a_host_with_every_character_envoy_allows_is_served(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port) as (_, port):
+        for host in ("a.example:8080", "[::1]:80", "user@a.example", "x-y_z~!$&'()*+,;=%41"):
+            response = get(port, "/ok", host=host)
+            assert response.status == 200, host
+            assert response.json()["headers"]["host"] == host
+
+
+def test_missing_or_empty_host_on_http11_gets_400(tmp_path: Path, echo_port: int) -> None:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, DETAILS_LOG)) as (_, port):
+        for host in (None, ""):
+            with Client(port) as client:
+                response = client.request("GET", "/nohost", host=host)
+                # the connection manager's own reply (Envoy's decodeHeaders): no body, no DPE
+                assert (response.status, response.body) == (400, b"")
+        assert read_lines(log_path, 2) == ["400 - missing_host_header"] * 2
 
 
 # --------------------------------------------------------------------------- timeouts and disconnects
 
 
 def test_request_timeout_answers_408_when_the_body_stalls(tmp_path: Path, echo_port: int) -> None:
-    with echo_proxy(tmp_path, echo_port, request_timeout="0.3s") as (proxy, port), Client(port) as client:
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, request_timeout="0.3s",
+                    access_log=file_access_log(log_path, DETAILS_LOG)) as (proxy, port), Client(port) as client:
         client.send(encode_request("POST", "/stall", [("content-length", "100")]) + b"only part")
         response = client.response()
         assert (response.status, response.body) == (408, b"request timeout")
         assert client.closed_by_peer()
         assert proxy.stats()["http.ingress.downstream_rq_timeout"] == 1
+        assert read_lines(log_path, 1) == ["408 - request_overall_timeout"]  # Envoy sets no flag (not DT)
 
 
 def test_stream_idle_timeout_answers_408(tmp_path: Path, echo_port: int) -> None:
@@ -414,6 +463,140 @@ def test_request_timeout_stops_once_the_request_is_received(tmp_path: Path, echo
         response = client.request("POST", "/delay/700", body=b"complete")
         assert (response.status, response.body) == (200, b"delayed\n")
         assert proxy.stats()["http.ingress.downstream_rq_timeout"] == 0
+
+
+class Trickle:
+    """A client that sends a request head one byte at a time and never finishes it (a slowloris),
+    until the proxy answers or closes. The pace only makes the client slow; nothing waits on it."""
+
+    HEAD = b"GET /slow HTTP/1.1\r\nhost: example.com\r\nx-slow: "
+
+    def __init__(self, client: Client, pace: float = 0.02) -> None:
+        self.client = client
+        self.pace = pace
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        index = 0
+        while not self.stop.is_set():
+            byte = self.HEAD[index:index + 1] or b"a"  # the header value never ends
+            try:
+                self.client.send(byte)
+            except OSError:
+                return  # the proxy closed: done
+            index += 1
+            self.sent += 1
+            self.stop.wait(self.pace)
+
+    def __enter__(self) -> Trickle:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def slow_head_reply(tmp_path: Path, echo_port: int, **hcm: object) -> tuple[Message, list[str], dict[str, int]]:
+    """Trickle a head that never completes: the reply, its access log line and the stats."""
+    log_path = tmp_path / "access.log"
+    log_format = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+    with echo_proxy(tmp_path, echo_port, access_log=file_access_log(log_path, log_format), **hcm) as (proxy, port), \
+            Client(port) as client:
+        with Trickle(client) as trickle:
+            response = client.response()  # while the head is still arriving
+            assert trickle.sent < 200  # it was cut off, long before the head could have grown large
+        assert client.closed_by_peer()
+        lines = read_lines(log_path, 1)
+        stats = proxy.stats()
+    assert response.header("connection") == "close"
+    assert stats["http.ingress.downstream_rq_total"] == 1 and stats["http.ingress.downstream_rq_4xx"] == 1
+    assert stats.get("http.ingress.downstream_cx_idle_timeout", 0) == 0
+    assert stats.get("cluster.backend.upstream_rq_total", 0) == 0
+    return response, lines, stats
+
+
+def test_request_headers_timeout_cuts_off_a_head_that_keeps_trickling(tmp_path: Path, echo_port: int) -> None:
+    # Envoy's onRequestHeaderTimeout: from the head's first byte; the bytes that follow do not restart it
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, request_headers_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"request header timeout")
+    assert lines == ["- 408 - request_header_timeout"]
+    assert stats["http.ingress.downstream_rq_header_timeout"] == 1
+
+
+def test_request_timeout_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, request_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"request timeout")
+    assert lines == ["- 408 - request_overall_timeout"]  # Envoy's onRequestTimeout sets no flag
+    assert stats["http.ingress.downstream_rq_timeout"] == 1
+
+
+def test_stream_idle_timeout_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(tmp_path, echo_port, stream_idle_timeout="0.3s")
+    assert (response.status, response.body) == (408, b"stream timeout")
+    assert lines == ["- 408 SI stream_idle_timeout"]
+    assert stats["http.ingress.downstream_rq_idle_timeout"] == 1
+
+
+def test_max_stream_duration_runs_while_the_head_arrives(tmp_path: Path, echo_port: int) -> None:
+    response, lines, stats = slow_head_reply(
+        tmp_path, echo_port, common_http_protocol_options={"max_stream_duration": "0.3s"})
+    assert (response.status, response.body) == (408, b"downstream duration timeout")
+    assert lines == ["- 408 - max_duration_timeout"]
+    assert stats["http.ingress.downstream_rq_max_duration_reached"] == 1
+
+
+def test_the_shortest_head_timeout_answers(tmp_path: Path, echo_port: int) -> None:
+    response, _, stats = slow_head_reply(tmp_path, echo_port, request_headers_timeout="0.3s",
+                                         request_timeout="60s", stream_idle_timeout="60s")
+    assert response.body == b"request header timeout"
+    assert stats.get("http.ingress.downstream_rq_timeout", 0) == 0
+
+
+def test_the_idle_timeout_leaves_a_partial_head_to_the_stream_timeouts(tmp_path: Path, echo_port: int) -> None:
+    # Envoy disables the connection idle timer once its codec made a stream (the head's first byte)
+    log_path = tmp_path / "access.log"
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.6s", stream_idle_timeout="0s",
+                    common_http_protocol_options={"idle_timeout": "0.1s"},
+                    access_log=file_access_log(log_path, "%RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n")) as (
+                        proxy, port), Client(port) as client:
+        client.send(b"GET /partial HTTP/1.1\r\nhost: exa")  # and nothing more
+        response = client.response()
+        assert (response.status, response.body) == (408, b"request header timeout")
+        assert client.closed_by_peer()
+        assert read_lines(log_path, 1) == ["408 request_header_timeout"]
+        stats = proxy.stats()
+    assert stats.get("http.ingress.downstream_cx_idle_timeout", 0) == 0
+
+
+def test_a_partial_head_pipelined_behind_a_request_is_timed_once_that_request_ends(
+        tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.2s") as (proxy, port), Client(port) as client:
+        # the first request outlives the header timeout; the second head's clock starts after it (Envoy)
+        client.send(encode_request("GET", "/delay/400") + b"GET /second HTTP/1.1\r\nhost: exa")
+        first = client.response()
+        assert (first.status, first.body) == (200, b"delayed\n")
+        second = client.response()
+        assert (second.status, second.body) == (408, b"request header timeout")
+        assert client.closed_by_peer()
+        stats = proxy.stats()
+    assert stats["http.ingress.downstream_rq_header_timeout"] == 1
+    assert stats["http.ingress.downstream_rq_total"] == 2
+
+
+def test_a_head_sent_byte_by_byte_in_time_is_served_and_its_timer_stops_with_it(
+        tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port, request_headers_timeout="0.3s") as (proxy, port), Client(port) as client:
+        for byte in encode_request("GET", "/delay/700"):
+            client.send(bytes([byte]))
+        # the upstream takes longer than the header timeout: the head was complete, so it does not apply
+        response = client.response()
+        assert (response.status, response.body) == (200, b"delayed\n")
+        assert client.request("GET", "/again").status == 200  # and the connection stays usable
+        stats = proxy.stats()
+    assert stats.get("http.ingress.downstream_rq_header_timeout", 0) == 0
 
 
 def test_idle_timeout_closes_an_idle_client_connection(tmp_path: Path, echo_port: int) -> None:

@@ -51,6 +51,13 @@ def route(prefix: str, **action: Any) -> dict[str, Any]:
     return {"match": {"prefix": prefix}, "route": action}
 
 
+def answer_garbage(conn: Any) -> None:
+    """A backend that does not speak HTTP: its answer cannot be parsed."""
+    conn.read_request()
+    conn.sock.sendall(b"this is not http\r\n\r\n")
+    conn.wait_for_peer_close()
+
+
 def unhealthy_cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
     cluster = static_cluster(name, [port], **extra)
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["health_status"] = "UNHEALTHY"
@@ -72,6 +79,7 @@ CASES: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("connect-fail", "/uf", []),
     ("closed", "/uc", []),
     ("reset", "/ur", []),
+    ("garbage", "/upe", []),
     ("timeout", "/ut", []),
     ("header-missing", "/by-header", []),
     ("header-unknown", "/by-header", [("x-cluster", "nonexistent")]),
@@ -88,7 +96,8 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
     tmp_path = tmp_path_factory.mktemp("local_replies")
     log_path = tmp_path / "access.log"
     with echo_backend() as echo_port, RawBackend(close_after_request) as closer, \
-            RawBackend(reset_after_request) as resetter, RawBackend(never_answer) as silent:
+            RawBackend(reset_after_request) as resetter, RawBackend(never_answer) as silent, \
+            RawBackend(answer_garbage) as babbler:
         clusters = [
             static_cluster("echo", [echo_port]),
             unhealthy_cluster("unhealthy", echo_port, common_lb_config={"healthy_panic_threshold": {"value": 0}}),
@@ -99,6 +108,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
             static_cluster("closer", [closer.port]),
             static_cluster("resetter", [resetter.port]),
             static_cluster("silent", [silent.port]),
+            static_cluster("babbler", [babbler.port]),
         ]
         route_config = {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             route("/uh", cluster="unhealthy"),
@@ -107,6 +117,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
             route("/uf", cluster="dead"),
             route("/uc", cluster="closer"),
             route("/ur", cluster="resetter"),
+            route("/upe", cluster="babbler"),
             route("/ut", cluster="silent", timeout="0.3s"),
             route("/by-header-404", cluster_header="x-cluster", cluster_not_found_response_code="NOT_FOUND"),
             route("/by-header", cluster_header="x-cluster"),
@@ -185,6 +196,18 @@ def test_upstream_reset_before_headers_is_503_ur(scenarios: Scenarios) -> None:
     assert response.body.decode().startswith(RESET_BODY)
     assert scenarios.log["reset"][:2] == ["503", "UR"]
     assert scenarios.stats["cluster.resetter.upstream_rq_rx_reset"] == 1
+
+
+def test_a_backend_answering_garbage_is_502_upe(scenarios: Scenarios) -> None:
+    # Envoy's router (onUpstreamReset): a ProtocolError reset is answered and charged 502 Bad Gateway
+    response = scenarios.responses["garbage"]
+    assert (response.status, response.body.decode()) == (502, RESET_BODY + "protocol error")
+    assert scenarios.log["garbage"] == ["502", "UPE", "upstream_reset_before_response_started{protocol_error}",
+                                        "babbler"]
+    stats = scenarios.stats
+    assert stats["cluster.babbler.upstream_rq_502"] == 1 and stats["cluster.babbler.upstream_rq_5xx"] == 1
+    assert stats.get("cluster.babbler.upstream_rq_503", 0) == 0
+    assert stats["cluster.babbler.upstream_cx_protocol_error"] == 1
 
 
 def test_route_timeout_is_504_ut(scenarios: Scenarios) -> None:

@@ -235,10 +235,13 @@ def test_a_refusing_mirror_does_not_break_the_caller(mirroring: Mirroring) -> No
         statuses = [client.request("GET", f"/refused/{index}").status for index in range(50)]
     assert statuses == [200] * 50
     # every shadow ended; a failed connect also fails the shadows queued behind it (as in Envoy)
-    mirroring.wait_stats({"cluster.refused.upstream_rq_total": 50, "cluster.refused.upstream_rq_active": 0})
+    mirroring.wait_stats({"cluster.refused.upstream_rq_pending_failure_eject": 50,
+                          "cluster.refused.upstream_rq_pending_active": 0})
     stats = mirroring.proxy.stats()
     assert stats["cluster.refused.upstream_cx_connect_fail"] >= 1
-    assert stats["cluster.refused.upstream_rq_pending_failure_eject"] == 50
+    # none ever had a connection: none is an upstream request (Envoy counts them in attachStreamToClient)
+    assert stats.get("cluster.refused.upstream_rq_total", 0) == 0
+    assert stats["cluster.refused.upstream_rq_active"] == 0
 
 
 def test_hung_shadows_end_at_the_route_timeout(mirroring: Mirroring) -> None:
@@ -350,7 +353,9 @@ def test_body_beyond_the_limit_while_connecting_abandons_the_shadow() -> None:
         shadow, cluster, store = await _connecting_shadow(limit=10)
         assert cluster.host.pool.waiting == [shadow]  # queued in its pool for a connection
         shadow.feed(b"123456", False)
-        assert shadow.active and cluster.stats.upstream_rq_active.value == 1
+        # waiting for a connection it is pending, not yet an upstream request (Envoy's pool)
+        assert shadow.active and cluster.stats.upstream_rq_active.value == 0
+        assert cluster.stats.upstream_rq_total.value == 0
         shadow.feed(b"789012", False)  # 12 bytes held > 10
         assert not shadow.active
         assert store.counter("cluster.main.retry_or_shadow_abandoned").value == 1

@@ -137,6 +137,27 @@ def test_an_idle_connection_carries_the_request_at_once() -> None:
     assert cluster.stats.upstream_rq_active.value == 0  # counted out once
 
 
+def test_an_attempt_counts_as_an_upstream_request_once_a_connection_takes_it() -> None:
+    upstream, router, _, cluster = attempt(None)
+    stats, host = cluster.stats, upstream.host
+    assert (stats.upstream_rq_total.value, stats.upstream_rq_active.value, host.stats.rq_total) == (0, 0, 0)
+    upstream.on_pool_ready(FakeConn())  # type: ignore[arg-type]
+    assert (stats.upstream_rq_total.value, stats.upstream_rq_active.value) == (1, 1)
+    assert (host.stats.rq_total, host.stats.rq_active) == (1, 1)
+    upstream.finish(cluster, success=True)
+    assert stats.upstream_rq_active.value == 0 and host.stats.rq_active == 0
+
+
+def test_a_refused_attempt_is_never_an_upstream_request() -> None:
+    upstream, router, _, cluster = attempt(None)
+    upstream.on_pool_failure("UO", "overflow")
+    assert router.calls == [("pool_failure", "UO")]
+    upstream.finish(cluster, success=False)
+    stats = cluster.stats
+    assert (stats.upstream_rq_total.value, stats.upstream_rq_active.value) == (0, 0)
+    assert (upstream.host.stats.rq_total, upstream.host.stats.rq_active) == (0, 0)
+
+
 def test_a_body_waits_for_the_connection_and_pauses_the_client_past_the_limit() -> None:
     upstream, router, pool, cluster = attempt(None, request_ended=False)
     upstream.send(b"12345", False, router)  # type: ignore[arg-type]

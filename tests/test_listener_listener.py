@@ -189,8 +189,45 @@ def test_bind_on_a_port_in_use_is_a_config_error_naming_it() -> None:
         listener = make_listener(listener_doc(port=port))
         with pytest.raises(ConfigError) as caught:
             listener.bind()
-    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert caught.value.reason == f"cannot bind '127.0.0.1:{port}': Address already in use"
     assert caught.value.field == FIELD
+
+
+def reuse_port_listener(port: int = 0) -> socket.socket:
+    """What another proxy's worker holds: a listening SO_REUSEPORT socket."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_an_address_another_process_listens_on_with_reuse_port_is_refused_not_shared() -> None:
+    # SO_REUSEPORT alone would let this bind succeed and split the other's connections.
+    with reuse_port_listener() as taken:
+        port = taken.getsockname()[1]
+        listener = make_listener(listener_doc(port=port))
+        with pytest.raises(ConfigError) as caught:
+            listener.bind()
+    assert caught.value.reason == f"cannot bind '127.0.0.1:{port}': Address already in use"
+    assert caught.value.field == FIELD and listener.sockets == []
+
+
+def test_every_worker_binds_the_address_its_first_socket_claimed() -> None:
+    listener = make_listener(listener_doc(port=0))
+    first, second = listener.bind(), listener.bind()  # two workers
+    # a worker process binding what its main process holds: not a claim
+    joining = make_listener(listener_doc(port=listener.port))
+    third = joining.bind(exclusive=False)
+    try:
+        assert first.getsockname() == second.getsockname() == third.getsockname()
+        # and nobody else gets in
+        with pytest.raises(ConfigError):
+            make_listener(listener_doc(port=listener.port)).bind()
+    finally:
+        for sock in (first, second, third):
+            sock.close()
 
 
 def test_two_listeners_on_one_address_are_refused() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from backends import handle_one_connection
 from proxy_harness import free_port
 from tulle.samples.bookinfo.app import (
     BookinfoServer,
@@ -271,3 +273,34 @@ def test_command_line_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["details", "--upstream", "nowhere"])
     assert "SERVICE=HOST:PORT" in capsys.readouterr().err
+
+
+def test_each_keep_alive_response_is_one_write_sent_without_delay() -> None:
+    """Head and body in separate writes cost a delayed ACK (~40 ms) per keep-alive request."""
+    server = BookinfoServer("details", "v1", ("127.0.0.1", 0), Upstreams())
+    try:
+        accepted, thread = handle_one_connection(server)
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+        for path in ["/details/1", "/health", "/details/x", "/nowhere"] * 5:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert response.status in (200, 400, 404) and response.read()
+        connection.close()
+        thread.join(5)
+        assert not thread.is_alive()
+        assert accepted[0].writes == 20
+        assert (socket.IPPROTO_TCP, socket.TCP_NODELAY, True) in accepted[0].options
+    finally:
+        server.server_close()
+
+
+def test_a_taken_app_port_is_a_clear_error_not_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "tulle.samples.bookinfo.app", "reviews", "--version", "v2",
+                                 "--port", str(port)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"reviews-v2 cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr

@@ -7,7 +7,7 @@ from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 from tulle.config.errors import UnsupportedFeature
 from tulle.config.loader import parse_message
-from tulle.server.bootstrap import check_bootstrap, xds_settings
+from tulle.server.bootstrap import check_bootstrap, initial_fetch_timeout, xds_settings
 
 
 @pytest.mark.parametrize(("document", "field", "words"), [
@@ -46,4 +46,39 @@ def test_ads_bootstrap_is_accepted_and_names_the_xds_cluster() -> None:
         "cds_config": {"ads": {}, "resource_api_version": "V3"},
     }}, Bootstrap)
     check_bootstrap(bootstrap)
-    assert xds_settings(bootstrap) == ("xds-grpc", True)
+    settings = xds_settings(bootstrap)
+    assert settings is not None
+    assert (settings.cluster, settings.delta, settings.max_receive_message_length) == ("xds-grpc", True, 0)
+    assert settings.lds_config is not None and settings.cds_config is not None
+
+
+def _ads(**dynamic: object) -> Bootstrap:
+    return parse_message({"dynamic_resources": {
+        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+        **dynamic,
+    }}, Bootstrap)
+
+
+def test_listeners_and_clusters_come_over_ads_only_when_the_bootstrap_asks() -> None:
+    only_clusters = xds_settings(_ads(cds_config={"ads": {}, "initial_fetch_timeout": "2s"}))
+    assert only_clusters is not None
+    assert only_clusters.lds_config is None
+    assert initial_fetch_timeout(only_clusters.cds_config) == 2.0
+    neither = xds_settings(_ads())
+    assert neither is not None and neither.lds_config is None and neither.cds_config is None
+
+
+def test_initial_fetch_timeout_defaults_to_envoys_15s_and_0_disables_it() -> None:
+    settings = xds_settings(_ads(lds_config={"ads": {}}, cds_config={"ads": {}, "initial_fetch_timeout": "0s"}))
+    assert settings is not None
+    assert initial_fetch_timeout(settings.lds_config) == 15.0
+    assert initial_fetch_timeout(settings.cds_config) == 0.0
+
+
+def test_max_receive_message_length_is_read_from_envoy_grpc() -> None:
+    bootstrap = _ads()
+    bootstrap.dynamic_resources.ads_config.grpc_services[0].envoy_grpc.max_receive_message_length.value = 1 << 20
+    check_bootstrap(bootstrap)
+    settings = xds_settings(bootstrap)
+    assert settings is not None and settings.max_receive_message_length == 1 << 20

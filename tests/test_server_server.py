@@ -8,10 +8,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from backends import (
     Client,
@@ -23,7 +26,7 @@ from backends import (
     http_proxy,
     wait_until,
 )
-from proxy_harness import simple_route, static_cluster
+from proxy_harness import free_port, http_listener, simple_route, static_cluster
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +178,46 @@ def test_sigterm_exits_zero(tmp_path: Path, echo_port: int) -> None:
         assert proxy.process.wait(10) == 0
         for child in children:
             assert wait_until(lambda child=child: process_gone(child)), child
+
+
+# --------------------------------------------------------------------------- a second proxy on the same ports
+
+
+def second_proxy(tmp_path: Path, listener_port: int, admin_port: int, echo_port: int) -> subprocess.CompletedProcess[str]:
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [http_listener("second", listener_port, simple_route("backend"))],
+            "clusters": [static_cluster("backend", [echo_port])]},
+    }
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "tulle", "proxy", "-c", str(path), "--concurrency", "2"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_proxy_on_a_listener_port_in_use_fails_instead_of_sharing_it(
+        tmp_path: Path, echo_port: int) -> None:
+    # SO_REUSEPORT (one socket per worker) would let the second proxy join the first one's port
+    # and take a share of its connections; Envoy's answer: "cannot bind ...: Address already in use".
+    with echo_proxy(tmp_path, echo_port, concurrency=2) as (proxy, port):
+        result = second_proxy(tmp_path, port, free_port(), echo_port)
+        assert result.returncode == 1, result.stderr
+        assert (f"second.yaml: static_resources.listeners[0]: cannot bind '127.0.0.1:{port}': "
+                "Address already in use") in result.stderr
+        assert "Traceback" not in result.stderr
+        assert proxy.process is not None
+        for _ in range(20):  # every connection still reaches the first proxy
+            assert get(port, "/").status == 200
+        assert proxy.stats()["http.ingress.downstream_rq_total"] == 20
+
+
+def test_a_second_proxy_on_an_admin_port_in_use_fails_before_serving(tmp_path: Path, echo_port: int) -> None:
+    with echo_proxy(tmp_path, echo_port) as (proxy, _):
+        listener_port = free_port()
+        result = second_proxy(tmp_path, listener_port, proxy.admin_port, echo_port)
+        assert result.returncode == 1, result.stderr
+        assert (f"second.yaml: admin.address: cannot bind '127.0.0.1:{proxy.admin_port}': "
+                "Address already in use") in result.stderr
+        assert "Traceback" not in result.stderr
+        assert proxy.admin("GET", "/ready")[0] == 200

@@ -40,6 +40,7 @@ from tulle.sidecar.agent import (
     parse_app_port,
     parse_upstream,
     proxy_environment,
+    registration_errors,
     run_sidecar,
 )
 from tulle.xds_client.apply import LISTENER_TYPE, ROUTE_TYPE
@@ -73,6 +74,7 @@ class FakeControlPlane(ThreadingHTTPServer):
         self.leases: set[str] = set()
         self.registered = 0
         self.on_delete: Callable[[], None] = lambda: None
+        self.refuse_registrations: tuple[int, dict[str, Any]] | None = None  # the answer to POSTs instead
         self.token = TOKEN
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _ControlPlaneHandler)
@@ -121,6 +123,8 @@ class _ControlPlaneHandler(BaseHTTPRequestHandler):
             server.events.append(Event(time.monotonic(), self.command, self.path, body, authorization))
             if authorization != f"Bearer {server.token}":
                 answer: tuple[int, dict[str, Any]] = (401, {"error": "the bearer token is not this control plane's"})
+            elif self.command == "POST" and self.path == INSTANCES and server.refuse_registrations:
+                answer = server.refuse_registrations
             elif self.command == "POST" and self.path == INSTANCES:
                 server.registered += 1
                 instance_id = f"{body['name']}-{server.registered}"
@@ -244,7 +248,7 @@ def pid_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- subprocess tests
 def test_registers_heartbeats_every_third_of_the_ttl_and_registers_again_on_404(
         tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
-    ttl = 0.9
+    ttl = 1.5  # the registry refuses leases under a second
     agent = Agent(tmp_path, control_plane.url, "--ttl", str(ttl), "--drain-duration", "0")
     agents.append(agent)
     until(lambda: len(control_plane.calls("PUT")) >= 2)
@@ -301,19 +305,37 @@ def test_proxy_death_deregisters_and_exits_non_zero(
     assert "proxy exited" in agent.log()
 
 
-def test_taken_readiness_port_stops_the_proxy_and_fails(
+def test_a_second_sidecar_on_the_same_ip_fails_before_registering_or_starting_a_proxy(
+        tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = Agent(tmp_path / "first", control_plane.url)
+    agents.append(first)
+    until(first.admin_ready)
+    until(lambda: control_plane.calls("POST"))
+    second = Agent(tmp_path / "second", control_plane.url, ip=first.ip)
+    agents.append(second)
+    assert second.process.wait(10) == 1
+    assert (f"tulle sidecar: error: cannot listen on {first.ip}:15021 for the readiness port: Address already "
+            f"in use (is another sidecar running with --ip {first.ip}? give each workload its own --ip, or move "
+            "the port with --status-port)") in second.log()
+    assert "proxy started" not in second.log() and "Traceback" not in second.log()
+    assert len(control_plane.calls("POST")) == 1 and not control_plane.calls("DELETE")  # only the first's lease
+    assert first.process.poll() is None and first.admin_ready()
+
+
+def test_a_taken_admin_port_fails_before_registering_or_starting_a_proxy(
         tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
     ip = workload_ip()
-    with socket.socket() as taken:
-        taken.bind((ip, 15021))
-        taken.listen()
+    with socket.create_server((ip, 15000)):
         agent = Agent(tmp_path, control_plane.url, ip=ip)
         agents.append(agent)
         assert agent.process.wait(10) == 1
-    proxy_pid = agent.proxy_pid()
-    assert "tulle sidecar: error:" in agent.log() and "15021" in agent.log()
-    assert not pid_alive(proxy_pid)
-    assert len(control_plane.calls("POST")) == len(control_plane.calls("DELETE"))  # no lease left behind
+    assert (f"tulle sidecar: error: cannot listen on {ip}:15000 for the proxy admin port: Address already in use"
+            in agent.log())
+    assert "proxy started" not in agent.log()
+    assert not control_plane.calls("POST")
+    assert not can_connect(ip, 15021)  # the readiness port it had bound was released
 
 
 def test_ready_once_the_proxy_has_a_listener_from_the_control_plane(
@@ -396,6 +418,44 @@ def test_a_refused_token_is_read_again_until_the_control_plane_takes_it(
     assert refused[-1].startswith("the control plane refused the heartbeat: ")
     with_new_token = [e.method for e in control_plane.events if e.authorization == f"Bearer {control_plane.token}"]
     assert with_new_token == ["PUT", "DELETE"]
+
+
+def test_a_refused_registration_is_logged_once_and_retried_slowly(
+        control_plane: FakeControlPlane, caplog: pytest.LogCaptureFixture) -> None:
+    # A control plane that checks more than this sidecar did (a newer version) refuses the same body
+    # every time: one error, not one per retry, and no fast retry loop.
+    control_plane.refuse_registrations = (400, {"error": "address: 'x' is not an IP address"})
+    registration = Registration(control_plane.url, SidecarConfig(name="ratings-v1", ttl=3).registration(),
+                                ClientToken(TOKEN, "$TULLE_TOKEN"))
+
+    async def scenario() -> None:
+        registering = asyncio.create_task(registration.register())
+        while len(control_plane.calls("POST")) < 3:
+            await asyncio.sleep(0.02)
+        assert registration.refused_permanently and registration.instance_id is None
+        control_plane.refuse_registrations = None  # the operator fixed the control plane's side
+        await asyncio.wait_for(registering, 10)
+
+    with caplog.at_level("INFO", logger="tulle.sidecar"):
+        asyncio.run(scenario())
+    assert registration.instance_id == "ratings-v1-1" and not registration.refused_permanently
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ['registration refused (400): {"error": "address: \'x\' is not an IP address"}; this '
+                      "workload gets no traffic until it is accepted"]
+
+
+def test_a_registration_the_registry_would_refuse_is_a_flag_error(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_sidecar_parser(parser.add_subparsers())
+    args = parser.parse_args(["sidecar", "--name", "Reviews_V2", "--label", "version=-bad-", "--app-port", "9080=19080",
+                              "--service", "reviews",
+                              "--service-account", "under_score", "--control-plane", "http://127.0.0.1:9"])
+    assert run_sidecar(args) == 2  # nothing started, nothing registered (port 9 would refuse anyway)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":", 2)[2].split("(")[0].strip() for line in err] == [
+        "--name", "--label", "--service-account"]
+    assert err[0].startswith("tulle sidecar: error: --name (name): 'Reviews_V2' is not a DNS-1123 subdomain")
+    assert registration_errors(SidecarConfig(name="ok", ip="10.0.0.1").registration()) == []
 
 
 def test_registration_body_and_defaults() -> None:

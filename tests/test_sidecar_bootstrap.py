@@ -32,7 +32,9 @@ def test_bootstrap_builds_a_proxy_worker_with_ads_to_the_control_plane(delta: bo
     config = sidecar_bootstrap(reviews_v2(), "127.0.0.1:15010", delta, app_ports={9080: 19081},
                                upstreams={"ratings:9080": 19090}, locality="eu/west-1/a")
     worker = Worker(parse_message(config, bootstrap_pb2.Bootstrap), ServerState())
-    assert worker.xds == ("xds-grpc", delta)
+    assert (worker.xds.cluster, worker.xds.delta) == ("xds-grpc", delta)
+    # a sidecar asks for listeners and clusters over ADS, as istio-agent's bootstrap does
+    assert worker.xds.lds_config.HasField("ads") and worker.xds.cds_config.HasField("ads")
     assert worker.xds_target() == "127.0.0.1:15010"
     assert not worker.listeners  # every listener comes over ADS
     ads = config["dynamic_resources"]["ads_config"]

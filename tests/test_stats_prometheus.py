@@ -78,3 +78,16 @@ def test_names_and_labels_are_sanitized() -> None:
     assert sanitize_name("a.b-c/d") == "a_b_c_d"
     assert metric_name("cluster.upstream_rq") == "envoy_cluster_upstream_rq"
     assert format_labels((("envoy.cluster_name", 'a"b\\c'),)) == 'envoy_cluster_name="a\\"b\\\\c"'
+
+
+def test_text_readouts_only_on_request_as_zero_gauges_with_a_text_value_label() -> None:
+    store = Store()
+    store.gauge("control_plane.connected_state").set(1)
+    store.text_readout("http.ingress.rds.local_route.version_text").set('v"1')
+    snapshot = store.snapshot()
+    assert "version_text" not in render_prometheus(snapshot)
+    text = render_prometheus(snapshot, text_readouts=True)
+    assert text.index("envoy_control_plane_connected_state") < text.index("envoy_http_rds_version_text")
+    assert ("# TYPE envoy_http_rds_version_text gauge\n"
+            'envoy_http_rds_version_text{envoy_http_conn_manager_prefix="ingress",'
+            'envoy_rds_route_config="local_route",text_value="v\\"1"} 0\n') in text

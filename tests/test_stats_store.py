@@ -66,3 +66,14 @@ def test_bind_sets_attributes_to_named_stats() -> None:
     assert stats.upstream_rq_time is store.histogram("cluster.a.upstream_rq_time")
     assert stats.upstream_cx_active.per_worker and not stats.membership_total.per_worker
     assert store.snapshot()["process_wide_gauges"] == ["cluster.a.membership_total"]
+
+
+def test_text_readouts_are_snapshotted_and_merged_from_the_process_that_sets_them() -> None:
+    main, child = Store(), Store()
+    assert main.text_readout("cluster_manager.cds.version_text") is main.text_readout("cluster_manager.cds.version_text")
+    main.text_readout("cluster_manager.cds.version_text").set("v7")
+    child.text_readout("cluster_manager.cds.version_text")  # created, never set: ""
+    assert main.snapshot()["text_readouts"] == {"cluster_manager.cds.version_text": "v7"}
+    # whichever worker answers first, the value set by the one that owns it wins
+    for snapshots in ([child.snapshot(), main.snapshot()], [main.snapshot(), child.snapshot()]):
+        assert merge(snapshots)["text_readouts"] == {"cluster_manager.cds.version_text": "v7"}

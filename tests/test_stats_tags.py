@@ -8,6 +8,7 @@ from tulle.stats.tags import (
     CLUSTER_NAME,
     HTTP_CONN_MANAGER_PREFIX,
     LISTENER_ADDRESS,
+    RDS_ROUTE_CONFIG,
     RESPONSE_CODE,
     RESPONSE_CODE_CLASS,
     TCP_PREFIX,
@@ -98,3 +99,17 @@ def test_cluster_names_with_dots_are_not_split_oddly() -> None:
     name, tags = extract_tags("cluster.outbound|80||svc.ns.upstream_rq_total")
     assert tags == ((CLUSTER_NAME, "outbound|80||svc"),)
     assert name == "cluster.ns.upstream_rq_total"
+
+
+@pytest.mark.parametrize(("stat", "extracted", "tags"), [
+    ("control_plane.connected_state", "control_plane.connected_state", ()),
+    ("cluster_manager.cds.update_success", "cluster_manager.cds.update_success", ()),
+    ("listener_manager.lds.version", "listener_manager.lds.version", ()),
+    ("http.inbound_9080.rds.inbound_9080.update_rejected", "http.rds.update_rejected",
+     ((HTTP_CONN_MANAGER_PREFIX, "inbound_9080"), (RDS_ROUTE_CONFIG, "inbound_9080"))),
+    ("http.outbound.rds.reviews.default_9080.version_text", "http.rds.version_text",
+     ((HTTP_CONN_MANAGER_PREFIX, "outbound"), (RDS_ROUTE_CONFIG, "reviews.default_9080"))),
+    ("cluster.reviews.update_empty", "cluster.update_empty", ((CLUSTER_NAME, "reviews"),)),
+])
+def test_xds_stats_are_tagged_as_envoy_tags_them(stat: str, extracted: str, tags: tuple[tuple[str, str], ...]) -> None:
+    assert extract_tags(stat) == (extracted, tags)

@@ -101,3 +101,31 @@ def test_format_double_matches_fmt() -> None:
     assert format_double(1.0) == "1"
     assert format_double(2.5) == "2.5"
     assert format_double(math.nan) == "nan"
+
+
+def _with_text_readouts() -> dict:
+    store = Store()
+    store.counter("cluster_manager.cds.update_success").inc(2)
+    store.text_readout("listener_manager.lds.version_text").set("l2")
+    store.text_readout("cluster_manager.cds.version_text").set("c1")
+    store.text_readout("control_plane.identifier")  # never set
+    return store.snapshot()
+
+
+def test_text_readouts_come_first_quoted_and_sorted_as_in_envoy() -> None:
+    lines = render_text(_with_text_readouts()).splitlines()
+    assert lines == [
+        'cluster_manager.cds.version_text: "c1"',
+        'control_plane.identifier: ""',
+        'listener_manager.lds.version_text: "l2"',
+        "cluster_manager.cds.update_success: 2",
+    ]
+    only = render_text(_with_text_readouts(), StatsQuery(stat_type="TextReadouts", used_only=True)).splitlines()
+    assert only == ['cluster_manager.cds.version_text: "c1"', 'listener_manager.lds.version_text: "l2"']
+    assert "version_text" not in render_text(_with_text_readouts(), StatsQuery(stat_type="Counters"))
+
+
+def test_text_readouts_in_json_are_strings() -> None:
+    stats = json.loads(render_json(_with_text_readouts()))["stats"]
+    assert stats[0] == {"name": "cluster_manager.cds.version_text", "value": "c1"}
+    assert {"name": "cluster_manager.cds.update_success", "value": 2} in stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
@@ -350,6 +351,30 @@ def test_dns_failure_keeps_hosts_and_counts(monkeypatch):
     assert [host.ip for host in cluster.hosts] == ["127.0.0.1"]
     assert store.counters["cluster.backend.update_failure"].value == 1
     assert store.counters["cluster.backend.update_attempt"].value == 2
+
+
+def test_dns_failures_are_logged_once_per_outage(monkeypatch, caplog):
+    monkeypatch.setenv(dns.OVERRIDES_ENV, "svc=::1")  # no IPv4 answer for V4_ONLY
+    store = Store()
+    cluster = build(cluster_dict(type="STRICT_DNS", dns_lookup_family="V4_ONLY", endpoints=[endpoint("svc")]), store)
+
+    def logged(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "tulle.upstream" and r.levelno == level]
+
+    with caplog.at_level(logging.DEBUG, logger="tulle.upstream"):
+        asyncio.run(cluster.initialize())
+        for _ in range(3):
+            asyncio.run(cluster.refresh())
+        assert len(logged(logging.WARNING)) == 1 and "svc" in logged(logging.WARNING)[0]
+        assert len(logged(logging.DEBUG)) == 3  # each later failure, for whoever debugs
+        assert store.counters["cluster.backend.update_failure"].value == 4
+        monkeypatch.setenv(dns.OVERRIDES_ENV, "svc=127.0.0.1")
+        asyncio.run(cluster.refresh())
+        asyncio.run(cluster.refresh())
+        assert logged(logging.INFO) == ["cluster backend: svc resolves again"]
+        monkeypatch.setenv(dns.OVERRIDES_ENV, "svc=::1")
+        asyncio.run(cluster.refresh())
+        assert len(logged(logging.WARNING)) == 2  # a new outage is news again
 
 
 def test_strict_dns_real_localhost_lookup(monkeypatch):

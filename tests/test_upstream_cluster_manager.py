@@ -135,3 +135,18 @@ def test_warm_up_is_bounded_and_wait_for_warm_can_be_disabled(monkeypatch):
     assert still_warming and warming == 2
     assert hosts == ["127.0.0.1", "127.0.0.1"]
     assert store_gauge.value == 0
+
+
+def test_start_does_not_wait_for_an_eds_clusters_first_assignment():
+    eds = {"name": "reviews", "type": "EDS", "connect_timeout": "1s",
+           "eds_cluster_config": {"eds_config": {"ads": {}}}}
+    cm = ClusterManager.from_protos(clusters_of(eds), stats=Store())
+
+    async def scenario() -> bool:
+        # the assignment comes over ADS, which opens after start: waiting would only cost warm_timeout
+        await asyncio.wait_for(cm.start(warm_timeout=3600), 30)
+        warming = not cm.get("reviews").initialized
+        await cm.close()
+        return warming
+
+    assert asyncio.run(scenario())

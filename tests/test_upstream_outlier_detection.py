@@ -182,6 +182,17 @@ def test_max_ejection_percent_overflows_unless_one_host_is_always_ejected():
     assert always.counter("ejections_overflow") == 1
 
 
+def test_the_default_max_ejection_percent_binds_the_first_ejection_too():
+    # Envoy >= 1.28 (check_mep_on_first_eject): 1 host of 10 is 10 %, within the default; 1 of 9 is not
+    ten = Harness(count=10, consecutive_5xx=1)
+    ten.hosts[0].outlier.put_http_status(500)
+    assert ten.hosts[0].failed_outlier_check and ten.active() == 1
+    nine = Harness(count=9, consecutive_5xx=1)
+    nine.hosts[0].outlier.put_http_status(500)
+    assert not nine.hosts[0].failed_outlier_check and nine.active() == 0
+    assert nine.counter("ejections_overflow") == 1
+
+
 def test_enforcement_percentage_zero_never_ejects():
     harness = Harness(consecutive_5xx=1, enforcing_consecutive_5xx=0, max_ejection_percent=100)
     harness.hosts[0].outlier.put_http_status(500)

@@ -398,6 +398,11 @@ def run_max_requests(tmp_path: Path, concurrency: int) -> None:
         stats = wait_until(lambda: (s := proxy.stats())["cluster.backend.upstream_rq_active"] == 0 and s)
         assert stats["cluster.backend.upstream_rq_active_overflow"] == 15
         assert stats["cluster.backend.upstream_rq_pending_overflow"] == 0
+        # Envoy counts a request in upstream_rq_total once a connection takes it (the pool's
+        # attachStreamToClient); a refused one is charged the 503 it turns into (chargeUpstreamAbort)
+        assert stats["cluster.backend.upstream_rq_total"] == 5
+        assert (stats["cluster.backend.upstream_rq_200"], stats["cluster.backend.upstream_rq_503"]) == (5, 15)
+        assert stats["cluster.backend.upstream_rq_completed"] == 20
         # a process-wide gauge: taken once, not summed over the workers
         assert stats["cluster.backend.circuit_breakers.default.remaining_rq"] == 5
         assert stats["cluster.backend.circuit_breakers.default.rq_open"] == 0
@@ -456,8 +461,13 @@ def test_zero_pending_requests_refuses_a_cold_request(tmp_path: Path) -> None:
             tmp_path, simple_route("backend"), [cluster_with(backend.port, breakers)]) as (proxy, port):
         assert_overflow_reply(get(port, "/"))  # waiting for a connect is pending, as in Envoy
         stats = proxy.stats()
+        _, clusters = proxy.admin("GET", "/clusters")
     assert stats["cluster.backend.upstream_rq_pending_overflow"] == 1
     assert backend.connections == 0
+    # never on a connection: not an upstream request (Envoy), though charged the 503 it became
+    assert stats["cluster.backend.upstream_rq_total"] == 0
+    assert stats["cluster.backend.upstream_rq_503"] == 1 and stats["cluster.backend.upstream_rq_5xx"] == 1
+    assert f"backend::127.0.0.1:{backend.port}::rq_total::0" in clusters
 
 
 def test_a_pending_request_whose_client_leaves_is_dropped(tmp_path: Path) -> None:

@@ -63,6 +63,18 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _message_bytes(text: str) -> int:
+    """A byte count: ``67108864``, or with a binary suffix ``64Mi``, ``512Ki``."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    number, scale = text, 1
+    if text[-2:] in units:
+        number, scale = text[:-2], units[text[-2:]]
+    if not number.isdigit() or not 1024 <= int(number) * scale < 2**31:
+        raise argparse.ArgumentTypeError(
+            f"expected a byte count from 1024 to 2 GiB (e.g. 67108864 or 64Mi), got {text!r}")
+    return int(number) * scale
+
+
 def _control_plane_parser(sub: argparse._SubParsersAction) -> None:
     cp = sub.add_parser("control-plane", help="run the control plane: Istio's API in, xDS out")
     cp.add_argument("--state-dir", default=os.environ.get("TULLE_STATE_DIR", ".tulle-state"),
@@ -79,6 +91,10 @@ def _control_plane_parser(sub: argparse._SubParsersAction) -> None:
                     help="a Host name the HTTP API answers to besides its address and localhost "
                          "(NAME or NAME:PORT, repeatable)")
     cp.add_argument("--ready-file", help="write the bound ports and the token file here as JSON once serving")
+    # the default is xds/server.py's DEFAULT_MAX_XDS_MESSAGE_BYTES (not imported: it would load gRPC here)
+    cp.add_argument("--xds-max-message-bytes", type=_message_bytes, default=64 * 1024 * 1024, metavar="BYTES",
+                    help="largest xDS message sent or received (default 64 MiB; gRPC's own default is 4 MiB); "
+                         "a larger update is not sent and shows as TOO LARGE in proxy-status")
     cp.add_argument("-l", "--log-level", default="info",
                     choices=("debug", "info", "warning", "error", "critical"))
     cp.set_defaults(func=run_control_plane)
@@ -97,7 +113,7 @@ def run_control_plane(args: argparse.Namespace) -> int:
     state_dir = None if args.in_memory else args.state_dir
     try:
         return asyncio.run(serve(state_dir, args.xds_address, args.http_address, args.ready_file,
-                                 args.token_file, args.api_allowed_hosts))
+                                 args.token_file, args.api_allowed_hosts, args.xds_max_message_bytes))
     except (OSError, TokenError) as exc:
         print(f"tulle control-plane: error: {exc}", file=sys.stderr)
         return 1

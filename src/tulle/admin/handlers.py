@@ -151,6 +151,8 @@ class AdminHandlers:
                     "/stats/prometheus", "print server stats in prometheus format", self._prometheus,
                     params=[
                         ("usedonly", "Only include stats that have been written by system since restart"),
+                        ("text_readouts", "Render text_readouts as new gaugues with value 0 (increases Prometheus "
+                                          "data size)"),
                         ("filter", "Regular expression (Google re2) for filtering stats"),
                     ],
                 ),
@@ -222,7 +224,7 @@ class AdminHandlers:
             raise _not_supported("histogram_buckets", "/stats/prometheus")
         query = StatsQuery(_compile_filter(params), "usedonly" in params)
         snapshot = await self.backend.stats_snapshot()
-        return AdminResponse(200, render_prometheus(snapshot, query))
+        return AdminResponse(200, render_prometheus(snapshot, query, text_readouts="text_readouts" in params))
 
     async def _clusters(self, params: QueryParams, method: str) -> AdminResponse:
         clusters = await self.backend.clusters()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -230,9 +231,13 @@ class AdminServer:
         self._server: asyncio.base_events.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock`` when given (bound and listening already), else bind ``host:port``."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _AdminConnection(self), self.host, self.port)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _AdminConnection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: _AdminConnection(self), self.host, self.port)
         sockets = self._server.sockets or ()
         if sockets:
             self.port = sockets[0].getsockname()[1]

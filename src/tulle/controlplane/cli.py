@@ -34,9 +34,18 @@ from tulle.controlplane.api_token import ClientToken, add_client_arguments, find
 DEFAULT_CONTROL_PLANE = "http://127.0.0.1:15014"
 CONTROL_PLANE_ENV = "TULLE_CONTROL_PLANE"
 DEFAULT_NAMESPACE = "default"
+DEFAULT_STATE_DIR = ".tulle-state"  # as `tulle control-plane --state-dir`
 REQUEST_TIMEOUT_S = 30.0
 DEFAULT_TTL_S = 30.0  # the registry's default lease (docs/control-plane.md, "Store and registry")
 STDIN_SOURCE = "<stdin>"
+# `tulle analyze` exits as `istioctl analyze` does (istioctl/pkg/root: ExitAnalyzerFoundIssues for
+# AnalyzerFoundIssuesError, ExitDataError for FileParseError).
+EXIT_ANALYZER_FOUND_ISSUES = 79
+EXIT_FILE_PARSE_ERROR = 65
+ANALYSIS_LEVELS = ("Info", "Warning", "Error")  # istioctl's levels, least severe first
+ANALYSIS_DOCS = "https://istio.io/latest/docs/reference/config/analysis"
+# The webhook's own findings: `tulle apply` shows them as kubectl shows webhook answers, without a code.
+WEBHOOK_CODES = ("IST0106", "IST0133")
 
 # Patched by tests to end a heartbeat loop deterministically (a KeyboardInterrupt stands in for Ctrl-C).
 _sleep: Callable[[float], None] = time.sleep
@@ -285,30 +294,37 @@ def age(value: Any, now: float | None = None) -> str:
 
 
 def print_diagnostics(diagnostics: Iterable[dict[str, Any]], stream: Any) -> tuple[int, int]:
-    """Errors as ``file#doc: Kind ns/name: field: message``; warnings prefixed ``Warning:``."""
+    """Errors as ``file#doc: Kind ns/name: field: message``; warnings prefixed ``Warning:``, info ``Info:``.
+
+    An analyzer's message (IST0101, TUL0001, ...) shows its code before the message.
+    """
     errors = warnings = 0
     for diagnostic in diagnostics:
         line = diagnostic_text(diagnostic)
-        if diagnostic.get("level") == "warning":
-            warnings += 1
-            print(f"Warning: {line}", file=stream)
-        else:
+        level = diagnostic.get("level")
+        if level == "error":
             errors += 1
             print(line, file=stream)
+        else:
+            warnings += 1
+            print(f"{'Info' if level == 'info' else 'Warning'}: {line}", file=stream)
     return errors, warnings
 
 
 def diagnostic_text(diagnostic: dict[str, Any]) -> str:
-    """``Diagnostic.__str__`` for the JSON form the HTTP API sends."""
+    """``Diagnostic.__str__`` for the JSON form the HTTP API sends, with an analyzer's code."""
     where = ": ".join(str(diagnostic.get(key) or "") for key in ("source", "resource", "field")
                       if diagnostic.get(key))
     message = str(diagnostic.get("message") or "")
+    code = str(diagnostic.get("code") or "")
+    if code and code not in WEBHOOK_CODES:
+        message = f"[{code}] {message}"
     return f"{where}: {message}" if where else message
 
 
 def diagnostic_dict(diagnostic: Any) -> dict[str, Any]:
     return {"level": diagnostic.level, "resource": diagnostic.resource, "field": diagnostic.field,
-            "message": diagnostic.message, "source": diagnostic.source}
+            "message": diagnostic.message, "source": diagnostic.source, "code": diagnostic.code}
 
 
 def ref_text(ref: Any) -> str:
@@ -328,8 +344,11 @@ class LoadedFiles:
     diagnostics: list[Any]  # model.Diagnostic
 
 
-def load_inputs(paths: Sequence[str], default_namespace: str) -> LoadedFiles:
-    """Files, directories (their *.yaml/*.yml/*.json) and "-" for stdin, in the order given."""
+def load_inputs(paths: Sequence[str], default_namespace: str, positions: bool = False) -> LoadedFiles:
+    """Files, directories (their *.yaml/*.yml/*.json) and "-" for stdin, in the order given.
+
+    ``positions``: record the line of every field, for messages that point at lines.
+    """
     try:
         from tulle.controlplane.istio import documents
     except ImportError as error:  # pragma: no cover - only while the istio package is being written
@@ -337,9 +356,10 @@ def load_inputs(paths: Sequence[str], default_namespace: str) -> LoadedFiles:
     loaded = LoadedFiles([], [])
     for path in paths:
         if path == "-":
-            resources, diagnostics = documents.load_documents(sys.stdin.read(), STDIN_SOURCE, default_namespace)
+            resources, diagnostics = documents.load_documents(sys.stdin.read(), STDIN_SOURCE, default_namespace,
+                                                              positions)
         else:
-            resources, diagnostics = documents.load_files([path], default_namespace)
+            resources, diagnostics = documents.load_files([path], default_namespace, positions)
         loaded.resources.extend(resources)
         loaded.diagnostics.extend(diagnostics)
     return loaded
@@ -548,13 +568,29 @@ def run_delete(args: argparse.Namespace, client: ControlPlaneClient) -> int:
             return _delete_each(client, [(f"instance {name}", f"/apis/v1/instances/{segment(name)}")
                                          for name in args.names], args.ignore_not_found)
         targets = [(info.kind, namespace, name) for name in args.names]
-    return _delete_each(client, [(f"{kind} {namespace}/{name}",
-                                  f"/apis/v1/resources/{segment(kind)}/{segment(namespace)}/{segment(name)}")
-                                 for kind, namespace, name in targets], args.ignore_not_found)
+    return _delete_resources(client, targets, args.ignore_not_found)
+
+
+def _delete_resources(client: ControlPlaneClient, targets: list[tuple[str, str, str]], ignore_not_found: bool) -> int:
+    """One request, one transaction: all of them are deleted, or (one missing) none unless ignored."""
+    body = {"items": [{"kind": kind, "namespace": namespace, "name": name} for kind, namespace, name in targets],
+            "ignoreNotFound": ignore_not_found}
+    reply = client.request("POST", "/apis/v1/resources:delete", body=body)
+    answer = reply.data if isinstance(reply.data, dict) else {}
+    if reply.status == 404 and isinstance(answer.get("notFound"), list):
+        for ref in answer["notFound"]:
+            print(f"Error: {ref_text(ref)} not found", file=sys.stderr)
+        raise CommandError(f"{_count(len(answer['notFound']), 'resource')} not found; nothing was deleted "
+                           "(--ignore-not-found deletes the others)")
+    if not reply.ok:
+        raise CommandError(f"the control plane answered {reply.status} deleting: {reply.error_text()}")
+    for ref in answer.get("deleted", []):
+        print(f"{ref_text(ref)} deleted")
+    return 0
 
 
 def _delete_each(client: ControlPlaneClient, targets: list[tuple[str, str]], ignore_not_found: bool) -> int:
-    """Delete every target even when one is missing (like kubectl); exit 1 if any was missing."""
+    """Delete registry entries one by one, even when one is missing (like kubectl); exit 1 if any was."""
     missing = 0
     for label, path in targets:
         reply = client.request("DELETE", path)
@@ -573,28 +609,83 @@ def _delete_each(client: ControlPlaneClient, targets: list[tuple[str, str]], ign
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    """``istioctl analyze`` on files: messages on stdout, one a line; the verdict on stderr.
+
+    Exit codes as istioctl's: 79 when a message reaches --failure-threshold (Error by default),
+    else 65 when a document could not be read (invalid YAML, a kind Tulle does not read), else
+    0. istioctl exits 0 with ``-o json``/``yaml`` whatever it finds (istio/istio#35054, a bug);
+    Tulle exits the same way for every format.
+    """
     paths = [*(args.filename or []), *args.files]
     if not paths:
         raise CommandError("give the files to analyze: tulle analyze -f FILE|DIR|- ...")
-    loaded = load_inputs(paths, args.namespace or DEFAULT_NAMESPACE)
+    loaded = load_inputs(paths, args.namespace or DEFAULT_NAMESPACE, positions=True)
     try:
-        from tulle.controlplane.istio import validation
+        from tulle.controlplane.istio import documents, validation
     except ImportError as error:  # pragma: no cover - only while validation is being written
         raise CommandError(f"analysis is not available in this build ({error})") from None
-    findings = [diagnostic_dict(d) for d in [*loaded.diagnostics, *validation.analyze(loaded.resources)]]
-    errors = sum(1 for finding in findings if finding["level"] != "warning")
-    if args.output:
-        sys.stdout.write(dump({"diagnostics": findings}, args.output))
-        return 1 if errors else 0
-    for finding in findings:
-        level = "Warning" if finding["level"] == "warning" else "Error"
-        print(f"{level}: {diagnostic_text(finding)}")
-    if not findings:
-        print(f"No validation issues found in {_count(len(loaded.resources), 'resource')}.")
+    by_ref = {resource.ref: resource for resource in loaded.resources}
+    messages = [analysis_message(d, by_ref.get(d.resource), documents.field_line)
+                for d in [*loaded.diagnostics, *validation.analyze(loaded.resources)]]
+    threshold = ANALYSIS_LEVELS.index(args.failure_threshold)
+    found_issues = any(m.get("code") and ANALYSIS_LEVELS.index(m["level"]) >= threshold for m in messages)
+    unreadable = sum(1 for m in messages if not m.get("code") and m["level"] == "Error")
+    if args.output in ("json", "yaml"):
+        sys.stdout.write(dump(messages, args.output))
     else:
-        print(f"{_count(errors, 'error')}, {_count(len(findings) - errors, 'warning')} "
-              f"in {_count(len(loaded.resources), 'resource')}.", file=sys.stderr)
-    return 1 if errors else 0
+        for message in messages:
+            print(analysis_line(message))
+    target = ", ".join(paths)
+    if not messages:
+        print(f"\u2714 No validation issues found when analyzing {target}.", file=sys.stderr)
+    if found_issues:
+        print(f"Error: Analyzers found issues when analyzing {target}.\nSee {ANALYSIS_DOCS} for more information "
+              "about causes and resolutions.", file=sys.stderr)
+        return EXIT_ANALYZER_FOUND_ISSUES
+    if unreadable:
+        print(f"Error: {_count(unreadable, 'document')} could not be read.", file=sys.stderr)
+        return EXIT_FILE_PARSE_ERROR
+    return 0
+
+
+def analysis_message(diagnostic: Any, resource: Any, field_line: Callable[[Any, str], int | None]) -> dict[str, Any]:
+    """A finding in istioctl's JSON form (code, level, origin, reference, message, documentationUrl),
+    plus Tulle's field path. The reference is ``file:line`` of the field when the line is known."""
+    source = diagnostic.source or ""
+    line = field_line(resource, diagnostic.field) if resource is not None else None
+    message: dict[str, Any] = {}
+    if diagnostic.code:
+        message["code"] = diagnostic.code
+    message["level"] = diagnostic.level.capitalize()
+    if diagnostic.resource:
+        message["origin"] = diagnostic.resource
+    if source:
+        message["reference"] = f"{source.split('#')[0]}:{line}" if line else source
+    message["message"] = analysis_text(diagnostic)
+    if diagnostic.field:
+        message["field"] = diagnostic.field
+    if diagnostic.code.startswith("IST"):
+        message["documentationUrl"] = f"{ANALYSIS_DOCS}/{diagnostic.code.lower()}/?ref=tulle-analyze"
+    return message
+
+
+def analysis_text(diagnostic: Any) -> str:
+    """The message as istioctl words it: the webhook's findings wrapped as IST0106/IST0133 wrap them."""
+    where = f"{diagnostic.field}: " if diagnostic.field else ""
+    if diagnostic.code == "IST0106":
+        return f"Schema validation error: {where}{diagnostic.message}"
+    if diagnostic.code == "IST0133":
+        return f"Schema validation warning: {where}{diagnostic.message}"
+    if diagnostic.code.startswith("IST"):
+        return diagnostic.message  # the analyzer's own text; the reference points at the field
+    return f"{where}{diagnostic.message}"
+
+
+def analysis_line(message: dict[str, Any]) -> str:
+    """``Error [IST0101] (VirtualService default/reviews file.yaml:12) Referenced ...``, as istioctl prints."""
+    code = f" [{message['code']}]" if message.get("code") else ""
+    origin = " ".join(str(message[key]) for key in ("origin", "reference") if message.get(key))
+    return f"{message['level']}{code}{f' ({origin})' if origin else ''} {message['message']}"
 
 
 def _count(number: int, noun: str) -> str:
@@ -622,12 +713,16 @@ def sync_state(status: dict[str, Any]) -> str:
 
 
 def type_column(type_key: str) -> str:
-    """"CDS" for the Cluster type URL or for "CDS"; other types by their message name."""
+    """"CDS" for the Cluster type URL, its message name ("Cluster", as the control plane's API keys
+    its types) or "CDS"; other types by their message name."""
     from tulle.controlplane.xds import types
 
     if type_key.upper() in types.SHORT_NAMES.values():
         return type_key.upper()
-    return types.short_name(type_key if "/" in type_key else types.TYPE_PREFIX + type_key)
+    if "/" in type_key:
+        return types.short_name(type_key)
+    by_message = {url.rsplit(".", 1)[-1]: short for url, short in types.SHORT_NAMES.items()}
+    return by_message.get(type_key, type_key)
 
 
 def normalize_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
@@ -650,17 +745,55 @@ def normalize_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
             nack = status.get("last_nack")
             if isinstance(nack, dict):
                 entry["nack"] = {"version": nack.get("version", ""), "error": nack.get("message", "")}
+            refused = status.get("refused")
+            if isinstance(refused, dict):
+                entry["refused"] = {**refused, "error": refused.get("message", "")}
             merged[str(status.get("type_url") or status.get("type", ""))] = entry
     return {"id": proxy.get("node_id", ""), "connected_since": proxy.get("connected_at"), "types": merged}
 
 
+def connected_proxies(client: ControlPlaneClient) -> list[dict[str, Any]]:
+    return [normalize_proxy(p) for p in _items(client.expect_ok("GET", "/debug/proxies"), "proxies")
+            if isinstance(p, dict)]
+
+
+def proxy_names(proxy_id: str) -> tuple[str, str] | None:
+    """(name, namespace) of an Istio node id ``<type>~<ip>~<name>.<namespace>~<domain>``."""
+    parts = proxy_id.split("~")
+    if len(parts) != 4 or "." not in parts[2]:
+        return None
+    name, namespace = parts[2].rsplit(".", 1)
+    return name, namespace
+
+
+def resolve_proxy(wanted: str, proxy_ids: Iterable[str], namespace: str | None = None) -> str:
+    """The node id ``wanted`` names: itself, ``NAME.NAMESPACE`` or ``NAME`` (as istioctl takes
+    ``pod.namespace`` or a pod name with -n). CommandError when none or several match."""
+    ids = sorted(set(proxy_ids))
+    if wanted in ids:
+        return wanted
+    matches = []
+    for proxy_id in ids:
+        names = proxy_names(proxy_id)
+        if names is None:
+            continue
+        name, proxy_namespace = names
+        if wanted == f"{name}.{proxy_namespace}" or (wanted == name and namespace in (None, proxy_namespace)):
+            matches.append(proxy_id)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise CommandError(f"proxy {wanted!r} is ambiguous: it names {', '.join(matches)}; give NAME.NAMESPACE, "
+                           "-n NAMESPACE or the full id")
+    where = f" in namespace {namespace}" if namespace else ""
+    raise CommandError(f"proxy {wanted!r} is not connected{where} (see `tulle proxy-status`)")
+
+
 def run_proxy_status(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    proxies = [normalize_proxy(p) for p in _items(client.expect_ok("GET", "/debug/proxies"), "proxies")
-               if isinstance(p, dict)]
+    proxies = connected_proxies(client)
     if args.proxy:
-        proxies = [proxy for proxy in proxies if proxy.get("id") == args.proxy]
-        if not proxies:
-            raise CommandError(f"proxy {args.proxy!r} is not connected")
+        wanted = resolve_proxy(args.proxy, (str(proxy.get("id", "")) for proxy in proxies), args.namespace)
+        proxies = [proxy for proxy in proxies if proxy.get("id") == wanted]
     if args.output:
         sys.stdout.write(dump({"proxies": proxies}, args.output))
         return 0
@@ -681,7 +814,8 @@ def proxy_status_table(proxies: list[dict[str, Any]], now: float | None = None) 
         per_proxy.append((proxy, statuses))
     columns = [*STATUS_COLUMNS, *sorted(extra)]
     rows = []
-    rejections = []
+    rejections: list[str] = []
+    too_large: list[str] = []
     for proxy, statuses in sorted(per_proxy, key=lambda entry: str(entry[0].get("id", ""))):
         row = [str(proxy.get("id", ""))]
         for column in columns:
@@ -691,11 +825,18 @@ def proxy_status_table(proxies: list[dict[str, Any]], now: float | None = None) 
             if isinstance(nack, dict):
                 rejections.append(f"{proxy.get('id', '')} {column} rejected version {nack.get('version', '')}: "
                                   f"{nack.get('error', '')}")
+            refused = status.get("refused") if status is not None else None
+            if isinstance(refused, dict):
+                too_large.append(f"{proxy.get('id', '')} {column} version {refused.get('version', '')}: "
+                                 f"{refused.get('bytes', '?')} bytes, limit {refused.get('limit', '?')}")
         row.append(age(proxy.get("connected_since"), now))
         rows.append(row)
     text = render_table(["NAME", *columns, "CONNECTED"], rows)
     if rejections:
         text += "\nLast rejections:\n" + "".join(f"  {line}\n" for line in rejections)
+    if too_large:
+        text += ("\nNot sent, over the control plane's xDS message limit (--xds-max-message-bytes):\n"
+                 + "".join(f"  {line}\n" for line in too_large))
     return text
 
 
@@ -715,9 +856,14 @@ def config_type(text: str) -> str:
 
 
 def run_proxy_config(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    reply = client.request("GET", f"/debug/config/{segment(args.proxy)}", {"type": args.type})
-    if reply.status == 404:
-        raise CommandError(f"proxy {args.proxy!r} is not connected (see `tulle proxy-status`)")
+    proxy_id = args.proxy
+    reply = client.request("GET", f"/debug/config/{segment(proxy_id)}", {"type": args.type})
+    if reply.status == 404:  # not a connected node id: perhaps NAME or NAME.NAMESPACE
+        proxy_id = resolve_proxy(args.proxy, (str(p.get("id", "")) for p in connected_proxies(client)),
+                                 args.namespace)
+        reply = client.request("GET", f"/debug/config/{segment(proxy_id)}", {"type": args.type})
+        if reply.status == 404:
+            raise CommandError(f"proxy {proxy_id!r} is not connected (see `tulle proxy-status`)")
     if not reply.ok:
         raise CommandError(f"the control plane answered {reply.status}: {reply.error_text()}")
     resources = [r for r in _items(reply.data, "resources") if isinstance(r, dict)]
@@ -726,7 +872,7 @@ def run_proxy_config(args: argparse.Namespace, client: ControlPlaneClient) -> in
         return 0
     headers, rows = CONFIG_TABLES[args.type](resources)
     if not rows:
-        print(f"No {args.type} for proxy {args.proxy}.", file=sys.stderr)
+        print(f"No {args.type} for proxy {proxy_id}.", file=sys.stderr)
         return 0
     sys.stdout.write(render_table(headers, rows))
     return 0
@@ -995,6 +1141,36 @@ def _register_instance(args: argparse.Namespace, client: ControlPlaneClient) -> 
         return 1
 
 
+# --- commands: the state directory --------------------------------------------------------
+
+
+def run_state(args: argparse.Namespace) -> int:
+    """``tulle state check|restore|export``: work on a state directory's files directly."""
+    from tulle.controlplane.store import state  # sqlite3 only: the other commands need none of it
+
+    if args.action == "check":
+        healthy, lines = state.describe(args.state_dir)
+        print("\n".join(lines), file=sys.stdout if healthy else sys.stderr)
+        return 0 if healthy else 1
+    if args.action == "restore":
+        try:
+            print(state.restore(args.state_dir, force=args.force))
+        except state.StateError as error:
+            raise CommandError(str(error)) from None
+        return 0
+    path = state.last_good_path(args.state_dir) if args.last_good else state.database_path(args.state_dir)
+    resources, problem = state.read_resources(path)
+    items = [resource_json(resource) for resource in resources]
+    if args.output == "json":
+        sys.stdout.write(dump({"apiVersion": "v1", "kind": "List", "items": items}, "json"))
+    else:
+        sys.stdout.write(yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    if problem:
+        raise CommandError(f"only {_count(len(items), 'resource')} could be read: {problem}")
+    print(f"{_count(len(items), 'resource')} exported from {path}", file=sys.stderr)
+    return 0
+
+
 # --- argument parsing ---------------------------------------------------------------------
 
 
@@ -1026,7 +1202,7 @@ def _fail(command: str, error: CommandError) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add apply, get, delete, analyze, proxy-status, proxy-config and register to ``tulle``."""
+    """Add apply, get, delete, analyze, proxy-status, proxy-config, register and state to ``tulle``."""
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--control-plane", metavar="URL",
                         help=f"the control plane's HTTP API (default ${CONTROL_PLANE_ENV} or {DEFAULT_CONTROL_PLANE})")
@@ -1059,22 +1235,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("--ignore-not-found", action="store_true", help="a missing resource is not an error")
     delete.set_defaults(func=_runner("delete", run_delete))
 
-    analyze = subparsers.add_parser("analyze", parents=[output, namespace],
+    analyze = subparsers.add_parser("analyze", parents=[namespace],
                                     help="validate Istio files offline, like istioctl analyze")
+    analyze.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log",
+                         help="one line per message (log, the default), or istioctl's JSON/YAML messages")
     analyze.add_argument("files", metavar="FILE", nargs="*", help="files or directories to analyze")
     analyze.add_argument("-f", "--filename", action="extend", nargs="+", metavar="FILE|DIR|-",
                          help="files or directories to analyze, - for stdin (repeatable)")
+    analyze.add_argument("--failure-threshold", type=str.capitalize, choices=ANALYSIS_LEVELS, default="Error",
+                         help="the level of message that makes the exit code non-zero (default Error, as istioctl)")
     analyze.set_defaults(func=_offline_runner("analyze", run_analyze))
 
-    status = subparsers.add_parser("proxy-status", aliases=["ps"], parents=[remote, output],
+    proxy_help = "a connected proxy: NAME, NAME.NAMESPACE (as istioctl's pod.namespace) or its node id"
+    status = subparsers.add_parser("proxy-status", aliases=["ps"], parents=[remote, output, namespace],
                                    help="xDS sync state of every connected proxy")
-    status.add_argument("proxy", metavar="PROXY_ID", nargs="?", help="only this proxy")
+    status.add_argument("proxy", metavar="PROXY", nargs="?", help=f"only this proxy: {proxy_help}")
     status.set_defaults(func=_runner("proxy-status", run_proxy_status))
 
-    config = subparsers.add_parser("proxy-config", aliases=["pc"], parents=[remote, output],
+    config = subparsers.add_parser("proxy-config", aliases=["pc"], parents=[remote, output, namespace],
                                    help="the xDS configuration the control plane serves to one proxy")
     config.add_argument("type", type=config_type, metavar="(listeners|routes|clusters|endpoints)")
-    config.add_argument("proxy", metavar="PROXY_ID")
+    config.add_argument("proxy", metavar="PROXY", help=proxy_help)
     config.set_defaults(func=_runner("proxy-config", run_proxy_config))
 
     registration = subparsers.add_parser("register", help="add a service or a workload instance to the registry")
@@ -1104,3 +1285,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     instance.add_argument("--heartbeat", action="store_true",
                           help="renew the lease until Ctrl-C, then deregister")
     instance.set_defaults(func=_runner("register", run_register))
+
+    state_dir = argparse.ArgumentParser(add_help=False)
+    state_dir.add_argument("--state-dir", default=os.environ.get("TULLE_STATE_DIR", DEFAULT_STATE_DIR),
+                           help=f"the control plane's state directory (default {DEFAULT_STATE_DIR}, or $TULLE_STATE_DIR)")
+    state = subparsers.add_parser("state", help="check, restore or export a control plane's state directory")
+    action = state.add_subparsers(dest="action", required=True, metavar="(check|restore|export)")
+    action.add_parser("check", parents=[state_dir],
+                      help="is config.db whole? (and its last good copy); exit 1 when damaged")
+    restore = action.add_parser("restore", parents=[state_dir],
+                                help="replace a damaged config.db with config.db.last-good (the damaged file is kept)")
+    restore.add_argument("--force", action="store_true", help="restore even though config.db is whole")
+    export = action.add_parser("export", parents=[state_dir],
+                               help="print the stored resources as YAML that `tulle apply -f` takes")
+    export.add_argument("--last-good", action="store_true", help="export config.db.last-good instead")
+    export.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    state.set_defaults(func=_offline_runner("state", run_state))

@@ -18,6 +18,9 @@ class Resource:
     labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     source: str = ""  # "file.yaml#2": file and document index
+    # Line (1-based, in the file) of each field as written, by path: ("spec", "http", 0, "route"); () is the
+    # document itself. Only filled when asked for (documents.load_files(positions=True)), for messages.
+    positions: dict[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def ref(self) -> str:
@@ -30,11 +33,12 @@ class Resource:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    level: str  # "error" refuses the resource; "warning" informs (like istioctl analyze)
+    level: str  # "error" | "warning" | "info", istioctl analyze's levels; on apply only errors refuse
     resource: str  # "VirtualService default/reviews"
     field: str  # "spec.http[0].route[1].destination.subset"
     message: str
     source: str = ""
+    code: str = ""  # istioctl analyze's message code ("IST0101"), Tulle's own ("TUL0001"), or "" (unreadable input)
 
     def __str__(self) -> str:
         where = ": ".join(part for part in (self.source, self.resource, self.field) if part)

@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -27,16 +29,18 @@ from typing import Any
 
 from tulle.controlplane import api_token
 from tulle.controlplane.api.server import ApiServer
-from tulle.controlplane.istio.validation import analyze
+from tulle.controlplane.istio.validation import review
 from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource
 from tulle.controlplane.push import MeshTranslator
 from tulle.controlplane.registry.registry import Registry
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.store.sqlite import SqliteStore
+from tulle.controlplane.store.state import StateError
 from tulle.controlplane.translate.grpc import is_proxyless, translate_grpc
 from tulle.controlplane.translate.options import ISTIO_DEFAULTS, TULLE_PROXY_TODAY
 from tulle.controlplane.xds.cache import Snapshot, SnapshotCache
-from tulle.controlplane.xds.server import XdsServer
+from tulle.controlplane.xds.server import DEFAULT_MAX_XDS_MESSAGE_BYTES, XdsServer
+from tulle.listener.claim import address_text, os_reason, unavailable
 
 log = logging.getLogger("tulle.controlplane")
 
@@ -44,6 +48,7 @@ DEBOUNCE_SECONDS = 0.1  # istiod's PILOT_DEBOUNCE_AFTER is 100 ms
 DEBOUNCE_MAX_SECONDS = 1.0  # ... and PILOT_DEBOUNCE_MAX 10 s; a busy mesh still converges within 1 s here
 PUSH_SLICE_SECONDS = 0.02  # a push yields to the event loop this often
 GC_INTERVAL_SECONDS = 300.0  # full garbage collections (see push_all)
+LAST_GOOD_INTERVAL_SECONDS = 60.0  # how often config.db.last-good catches up with changes (store/state.py)
 # A control-plane restart makes every proxy reconnect at once. gRPC core holds RPCs the event loop has
 # not picked up yet and, past 1,000 of them, drops new ones at random (INTERNAL) up to a hard limit of
 # 3,000: the whole mesh must fit in that queue, so that reconnecting proxies wait instead of failing.
@@ -51,6 +56,14 @@ XDS_GRPC_OPTIONS = (
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 100_000),
 )
+
+
+class PortInUse(OSError):
+    """A port the control plane needs is taken: which one, what for, and the flag that moves it."""
+
+    def __init__(self, what: str, flag: str, address: tuple[str, int], reason: str) -> None:
+        super().__init__(f"cannot listen on {address_text(*address)} for the {what}: {reason} "
+                         f"(is another control plane running? choose another address with {flag})")
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,7 @@ class ControlPlane:
         expiry_interval: float = 1.0,
         token_file: str | None = None,
         api_allowed_hosts: Iterable[str] = (),
+        xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES,
     ) -> None:
         # The API's token first: a token file others can read refuses the start before anything opens.
         self._token_dir: str | None = None
@@ -126,7 +140,7 @@ class ControlPlane:
         self.nodes: dict[str, ConnectedNode] = {}  # by node id
         self.cache = SnapshotCache(on_node_connected=self._node_connected,
                                    on_node_disconnected=self._node_disconnected)
-        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS)
+        self.xds = XdsServer(self.cache, grpc_options=XDS_GRPC_OPTIONS, max_message_bytes=xds_max_message_bytes)
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
                              config_view=self._config_view, token=token, allowed_hosts=api_allowed_hosts)
         self.translator = MeshTranslator()
@@ -142,14 +156,32 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> tuple[int, int]:
+        """Bind both ports, then serve. A port in use raises PortInUse and nothing is served."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        ports = (("xDS", "--xds-address", self.xds_address), ("HTTP API", "--http-address", self.http_address))
+        for what, flag, address in ports:  # a claim first: the OS's reason (gRPC's error has none)
+            reason = unavailable(*address)
+            if reason is not None:
+                raise PortInUse(what, flag, address, reason)
         self.translator.set_mesh(self.mesh_snapshot())
-        xds_port = await self.xds.start(*self.xds_address)
-        http_port = await self.api.start(*self.http_address)
-        self._unsubscribe.append(self.store.subscribe(lambda *_: self.schedule_push()))
-        self._unsubscribe.append(self.registry.subscribe(lambda endpoints_only: self.schedule_push(endpoints_only)))
+        try:
+            xds_port = self.xds.bind(*self.xds_address)
+        except OSError as exc:  # taken since the check
+            raise PortInUse(*ports[0], str(exc)) from None
+        try:
+            http_port = await self.api.start(*self.http_address)
+        except OSError as exc:
+            await self.xds.stop(None)
+            raise PortInUse(*ports[1], os_reason(exc)) from None
+        await self.xds.serve()
+        # Commits may happen in the API's worker threads: their pushes are scheduled on the loop.
+        self._unsubscribe.append(self.store.subscribe(lambda *_: self._schedule_push_from_any_thread(False)))
+        self._unsubscribe.append(self.registry.subscribe(self._schedule_push_from_any_thread))
         self._tasks.append(self._loop.create_task(self.registry.run_expiry(self.expiry_interval)))
         self._tasks.append(self._loop.create_task(self.collect_garbage()))
+        if isinstance(self.store, SqliteStore):
+            self._tasks.append(self._loop.create_task(self.keep_last_good_copy()))
         log.info("control plane: xDS on %s:%d, HTTP API on %s:%d; API token %s %s", self.xds_address[0], xds_port,
                  self.http_address[0], http_port, "created in" if self.token_created else "read from",
                  self.token_file)
@@ -173,7 +205,7 @@ class ControlPlane:
         await self.api.stop()
         await self.xds.stop(0.5)
         self.registry.close()
-        self.store.close()
+        self.store.close()  # a SqliteStore saves its last good copy as it closes
         self.remove_private_token()
 
     def remove_private_token(self) -> None:
@@ -195,6 +227,12 @@ class ControlPlane:
             self._push_handle.cancel()
         delay = min(DEBOUNCE_SECONDS, max(0.0, self._first_pending + DEBOUNCE_MAX_SECONDS - now))
         self._push_handle = loop.call_later(delay, self._start_push)
+
+    def _schedule_push_from_any_thread(self, endpoints_only: bool) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self.schedule_push(endpoints_only)
+        else:
+            self._loop.call_soon_threadsafe(self.schedule_push, endpoints_only)
 
     def mesh_snapshot(self) -> MeshSnapshot:
         services, instances = self.registry.snapshot()
@@ -221,7 +259,8 @@ class ControlPlane:
         served while a large mesh is pushed."""
         started = time.perf_counter()
         endpoints_only, self._pending_full = not self._pending_full, False
-        self.translator.set_mesh(self.mesh_snapshot(), endpoints_only=endpoints_only)
+        # Reading 10,000 resources takes about a second: off the loop (the store and registry are thread-safe).
+        self.translator.set_mesh(await asyncio.to_thread(self.mesh_snapshot), endpoints_only=endpoints_only)
         slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
         for node_id in list(self.nodes):
             node = self.nodes.get(node_id)
@@ -280,6 +319,23 @@ class ControlPlane:
             gc.collect()
             gc.freeze()
 
+    async def keep_last_good_copy(self, interval: float = LAST_GOOD_INTERVAL_SECONDS) -> None:
+        """Every ``interval``, if the configuration changed, refresh config.db.last-good (off the loop)."""
+        assert isinstance(self.store, SqliteStore)
+        saved = self.store.revision()  # the store saved a copy when it opened
+        while True:
+            await asyncio.sleep(interval)
+            revision = self.store.revision()
+            if revision == saved:
+                continue
+            try:
+                if await asyncio.to_thread(self.store.save_last_good):
+                    saved = revision
+                else:
+                    log.error("%s failed its integrity check: the last good copy was kept as it was", self.store.path)
+            except Exception:
+                log.exception("saving the last good copy of %s failed", self.store.path)
+
     def _node_disconnected(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
         self.translator.forget(node_id)
@@ -288,7 +344,7 @@ class ControlPlane:
     # --- hooks from the HTTP API ----------------------------------------------------------------
     def _validate(self, resources: list[Resource]) -> list[Any]:
         known = {service.hostname for service in self.registry.services()}
-        return analyze(resources, known_services=known, domain_suffix=self.domain_suffix)
+        return review(resources, known_services=known, domain_suffix=self.domain_suffix)
 
     def _xds_status(self) -> dict[str, Any]:
         """The API's proxy-status shape (docs/control-plane.md) from the cache's node status."""
@@ -301,6 +357,10 @@ class ControlPlane:
                 nack = type_status.last_nack
                 if nack is not None:
                     entry["nack"] = {"version": nack.version, "error": nack.message}
+                refused = type_status.refused
+                if refused is not None:  # not sent: over the xDS message size limit
+                    entry["refused"] = {"version": refused.version, "bytes": refused.size,
+                                        "limit": refused.limit, "error": refused.message}
                 types[type_url.rsplit(".", 1)[-1]] = entry
             proxies.append({"id": status.node_id, "cluster": status.cluster,
                             "connected_since": status.connected_at, "types": types})
@@ -323,14 +383,22 @@ class ControlPlane:
 
 async def serve(state_dir: str | None, xds_address: tuple[str, int], http_address: tuple[str, int],
                 ready_file: str | None = None, token_file: str | None = None,
-                api_allowed_hosts: Iterable[str] = ()) -> int:
+                api_allowed_hosts: Iterable[str] = (),
+                xds_max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES) -> int:
     import signal
 
-    control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
-                                 token_file=token_file, api_allowed_hosts=api_allowed_hosts)
+    try:
+        control_plane = ControlPlane(state_dir, xds_address=xds_address, http_address=http_address,
+                                     token_file=token_file, api_allowed_hosts=api_allowed_hosts,
+                                     xds_max_message_bytes=xds_max_message_bytes)
+    except StateError as error:  # damaged or busy state: say what to do instead of a traceback
+        print(f"tulle control-plane: error: {error}", file=sys.stderr)
+        return 1
     try:
         xds_port, http_port = await control_plane.start()
     except BaseException:
+        control_plane.registry.close()
+        control_plane.store.close()
         control_plane.remove_private_token()
         raise
     if ready_file:

@@ -28,8 +28,9 @@ BY_FLAG: dict[str, tuple[int, bytes, str]] = {
         b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
         "upstream_reset_before_response_started{remote_reset}",
     ),
+    # Envoy's router answers an upstream protocol error (a response it cannot parse) 502, not 503
     flags.UPSTREAM_PROTOCOL_ERROR: (
-        503,
+        502,
         b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
         "upstream_reset_before_response_started{protocol_error}",
     ),
@@ -40,5 +41,4 @@ BY_FLAG: dict[str, tuple[int, bytes, str]] = {
     ),
     flags.UPSTREAM_REQUEST_TIMEOUT: (504, b"upstream request timeout", "upstream_response_timeout"),
     flags.STREAM_IDLE_TIMEOUT: (408, b"stream timeout", "stream_idle_timeout"),
-    flags.DURATION_TIMEOUT: (408, b"request timeout", "request_overall_timeout"),
 }

@@ -18,6 +18,7 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields
 from tulle.extensions import registry
+from tulle.listener.claim import address_text, claim, os_reason
 from tulle.server.context import DownstreamConnection, FactoryContext
 
 LISTENER_FIELDS = (
@@ -139,19 +140,35 @@ class Listener:
         return factory_class(message, join(path, "typed_config"), self.ctx)
 
     # --- sockets ---------------------------------------------------------
-    def bind(self) -> socket.socket:
-        """Bind one listening socket (one per worker: SO_REUSEPORT lets the kernel spread connections)."""
-        family = socket.AF_INET6 if ":" in self.ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    def bind(self, *, exclusive: bool = True) -> socket.socket:
+        """Bind one listening socket (one per worker: SO_REUSEPORT lets the kernel spread connections).
+
+        The first socket of an ``exclusive`` listener claims the address first (listener/claim.py),
+        so that an address another process listens on is refused, as a plain bind would be, instead
+        of shared. Worker processes binding an address their main process holds pass False.
+        """
+        reuse_port = self.reuse_port and hasattr(socket, "SO_REUSEPORT")
+        held = None
         try:
-            sock.bind((self.ip, self.port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot bind {self.ip}:{self.port}: {exc.strerror}", field=self.field) from None
-        sock.listen(self.backlog)
+            if reuse_port and exclusive and not self.sockets:
+                held = claim(self.ip, self.port)
+                self.port = held.getsockname()[1]  # port 0: the kernel's choice, free of any listener
+            sock = socket.socket(socket.AF_INET6 if ":" in self.ip else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((self.ip, self.port))
+                sock.listen(self.backlog)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:  # Envoy's words
+            raise ConfigError(f"cannot bind '{address_text(self.ip, self.port)}': {os_reason(exc)}",
+                              field=self.field) from None
+        finally:
+            if held is not None:
+                held.close()
         sock.setblocking(False)
         if self.port == 0:
             self.port = sock.getsockname()[1]  # the remaining workers bind the port the kernel chose

@@ -19,9 +19,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_label = "echo"
+    # One write per response: the head and a small body leave in one segment (the buffer is
+    # flushed after each request), and TCP_NODELAY sends it at once. Written separately, the body
+    # waited for the client's delayed ACK of the head (Nagle): ~40 ms per keep-alive request.
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet by default
         pass
+
+    def handle_expect_100(self) -> bool:
+        accepted = super().handle_expect_100()
+        self.wfile.flush()  # the interim response cannot wait in the buffer for the final one
+        return accepted
 
     def _read_body(self) -> bytes:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -100,12 +110,22 @@ def start_in_thread(name: str = "echo", port: int = 0) -> ThreadingHTTPServer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tulle.samples.echo_server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="echo")
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
-    serve(args.port, args.name, args.host).serve_forever()
+    try:
+        server = serve(args.port, args.name, args.host)
+    except OSError as exc:  # the port is taken: say which, no traceback
+        raise SystemExit(f"{parser.prog}: error: {args.name} cannot listen on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Starts two echo backends (reviews v1 and v2), runs ``tulle proxy`` on
 ``samples/front_proxy.yaml``, drives traffic through it, and shows which
 version served how much, the status codes, and the proxy's own Envoy stats.
-The control-plane issue turns this into ``tulle demo`` on a whole mesh.
+``tulle demo`` does the same on a whole mesh. A port of front_proxy.yaml that is
+taken (the quick tour's proxy still running?) is replaced by a free one in a copy.
 """
 
 from __future__ import annotations
@@ -11,24 +12,57 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from tulle.listener.claim import claim, unavailable
 from tulle.samples.echo_server import start_in_thread
 
 CONFIG = Path(__file__).with_name("front_proxy.yaml")
 PROXY_PORT, TCP_PORT, ADMIN_PORT = 10000, 10001, 19901
+V1_PORT, V2_PORT = 18081, 18082
+PORTS = {PROXY_PORT: "the proxy's HTTP listener", TCP_PORT: "the proxy's TCP listener",
+         ADMIN_PORT: "the proxy's admin", V1_PORT: "the v1 backend", V2_PORT: "the v2 backend"}
 
 
-def _wait_ready(deadline: float) -> None:
+def free_ports() -> dict[int, int]:
+    """front_proxy.yaml's ports, each replaced by a free one if it is taken (and saying so)."""
+    ports = {}
+    for port, what in PORTS.items():
+        reason = unavailable("127.0.0.1", port)
+        if reason is None:
+            ports[port] = port
+            continue
+        with claim("127.0.0.1", 0) as sock:
+            ports[port] = sock.getsockname()[1]
+        print(f"127.0.0.1:{port} ({what}) is taken: {reason}; this demo uses {ports[port]}")
+    return ports
+
+
+def with_ports(node: Any, ports: dict[int, int]) -> Any:
+    """A copy of a config with every ``port_value`` mapped through ``ports``."""
+    if isinstance(node, dict):
+        return {key: ports.get(value, value) if key == "port_value" else with_ports(value, ports)
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [with_ports(item, ports) for item in node]
+    return node
+
+
+def _wait_ready(admin_port: int, deadline: float) -> None:
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -36,17 +70,17 @@ def _wait_ready(deadline: float) -> None:
     raise SystemExit("tulle proxy did not become ready in time (see the log above)")
 
 
-def _stats(names: list[str]) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats?format=json", timeout=5) as response:
+def _stats(admin_port: int, names: list[str]) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats?format=json", timeout=5) as response:
         data = json.load(response)
     values = {s["name"]: s["value"] for s in data.get("stats", []) if "value" in s}
     return {name: values.get(name, 0) for name in names}
 
 
-def _drive(seconds: float, headers: dict[str, str], path: str = "/") -> tuple[Counter, Counter]:
+def _drive(port: int, seconds: float, headers: dict[str, str], path: str = "/") -> tuple[Counter, Counter]:
     served: Counter = Counter()
     codes: Counter = Counter()
-    connection = http.client.HTTPConnection("127.0.0.1", PROXY_PORT, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     end = time.time() + seconds
     while time.time() < end:
         connection.request("GET", path, headers=headers)
@@ -72,22 +106,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=0.0,
                         help="run unattended for this many seconds, print the summary and exit")
     args = parser.parse_args(argv)
-    backends = [start_in_thread("v1", 18081), start_in_thread("v2", 18082)]
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "tulle-demo-access.log"
+    ports = free_ports()
+    proxy_port, admin_port = ports[PROXY_PORT], ports[ADMIN_PORT]
+    config = CONFIG
+    workdir = Path(tempfile.mkdtemp(prefix="tulle-proxy-demo-"))
+    if any(old != new for old, new in ports.items()):
+        config = workdir / CONFIG.name
+        config.write_text(yaml.safe_dump(with_ports(yaml.safe_load(CONFIG.read_text()), ports), sort_keys=False))
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop like Ctrl-C: the proxy child goes too
+        signal.signal(sig, signal.default_int_handler)
+    backends = [start_in_thread("v1", ports[V1_PORT]), start_in_thread("v2", ports[V2_PORT])]
+    log_path = Path(tempfile.gettempdir()) / "tulle-demo-access.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - lives as long as the proxy
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "tulle", "proxy", "-c", str(CONFIG), "--log-level", "warning"],
+        [sys.executable, "-m", "tulle", "proxy", "-c", str(config), "--log-level", "warning"],
         stdout=log_file, stderr=subprocess.STDOUT,
     )
     try:
-        _wait_ready(time.time() + 20)
-        print(f"tulle proxy is up: http://127.0.0.1:{PROXY_PORT}/ (admin http://127.0.0.1:{ADMIN_PORT}/)")
-        print(f"config: {CONFIG}\naccess log: {log_path}")
+        _wait_ready(admin_port, time.time() + 20)
+        print(f"tulle proxy is up: http://127.0.0.1:{proxy_port}/ (admin http://127.0.0.1:{admin_port}/)")
+        print(f"config: {config}\naccess log: {log_path}")
         phase = max(1.0, (args.duration or 9) / 3)
-        _report("weighted canary 80/20 (GET /)", *_drive(phase, {}))
-        _report("header match x-canary: yes -> v2", *_drive(phase / 2, {"x-canary": "yes"}))
-        _report("prefix /v2/ rewritten to / on v2", *_drive(phase / 2, {}, "/v2/anything"))
-        stats = _stats([
+        _report("weighted canary 80/20 (GET /)", *_drive(proxy_port, phase, {}))
+        _report("header match x-canary: yes -> v2", *_drive(proxy_port, phase / 2, {"x-canary": "yes"}))
+        _report("prefix /v2/ rewritten to / on v2", *_drive(proxy_port, phase / 2, {}, "/v2/anything"))
+        stats = _stats(admin_port, [
             "http.ingress_http.downstream_rq_total", "http.ingress_http.downstream_rq_2xx",
             "cluster.reviews_v1.upstream_rq_total", "cluster.reviews_v2.upstream_rq_total",
             "cluster.reviews_v1.upstream_cx_total", "cluster.reviews_v2.upstream_cx_total",
@@ -96,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in stats.items():
             print(f"  {name}: {value}")
         print("\nTry it yourself:")
-        print(f"  curl -s localhost:{PROXY_PORT}/ -H 'x-canary: yes'      # pinned to v2")
-        print(f"  curl -s localhost:{ADMIN_PORT}/stats/prometheus | grep upstream_rq_total")
-        print(f"  curl -s localhost:{ADMIN_PORT}/clusters")
-        print("  edit the weights in the config above, then restart this demo")
+        print(f"  curl -s localhost:{proxy_port}/ -H 'x-canary: yes'      # pinned to v2")
+        print(f"  curl -s localhost:{admin_port}/stats/prometheus | grep upstream_rq_total")
+        print(f"  curl -s localhost:{admin_port}/clusters")
+        print(f"  edit the weights in {CONFIG}, then restart this demo")
         if not args.duration:
             print("\nRunning until Ctrl-C ...")
             while proxy.poll() is None:
@@ -116,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in backends:
             backend.shutdown()
         log_file.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tulle.config.errors import UnsupportedFeature
-from tulle.config.support import check_fields
+from tulle.config.support import check_fields, duration_seconds
 
 BOOTSTRAP_FIELDS = ("node", "static_resources", "admin", "dynamic_resources", "overload_manager",
                     "layered_runtime")
@@ -20,11 +21,36 @@ _LATER = {
 }
 
 
-def xds_settings(bootstrap: Any) -> tuple[str, bool] | None:
-    """(xDS server cluster name, delta?) when the bootstrap asks for ADS, else None.
+# Envoy's ConfigSource.initial_fetch_timeout when unset.
+DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
+
+
+def initial_fetch_timeout(source: Any) -> float:
+    """Seconds a subscription from ``source`` (a ConfigSource) waits for its first update; 0: forever."""
+    if source.HasField("initial_fetch_timeout"):
+        return duration_seconds(source.initial_fetch_timeout)
+    return DEFAULT_INITIAL_FETCH_TIMEOUT
+
+
+@dataclass(frozen=True)
+class XdsSettings:
+    """What the bootstrap asks of the ADS client."""
+
+    cluster: str  # the static cluster of the xDS server
+    delta: bool
+    lds_config: Any = None  # dynamic_resources.lds_config when listeners come over ADS, else None
+    cds_config: Any = None  # dynamic_resources.cds_config when clusters come over ADS, else None
+    # the largest response accepted, in bytes; 0 = no limit (Envoy's EnvoyGrpc default)
+    max_receive_message_length: int = 0
+
+
+def xds_settings(bootstrap: Any) -> XdsSettings | None:
+    """The ADS settings when the bootstrap has ``ads_config``, else None.
 
     Tulle takes dynamic config the way Istio's proxies do: one ADS stream over gRPC to a
-    static cluster; LDS and CDS through it; RDS and EDS named by what they deliver.
+    static cluster. As in Envoy, listeners and clusters come through it only when
+    ``lds_config``/``cds_config`` say so; routes and endpoints are subscribed to by name
+    for the listeners and clusters (static or dynamic) whose config source is ``ads``.
     """
     if not bootstrap.HasField("dynamic_resources"):
         return None
@@ -52,8 +78,14 @@ def xds_settings(bootstrap: Any) -> tuple[str, bool] | None:
     if not service.HasField("envoy_grpc") or not service.envoy_grpc.cluster_name:
         raise UnsupportedFeature("grpc_services other than envoy_grpc with a cluster_name",
                                  field=f"{field}.grpc_services[0]")
-    check_fields(service.envoy_grpc, ("cluster_name",), f"{field}.grpc_services[0].envoy_grpc")
-    return service.envoy_grpc.cluster_name, api_type == "DELTA_GRPC"
+    envoy_grpc = service.envoy_grpc
+    check_fields(envoy_grpc, ("cluster_name", "max_receive_message_length"), f"{field}.grpc_services[0].envoy_grpc")
+    return XdsSettings(
+        cluster=envoy_grpc.cluster_name, delta=api_type == "DELTA_GRPC",
+        lds_config=dynamic.lds_config if dynamic.HasField("lds_config") else None,
+        cds_config=dynamic.cds_config if dynamic.HasField("cds_config") else None,
+        max_receive_message_length=envoy_grpc.max_receive_message_length.value,
+    )
 
 
 def check_bootstrap(bootstrap: Any) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from tulle import __version__
+from tulle.config.errors import ConfigError
 from tulle.config.loader import load_bootstrap
 from tulle.server.context import ServerState
 from tulle.server.worker import Worker
@@ -119,12 +120,24 @@ class ProxyServer:
         """Bind, fork the other workers, then serve until told to stop."""
         self.state.start_time = time.time()
         tune_process_memory()
-        sockets_per_worker = [self.worker.bind_all() for _ in range(self.concurrency)]
+        # Every port first: a taken one is an error before anything is served (as Envoy's "cannot bind").
+        admin_socket = self._bind_admin()
+        try:
+            sockets_per_worker = [self.worker.bind_all() for _ in range(self.concurrency)]
+        except BaseException:
+            if admin_socket is not None:
+                admin_socket.close()
+            for listener in self.worker.listeners:
+                for sock in listener.sockets:
+                    sock.close()
+            raise
         for index in range(1, self.concurrency):
             parent_end, child_end = socket.socketpair()
             pid = os.fork()
             if pid == 0:  # child worker
                 parent_end.close()
+                if admin_socket is not None:
+                    admin_socket.close()
                 for other, socks in enumerate(sockets_per_worker):
                     if other != index:
                         for sock in socks:
@@ -138,21 +151,39 @@ class ProxyServer:
             for sock in socks:
                 sock.close()
         install_event_loop_policy()
-        return asyncio.run(self._main(sockets_per_worker[0]))
+        return asyncio.run(self._main(sockets_per_worker[0], admin_socket))
 
-    async def _main(self, sockets: list[socket.socket]) -> int:
+    def _bind_admin(self) -> socket.socket | None:
+        if not (self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address")):
+            return None
+        from tulle.listener.claim import address_text, os_reason
+        from tulle.listener.listener import socket_address_of
+
+        ip, port = socket_address_of(self.bootstrap.admin.address, "admin.address")
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind '{address_text(ip, port)}': {os_reason(exc)}",
+                              field="admin.address") from None
+        sock.setblocking(False)
+        return sock
+
+    async def _main(self, sockets: list[socket.socket], admin_socket: socket.socket | None) -> int:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         self.worker.runtime.on_change = self.forward_runtime
         await self.worker.start(sockets)
         self._start_xds_client()
-        if self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address"):
+        if admin_socket is not None:
             from tulle.admin.server import AdminServer
-            from tulle.listener.listener import socket_address_of
 
-            ip, port = socket_address_of(self.bootstrap.admin.address, "admin.address")
+            ip, port = admin_socket.getsockname()[:2]
             self.admin = AdminServer(AdminBackendImpl(self), ip, port)
-            await self.admin.start()
+            await self.admin.start(admin_socket)
             log.info("admin listening on %s:%s", ip, self.admin.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
@@ -166,18 +197,25 @@ class ProxyServer:
 
     def _start_xds_client(self) -> None:
         """The main process holds the ADS stream; children get each applied update forwarded."""
-        if self.worker.xds is None:
+        settings = self.worker.xds
+        if settings is None:
             return
+        from tulle.server.bootstrap import initial_fetch_timeout
         from tulle.xds_client.ads import AdsClient
-        from tulle.xds_client.apply import XdsApplier
+        from tulle.xds_client.apply import CLUSTER_TYPE, LISTENER_TYPE, XdsApplier
 
+        wildcard = {}  # only what the bootstrap asks for, as Envoy
+        if settings.cds_config is not None:
+            wildcard[CLUSTER_TYPE] = initial_fetch_timeout(settings.cds_config)
+        if settings.lds_config is not None:
+            wildcard[LISTENER_TYPE] = initial_fetch_timeout(settings.lds_config)
         self.applier = XdsApplier(self.worker)
-        self.ads = AdsClient(self.worker.xds_target(), self.bootstrap.node, self.applier,
-                             delta=self.worker.xds[1], on_applied=self._forward_update)
+        self.ads = AdsClient(self.worker.xds_target(), self.bootstrap.node, self.applier, delta=settings.delta,
+                             wildcard=wildcard, max_receive_message_length=settings.max_receive_message_length,
+                             stats=self.worker.stats, on_applied=self._forward_update)
         task = asyncio.get_running_loop().create_task(self.ads.run())
         self.background.add(task)
-        log.info("xDS: ADS (%s) to %s", "delta" if self.worker.xds[1] else "state of the world",
-                 self.worker.xds_target())
+        log.info("xDS: ADS (%s) to %s", "delta" if settings.delta else "state of the world", self.worker.xds_target())
 
     def _forward_update(self, type_url: str, resources: dict[str, Any], removed: set[str], sotw: bool) -> None:
         if not self.children:

@@ -43,9 +43,9 @@ class Worker:
         self.xds = xds_settings(bootstrap)
         clusters = list(bootstrap.static_resources.clusters)
         if self.xds is not None:
-            clusters = [_as_grpc_server_cluster(c) if c.name == self.xds[0] else c for c in clusters]
-            if not any(c.name == self.xds[0] for c in clusters):
-                raise ConfigError(f"unknown xDS cluster {self.xds[0]!r}: it must be a static cluster",
+            clusters = [_as_grpc_server_cluster(c) if c.name == self.xds.cluster else c for c in clusters]
+            if not any(c.name == self.xds.cluster for c in clusters):
+                raise ConfigError(f"unknown xDS cluster {self.xds.cluster!r}: it must be a static cluster",
                                   field="dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
         share_between_workers(state.concurrency)  # circuit breakers count across workers: map before the fork
         self.cluster_manager = ClusterManager.from_protos(
@@ -81,7 +81,22 @@ class Worker:
             addresses[address] = listener.name
             self.listeners.append(listener)
         self.static_listener_names = frozenset(names)
+        if self.xds is None:
+            self._refuse_ads_sources()
         self._server_stats()
+
+    def _refuse_ads_sources(self) -> None:
+        """Routes or endpoints from ``ads`` with no ADS stream to get them from: refuse, as Envoy does."""
+        for index, cluster in enumerate(self.bootstrap.static_resources.clusters):
+            if cluster.HasField("eds_cluster_config"):
+                raise ConfigError("ADS must be configured to support an ADS config source "
+                                  "(dynamic_resources.ads_config)",
+                                  field=f"static_resources.clusters[{index}].eds_cluster_config.eds_config")
+        for listener in self.listeners:
+            config = getattr(listener.factory, "config", None)
+            if getattr(config, "route_config_name", ""):
+                raise ConfigError("ADS must be configured to support an ADS config source "
+                                  "(dynamic_resources.ads_config)", field=join(config.rds_field, "config_source"))
 
     def _server_stats(self) -> None:
         self.stats.gauge("server.live", per_worker=False).set(1)
@@ -93,7 +108,7 @@ class Worker:
 
     def xds_target(self) -> str:
         """host:port of the xDS server (the first endpoint of its static cluster)."""
-        cluster = self.cluster_manager.get(self.xds[0])  # type: ignore[index]
+        cluster = self.cluster_manager.get(self.xds.cluster)  # type: ignore[union-attr]
         if cluster is None or not cluster.hosts:
             raise ConfigError("the xDS cluster has no endpoint", field="static_resources.clusters")
         host = cluster.hosts[0]

@@ -34,6 +34,8 @@ from typing import Any
 
 from tulle.controlplane.api_token import ClientToken, add_client_arguments, find_client_token
 from tulle.controlplane.model import ProxyIdentity
+from tulle.controlplane.registry.validation import registration_problems
+from tulle.listener.claim import address_text, os_reason, unavailable
 from tulle.sidecar.bootstrap import ADMIN_PORT, sidecar_bootstrap, sidecar_identity, split_host_port
 
 log = logging.getLogger("tulle.sidecar")
@@ -154,6 +156,8 @@ class Registration:
         self.token = token if token is not None else ClientToken(None, "")
         self.ttl = float(body.get("ttlSeconds") or 30)
         self.instance_id: str | None = None
+        self.refused_permanently = False  # the last answer was a 4xx: retry at the longest delay
+        self._last_refusal: str | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -176,16 +180,32 @@ class Registration:
                 raise
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("control plane %s unreachable (%s); retrying in %.1fs", self.base, exc, delay)
+            longest = max(FIRST_RETRY_DELAY, min(MAX_RETRY_DELAY, self.heartbeat_interval))
+            if self.refused_permanently:
+                delay = longest
             await asyncio.sleep(delay)
-            delay = min(delay * 2, max(FIRST_RETRY_DELAY, min(MAX_RETRY_DELAY, self.heartbeat_interval)))
+            delay = min(delay * 2, longest)
 
     def _accept(self, status: int, raw: bytes) -> bool:
         if status == 401:
             self._refused("registration")
             return False
         if status != 200:
-            log.warning("registration refused: %s %s", status, raw.decode(errors="replace").strip())
+            answer = raw.decode(errors="replace").strip()
+            if 400 <= status < 500 and status not in (408, 429):
+                # the control plane refuses this registration as it is (a newer control plane may
+                # check more than this sidecar did): say it once, loudly, and retry slowly in case
+                # the operator fixes the control plane side (e.g. registers the service)
+                self.refused_permanently = True
+                if answer != self._last_refusal:
+                    log.error("registration refused (%s): %s; this workload gets no traffic until it is "
+                              "accepted", status, answer)
+                    self._last_refusal = answer
+                return False
+            log.warning("registration refused: %s %s", status, answer)
             return False
+        self.refused_permanently = False
+        self._last_refusal = None
         answer = json.loads(raw or b"{}")
         self.instance_id = str(answer["id"])
         # the control plane may clamp the TTL: heartbeat at the lease it granted
@@ -249,6 +269,15 @@ def has_active_dynamic_listener(config_dump: dict[str, Any]) -> bool:
     return False
 
 
+class PortInUse(OSError):
+    """A port of the workload's IP is taken, most likely by another sidecar with the same --ip."""
+
+    def __init__(self, config: SidecarConfig, what: str, flag: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {address_text(config.ip, port)} for the {what} port: {reason} "
+                         f"(is another sidecar running with --ip {config.ip}? give each workload its own "
+                         f"--ip, or move the port with {flag})")
+
+
 class SidecarAgent:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
@@ -300,6 +329,20 @@ class SidecarAgent:
         finally:
             writer.close()
 
+    async def _start_status_server(self) -> asyncio.Server:
+        try:
+            server = await asyncio.start_server(self._serve_status, self.config.ip, self.config.status_port)
+        except OSError as exc:
+            raise PortInUse(self.config, "readiness", "--status-port", self.config.status_port, os_reason(exc)) from None
+        log.info("readiness on http://%s:%d%s", self.config.ip, self.config.status_port, READY_PATH)
+        return server
+
+    def _check_admin_port(self) -> None:
+        """The proxy would refuse a taken admin port too, but only once registration has begun."""
+        reason = unavailable(self.config.ip, self.config.admin_port)
+        if reason is not None:
+            raise PortInUse(self.config, "proxy admin", "--admin-port", self.config.admin_port, reason)
+
     async def _start_proxy(self) -> asyncio.subprocess.Process:
         self.workdir = tempfile.mkdtemp(prefix="tulle-sidecar-")
         path = os.path.join(self.workdir, "bootstrap.json")
@@ -312,7 +355,7 @@ class SidecarAgent:
         # Own process group: a terminal's Ctrl-C reaches the agent only, which then shuts the
         # proxy down in order. The death signal stops an orphaned proxy if the agent is killed.
         proxy = await asyncio.create_subprocess_exec(*command, env=proxy_environment(os.environ),
-                                                     process_group=0, preexec_fn=_die_with_parent)
+                                                     process_group=0, preexec_fn=die_with_parent)
         log.info("proxy started (pid %d): %s", proxy.pid, " ".join(command))
         return proxy
 
@@ -322,14 +365,18 @@ class SidecarAgent:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Ports first: another sidecar on this IP must not get a second registration or proxy started.
+        status_server = await self._start_status_server()
+        try:
+            self._check_admin_port()
+        except PortInUse:
+            status_server.close()
+            raise
         self.proxy = await self._start_proxy()
         proxy_exit = loop.create_task(self.proxy.wait())
         stopped = loop.create_task(stop.wait())
         registering = loop.create_task(self.registration.run())
-        status_server: asyncio.Server | None = None
         try:
-            status_server = await asyncio.start_server(self._serve_status, self.config.ip, self.config.status_port)
-            log.info("readiness on http://%s:%d%s", self.config.ip, self.config.status_port, READY_PATH)
             await asyncio.wait({proxy_exit, stopped, registering}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.shutting_down = True  # readiness answers 503 from here on
@@ -347,9 +394,8 @@ class SidecarAgent:
             else:
                 await self._stop_proxy(proxy_exit, drain=asked_to_stop)
             stopped.cancel()
-            if status_server is not None:
-                status_server.close()
-                await status_server.wait_closed()
+            status_server.close()
+            await status_server.wait_closed()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return 0 if asked_to_stop else 1
 
@@ -378,8 +424,8 @@ def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name.lower() not in PROXY_VARIABLES}
 
 
-def _die_with_parent() -> None:
-    """In the proxy child, before exec: get SIGTERM when the agent dies (Linux's prctl)."""
+def die_with_parent() -> None:
+    """In a child process, before exec: get SIGTERM when its parent dies (Linux's prctl)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -462,6 +508,25 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
+# The flag that sets each registration field, so a refusal names what the user typed.
+REGISTRATION_FLAGS = {"name": "--name", "namespace": "--namespace", "address": "--ip", "ports": "--app-port",
+                      "labels": "--label", "serviceAccount": "--service-account", "locality": "--locality",
+                      "services": "--service", "ttlSeconds": "--ttl"}
+
+
+def registration_errors(body: dict[str, Any]) -> list[str]:
+    """The registry's own checks, run before anything starts: a registration the control plane
+    would refuse is a command-line error naming the flag, not a sidecar retrying forever."""
+    problems = registration_problems(
+        body["name"], body["namespace"], body["address"], body["ports"], body["labels"], body["serviceAccount"],
+        body["locality"], body["services"], body["ttlSeconds"], 1)
+    out = []
+    for field_path, message in problems:
+        flag = REGISTRATION_FLAGS.get(field_path.split("[", 1)[0], field_path)
+        out.append(f"{flag} ({field_path}): {message}")
+    return out
+
+
 def run_sidecar(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="[%(asctime)s][%(process)d][%(levelname)s][tulle sidecar] %(message)s")
@@ -473,6 +538,11 @@ def run_sidecar(args: argparse.Namespace) -> int:
         config.bootstrap()  # refuse a bad --xds-address or --locality before starting anything
     except (ValueError, OSError) as exc:
         print(f"tulle sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    errors = registration_errors(config.registration())
+    if errors:
+        for error in errors:
+            print(f"tulle sidecar: error: {error}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(SidecarAgent(config).run())

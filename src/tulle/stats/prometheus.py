@@ -3,8 +3,10 @@
 Every stat goes through Envoy's default tag extraction (:mod:`tulle.stats.tags`);
 the tag-extracted name, sanitized and prefixed with ``envoy_``, is the metric
 family and the tags are its labels. Families are grouped per type (counters,
-then gauges, then histograms), sorted by extracted name, each with a
-``# TYPE`` line, its samples sorted by full stat name, and a blank line.
+then gauges, then text readouts when asked for, then histograms), sorted by
+extracted name, each with a ``# TYPE`` line, its samples sorted by full stat
+name, and a blank line. A text readout is a gauge of value 0 whose text is its
+``text_value`` label (Envoy's ``/stats/prometheus?text_readouts``).
 """
 
 from __future__ import annotations
@@ -48,22 +50,30 @@ def _format_number(value: float) -> str:
 def _group(stats: dict[str, Any], kind: str, query: StatsQuery) -> dict[str, list[tuple[str, Tags, Any]]]:
     families: dict[str, list[tuple[str, Tags, Any]]] = {}
     for name, value in stats.items():
-        if not query.wants(name, is_used(kind, value)):
+        used = bool(value) if kind == "text_readouts" else is_used(kind, value)
+        if not query.wants(name, used):
             continue
         extracted, tags = extract_tags(name)
         families.setdefault(extracted, []).append((name, tags, value))
     return families
 
 
-def render_prometheus(snapshot: dict[str, Any], query: StatsQuery = StatsQuery()) -> str:
+def render_prometheus(snapshot: dict[str, Any], query: StatsQuery = StatsQuery(), *,
+                      text_readouts: bool = False) -> str:
     out: list[str] = []
-    for kind, prom_type in (("counters", "counter"), ("gauges", "gauge")):
+    kinds = [("counters", "counter"), ("gauges", "gauge")]
+    if text_readouts:
+        kinds.append(("text_readouts", "gauge"))
+    for kind, prom_type in kinds:
         families = _group(snapshot.get(kind, {}), kind, query)
         for extracted in sorted(families):
             family = metric_name(extracted)
             out.append(f"# TYPE {family} {prom_type}\n")
             for _name, tags, value in sorted(families[extracted], key=lambda item: item[0]):
-                out.append(f"{family}{{{format_labels(tags)}}} {value}\n")
+                if kind == "text_readouts":
+                    out.append(f"{family}{{{format_labels((*tags, ('text_value', value)))}}} 0\n")
+                else:
+                    out.append(f"{family}{{{format_labels(tags)}}} {value}\n")
             out.append("\n")
 
     families = _group(snapshot.get("histograms", {}), "histograms", query)

@@ -49,6 +49,19 @@ class Gauge:
         self.value = value
 
 
+class TextReadout:
+    """A string stat (Envoy's TextReadout), e.g. the version text of the last accepted xDS update."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = ""
+
+    def set(self, value: str) -> None:
+        self.value = value
+
+
 class Histogram:
     """Cumulative fixed-bucket histogram (Prometheus style) plus sum and count."""
 
@@ -86,6 +99,7 @@ class Store:
         self.counters: dict[str, Counter] = {}
         self.gauges: dict[str, Gauge] = {}
         self.histograms: dict[str, Histogram] = {}
+        self.text_readouts: dict[str, TextReadout] = {}
 
     def counter(self, name: str) -> Counter:
         stat = self.counters.get(name)
@@ -103,6 +117,12 @@ class Store:
         stat = self.histograms.get(name)
         if stat is None:
             stat = self.histograms[name] = Histogram(name)
+        return stat
+
+    def text_readout(self, name: str) -> TextReadout:
+        stat = self.text_readouts.get(name)
+        if stat is None:
+            stat = self.text_readouts[name] = TextReadout(name)
         return stat
 
     def bind(self, target: object, prefix: str, *, counters: tuple[str, ...] = (), gauges: tuple[str, ...] = (),
@@ -126,12 +146,15 @@ class Store:
                 n: {"buckets": list(h.buckets), "counts": list(h.counts), "sum": h.sum, "count": h.count}
                 for n, h in self.histograms.items()
             },
+            "text_readouts": {n: t.value for n, t in self.text_readouts.items()},
         }
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum worker snapshots: counters, gauges and histogram buckets all add up."""
-    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}, "process_wide_gauges": []}
+    """Sum worker snapshots: counters, gauges and histogram buckets all add up. A text readout is
+    set by one process (the one holding the xDS stream): the first non-empty value wins."""
+    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}, "process_wide_gauges": [],
+                           "text_readouts": {}}
     for index, snap in enumerate(snapshots):
         process_wide = set(snap.get("process_wide_gauges", ()))
         if index == 0:
@@ -143,6 +166,10 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                     target.setdefault(name, value)  # the same in every worker: take it once
                 else:
                     target[name] = target.get(name, 0) + value
+        texts = out["text_readouts"]
+        for name, text in snap.get("text_readouts", {}).items():
+            if not texts.get(name):
+                texts[name] = text
         for name, hist in snap["histograms"].items():
             mine = out["histograms"].get(name)
             if mine is None:

@@ -1,8 +1,8 @@
 """Render a stats snapshot (``Store.snapshot()`` / ``merge()`` shape) as Envoy's /stats output.
 
-Text: counters and gauges merged and sorted by name as ``name: value``, then
-histograms sorted by name as ``name: P0(interval,cumulative) P25(...) ...``
-(or ``name: No recorded values``). JSON: ``{"stats": [{"name", "value"}...,
+Text: text readouts sorted by name as ``name: "value"``, then counters and gauges
+merged and sorted by name as ``name: value``, then histograms sorted by name as ``name: P0(interval,cumulative) P25(...) ...``
+(or ``name: No recorded values``), Envoy's order. JSON: ``{"stats": [{"name", "value"}...,
 {"histograms": {"supported_quantiles": [...], "computed_quantiles": [...]}}]}``.
 
 Tulle keeps cumulative histograms only (no per-flush interval), so the
@@ -65,6 +65,15 @@ def select_numeric(snapshot: dict[str, Any], query: StatsQuery) -> list[tuple[st
     return selected
 
 
+def select_text_readouts(snapshot: dict[str, Any], query: StatsQuery) -> list[tuple[str, str]]:
+    if not query.wants_kind("TextReadouts"):
+        return []
+    return sorted(
+        (name, text) for name, text in snapshot.get("text_readouts", {}).items()
+        if query.wants(name, bool(text))
+    )
+
+
 def select_histograms(snapshot: dict[str, Any], query: StatsQuery) -> list[tuple[str, dict[str, Any]]]:
     if not query.wants_kind("Histograms"):
         return []
@@ -123,7 +132,8 @@ def _json_number(value: float) -> float | int | None:
 
 
 def render_text(snapshot: dict[str, Any], query: StatsQuery = StatsQuery()) -> str:
-    lines = [f"{name}: {value}\n" for name, value in select_numeric(snapshot, query)]
+    lines = [f'{name}: "{text}"\n' for name, text in select_text_readouts(snapshot, query)]
+    lines += [f"{name}: {value}\n" for name, value in select_numeric(snapshot, query)]
     for name, hist in select_histograms(snapshot, query):
         if not hist["count"]:
             lines.append(f"{name}: No recorded values\n")
@@ -138,8 +148,9 @@ def render_text(snapshot: dict[str, Any], query: StatsQuery = StatsQuery()) -> s
 
 def render_json(snapshot: dict[str, Any], query: StatsQuery = StatsQuery()) -> str:
     stats: list[dict[str, Any]] = [
-        {"name": name, "value": value} for name, value in select_numeric(snapshot, query)
+        {"name": name, "value": text} for name, text in select_text_readouts(snapshot, query)
     ]
+    stats += [{"name": name, "value": value} for name, value in select_numeric(snapshot, query)]
     histograms = select_histograms(snapshot, query)
     if histograms:
         computed = []

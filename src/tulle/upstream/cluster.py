@@ -698,11 +698,18 @@ class _DnsCluster(Cluster):
             addresses = await dns.resolve(name, self.dns_lookup_family, timeout=self.lookup_timeout)
         except dns.DnsResolutionError as exc:
             stats.update_failure.value += 1
+            # Once per name and outage, not every refresh: a mesh of ServiceEntries whose hosts do not
+            # resolve would otherwise log megabytes a minute (Envoy logs these at debug; the
+            # update_failure counter keeps the count).
+            failing_since_before = not target.last_ok
             target.last_ok = False
-            log.warning("cluster %s: DNS resolution failed, keeping %d host(s): %s",
-                        self.name, len(target.hosts), exc)
+            log.log(logging.DEBUG if failing_since_before else logging.WARNING,
+                    "cluster %s: DNS resolution failed, keeping %d host(s): %s%s", self.name, len(target.hosts),
+                    exc, "" if failing_since_before else " (not logged again until it resolves)")
             return False
         stats.update_success.value += 1
+        if not target.last_ok:
+            log.info("cluster %s: %s resolves again", self.name, name)
         target.last_ok = True
         if target.backoff is not None:
             target.backoff.reset()
@@ -822,7 +829,8 @@ class EdsCluster(Cluster):
         self._retire([host for host in removed if host not in held])
         self.assignment = assignment
         self.stats.membership_change.value += 1
-        self.stats.update_success.value += 1
+        # update_attempt/update_success are the EDS subscription's, counted once by the ADS client
+        # (tulle.xds_client.stats), not once per worker here
         self.initialized = True
         self._first_assignment.set()
 

@@ -3,6 +3,7 @@
 As with Envoy's cluster warming, :meth:`ClusterManager.start` waits (bounded)
 for the first DNS answer of every DNS cluster before listeners open, so the
 first requests do not fail with "no healthy upstream" just because DNS was slow.
+A static EDS cluster warms in the background: its endpoints arrive over ADS.
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ class ClusterManager:
             cluster.reseed()
             task = loop.create_task(self._warm(cluster))
             self._warming.append(task)
-            if cluster.wait_for_warm_on_init:
+            # An EDS cluster's first assignment comes over the ADS stream, which opens once the
+            # worker has started: waiting for it here would only delay start-up by warm_timeout.
+            if cluster.wait_for_warm_on_init and cluster.type_name != "EDS":
                 waited.append(task)
         if waited:
             await asyncio.wait(waited, timeout=warm_timeout)

@@ -14,7 +14,7 @@ COUNTERS = (
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
     "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq", "upstream_cx_rx_bytes_total",
     "upstream_cx_tx_bytes_total", "upstream_cx_idle_timeout", "upstream_cx_none_healthy",
-    "upstream_cx_max_requests", "upstream_cx_max_duration_reached", "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_timeout",
+    "upstream_cx_max_requests", "upstream_cx_max_duration_reached", "upstream_cx_protocol_error", "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_timeout",
     "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_completed", "membership_change",
     "update_attempt", "update_success", "update_failure", "update_empty", "lb_healthy_panic",
     # circuit breakers (tulle.upstream.resource_manager) and the pending-request queue
@@ -52,6 +52,7 @@ class ClusterStats:
     upstream_cx_none_healthy: Counter
     upstream_cx_max_requests: Counter
     upstream_cx_max_duration_reached: Counter
+    upstream_cx_protocol_error: Counter
     upstream_rq_total: Counter
     upstream_rq_pending_total: Counter
     upstream_rq_timeout: Counter

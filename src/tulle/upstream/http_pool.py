@@ -142,16 +142,14 @@ class Http1ClientConnection(asyncio.Protocol):
         if not self.headers_sent:
             head = self.head_buf + data if self.head_buf else data
             if len(head) > MAX_RESPONSE_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD_BYTES) < 0:
-                self._reset(flags.UPSTREAM_PROTOCOL_ERROR, "protocol error: response headers too large")
-                self.close()
+                self._protocol_error("protocol error: response headers too large")
                 return
             self.head_buf = head
         callbacks.on_upstream_read_begin()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._reset(flags.UPSTREAM_PROTOCOL_ERROR, f"protocol error: {exc}")
-            self.close()
+            self._protocol_error(f"protocol error: {exc}")
         finally:
             callbacks.on_upstream_read_end()
         if self.is_head and self.headers_sent and not self.response_done:
@@ -291,6 +289,12 @@ class Http1ClientConnection(asyncio.Protocol):
         self.callbacks = None
         if callbacks is not None:
             callbacks.on_upstream_reset(flag, reason)
+
+    def _protocol_error(self, reason: str) -> None:
+        """The upstream sent something that is not HTTP/1.1 (Envoy's codec error: counted, connection closed)."""
+        self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+        self._reset(flags.UPSTREAM_PROTOCOL_ERROR, reason)
+        self.close()
 
     def abort(self, reason: str = "local reset") -> None:
         """The downstream went away or timed out: this connection's state is unknown, drop it."""

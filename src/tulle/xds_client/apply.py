@@ -11,6 +11,7 @@ picked up by new requests only.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import message
 
 from tulle.config.errors import ConfigError
+from tulle.server.bootstrap import initial_fetch_timeout
+from tulle.xds_client.stats import rds_prefix
 
 if TYPE_CHECKING:
     from tulle.server.worker import Worker
@@ -31,6 +34,16 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Envoy's ADS ordering: clusters before their endpoints, listeners before their routes.
 SUBSCRIPTION_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One subscription to a route configuration or a cluster load assignment, as Envoy keeps one per
+    RDS config (shared by the connection managers naming it) and one per EDS cluster."""
+
+    resource_name: str
+    stat_prefix: str
+    initial_fetch_timeout: float  # seconds; 0: none
 
 
 class UpdateRejected(Exception):
@@ -65,32 +78,70 @@ class XdsApplier:
         self.listeners: dict[str, _DynamicListener] = {}
 
     # --- what to subscribe to ---------------------------------------------------
-    def wanted(self, type_url: str) -> set[str]:
-        if type_url == ENDPOINT_TYPE:
-            return {c.service_name for c in self.worker.cluster_manager.clusters.values() if c.type_name == "EDS"}
+    def watches(self, type_url: str) -> dict[str, Watch]:
+        """RDS: route config name -> its watch, for every connection manager (static or dynamic) using
+        rds; EDS: cluster name -> its watch, for every EDS cluster (static or dynamic)."""
+        watches: dict[str, Watch] = {}
         if type_url == ROUTE_TYPE:
-            return {config.route_config_name for config in self._hcm_configs() if config.route_config_name}
-        return set()
+            for config in self._hcm_configs():
+                name = config.route_config_name
+                if name and name not in watches:  # the first connection manager names its stats, as in Envoy
+                    watches[name] = Watch(name, rds_prefix(config.stat_prefix, name),
+                                          initial_fetch_timeout(config.rds_config_source))
+        elif type_url == ENDPOINT_TYPE:
+            for cluster in self.worker.cluster_manager.clusters.values():
+                if cluster.type_name == "EDS":
+                    source = self._cluster_proto(cluster.name).eds_cluster_config.eds_config
+                    watches[cluster.name] = Watch(cluster.service_name, cluster.stats.prefix,
+                                                  initial_fetch_timeout(source))
+        return watches
+
+    def wanted(self, type_url: str) -> set[str]:
+        """The resource names to subscribe to (RDS/EDS)."""
+        return {watch.resource_name for watch in self.watches(type_url).values()}
+
+    def _cluster_proto(self, name: str) -> Any:
+        proto = self.cluster_protos.get(name)
+        if proto is not None:
+            return proto
+        return next(c for c in self.worker.bootstrap.static_resources.clusters if c.name == name)
 
     def _hcm_configs(self) -> list[Any]:
+        """The connection managers of the static listeners, then of the dynamic ones."""
+        static = self.worker.static_listener_names
+        listeners = [listener for listener in self.worker.listeners if listener.name in static]
+        listeners += [dynamic.listener for dynamic in self.listeners.values()]
         configs = []
-        for dynamic in self.listeners.values():
-            config = getattr(dynamic.listener.factory, "config", None)
+        for listener in listeners:
+            config = getattr(listener.factory, "config", None)
             if config is not None and hasattr(config, "route_config_name"):
                 configs.append(config)
         return configs
 
+    def _forget_unwatched(self) -> None:
+        """Route configurations and assignments go with the last listener or cluster naming them (an
+        RDS or EDS state-of-the-world response only carries what changed, so nothing else removes
+        them); one subscribed to again waits for the server to send it anew."""
+        for name in set(self.route_protos) - self.wanted(ROUTE_TYPE):
+            del self.route_protos[name]
+        for name in set(self.assignments) - self.wanted(ENDPOINT_TYPE):
+            del self.assignments[name]
+
     # --- one response -------------------------------------------------------------
     async def apply(self, type_url: str, resources: dict[str, message.Message], removed: set[str],
                     state_of_the_world: bool) -> None:
-        """Apply one response. SotW responses carry the full set for wildcard types (LDS/CDS);
-        delta responses carry changes and ``removed`` names."""
+        """Apply one response. SotW responses carry the full set for LDS/CDS, and for RDS/EDS only
+        the resources they name (the others are kept); delta responses carry changes and ``removed``
+        names. A route configuration or an assignment is never removed by name (Envoy ignores such
+        removals and keeps the last one): it goes when nothing uses it any more."""
         if type_url == CLUSTER_TYPE:
             self._apply_clusters(resources, removed, state_of_the_world)
+            self._forget_unwatched()
         elif type_url == ENDPOINT_TYPE:
             self._apply_endpoints(resources)
         elif type_url == LISTENER_TYPE:
             await self._apply_listeners(resources, removed, state_of_the_world)
+            self._forget_unwatched()
         elif type_url == ROUTE_TYPE:
             await self._apply_routes(resources)
         else:
@@ -151,6 +202,7 @@ class XdsApplier:
                 listener = Listener(proto, "", worker.ctx)
             except ConfigError as exc:
                 raise _rejected("Listener", name, exc) from None
+            self._check_address_free(name, listener)
             for config in [getattr(listener.factory, "config", None)]:
                 route_name = getattr(config, "route_config_name", "")
                 if route_name and route_name in self.route_protos:
@@ -186,14 +238,16 @@ class XdsApplier:
                 self._retire(current)
 
     async def _apply_routes(self, resources: dict[str, message.Message]) -> None:
+        users: dict[str, list[Any]] = {}  # route config name -> the connection managers using it
+        for config in self._hcm_configs():
+            users.setdefault(config.route_config_name, []).append(config)
         swaps = []
         for name, proto in resources.items():
-            for config in self._hcm_configs():
-                if config.route_config_name == name:
-                    try:
-                        swaps.append((config, config.build_route_table(proto, "")))
-                    except ConfigError as exc:
-                        raise _rejected("RouteConfiguration", name, exc) from None
+            for config in users.get(name, ()):
+                try:
+                    swaps.append((config, config.build_route_table(proto, "")))
+                except ConfigError as exc:
+                    raise _rejected("RouteConfiguration", name, exc) from None
         for name, proto in resources.items():
             self.route_protos[name] = proto
         for config, table in swaps:
@@ -202,6 +256,26 @@ class XdsApplier:
             await self._maybe_start(dynamic)
 
     # --- listener lifecycle ---------------------------------------------------
+    def _holds(self, listener: Any) -> bool:
+        """Whether this process already listens on the listener's address (it then binds it too)."""
+        address = (listener.ip, listener.port)
+        return any((other.ip, other.port) == address for other in self.worker.listeners)
+
+    def _check_address_free(self, name: str, listener: Any) -> None:
+        """Envoy binds a listener when it is added and rejects the update if the address is in use.
+        Checked here, in the main process, before anything is applied: the worker processes bind
+        after it without a claim, and with SO_REUSEPORT they would join another process's port."""
+        from tulle.listener.claim import address_text, claim, os_reason
+
+        if self.worker.state.worker_index != 0 or listener.port == 0 or self._holds(listener):
+            return
+        try:
+            claim(listener.ip, listener.port).close()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # other bind errors are reported when it binds
+                raise UpdateRejected(f"Listener '{name}': cannot bind "
+                                     f"'{address_text(listener.ip, listener.port)}': {os_reason(exc)}") from None
+
     async def _maybe_start(self, dynamic: _DynamicListener) -> None:
         """A listener whose HTTP routes come from RDS warms until they have arrived (as in Envoy)."""
         if dynamic.started:
@@ -210,8 +284,11 @@ class XdsApplier:
         route_name = getattr(config, "route_config_name", "")
         if route_name and route_name not in self.route_protos:
             return
+        listener = dynamic.listener
+        # The main process claims the address (another process listening there is refused, not
+        # shared); worker processes bind after it, and so does a listener replacing one of ours.
         try:
-            sock = dynamic.listener.bind()
+            sock = listener.bind(exclusive=self.worker.state.worker_index == 0 and not self._holds(listener))
         except ConfigError as exc:
             log.error("listener %s: %s", dynamic.listener.name, exc)
             return

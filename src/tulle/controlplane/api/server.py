@@ -7,11 +7,17 @@ may be a plain function or a coroutine function.
 Applying resources is all or nothing: the body is parsed (YAML documents or a JSON list), every
 resource's kind is checked, the validator sees the batch together with what is already stored
 (so cross-resource checks such as missing subsets work), and only when no error is found does
-the store take the batch in one transaction.
+the store take the batch in one transaction. Deleting a batch is one transaction too.
+
+Parsing, validation and commits run in worker threads, one write at a time in arrival order: a
+10,000-resource apply takes seconds of CPU, and the event loop must keep answering heartbeats
+meanwhile (the store and the registry are thread-safe; their subscribers are told from the
+thread that committed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -28,13 +34,13 @@ from tulle.controlplane.istio.documents import load_documents
 from tulle.controlplane.istio.kinds import NETWORKING_KINDS, check_kind
 from tulle.controlplane.model import Diagnostic, Resource, Service
 from tulle.controlplane.registry.registry import (
-    SERVICE_API_VERSION,
     SERVICE_KIND,
     Lease,
     Registry,
     RegistryError,
     validate_service,
 )
+from tulle.controlplane.registry.validation import MAX_LABEL_LENGTH
 from tulle.controlplane.store.base import ConfigStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -42,11 +48,13 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15014
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_REGISTRY_BODY_BYTES = 64 * 1024  # a registration is a few hundred bytes; the counts are bounded too
 CONFIG_TYPES = ("listeners", "routes", "clusters", "endpoints")
 KNOWN_KINDS = (*NETWORKING_KINDS, SERVICE_KIND)
 SERVICE_BODY_FIELDS = ("name", "namespace", "ports", "labels", "selector", "addresses", "exportTo", "resolution")
 INSTANCE_BODY_FIELDS = ("name", "namespace", "address", "ports", "labels", "serviceAccount", "locality", "services",
                         "ttlSeconds", "weight")
+DELETE_BODY_FIELDS = ("items", "ignoreNotFound")
 
 Validator = Callable[[list[Resource]], "list[Diagnostic] | Awaitable[list[Diagnostic]]"]
 XdsStatus = Callable[[], Any]
@@ -70,7 +78,7 @@ def resource_to_json(resource: Resource, generation: int = 0) -> dict[str, Any]:
 
 def diagnostic_to_json(diagnostic: Diagnostic) -> dict[str, str]:
     return {"level": diagnostic.level, "resource": diagnostic.resource, "field": diagnostic.field,
-            "message": diagnostic.message, "source": diagnostic.source}
+            "message": diagnostic.message, "source": diagnostic.source, "code": diagnostic.code}
 
 
 def service_to_json(service: Service) -> dict[str, Any]:
@@ -154,12 +162,15 @@ class ApiServer:
         self.allowed_hosts = tuple(allowed_hosts)
         self.app = self._make_app()
         self._runner: web.AppRunner | None = None
+        # Writes validate against what is stored, then commit: one at a time, in arrival order.
+        self._writes = asyncio.Lock()
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES,
                               middlewares=[request_guard(self.token, self.allowed_hosts), _json_errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/apis/v1/resources", self.apply_resources)
+        app.router.add_post("/apis/v1/resources:delete", self.delete_resources)
         app.router.add_get("/apis/v1/resources", self.list_resources)
         app.router.add_get("/apis/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
         app.router.add_delete("/apis/v1/resources/{kind}/{namespace}/{name}", self.delete_resource)
@@ -207,30 +218,26 @@ class ApiServer:
             return _error(400, "empty body: send YAML documents or a JSON list of resources")
         source = request.query.get("source") or "request"
         namespace = request.query.get("namespace") or "default"
-        resources, parse_diagnostics = load_documents(_as_document_stream(text), source, namespace)
-        errors = [d for d in parse_diagnostics if d.level == "error"]
-        warnings = [d for d in parse_diagnostics if d.level != "error"]
-        if errors:
-            return _diagnostics_answer(400, errors, warnings)
-        if not resources:
-            return _error(400, "the body holds no resources")
-
-        errors.extend(_kind_errors(resources))
-        if not errors:
+        async with self._writes:
+            resources, errors, warnings = await asyncio.to_thread(_parse_batch, text, source, namespace)
+            if errors:
+                return _diagnostics_answer(400, errors, warnings)
+            if not resources:
+                return _error(400, "the body holds no resources")
             found = await self._validate(resources)
             errors.extend(d for d in found if d.level == "error")
             warnings.extend(d for d in found if d.level != "error")
-        if errors:
-            return _diagnostics_answer(400, errors, warnings)
+            if errors:
+                return _diagnostics_answer(400, errors, warnings)
 
-        if _flag(request, "dry_run"):
-            created, updated = self._classify(resources)
-            return web.json_response({"created": created, "updated": updated, "dryRun": True,
-                                      "warnings": [diagnostic_to_json(d) for d in warnings]})
-        try:
-            created, updated = self.store.apply(resources)
-        except StoreError as error:
-            return _diagnostics_answer(400, [Diagnostic("error", "", "", str(error))], warnings)
+            if _flag(request, "dry_run"):
+                created, updated = await asyncio.to_thread(self._classify, resources)
+                return web.json_response({"created": created, "updated": updated, "dryRun": True,
+                                          "warnings": [diagnostic_to_json(d) for d in warnings]})
+            try:
+                created, updated = await asyncio.to_thread(self.store.apply, resources)
+            except StoreError as error:
+                return _diagnostics_answer(400, [Diagnostic("error", "", "", str(error))], warnings)
         return web.json_response({"created": created, "updated": updated,
                                   "warnings": [diagnostic_to_json(d) for d in warnings]})
 
@@ -242,8 +249,9 @@ class ApiServer:
         if not istio_batch:
             return []
         keys = {(r.kind, r.namespace, r.name) for r in istio_batch}
-        stored = [r for r in self.store.list() if r.kind != SERVICE_KIND and (r.kind, r.namespace, r.name) not in keys]
-        diagnostics = await _maybe_await(self.validator(istio_batch + stored))
+        stored = await asyncio.to_thread(
+            lambda: [r for r in self.store.list() if r.kind != SERVICE_KIND and (r.kind, r.namespace, r.name) not in keys])
+        diagnostics = await _off_loop(self.validator, istio_batch + stored)
         # Findings about resources already accepted are not this request's business.
         batch_refs = {resource.ref for resource in istio_batch}
         return [d for d in diagnostics if not d.resource or d.resource in batch_refs]
@@ -267,9 +275,12 @@ class ApiServer:
         namespace = request.query.get("namespace") or None
         if kind is not None:
             kind = _canonical_kind(kind)
-        items = [resource_to_json(r, self.store.generation(r.kind, r.namespace, r.name))
-                 for r in self.store.list(kind, namespace)]
+        items = await asyncio.to_thread(self._list_json, kind, namespace)
         return web.json_response({"items": items})
+
+    def _list_json(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
+        return [resource_to_json(r, self.store.generation(r.kind, r.namespace, r.name))
+                for r in self.store.list(kind, namespace)]
 
     async def get_resource(self, request: web.Request) -> web.Response:
         kind, namespace, name = self._path_key(request)
@@ -280,9 +291,42 @@ class ApiServer:
 
     async def delete_resource(self, request: web.Request) -> web.Response:
         kind, namespace, name = self._path_key(request)
-        if not self.store.delete(kind, namespace, name):
+        async with self._writes:
+            deleted = await asyncio.to_thread(self.store.delete, kind, namespace, name)
+        if not deleted:
             return _error(404, f"{kind} {namespace}/{name} not found")
         return web.json_response({"deleted": f"{kind} {namespace}/{name}"})
+
+    async def delete_resources(self, request: web.Request) -> web.Response:
+        """``{"items": [{"kind", "namespace"?, "name"}...], "ignoreNotFound"?}``: one transaction. A
+        missing resource deletes nothing (404 naming the missing ones) unless ``ignoreNotFound``."""
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        problems = [Diagnostic("error", "", key, f"unknown field; known: {', '.join(DELETE_BODY_FIELDS)}")
+                    for key in body if key not in DELETE_BODY_FIELDS]
+        ignore_missing = body.get("ignoreNotFound", False)
+        if not isinstance(ignore_missing, bool):
+            problems.append(Diagnostic("error", "", "ignoreNotFound", "must be true or false"))
+        items = body.get("items")
+        keys: list[tuple[str, str, str]] = []
+        if not isinstance(items, list) or not items:
+            problems.append(Diagnostic("error", "", "items", "required: a non-empty list of {kind, namespace, name}"))
+        else:
+            for index, item in enumerate(items):
+                key = _delete_key(item)
+                if isinstance(key, str):
+                    problems.append(Diagnostic("error", "", f"items[{index}]", key))
+                else:
+                    keys.append(key)
+        if problems:
+            return _diagnostics_answer(400, problems, [])
+        async with self._writes:
+            deleted, missing = await asyncio.to_thread(self.store.delete_many, keys, ignore_missing=ignore_missing)
+        if missing and not ignore_missing:
+            return _error(404, f"{len(missing)} of {len(set(keys))} resources not found; nothing was deleted",
+                          notFound=missing, deleted=[])
+        return web.json_response({"deleted": deleted, "notFound": missing})
 
     @staticmethod
     def _path_key(request: web.Request) -> tuple[str, str, str]:
@@ -292,28 +336,27 @@ class ApiServer:
     # --- registry ------------------------------------------------------------------------
 
     async def put_service(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _registry_body(request)
         if isinstance(body, web.Response):
             return body
-        unknown = _unknown_fields(body, SERVICE_BODY_FIELDS)
-        if unknown:
-            return _error(400, unknown)
         name, namespace = body.get("name"), body.get("namespace") or "default"
-        if not isinstance(name, str) or not name:
-            return _error(400, "name is required")
-        if not isinstance(namespace, str):
-            return _error(400, "namespace must be a string")
+        ref = f"{SERVICE_KIND} {namespace}/{name}"
+        problems = _unknown_fields(body, SERVICE_BODY_FIELDS, ref)
         ports = body.get("ports")
-        if not isinstance(ports, list):
-            return _error(400, "ports is required: a list of {name, port, protocol?, targetPort?}")
+        if not isinstance(ports, list) or not all(isinstance(port, dict) for port in ports):
+            problems.append(Diagnostic("error", ref, "ports",
+                                       "required: a list of {name, port, protocol?, targetPort?}"))
+        if problems:
+            return _registry_error(problems)
         extra = {key: body[key] for key in ("addresses", "exportTo", "resolution") if key in body}
         try:
-            service = self.registry.put_service(name, namespace, ports, body.get("labels"), body.get("selector"),
-                                                **extra)
+            async with self._writes:
+                service = await asyncio.to_thread(self.registry.put_service, name, namespace, ports,
+                                                  body.get("labels"), body.get("selector"), **extra)
         except RegistryError as error:
-            return _error(400, str(error), errors=[diagnostic_to_json(d) for d in error.diagnostics])
+            return _registry_error(error.diagnostics)
         except StoreError as error:
-            return _error(400, str(error))
+            return _registry_error([Diagnostic("error", ref, "", str(error))])
         return web.json_response(service_to_json(service))
 
     async def list_services(self, request: web.Request) -> web.Response:
@@ -323,26 +366,29 @@ class ApiServer:
 
     async def delete_service(self, request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        if not self.registry.remove_service(namespace, name):
+        async with self._writes:
+            removed = await asyncio.to_thread(self.registry.remove_service, namespace, name)
+        if not removed:
             return _error(404, f"service {namespace}/{name} not found in the registry")
         return web.json_response({"deleted": f"{SERVICE_KIND} {namespace}/{name}"})
 
     async def register_instance(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _registry_body(request)
         if isinstance(body, web.Response):
             return body
-        unknown = _unknown_fields(body, INSTANCE_BODY_FIELDS)
-        if unknown:
-            return _error(400, unknown)
+        namespace = body.get("namespace") or "default"
+        problems = _unknown_fields(body, INSTANCE_BODY_FIELDS, f"instance {namespace}/{body.get('name')}")
+        if problems:
+            return _registry_error(problems)
         try:
             lease_id = self.registry.register(
-                name=body.get("name"), namespace=body.get("namespace") or "default", address=body.get("address"),
+                name=body.get("name"), namespace=namespace, address=body.get("address"),
                 ports=body.get("ports"), labels=body.get("labels"),
                 service_account=body.get("serviceAccount") or "default", locality=body.get("locality") or "",
                 services=body.get("services") or [], ttl=body.get("ttlSeconds"), weight=body.get("weight", 1),
             )
         except RegistryError as error:
-            return _error(400, str(error), errors=[diagnostic_to_json(d) for d in error.diagnostics])
+            return _registry_error(error.diagnostics)
         lease = self.registry.lease(lease_id)
         ttl = lease.ttl if lease is not None else self.registry.default_ttl
         return web.json_response({"id": lease_id, "ttlSeconds": ttl})
@@ -351,7 +397,7 @@ class ApiServer:
         namespace = request.query.get("namespace") or None
         _, instances = self.registry.snapshot()
         hostnames = {(i.namespace, i.name, i.address): i.service_hostnames for i in instances}
-        now = self.registry.clock()
+        now = self.registry.lease_time()
         items = [
             lease_to_json(lease, now, hostnames.get(
                 (lease.instance.namespace, lease.instance.name, lease.instance.address), ()))
@@ -426,15 +472,11 @@ def _as_document_stream(text: str) -> str:
 def _kind_errors(resources: list[Resource]) -> list[Diagnostic]:
     errors: list[Diagnostic] = []
     for resource in resources:
-        if resource.kind == SERVICE_KIND:
-            errors.extend(validate_service(resource))
-            continue
-        problem = check_kind(resource.kind, resource.api_version)
+        problem = check_kind(resource.kind, resource.api_version)  # the judgement `tulle analyze` makes too
         if problem is not None:
-            field, message = problem
-            if field == "kind":
-                message = f"{message}; or {SERVICE_KIND} ({SERVICE_API_VERSION}) for the registry"
-            errors.append(Diagnostic("error", resource.ref, field, message, resource.source))
+            errors.append(Diagnostic("error", resource.ref, *problem, resource.source))
+        elif resource.kind == SERVICE_KIND:
+            errors.extend(validate_service(resource))
     return errors
 
 
@@ -447,17 +489,76 @@ def _canonical_kind(kind: str) -> str:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    return _parse_json_object(await request.read())
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any] | web.Response:
+    problem = ""
     try:
-        body = await request.json(loads=json.loads)
+        body = json.loads(raw, parse_constant=_refuse_constant)
     except ValueError as error:
-        return _error(400, f"the body is not valid JSON: {error}")
-    if not isinstance(body, dict):
-        return _error(400, "the body must be a JSON object")
+        problem = f"the body is not valid JSON: {error}"
+    else:
+        if not isinstance(body, dict):
+            problem = "the body must be a JSON object"
+    if problem:
+        return _error(400, problem, errors=[diagnostic_to_json(Diagnostic("error", "", "", problem))])
     return body
 
 
-def _unknown_fields(body: dict[str, Any], known: tuple[str, ...]) -> str:
-    unknown = sorted(str(key) for key in body if key not in known)
-    if not unknown:
-        return ""
-    return f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}"
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _registry_body(request: web.Request) -> dict[str, Any] | web.Response:
+    """A registry request's JSON object; 413 past MAX_REGISTRY_BODY_BYTES, without reading further."""
+    raw = bytearray()
+    if request.content_length is None or request.content_length <= MAX_REGISTRY_BODY_BYTES:
+        while len(raw) <= MAX_REGISTRY_BODY_BYTES:
+            chunk = await request.content.read(MAX_REGISTRY_BODY_BYTES + 1 - len(raw))
+            if not chunk:
+                return _parse_json_object(bytes(raw))
+            raw += chunk
+    message = f"the body is larger than {MAX_REGISTRY_BODY_BYTES} bytes: a registration is a small JSON object"
+    return _error(413, message, errors=[diagnostic_to_json(Diagnostic("error", "", "", message))])
+
+
+def _registry_error(diagnostics: list[Diagnostic]) -> web.Response:
+    """400 with every problem as a diagnostic naming its field (the shape resource errors have)."""
+    return _error(400, "; ".join(str(diagnostic) for diagnostic in diagnostics),
+                  errors=[diagnostic_to_json(diagnostic) for diagnostic in diagnostics])
+
+
+def _unknown_fields(body: dict[str, Any], known: tuple[str, ...], ref: str) -> list[Diagnostic]:
+    return [Diagnostic("error", ref, str(key)[:MAX_LABEL_LENGTH], f"unknown field; known: {', '.join(known)}")
+            for key in sorted(body, key=str) if key not in known]
+
+
+def _parse_batch(text: str, source: str, namespace: str) -> tuple[list[Resource], list[Diagnostic], list[Diagnostic]]:
+    """``(resources, errors, warnings)`` of an apply body: parsing and kind checks (CPU-bound: run off the loop)."""
+    resources, parse_diagnostics = load_documents(_as_document_stream(text), source, namespace)
+    errors = [d for d in parse_diagnostics if d.level == "error"]
+    warnings = [d for d in parse_diagnostics if d.level != "error"]
+    if not errors:
+        errors.extend(_kind_errors(resources))
+    return resources, errors, warnings
+
+
+def _delete_key(item: Any) -> tuple[str, str, str] | str:
+    """One ``items[]`` entry of a bulk delete as a store key, or what is wrong with it."""
+    if not isinstance(item, dict):
+        return "must be an object {kind, namespace, name}"
+    unknown = [str(key) for key in item if key not in ("kind", "namespace", "name")]
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; known: kind, namespace, name"
+    kind, namespace, name = item.get("kind"), item.get("namespace", "default"), item.get("name")
+    if not all(isinstance(value, str) and value for value in (kind, namespace, name)):
+        return "kind, namespace and name must be non-empty strings"
+    return _canonical_kind(kind), namespace, name
+
+
+async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    """Call a plain function in a worker thread; await a coroutine function on the loop."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*args)
+    return await _maybe_await(await asyncio.to_thread(function, *args))

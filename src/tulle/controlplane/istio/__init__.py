@@ -8,7 +8,7 @@ translation shares.
 from tulle.controlplane.istio.documents import load_documents, load_files
 from tulle.controlplane.istio.hosts import host_matches, hosts_overlap, resolve_host, visible
 from tulle.controlplane.istio.kinds import NETWORKING_KINDS, check_kind, supported_api_versions
-from tulle.controlplane.istio.validation import analyze, parse_duration, parse_protocol, validate
+from tulle.controlplane.istio.validation import analyze, parse_duration, parse_protocol, review, validate
 
 __all__ = [
     "NETWORKING_KINDS",
@@ -21,6 +21,7 @@ __all__ = [
     "parse_duration",
     "parse_protocol",
     "resolve_host",
+    "review",
     "supported_api_versions",
     "validate",
     "visible",

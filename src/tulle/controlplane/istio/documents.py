@@ -2,8 +2,9 @@
 
 Each ``---`` document is parsed on its own so that one broken document is reported (with its
 file, document number and line) while the others still load. ``kind: List`` documents are
-expanded into their items. Only the envelope is checked here (kind, apiVersion, metadata);
-whether the kind is supported and what the spec says is ``validation``'s job.
+expanded into their items. YAML is read as kubectl and istioctl read it (``kubeyaml``). Only
+the envelope is checked here (kind, apiVersion, metadata); whether the kind is supported and
+what the spec says is ``validation``'s job.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from tulle.controlplane.istio import kubeyaml
+from tulle.controlplane.istio.kinds import SPEC_REQUIRED
 from tulle.controlplane.model import Diagnostic, Resource
 
 DEFAULT_NAMESPACE = "default"
@@ -33,29 +36,6 @@ METADATA_FIELDS = (
 # forbids it inside any scalar, so splitting on it is exact.
 _DOCUMENT_START = re.compile(r"^---(?=\s|$)")
 _DOCUMENT_END = re.compile(r"^\.\.\.(?=\s|$)")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys, as kubectl does."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, list | dict):
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, "found an unhashable key", key_node.start_mark)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"found duplicate key {key!r}", key_node.start_mark)
-        seen[key] = key_node
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _split_documents(text: str) -> list[tuple[int, str]]:
@@ -108,20 +88,30 @@ def _has_content(lines: Iterable[str]) -> bool:
     return False
 
 
+Positions = dict[tuple[str | int, ...], int]
+
+
 def load_documents(
-    text: str, source: str, default_namespace: str = DEFAULT_NAMESPACE,
+    text: str, source: str, default_namespace: str = DEFAULT_NAMESPACE, positions: bool = False,
 ) -> tuple[list[Resource], list[Diagnostic]]:
-    """Parse every document of ``text``; ``source`` names the file in messages."""
+    """Parse every document of ``text``; ``source`` names the file in messages.
+
+    With ``positions``, each YAML resource records the line of each of its fields
+    (``Resource.positions``, for ``field_line``), as istioctl points its messages at lines.
+    """
     resources: list[Resource] = []
     diagnostics: list[Diagnostic] = []
     for index, (first_line, document) in enumerate(_documents(text), start=1):
         where = f"{source}#{index}"
+        lines: Positions = {}
         if isinstance(document, str):
             try:
-                data = yaml.load(document, Loader=_StrictLoader)  # a SafeLoader: plain data only
+                data, node = kubeyaml.load_with_node(document)  # as kubectl and istioctl read it
             except yaml.YAMLError as error:
                 diagnostics.append(Diagnostic("error", "", "", _yaml_error_message(error, first_line), where))
                 continue
+            if positions and node is not None:
+                lines = _positions(node, first_line)
         else:
             data = document.value
         if data is None:
@@ -132,17 +122,60 @@ def load_documents(
                 "kind and metadata", where))
             continue
         if data.get("kind") == "List" and "items" in data:
-            _load_list(data, where, default_namespace, resources, diagnostics)
+            _load_list(data, where, default_namespace, resources, diagnostics, lines)
             continue
-        resource = _to_resource(data, where, "", default_namespace, diagnostics)
+        resource = _to_resource(data, where, "", default_namespace, diagnostics, lines)
         if resource is not None:
             resources.append(resource)
     return resources, diagnostics
 
 
+def _positions(root: yaml.Node, first_line: int) -> Positions:
+    """The file line of every mapping key and list item under ``root``, by path."""
+    found: Positions = {(): first_line + root.start_mark.line + 1}
+    pending: list[tuple[tuple[str | int, ...], yaml.Node]] = [((), root)]
+    visited: set[int] = set()
+    while pending:
+        path, node = pending.pop()
+        if id(node) in visited:  # an alias: its lines are those of the anchor, recorded already
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [((*path, key.value), key, value) for key, value in node.value if isinstance(key, yaml.ScalarNode)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [((*path, position), item, item) for position, item in enumerate(node.value)]
+        else:
+            continue
+        for child_path, marker, child in children:
+            found.setdefault(child_path, first_line + marker.start_mark.line + 1)
+            pending.append((child_path, child))
+    return found
+
+
+_PATH_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\]]*)\]")
+
+
+def field_line(resource: Resource, field: str) -> int | None:
+    """The line where ``field`` (``spec.http[0].route``) or its nearest written parent is, if known."""
+    if not resource.positions:
+        return None
+    path: list[str | int] = []
+    line = resource.positions.get(())
+    for match in _PATH_PART.finditer(field):
+        name, key = match.groups()
+        part = name if name is not None else key
+        candidates = [int(part), part] if part.isdigit() else [part]
+        found = next(((*path, c) for c in candidates if (*path, c) in resource.positions), None)
+        if found is None:
+            break
+        path = list(found)
+        line = resource.positions[found]
+    return line
+
+
 def _load_list(
     data: dict[str, Any], where: str, default_namespace: str,
-    resources: list[Resource], diagnostics: list[Diagnostic],
+    resources: list[Resource], diagnostics: list[Diagnostic], lines: Positions,
 ) -> None:
     items = data.get("items")
     if not isinstance(items, list):
@@ -155,13 +188,15 @@ def _load_list(
             diagnostics.append(Diagnostic("error", "", prefix, f"list item is a {type_name(item)}, expected a mapping",
                                           where))
             continue
-        resource = _to_resource(item, f"{where}.{prefix}", "", default_namespace, diagnostics)
+        item_lines = {path[2:]: line for path, line in lines.items() if path[:2] == ("items", position)}
+        resource = _to_resource(item, f"{where}.{prefix}", "", default_namespace, diagnostics, item_lines)
         if resource is not None:
             resources.append(resource)
 
 
 def _to_resource(
     data: dict[str, Any], where: str, prefix: str, default_namespace: str, diagnostics: list[Diagnostic],
+    positions: Positions | None = None,
 ) -> Resource | None:
     """The Resource of one object, or None after reporting why its envelope is unusable."""
     problems: list[tuple[str, str]] = []
@@ -191,8 +226,10 @@ def _to_resource(
         namespace = _metadata_text(metadata, "namespace", meta_path, problems) or default_namespace
         labels = _string_map(metadata, "labels", meta_path, problems)
         annotations = _string_map(metadata, "annotations", meta_path, problems)
-    spec = data.get("spec", {})
+    spec = data.get("spec")
     if spec is None:
+        if kind in SPEC_REQUIRED:  # their CRDs require it (an empty one is a different error)
+            problems.append((_join(prefix, "spec"), "required field missing"))
         spec = {}
     if not isinstance(spec, dict):
         problems.append((_join(prefix, "spec"), f"expected a mapping, got {type_name(spec)}"))
@@ -201,7 +238,7 @@ def _to_resource(
         diagnostics.extend(Diagnostic("error", ref, path, message, where) for path, message in problems)
         return None
     return Resource(kind=kind, api_version=api_version, name=name, namespace=namespace, spec=spec,
-                    labels=labels, annotations=annotations, source=where)
+                    labels=labels, annotations=annotations, source=where, positions=positions or {})
 
 
 def _metadata_text(
@@ -239,7 +276,7 @@ def _string_map(
 
 
 def load_files(
-    paths: Iterable[str | os.PathLike[str]], default_namespace: str = DEFAULT_NAMESPACE,
+    paths: Iterable[str | os.PathLike[str]], default_namespace: str = DEFAULT_NAMESPACE, positions: bool = False,
 ) -> tuple[list[Resource], list[Diagnostic]]:
     """Load every file; a directory contributes its ``*.yaml``/``*.yml``/``*.json`` files, sorted."""
     resources: list[Resource] = []
@@ -251,7 +288,7 @@ def load_files(
         except (OSError, UnicodeDecodeError) as error:
             diagnostics.append(Diagnostic("error", "", "", f"cannot read file: {error}", path))
             continue
-        file_resources, file_diagnostics = load_documents(text, path, default_namespace)
+        file_resources, file_diagnostics = load_documents(text, path, default_namespace, positions)
         resources.extend(file_resources)
         diagnostics.extend(file_diagnostics)
     return resources, diagnostics

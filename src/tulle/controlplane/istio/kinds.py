@@ -1,20 +1,25 @@
 """Supported Istio kinds, their API versions, and the field schema of each spec.
 
 The schema mirrors istio/api ``networking/v1alpha3`` (``v1beta1`` and ``v1`` serve the same
-messages), in the camelCase JSON names users write. It drives the structural half of
-validation (unknown fields, types, enums, required fields, oneofs); the rules Istio's
-validation webhook adds on top live in ``validation.py``.
+messages), in the camelCase JSON names users write, as Istio's CRDs carry it
+(istio/istio ``manifests/charts/base/files/crd-all.gen.yaml`` at commit 86c9f01fd735, the one
+``shared/conformance/istio-validation`` comes from, with istio.io/api 5803fb6accf7). It drives the
+structural half of validation (unknown fields, types, enums, ranges, required fields, oneofs);
+the rules Istio's validation webhook adds on top live in ``validation.py``.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
 NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 NETWORKING_KINDS = ("VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "WorkloadEntry", "Sidecar")
+# Kinds whose CRD requires ``spec`` (``required: [spec]``): a document without one is refused.
+SPEC_REQUIRED = frozenset({"ServiceEntry", "WorkloadEntry"})
 # Istio kinds Tulle does not read yet, to say "not yet" instead of "unknown".
 NOT_YET_SUPPORTED = {
     "AuthorizationPolicy": "security.istio.io",
@@ -28,24 +33,56 @@ NOT_YET_SUPPORTED = {
 }
 
 
+# Tulle's own kind for the service registry (registry/registry.py validates its spec): `tulle apply`
+# takes it beside Istio's kinds, so `tulle analyze` does too.
+REGISTRY_SERVICE = ("Service", "registry.tulle.dev/v1")
+_KUBERNETES_VERSION = re.compile(r"v[1-9][0-9]*(?:(?:alpha|beta)[1-9][0-9]*)?")
+# What to use instead of a Kubernetes kind Tulle does not read.
+_KUBERNETES_INSTEAD = {
+    "Service": "register services with `tulle register service` or use a ServiceEntry",
+    "Endpoints": "register instances with `tulle register instance` or use a WorkloadEntry",
+    "EndpointSlice": "register instances with `tulle register instance` or use a WorkloadEntry",
+    "Pod": "register instances with `tulle register instance` or use a WorkloadEntry",
+}
+
+
 def supported_api_versions() -> list[str]:
     return [f"{NETWORKING_GROUP}/{version}" for version in NETWORKING_VERSIONS]
 
 
+def is_kubernetes_api_version(api_version: str) -> bool:
+    """Kubernetes' own groups: the core group (``v1``), dotless groups (``apps/v1``) and ``*.k8s.io``."""
+    group, _, version = api_version.rpartition("/")
+    return bool(_KUBERNETES_VERSION.fullmatch(version)) and ("." not in group or group.endswith(".k8s.io"))
+
+
 def check_kind(kind: str, api_version: str) -> tuple[str, str] | None:
-    """``(field, message)`` when ``kind``/``api_version`` is not supported, else None."""
-    supported = ", ".join(sorted(NETWORKING_KINDS))
+    """``(field, message)`` when Tulle does not read ``kind``/``api_version``, else None.
+
+    The one judgement of a document's kind: ``tulle analyze`` (validation) and ``tulle apply``
+    (the HTTP API) both ask it, so both say the same thing.
+    """
     versions = ", ".join(supported_api_versions())
-    if kind not in NETWORKING_KINDS:
-        if kind in NOT_YET_SUPPORTED:
-            return "kind", (f"kind {kind} ({NOT_YET_SUPPORTED[kind]}) is not supported yet; "
-                            f"supported kinds: {supported} ({versions})")
-        close = difflib.get_close_matches(kind, NETWORKING_KINDS, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return "kind", f"unsupported kind {kind!r}{hint}; supported kinds: {supported} ({versions})"
-    if api_version not in supported_api_versions():
-        return "apiVersion", f"unsupported apiVersion {api_version!r} for {kind}; supported: {versions}"
-    return None
+    readable = (f"Tulle reads {', '.join(sorted(NETWORKING_KINDS))} ({versions}) and "
+                f"{REGISTRY_SERVICE[0]} ({REGISTRY_SERVICE[1]})")
+    if (kind, api_version) == REGISTRY_SERVICE:
+        return None
+    if kind in NETWORKING_KINDS:
+        if api_version in supported_api_versions():
+            return None
+        what = " (a Kubernetes API, which Tulle does not read)" if is_kubernetes_api_version(api_version) else ""
+        return "apiVersion", f"unsupported apiVersion {api_version!r} for {kind}{what}; supported: {versions}"
+    if is_kubernetes_api_version(api_version):
+        instead = _KUBERNETES_INSTEAD.get(kind, readable)
+        return "kind", f"{kind} ({api_version}) is a Kubernetes kind Tulle does not read: {instead}"
+    if kind == REGISTRY_SERVICE[0]:
+        return "apiVersion", (f"unsupported apiVersion {api_version!r} for {kind}: Tulle's registry Service is "
+                              f"{REGISTRY_SERVICE[1]}; for Istio's API use a ServiceEntry")
+    if kind in NOT_YET_SUPPORTED:
+        return "kind", f"kind {kind} ({NOT_YET_SUPPORTED[kind]}) is not supported yet; {readable}"
+    close = difflib.get_close_matches(kind, NETWORKING_KINDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return "kind", f"unsupported kind {kind!r}{hint}; {readable}"
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -81,13 +118,22 @@ class MapOf:
 
 
 @dataclass(frozen=True)
+class Range:
+    """A number with the CRD's ``minimum``/``maximum`` (inclusive; None: that side is open)."""
+
+    kind: Scalar
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
 class Ref:
     """A nested message, by its name in ``MESSAGES``."""
 
     message: str
 
 
-FieldType = Scalar | EnumOf | ListOf | MapOf | Ref
+FieldType = Scalar | Range | EnumOf | ListOf | MapOf | Ref
 
 
 @dataclass(frozen=True)
@@ -154,6 +200,8 @@ _message("HTTPRoute", {
     "mirror": _f(Ref("Destination")),
     "mirrors": _f(ListOf(Ref("HTTPMirrorPolicy"))),
     "mirrorPercent": _f(UINT32, deprecated='using deprecated setting "mirrorPercent", use "mirrorPercentage" instead'),
+    # The proto's original name: protobuf JSON (and so the CRD) accepts it too.
+    "mirror_percent": _f(UINT32, deprecated='using deprecated setting "mirrorPercent", use "mirrorPercentage" instead'),
     "mirrorPercentage": _f(Ref("Percent")),
     "corsPolicy": _f(Ref("CorsPolicy")),
     "headers": _f(Ref("Headers")),
@@ -185,6 +233,7 @@ _message("L4MatchAttributes", {
     "sourceLabels": _f(STRING_MAP),
     "gateways": _f(STRINGS),
     "sourceNamespace": _f(STRING),
+    "sourceSubnet": _f(STRING),
 })
 _message("TLSMatchAttributes", {
     "sniHosts": _f(STRINGS, True),
@@ -199,6 +248,7 @@ _message("TLSRoute", {"match": _f(ListOf(Ref("TLSMatchAttributes")), True),
 _message("TCPRoute", {"match": _f(ListOf(Ref("L4MatchAttributes"))), "route": _f(ListOf(Ref("RouteDestination")))})
 _message("HTTPRedirect", {
     "uri": _f(STRING),
+    "prefixRewrite": _f(STRING),
     "authority": _f(STRING),
     "port": _f(UINT32),
     "derivePort": _f(EnumOf(("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"))),
@@ -261,7 +311,10 @@ _message("TrafficPolicy", {
     "portLevelSettings": _f(ListOf(Ref("PortTrafficPolicy"))),
     "tunnel": _f(Ref("TunnelSettings")),
     "proxyProtocol": _f(Ref("ProxyProtocol")),
+    "retryBudget": _f(Ref("RetryBudget")),
 })
+_message("RetryBudget", {"percent": _f(Range(DOUBLE, 0, 100)), "minRetryConcurrency": _f(UINT32),
+                         "budgetInterval": _f(Scalar.ANY_DURATION)})
 _message("PortTrafficPolicy", {"port": _f(Ref("PortSelector")), **_POLICY_FIELDS})
 _message("TunnelSettings", {"protocol": _f(STRING), "targetHost": _f(STRING, True), "targetPort": _f(UINT32, True)})
 _message("ProxyProtocol", {"version": _f(EnumOf(("V1", "V2")))})
@@ -270,11 +323,26 @@ _message("LoadBalancerSettings", {
     "simple": _f(EnumOf(("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"))),
     "consistentHash": _f(Ref("ConsistentHashLB")),
     "localityLbSetting": _f(Ref("LocalityLoadBalancerSetting")),
+    "zoneAwareLbSetting": _f(Ref("ZoneAwareLoadBalancerSetting")),
+    "backendUtilization": _f(Ref("BackendUtilizationLoadBalancerConfig")),
     "warmupDurationSecs": _f(DURATION),
     "warmup": _f(Ref("WarmupConfiguration")),
-}, ("simple", "consistentHash"))
-_message("WarmupConfiguration", {"duration": _f(DURATION, True), "minimumPercent": _f(DOUBLE),
-                                 "aggression": _f(DOUBLE)})
+}, ("simple", "consistentHash", "backendUtilization"))
+_message("WarmupConfiguration", {"duration": _f(DURATION, True), "minimumPercent": _f(Range(DOUBLE, 0, 100)),
+                                 "aggression": _f(Range(DOUBLE, 0))})
+_message("ZoneAwareLoadBalancerSetting", {
+    "enabled": _f(BOOL),
+    "failover": _f(ListOf(Ref("LocalityFailover"))),
+    "failoverPriority": _f(STRINGS),
+    "minClusterSize": _f(Range(UINT64, 1, 2**32 - 1)),
+})
+_message("BackendUtilizationLoadBalancerConfig", {
+    "errorUtilizationPenaltyPercent": _f(UINT32),
+    "metricNamesForComputingUtilization": _f(STRINGS),
+    "weightExpirationPeriod": _f(Scalar.ANY_DURATION),
+    "weightStabilizationPeriod": _f(Scalar.ANY_DURATION),
+    "weightUpdatePeriod": _f(Scalar.ANY_DURATION),
+})
 _message("ConsistentHashLB", {
     "httpHeaderName": _f(STRING),
     "httpCookie": _f(Ref("HTTPCookie")),
@@ -315,7 +383,9 @@ _message("HTTPSettings", {
     "h2UpgradePolicy": _f(EnumOf(("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"))),
     "useClientProtocol": _f(BOOL),
     "maxConcurrentStreams": _f(INT32),
+    "http2KeepAlive": _f(Ref("ConnectionKeepalive")),
 })
+_message("ConnectionKeepalive", {"interval": _f(DURATION), "timeout": _f(DURATION)})
 _message("OutlierDetection", {
     "splitExternalLocalOriginErrors": _f(BOOL),
     "consecutiveLocalOriginFailures": _f(UINT32),
@@ -326,6 +396,7 @@ _message("OutlierDetection", {
     "maxEjectionPercent": _f(INT32),
     "minHealthPercent": _f(INT32),
     "consecutiveErrors": _f(INT32),  # deprecated; validation explains (Istio's wording)
+    "outlierDetectionHttpErrorCodes": _f(ListOf(Range(UINT32, 100, 599))),
 })
 _message("ClientTLSSettings", {
     "mode": _f(EnumOf(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"))),
@@ -350,8 +421,8 @@ _message("Server", {
     "defaultEndpoint": _f(STRING),
     "name": _f(STRING),
 })
-# number is not required: a server bound to a unix socket has port number 0.
-_message("Port", {"number": _f(UINT32), "protocol": _f(STRING, True), "name": _f(STRING, True),
+# The CRD requires number; a server bound to a unix socket writes number: 0.
+_message("Port", {"number": _f(UINT32, True), "protocol": _f(STRING, True), "name": _f(STRING, True),
                   "targetPort": _f(UINT32)})
 _message("ServerTLSSettings", {
     "httpsRedirect": _f(BOOL),
@@ -370,6 +441,8 @@ _message("ServerTLSSettings", {
     "minProtocolVersion": _f(EnumOf(TLS_PROTOCOL_VERSIONS)),
     "maxProtocolVersion": _f(EnumOf(TLS_PROTOCOL_VERSIONS)),
     "cipherSuites": _f(STRINGS),
+    "ecdhCurves": _f(STRINGS),
+    "insecureSkipVerify": _f(BOOL),
 })
 _message("TLSCertificate", {"serverCertificate": _f(STRING), "privateKey": _f(STRING),
                             "caCertificates": _f(STRING)})
@@ -380,7 +453,7 @@ _message("ServiceEntry", {
     "addresses": _f(STRINGS),
     "ports": _f(ListOf(Ref("ServicePort"))),
     "location": _f(EnumOf(("MESH_EXTERNAL", "MESH_INTERNAL"))),
-    "resolution": _f(EnumOf(("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"))),
+    "resolution": _f(EnumOf(("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"))),
     "endpoints": _f(ListOf(Ref("WorkloadEntry"))),
     "workloadSelector": _f(Ref("WorkloadSelector")),
     "exportTo": _f(STRINGS),

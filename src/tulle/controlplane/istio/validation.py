@@ -9,7 +9,12 @@ warning.
 
 ``analyze(resources, known_services)`` adds what only the whole set can tell, like
 ``istioctl analyze``: references to hosts, subsets and gateways that do not exist, and
-DestinationRules that fight over a host.
+DestinationRules that fight over a host. Every finding carries istioctl's message code and level
+(istio/istio ``pkg/config/analysis/msg/messages.yaml``): webhook errors are IST0106
+SchemaValidationError, webhook warnings IST0133 SchemaWarning, and the analyzers' own codes
+(IST0101, IST0109, IST0128-IST0131) keep their levels, so a missing subset is an Error as in
+istioctl. What Tulle itself adds has TUL codes (``TULLE_CODES``). ``review`` is what ``tulle apply``
+reports: Istio's webhook admits what only the analyzers flag, so there those are warnings.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from typing import Any
@@ -29,11 +35,14 @@ from tulle.controlplane.istio import hosts as hostrules
 from tulle.controlplane.istio.documents import type_name
 from tulle.controlplane.istio.kinds import (
     MESSAGES,
+    REGISTRY_SERVICE,
     EnumOf,
     FieldType,
     ListOf,
     MapOf,
     Message,
+    Range,
+    Ref,
     Scalar,
     check_kind,
     spec_schema,
@@ -42,6 +51,27 @@ from tulle.controlplane.model import Diagnostic, Resource
 
 ERROR = "error"
 WARNING = "warning"
+INFO = "info"
+# istioctl analyze's codes (messages.yaml) for what Tulle reports, and their levels there.
+IST_REFERENCED_RESOURCE_NOT_FOUND = "IST0101"  # Error
+IST_SCHEMA_VALIDATION_ERROR = "IST0106"  # Error: the webhook refuses
+IST_CONFLICTING_MESH_GATEWAY_HOSTS = "IST0109"  # Error
+IST_NO_SERVER_CERT_VERIFICATION = "IST0128"  # Warning: DestinationRule level
+IST_NO_SERVER_CERT_VERIFICATION_PORT = "IST0129"  # Warning: port level
+IST_UNREACHABLE_RULE = "IST0130"  # Warning
+IST_INEFFECTIVE_MATCH = "IST0131"  # Info
+IST_SCHEMA_WARNING = "IST0133"  # Warning: the webhook admits with a warning
+# Tulle's own codes: what istioctl has no analyzer for.
+TULLE_NOT_TRANSLATED = "TUL0001"  # Warning: accepted, but the control plane does not translate it yet
+TULLE_PROXY_LACKS = "TUL0002"  # Warning: translated, but Tulle proxies cannot honour it yet
+TULLE_CONFLICTING_DESTINATION_RULES = "TUL0003"  # Warning
+TULLE_DUPLICATE_RESOURCE = "TUL0004"  # Warning
+TULLE_CODES = {
+    TULLE_NOT_TRANSLATED: "NotTranslated", TULLE_PROXY_LACKS: "TulleProxyLacks",
+    TULLE_CONFLICTING_DESTINATION_RULES: "ConflictingDestinationRules", TULLE_DUPLICATE_RESOURCE: "DuplicateResource",
+}
+# Found by the analyzers only: Istio's webhook admits such resources, so `tulle apply` does too.
+ANALYZER_ONLY_CODES = frozenset({IST_REFERENCED_RESOURCE_NOT_FOUND, IST_CONFLICTING_MESH_GATEWAY_HOSTS})
 MESH_GATEWAY = "mesh"
 UNIX_PREFIX = "unix://"
 MAX_REGEX_LENGTH = 1024
@@ -103,8 +133,12 @@ def validate(resource: Resource) -> list[Diagnostic]:
     findings = _Findings()
     unsupported = check_kind(resource.kind, resource.api_version)
     if unsupported is not None:
-        findings.error(*unsupported)
+        findings.error(*unsupported, code="")  # not Istio configuration Tulle can read at all
         return findings.diagnostics(resource)
+    if (resource.kind, resource.api_version) == REGISTRY_SERVICE:
+        from tulle.controlplane.registry.registry import validate_service  # the registry imports this package
+
+        return [replace(d, code=IST_SCHEMA_VALIDATION_ERROR) for d in validate_service(resource)]
     _check_metadata(resource, findings)
     spec = resource.spec if isinstance(resource.spec, dict) else {}
     _check_message(spec, spec_schema(resource.kind), "spec", findings)
@@ -118,28 +152,51 @@ def analyze(
     domain_suffix: str = "cluster.local",
     root_namespace: str = "istio-system",
 ) -> list[Diagnostic]:
-    """``validate`` for each resource, then warnings about how the resources fit together.
+    """``validate`` for each resource, then what only the whole set tells, like ``istioctl analyze``.
 
     ``known_services`` are the FQDNs of the registry's services. Without it (None) the
     registry is unknown and destination hosts are not checked; subsets, gateways and
-    DestinationRule conflicts still are.
+    DestinationRule conflicts still are. A resource defined more than once (the same
+    directory holding several versions of it) counts once, as its last definition, as
+    it would once applied.
     """
     diagnostics: list[Diagnostic] = []
     for resource in resources:
         diagnostics.extend(validate(resource))
-    supported = [r for r in resources if check_kind(r.kind, r.api_version) is None]
-    mesh = _MeshIndex(supported, known_services, domain_suffix, root_namespace)
     diagnostics.extend(_duplicate_resources(resources))
-    for resource in supported:
+    latest = {(r.kind, r.namespace, r.name): r for r in resources if check_kind(r.kind, r.api_version) is None}
+    supported = list(latest.values())
+    mesh = _MeshIndex(supported, known_services, domain_suffix, root_namespace)
+    for resource in resources:
+        if latest.get((resource.kind, resource.namespace, resource.name)) is not resource:
+            continue
         findings = _Findings()
         if resource.kind == "VirtualService":
             _analyze_virtual_service(resource, mesh, findings)
         elif resource.kind == "DestinationRule":
             _analyze_destination_rule(resource, mesh, findings)
-        _tulle_proxy_gaps(resource, findings)
+            _ca_certificates(resource, findings)
+        _tulle_gaps(resource, findings)
         diagnostics.extend(findings.diagnostics(resource))
     diagnostics.extend(_conflicting_mesh_virtual_services(supported, mesh))
     return diagnostics
+
+
+def review(
+    resources: Sequence[Resource],
+    known_services: set[str] | None = None,
+    domain_suffix: str = "cluster.local",
+    root_namespace: str = "istio-system",
+) -> list[Diagnostic]:
+    """What ``tulle apply`` reports: ``analyze``, with what only the analyzers find as warnings.
+
+    Istio's webhook (and so ``kubectl apply``) admits a VirtualService whose subset is not
+    defined yet; only ``istioctl analyze`` calls that an Error (IST0101). Refusing it would make
+    the order of applies matter, so on apply it informs, with its code, and the webhook's
+    errors alone refuse.
+    """
+    return [replace(d, level=WARNING) if d.level == ERROR and d.code in ANALYZER_ONLY_CODES else d
+            for d in analyze(resources, known_services, domain_suffix, root_namespace)]
 
 
 def parse_duration(text: str) -> int | None:
@@ -176,16 +233,20 @@ def parse_protocol(name: str) -> str | None:
 
 class _Findings:
     def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
+        self.items: list[tuple[str, str, str, str]] = []
 
-    def error(self, path: str, message: str) -> None:
-        self.items.append((ERROR, path, message))
+    def error(self, path: str, message: str, code: str = IST_SCHEMA_VALIDATION_ERROR) -> None:
+        self.items.append((ERROR, path, message, code))
 
-    def warning(self, path: str, message: str) -> None:
-        self.items.append((WARNING, path, message))
+    def warning(self, path: str, message: str, code: str = IST_SCHEMA_WARNING) -> None:
+        self.items.append((WARNING, path, message, code))
+
+    def info(self, path: str, message: str, code: str) -> None:
+        self.items.append((INFO, path, message, code))
 
     def diagnostics(self, resource: Resource) -> list[Diagnostic]:
-        return [Diagnostic(level, resource.ref, path, message, resource.source) for level, path, message in self.items]
+        return [Diagnostic(level, resource.ref, path, message, resource.source, code)
+                for level, path, message, code in self.items]
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -268,6 +329,8 @@ def _unknown_field(key: str, message: Message) -> str:
 def _check_value(value: Any, kind: FieldType, path: str, findings: _Findings) -> None:
     if isinstance(kind, Scalar):
         _check_scalar(value, kind, path, findings)
+    elif isinstance(kind, Range):
+        _check_range(value, kind, path, findings)
     elif isinstance(kind, EnumOf):
         if not isinstance(value, str) or value not in kind.values:
             close = difflib.get_close_matches(str(value).upper(), kind.values, n=1, cutoff=0.6)
@@ -318,6 +381,19 @@ def _check_scalar(value: Any, kind: Scalar, path: str, findings: _Findings) -> N
             findings.error(path, "invalid base64 text")
     else:
         _check_duration(value, kind is Scalar.DURATION, path, findings)
+
+
+def _check_range(value: Any, kind: Range, path: str, findings: _Findings) -> None:
+    """The CRD's minimum/maximum, checked (as the API server does) once the type is right."""
+    before = len(findings.items)
+    _check_scalar(value, kind.kind, path, findings)
+    if len(findings.items) > before:
+        return
+    number = _uint64(value) if kind.kind is Scalar.UINT64 else value
+    if kind.minimum is not None and number < kind.minimum:
+        findings.error(path, f"{value} must be greater than or equal to {kind.minimum:g}")
+    elif kind.maximum is not None and number > kind.maximum:
+        findings.error(path, f"{value} must be less than or equal to {kind.maximum:g}")
 
 
 def _check_integer(value: Any, kind: Scalar, path: str, findings: _Findings) -> None:
@@ -871,9 +947,12 @@ def _http_route(route: dict[str, Any], path: str, delegate: bool, findings: _Fin
     _cors_policy(route.get("corsPolicy"), f"{path}.corsPolicy", findings)
     if isinstance(route.get("fault"), dict):
         _fault(route["fault"], f"{path}.fault", findings)
-    mirror_percent = route.get("mirrorPercent")
-    if isinstance(mirror_percent, int) and not isinstance(mirror_percent, bool) and mirror_percent > 100:
-        findings.error(f"{path}.mirrorPercent", f"mirror_percent must have a max value of 100 (it has {mirror_percent})")
+    if route.get("mirrorPercent") is not None and route.get("mirror_percent") is not None:
+        findings.error(f"{path}.mirror_percent", "mirror_percent and mirrorPercent are the same field; set one")
+    for key in ("mirrorPercent", "mirror_percent"):
+        mirror_percent = route.get(key)
+        if isinstance(mirror_percent, int) and not isinstance(mirror_percent, bool) and mirror_percent > 100:
+            findings.error(f"{path}.{key}", f"mirror_percent must have a max value of 100 (it has {mirror_percent})")
     mirror_percentage = _number(_obj(route.get("mirrorPercentage")).get("value"))
     if mirror_percentage is not None and mirror_percentage > 100:
         findings.error(f"{path}.mirrorPercentage.value",
@@ -893,7 +972,7 @@ def _http_route(route: dict[str, Any], path: str, delegate: bool, findings: _Fin
             findings.error(f"{mirror_path}.percentage.value",
                            f"mirror percentage must have a min value of 0 (it has {value:f})")
     if isinstance(route.get("redirect"), dict):
-        _redirect(route["redirect"], f"{path}.redirect", findings)
+        _redirect(route["redirect"], route.get("match"), f"{path}.redirect", findings)
     if isinstance(route.get("directResponse"), dict):
         _direct_response(route["directResponse"], f"{path}.directResponse", findings)
     if isinstance(route.get("retries"), dict):
@@ -1026,9 +1105,19 @@ def _check_http_status(status: Any, path: str, findings: _Findings) -> None:
         findings.error(path, f"HTTP status {status} is not in range 200-599")
 
 
-def _redirect(redirect: dict[str, Any], path: str, findings: _Findings) -> None:
-    if not (_text(redirect.get("uri")) or _text(redirect.get("authority")) or _text(redirect.get("scheme"))
-            or redirect.get("port") is not None or redirect.get("derivePort") is not None):
+def _redirect(redirect: dict[str, Any], matches: Any, path: str, findings: _Findings) -> None:
+    prefix_rewrite = _text(redirect.get("prefixRewrite"))
+    if _text(redirect.get("uri")) and prefix_rewrite:
+        findings.error(path, "redirect may only specify one of uri or prefix_rewrite")
+        return
+    if prefix_rewrite and any(isinstance(match, dict) and isinstance(match.get("uri"), dict)
+                              and "prefix" not in match["uri"] for match in _seq(matches)):
+        findings.error(f"{path}.prefixRewrite", "redirect prefix_rewrite requires all URI matches to use prefix "
+                       "match type")
+        return
+    if not (_text(redirect.get("uri")) or prefix_rewrite or _text(redirect.get("authority"))
+            or _text(redirect.get("scheme")) or redirect.get("port") is not None
+            or redirect.get("derivePort") is not None):
         findings.error(path, "redirect must specify URI, authority, scheme, or port")
     code = _integer(redirect.get("redirectCode"))
     if code and not 300 <= code <= 399:
@@ -1192,7 +1281,7 @@ def _l4_match(match: dict[str, Any], path: str, findings: _Findings) -> None:
 
 
 def _unreachable_rules(routes: list[Any], path: str, findings: _Findings, named: bool) -> None:
-    """Istio's warnings for rules that can never match: a second catch-all, repeated or shadowed matches."""
+    """Rules that can never match (IST0130) and matches an earlier rule takes (IST0131), as Istio finds them."""
     seen: dict[str, int] = {}
     catch_all_seen = False
     prefix_matches: list[_PrefixMatch] = []
@@ -1203,36 +1292,43 @@ def _unreachable_rules(routes: list[Any], path: str, findings: _Findings, named:
         matches = _seq(route.get("match"))
         if not matches:
             if catch_all_seen:
-                findings.warning(f"{path}[{index}]",
-                                 f"virtualService rule {route_name} not used (only the last rule can have no matches)")
+                _unreachable(findings, f"{path}[{index}]", route_name, "only the last rule can have no matches")
             catch_all_seen = True
             continue
         duplicates = 0
         for match_index, match in enumerate(matches):
+            match_path = f"{path}[{index}].match[{match_index}]"
+            if catch_all_seen:
+                _unreachable(findings, match_path, route_name, "route without matches defined before")
+                continue
             key = _match_key(match)
             if key in seen:
                 duplicate_of = seen[key]
-                findings.warning(f"{path}[{index}].match[{match_index}]",
-                                 f"virtualService rule {route_name} match {_rule_name(match, match_index, named)} is "
-                                 f"not used (duplicate/overlapping match in rule "
-                                 f"{_rule_name(routes[duplicate_of], duplicate_of, named)})")
+                _ineffective(findings, match_path, route_name, _rule_name(match, match_index, named),
+                             _rule_name(routes[duplicate_of], duplicate_of, named))
                 duplicates += 1
                 continue
             seen[key] = index
             prefix_match = _PrefixMatch.of(match, route_name, _rule_name(match, match_index, named),
-                                           f"{path}[{index}].match[{match_index}]") if named else None
+                                           match_path) if named else None
             if prefix_match is not None:
                 prefix_matches.append(prefix_match)
         if duplicates == len(matches):
-            findings.warning(f"{path}[{index}]",
-                             f"virtualService rule {route_name} not used (all matches used by prior rules)")
+            _unreachable(findings, f"{path}[{index}]", route_name, "all matches used by prior rules")
     for position, earlier in enumerate(prefix_matches):
         for later in prefix_matches[position + 1:]:
             if later.prefix != earlier.prefix and earlier.covers(later):
-                findings.warning(later.path,
-                                 f"virtualService rule {later.route_name} match {later.match_name} of prefix "
-                                 f"{later.prefix} is not used (duplicate/overlapping match in rule "
-                                 f"{earlier.match_name} of prefix {earlier.prefix} on {earlier.route_name})")
+                _ineffective(findings, later.path, later.route_name, f"{later.match_name} of prefix {later.prefix}",
+                             f"{earlier.match_name} of prefix {earlier.prefix} on {earlier.route_name}")
+
+
+def _unreachable(findings: _Findings, path: str, rule: str, reason: str) -> None:
+    findings.warning(path, f"VirtualService rule {rule} not used ({reason}).", IST_UNREACHABLE_RULE)
+
+
+def _ineffective(findings: _Findings, path: str, rule: str, match: str, earlier: str) -> None:
+    findings.info(path, f"VirtualService rule {rule} match {match} is not used (duplicate/overlapping match in rule "
+                  f"{earlier}).", IST_INEFFECTIVE_MATCH)
 
 
 def _rule_name(item: Any, index: int, named: bool) -> str:
@@ -1344,7 +1440,7 @@ def _destination_rule(spec: dict[str, Any], resource: Resource, findings: _Findi
 def _traffic_policy(policy: Any, path: str, findings: _Findings) -> None:
     policy = _obj(policy)
     fields = ("outlierDetection", "connectionPool", "loadBalancer", "tls", "portLevelSettings", "tunnel",
-              "proxyProtocol")
+              "proxyProtocol", "retryBudget")
     if not any(_set(policy.get(field)) for field in fields):
         findings.error(path, "traffic policy must have at least one field")
         return
@@ -1407,6 +1503,11 @@ def _connection_pool(pool: Any, path: str, findings: _Findings) -> None:
     if http.get("h2UpgradePolicy") == "UPGRADE" and http.get("useClientProtocol") is True:
         findings.error(f"{path}.http.useClientProtocol",
                        "use client protocol must not be true when H2UpgradePolicy is UPGRADE")
+    keepalive = http.get("http2KeepAlive")
+    if isinstance(keepalive, dict):
+        for field in ("interval", "timeout"):
+            if keepalive.get(field) is None:
+                findings.error(f"{path}.http.http2KeepAlive.{field}", f"http2 keepalive {field} is required")
     if _integer(_obj(pool.get("tcp")).get("maxConnections")) < 0:
         findings.error(f"{path}.tcp.maxConnections", "max connections must be non-negative")
 
@@ -1433,8 +1534,15 @@ def _load_balancer(balancer: dict[str, Any], outlier: Any, path: str, findings: 
                 findings.error(table_path, "tableSize must be less than 5000011 for maglev")
             if 0 < table_size < 5000011 and not _is_prime(table_size):  # larger sizes are refused above
                 findings.error(table_path, "tableSize must be a prime number for maglev")
+    if balancer.get("localityLbSetting") is not None and balancer.get("zoneAwareLbSetting") is not None:
+        findings.error(path, "only one of localityLbSetting and zoneAwareLbSetting can be set")
     if isinstance(balancer.get("localityLbSetting"), dict):
         _locality_lb(balancer["localityLbSetting"], outlier, f"{path}.localityLbSetting", findings)
+    if isinstance(balancer.get("zoneAwareLbSetting"), dict):
+        _zone_aware_lb(balancer["zoneAwareLbSetting"], outlier, f"{path}.zoneAwareLbSetting", findings)
+    warmup = balancer.get("warmup")
+    if isinstance(warmup, dict) and warmup.get("aggression") == 0:  # the CRD refuses negative values already
+        findings.error(f"{path}.warmup.aggression", "aggression should be greater than 0")
 
 
 def _uint64(value: Any) -> int:
@@ -1492,6 +1600,25 @@ def _locality_lb(setting: dict[str, Any], outlier: Any, path: str, findings: _Fi
             findings.error(rule_path, "locality lb failover only specify region")
         if "*" in origin or "*" in target:
             findings.error(rule_path, "locality lb failover region should not contain '*' wildcard")
+
+
+def _zone_aware_lb(setting: dict[str, Any], outlier: Any, path: str, findings: _Findings) -> None:
+    for label in _strings(setting.get("failoverPriority")):
+        if label in TOPOLOGY_LABELS:
+            findings.error(f"{path}.failoverPriority", f"'failover_priority' for zone aware lb must not use topology "
+                           f"label '{label}'; region- and zone-level routing are handled automatically")
+    failover = _seq(setting.get("failover"))
+    if (failover or _seq(setting.get("failoverPriority"))) and outlier is None:
+        findings.warning(path, "outlier detection policy must be provided for failover")
+    for rule_path, rule in _messages(failover, f"{path}.failover"):
+        origin, target = _text(rule.get("from")), _text(rule.get("to"))
+        if origin == target:
+            findings.error(rule_path, "zone aware lb failover settings must specify different regions")
+        if "/" in origin or "/" in target:
+            findings.error(rule_path, "zone aware lb failover only specifies region; zone and subzone failover are "
+                           "handled automatically")
+        if "*" in origin or "*" in target:
+            findings.error(rule_path, "zone aware lb failover region should not contain '*' wildcard")
 
 
 def _localities_error(localities: list[str]) -> str | None:
@@ -1686,38 +1813,48 @@ def _server_tls(tls: dict[str, Any], path: str, findings: _Findings) -> None:
         findings.warning(f"{path}.cipherSuites", f"ignoring invalid cipher suites: {invalid}")
     if duplicates:
         findings.warning(f"{path}.cipherSuites", f"ignoring duplicate cipher suites: {duplicates}")
-    credential = bool(_text(tls.get("credentialName")) or _strings(tls.get("credentialNames")))
-    certificates = bool(_seq(tls.get("tlsCertificates")))
+    # The CRD's CEL rules (the third one, as generated, repeats the first).
+    if _set(tls.get("credentialNames")) and _set(tls.get("tlsCertificates")):
+        findings.error(path, "only one of credentialNames or tlsCertificates can be set")
+    if _set(tls.get("credentialName")) and _set(tls.get("credentialNames")):
+        findings.error(path, "only one of credentialName or credentialNames can be set")
+    certificates = [item for _, item in _messages(tls.get("tlsCertificates"), "")]
     if mode == "ISTIO_MUTUAL":
         for key, what in (("serverCertificate", "server certificate"), ("privateKey", "private key"),
-                          ("caCertificates", "CA bundle"), ("credentialName", "credentialName")):
-            if _text(tls.get(key)):
+                          ("caCertificates", "CA bundle"), ("tlsCertificates", "tlsCertificates"),
+                          ("credentialName", "credentialName"), ("credentialNames", "credentialNames")):
+            if _text(tls.get(key)) or (key in ("tlsCertificates", "credentialNames") and _seq(tls.get(key))):
                 findings.error(f"{path}.{key}", f"ISTIO_MUTUAL TLS cannot have associated {what}")
         return
     if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         if any(_text(tls.get(key)) for key in ("caCrl", "serverCertificate", "privateKey", "caCertificates",
-                                               "credentialName")):
+                                               "credentialName")) or certificates or _seq(tls.get("credentialNames")):
             findings.warning(path, f"{mode} mode does not use certificates, they will be ignored")
-    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and (credential or certificates):
-        # Credentials come from a secret (or the per-certificate list); no paths are needed.
-        if _text(tls.get("caCrl")) and credential:
+    sources = sum((bool(_text(tls.get("serverCertificate")) and _text(tls.get("privateKey"))),
+                   bool(_text(tls.get("credentialName"))), bool(_seq(tls.get("credentialNames"))), bool(certificates)))
+    if sources > 1:
+        findings.error(path, "only one of credential_name, credential_names, server_certificate/private_key, "
+                       "tls_certificates should be specified")
+    credential = bool(_text(tls.get("credentialName")) or _seq(tls.get("credentialNames")))
+    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and not credential:
+        prefix = "SIMPLE TLS" if mode == "SIMPLE" else "MUTUAL TLS"
+        if mode != "SIMPLE" and not _text(tls.get("caCertificates")):
+            findings.error(f"{path}.caCertificates", f"{prefix} requires a client CA bundle")
+        if len(certificates) > 2:
+            findings.warning(f"{path}.tlsCertificates", f"{prefix} can support up to 2 server certificates")
+        checked = ([(f"{path}.tlsCertificates[{index}]", item) for index, item in enumerate(certificates)]
+                   if certificates else [(path, tls)])
+        for cert_path, cert in checked:
+            if not _text(cert.get("serverCertificate")):
+                findings.error(f"{cert_path}.serverCertificate", f"{prefix} requires a server certificate")
+            if not _text(cert.get("privateKey")):
+                findings.error(f"{cert_path}.privateKey", f"{prefix} requires a private key")
+    if _text(tls.get("caCrl")) and not (mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and credential):
+        if _text(tls.get("credentialName")):
             findings.error(f"{path}.caCrl", "CRL is not supported with credentialName. CRL has to be specified in "
                            "the credential")
-        return
-    if mode == "SIMPLE":
-        if not _text(tls.get("serverCertificate")):
-            findings.error(f"{path}.serverCertificate", "SIMPLE TLS requires a server certificate")
-        if not _text(tls.get("privateKey")):
-            findings.error(f"{path}.privateKey", "SIMPLE TLS requires a private key")
-        if _text(tls.get("caCrl")):
+        if mode == "SIMPLE":
             findings.error(f"{path}.caCrl", "CRL is not supported with SIMPLE TLS")
-    elif mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-        if not _text(tls.get("serverCertificate")):
-            findings.error(f"{path}.serverCertificate", "MUTUAL TLS requires a server certificate")
-        if not _text(tls.get("privateKey")):
-            findings.error(f"{path}.privateKey", "MUTUAL TLS requires a private key")
-        if not _text(tls.get("caCertificates")):
-            findings.error(f"{path}.caCertificates", "MUTUAL TLS requires a client CA bundle")
 
 
 def _is_cipher_suite(name: str) -> bool:
@@ -1753,7 +1890,7 @@ def _service_entry(spec: dict[str, Any], resource: Resource, findings: _Findings
         problem = _wildcard_domain_error(host)
         if problem:
             findings.error(f"spec.hosts[{index}]", problem)
-        partial = _partial_wildcard_error(host)
+        partial = _partial_wildcard_error(host) if resolution != "DYNAMIC_DNS" else None
         if partial:
             findings.warning(f"spec.hosts[{index}]", partial)
     cidr_found = False
@@ -1803,6 +1940,8 @@ def _service_entry(spec: dict[str, Any], resource: Resource, findings: _Findings
             _workload_entry(endpoint, endpoint_path, findings, port_names, allow_fqdn=False)
     elif resolution in ("DNS", "DNS_ROUND_ROBIN"):
         _dns_service_entry(spec, resolution, host_names, port_names, findings)
+    elif resolution == "DYNAMIC_DNS":
+        _dynamic_dns_service_entry(spec, host_names, findings)
     if resolution != "NONE" and len(host_names) > 1:
         for port_path, port in ports:
             protocol = parse_protocol(_text(port.get("protocol")))
@@ -1839,6 +1978,25 @@ def _dns_service_entry(
                 findings.warning(port_path, "service entry can not have more than one host specified simultaneously "
                                  "with address and tcp port")
                 break
+
+
+def _dynamic_dns_service_entry(spec: dict[str, Any], hosts: list[str], findings: _Findings) -> None:
+    resolution = "DYNAMIC_DNS"
+    if not hosts:
+        findings.error("spec.hosts", f"at least one wildcard host must be provided for resolution type {resolution}")
+    for index, host in enumerate(hosts):
+        if not hostrules.is_wildcard(host):
+            findings.error(f"spec.hosts[{index}]", f"host must be wildcarded for resolution mode {resolution}")
+    if _seq(spec.get("addresses")):
+        findings.error("spec.addresses", f"addresses cannot be set for resolution type {resolution}. HTTP route "
+                       "domains will only be generated from the hosts field values")
+    if _seq(spec.get("endpoints")):
+        findings.error("spec.endpoints", f"endpoints cannot be set for resolution type {resolution}. Destination IP "
+                       "address determined from hosts field values")
+    for port_path, port in _messages(spec.get("ports"), "spec.ports"):
+        if parse_protocol(_text(port.get("protocol"))) not in ("HTTP", "TLS", "GRPC", "HTTP2"):
+            findings.error(f"{port_path}.protocol", "only HTTP, TLS, GRPC, and HTTP2 protocols are supported for "
+                           f"resolution type {resolution}")
 
 
 def _endpoint_ports(endpoint: dict[str, Any], path: str, service_ports: set[str] | None, findings: _Findings) -> None:
@@ -2176,14 +2334,14 @@ def _analyze_virtual_service(resource: Resource, mesh: _MeshIndex, findings: _Fi
             continue
         fqdn = mesh.resolve(host, resource.namespace)
         if mesh.known_services is not None and not mesh.host_exists(fqdn, resource.namespace):
-            findings.warning(f"{path}.host", f'IST0101 Referenced host not found: "{host}"')
+            findings.error(f"{path}.host", f'Referenced host not found: "{host}"', IST_REFERENCED_RESOURCE_NOT_FOUND)
             continue
         subset = _text(destination.get("subset"))
         if subset:
             defined = mesh.subsets_for(fqdn, resource.namespace)
             if defined is None or subset not in defined:
-                findings.warning(f"{path}.subset",
-                                 f'IST0101 Referenced host+subset in destinationrule not found: "{host}+{subset}"')
+                findings.error(f"{path}.subset", f'Referenced host+subset in destinationrule not found: '
+                               f'"{host}+{subset}"', IST_REFERENCED_RESOURCE_NOT_FOUND)
     references = [("spec.gateways", _seq(spec.get("gateways")))]
     for route_kind in ("http", "tls", "tcp"):
         for route_path, route in _messages(spec.get(route_kind), f"spec.{route_kind}"):
@@ -2195,7 +2353,8 @@ def _analyze_virtual_service(resource: Resource, mesh: _MeshIndex, findings: _Fi
                 continue
             namespace, name = _gateway_reference(gateway, resource.namespace)
             if (namespace, name) not in mesh.gateways:
-                findings.warning(f"{path}[{index}]", f'IST0101 Referenced gateway not found: "{namespace}/{name}"')
+                findings.error(f"{path}[{index}]", f'Referenced gateway not found: "{namespace}/{name}"',
+                               IST_REFERENCED_RESOURCE_NOT_FOUND)
 
 
 def _gateway_reference(reference: str, namespace: str) -> tuple[str, str]:
@@ -2223,7 +2382,7 @@ def _analyze_destination_rule(resource: Resource, mesh: _MeshIndex, findings: _F
         if other.spec.get("workloadSelector") is None and mesh.resolve(other_host, other.namespace) == fqdn:
             findings.warning("spec.host", f"multiple DestinationRules for host {fqdn!r} in namespace "
                              f"{resource.namespace!r}: {other.ref} ({other.source}) also configures it; Istio "
-                             "merges them and the first one's traffic policy wins")
+                             "merges them and the first one's traffic policy wins", TULLE_CONFLICTING_DESTINATION_RULES)
 
 
 def _traffic_policies(spec: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -2238,13 +2397,69 @@ def _traffic_policies(spec: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any
         yield from _messages(policy.get("portLevelSettings"), f"{path}.portLevelSettings")
 
 
-def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
-    """Settings a Tulle proxy cannot honour yet (TranslateOptions.proxy_lacks of TULLE_PROXY_TODAY):
-    the control plane leaves them out of Tulle proxies' config, so say so where they are asked for."""
+def _ca_certificates(resource: Resource, findings: _Findings) -> None:
+    """IST0128/IST0129: SIMPLE or MUTUAL TLS without caCertificates does not verify the server."""
+    spec = resource.spec
+    name, host = f"{resource.namespace}/{resource.name}", _text(spec.get("host"))
+    policy = _obj(spec.get("trafficPolicy"))
+    levels = [("spec.trafficPolicy.tls", _obj(policy.get("tls")), None)]
+    for port_path, port_policy in _messages(policy.get("portLevelSettings"), "spec.trafficPolicy.portLevelSettings"):
+        number = _obj(port_policy.get("port")).get("number")
+        levels.append((f"{port_path}.tls", _obj(port_policy.get("tls")), f"number:{number}"))
+    for path, tls, port in levels:
+        mode = tls.get("mode")
+        if mode not in ("SIMPLE", "MUTUAL") or _text(tls.get("caCertificates")):
+            continue
+        if _text(tls.get("credentialName")) and spec.get("workloadSelector") is not None:
+            continue
+        message = (f"DestinationRule {name} in namespace {resource.namespace} has TLS mode set to {mode} but no "
+                   f"caCertificates are set to validate server identity for host: {host}")
+        if port is None:
+            findings.warning(path, message, IST_NO_SERVER_CERT_VERIFICATION)
+        else:
+            findings.warning(path, f"{message} at port {port}", IST_NO_SERVER_CERT_VERIFICATION_PORT)
+
+
+def _set_fields(value: Any, message: Message, path: str) -> Iterable[tuple[str, str, str, Any]]:
+    """``(message name, field, path, value)`` for every field set anywhere in a spec, per the schema."""
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        field = message.fields.get(key) if isinstance(key, str) else None
+        if field is None or item is None:
+            continue
+        item_path = f"{path}.{key}"
+        yield message.name, key, item_path, item
+        kind = field.type
+        if isinstance(kind, Ref):
+            yield from _set_fields(item, MESSAGES[kind.message], item_path)
+        elif isinstance(kind, ListOf) and isinstance(kind.item, Ref):
+            for index, element in enumerate(_seq(item)):
+                yield from _set_fields(element, MESSAGES[kind.item.message], f"{item_path}[{index}]")
+        elif isinstance(kind, MapOf) and isinstance(kind.value, Ref):
+            for name, element in _obj(item).items():
+                yield from _set_fields(element, MESSAGES[kind.value.message], f"{item_path}[{name}]")
+
+
+def _tulle_gaps(resource: Resource, findings: _Findings) -> None:
+    """What Tulle accepts but does not act on yet, said where it is asked for: settings the control
+    plane does not translate (translate/coverage.py, TUL0001), resources nobody serves, and settings
+    Tulle proxies cannot honour (TranslateOptions.proxy_lacks of TULLE_PROXY_TODAY, TUL0002)."""
+    from tulle.controlplane.translate.coverage import GATEWAY_NOT_SERVED, NOT_TRANSLATED
     from tulle.controlplane.translate.options import LACKABLE, TULLE_PROXY_TODAY
 
-    asked: list[tuple[str, str]] = []  # (field path, Envoy field)
     spec = resource.spec if isinstance(resource.spec, dict) else {}
+    if resource.kind == "Gateway":
+        findings.warning("spec.servers", GATEWAY_NOT_SERVED, TULLE_NOT_TRANSLATED)
+    elif resource.kind == "VirtualService":
+        _gateway_bindings(spec, findings)
+    if resource.kind in _KIND_RULES:
+        for message_name, field_name, path, value in _set_fields(spec, spec_schema(resource.kind), "spec"):
+            gap = NOT_TRANSLATED.get((message_name, field_name))
+            if gap is not None and gap.applies(value):
+                findings.warning(path, f"Tulle does not translate {gap.what} yet: {gap.instead}", TULLE_NOT_TRANSLATED)
+
+    asked: list[tuple[str, str]] = []  # (field path, Envoy field)
     if resource.kind == "DestinationRule":
         for path, policy in _traffic_policies(spec):
             pool = _obj(policy.get("connectionPool"))
@@ -2255,10 +2470,8 @@ def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
                 asked.append((f"{path}.connectionPool.tcp.tcpKeepalive", "upstream_connection_options"))
             if tcp.get("maxConnectionDuration") is not None:
                 asked.append((f"{path}.connectionPool.tcp.maxConnectionDuration", "max_connection_duration"))
-            balancer = _obj(policy.get("loadBalancer"))
-            for key in ("warmupDurationSecs", "warmup"):
-                if balancer.get(key) is not None:
-                    asked.append((f"{path}.loadBalancer.{key}", "slow_start_config"))
+            if _obj(policy.get("loadBalancer")).get("warmupDurationSecs") is not None:
+                asked.append((f"{path}.loadBalancer.warmupDurationSecs", "slow_start_config"))
     elif resource.kind == "VirtualService":
         for route_path, route in _messages(spec.get("http"), "spec.http"):
             if _obj(route.get("retries")).get("retryRemoteLocalities") is True:
@@ -2267,12 +2480,37 @@ def _tulle_proxy_gaps(resource: Resource, findings: _Findings) -> None:
         if envoy_field in TULLE_PROXY_TODAY.proxy_lacks:
             what, instead = LACKABLE[envoy_field]
             findings.warning(path, f"Tulle proxies do not support {what} yet ({envoy_field}): they get {instead}; "
-                             "Envoy sidecars honour it")
+                             "Envoy sidecars honour it", TULLE_PROXY_LACKS)
+
+
+def _gateway_bindings(spec: dict[str, Any], findings: _Findings) -> None:
+    """Routes bound to gateways reach no proxy while Tulle serves sidecars only."""
+    gateways = _strings(spec.get("gateways"))
+    named = [gateway for gateway in gateways if gateway != MESH_GATEWAY]
+    if named and MESH_GATEWAY not in gateways:
+        findings.warning("spec.gateways", f"this VirtualService is bound only to gateways ({', '.join(named)}), which "
+                         "Tulle does not serve yet: no proxy receives its routes", TULLE_NOT_TRANSLATED)
+        return
+    if named:
+        findings.warning("spec.gateways", f"Tulle does not serve gateways yet: sidecars get this VirtualService's "
+                         f"routes, {', '.join(named)} gets nothing", TULLE_NOT_TRANSLATED)
+    for route_kind in ("http", "tcp", "tls"):
+        for route_path, route in _messages(spec.get(route_kind), f"spec.{route_kind}"):
+            for match_path, match in _messages(route.get("match"), f"{route_path}.match"):
+                bound = _strings(match.get("gateways"))
+                if bound and MESH_GATEWAY not in bound:
+                    findings.warning(f"{match_path}.gateways", f"this match applies only at gateways "
+                                     f"({', '.join(bound)}), which Tulle does not serve yet: no proxy uses it",
+                                     TULLE_NOT_TRANSLATED)
 
 
 def _conflicting_mesh_virtual_services(resources: Sequence[Resource], mesh: _MeshIndex) -> list[Diagnostic]:
-    """IST0109: VirtualServices bound to the mesh that claim the same host in the same namespace scope."""
-    claims: dict[tuple[str, str], list[Resource]] = {}
+    """IST0109: VirtualServices bound to the mesh that claim the same host in the same namespace scope.
+
+    ``resources`` hold each resource once (its last definition); a VirtualService naming the host
+    twice (``reviews`` and its FQDN) counts once, so each is listed and reported once per host.
+    """
+    claims: dict[tuple[str, str], dict[str, Resource]] = {}
     for resource in resources:
         if resource.kind != "VirtualService":
             continue
@@ -2282,20 +2520,20 @@ def _conflicting_mesh_virtual_services(resources: Sequence[Resource], mesh: _Mes
         # Only VirtualServices seen by the same namespaces conflict.
         exported = ",".join(sorted({resource.namespace if entry == hostrules.EXPORT_PRIVATE else entry
                                     for entry in hostrules.export_to(resource)}))
-        for host in sorted(set(_strings(resource.spec.get("hosts")))):
+        for host in _strings(resource.spec.get("hosts")):
             key = (mesh.resolve(host, resource.namespace), exported)
-            claims.setdefault(key, []).append(resource)
+            claims.setdefault(key, {})[f"{resource.namespace}/{resource.name}"] = resource
     diagnostics = []
-    for (host, _), claimants in claims.items():
+    for (host, _), claimants in sorted(claims.items()):
         if len(claimants) < 2:
             continue
-        names = ",".join(sorted(f"{r.namespace}/{r.name}" for r in claimants))
-        for resource in claimants:
+        names = ",".join(sorted(claimants))
+        for resource in claimants.values():
             diagnostics.append(Diagnostic(
-                WARNING, resource.ref, "spec.hosts",
-                f"IST0109 The VirtualServices {names} associated with mesh gateway define the same host {host} which "
+                ERROR, resource.ref, "spec.hosts",
+                f"The VirtualServices {names} associated with mesh gateway define the same host {host} which "
                 "can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a "
-                "single resource.", resource.source))
+                "single resource.", resource.source, IST_CONFLICTING_MESH_GATEWAY_HOSTS))
     return diagnostics
 
 
@@ -2308,7 +2546,7 @@ def _duplicate_resources(resources: Sequence[Resource]) -> list[Diagnostic]:
             diagnostics.append(Diagnostic(
                 WARNING, resource.ref, "metadata.name",
                 f"defined more than once (also at {first_seen[key].source}); the last definition wins",
-                resource.source))
+                resource.source, TULLE_DUPLICATE_RESOURCE))
         else:
             first_seen[key] = resource
     return diagnostics

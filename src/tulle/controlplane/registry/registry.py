@@ -24,9 +24,9 @@ inlined in the cluster) is a full push.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
-import re
 import threading
 import time
 import uuid
@@ -36,6 +36,7 @@ from typing import Any
 
 from tulle.controlplane.istio.hosts import resolve_host
 from tulle.controlplane.model import Diagnostic, Resource, Service, ServicePort, WorkloadInstance
+from tulle.controlplane.registry import validation as checks
 from tulle.controlplane.store.base import ConfigStore, Unsubscribe, parse_ref
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ SERVICE_ENTRY_KIND = "ServiceEntry"
 WORKLOAD_ENTRY_KIND = "WorkloadEntry"
 REGISTRY_KINDS = frozenset({SERVICE_KIND, SERVICE_ENTRY_KIND, WORKLOAD_ENTRY_KIND})
 DEFAULT_TTL_SECONDS = 30.0
+STALL_TOLERANCE_SECONDS = 0.25  # sweep lateness below this is scheduling noise, not a stall
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
 REGISTRY_ORIGIN = "registry"
 
@@ -63,8 +65,6 @@ RESOLUTIONS = ("STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE")
 
 SERVICE_SPEC_FIELDS = ("ports", "selector", "addresses", "exportTo", "resolution")
 SERVICE_PORT_FIELDS = ("name", "port", "protocol", "appProtocol", "targetPort")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_MAX_DNS_LABEL = 63
 
 RegistryListener = Callable[[bool], None]
 
@@ -141,9 +141,10 @@ def validate_service(resource: Resource) -> list[Diagnostic]:
         problems.append(("apiVersion", f"unsupported apiVersion {resource.api_version!r} for Service; "
                                        f"supported: {SERVICE_API_VERSION}"))
     for what, value in (("metadata.name", resource.name), ("metadata.namespace", resource.namespace)):
-        if not isinstance(value, str) or not _DNS_LABEL.match(value) or len(value) > _MAX_DNS_LABEL:
-            problems.append((what, f"{value!r} is not a DNS-1123 label (lower case letters, digits, '-'; "
-                                   "at most 63 characters): it becomes part of the service's hostname"))
+        problem = checks.dns1123_label_error(value)
+        if problem:
+            problems.append((what, f"{problem}: it becomes part of the service's hostname"))
+    problems.extend(checks.label_problems(resource.labels, "metadata.labels"))
     spec = resource.spec if isinstance(resource.spec, dict) else {}
     for key in spec:
         if key not in SERVICE_SPEC_FIELDS:
@@ -152,17 +153,26 @@ def validate_service(resource: Resource) -> list[Diagnostic]:
     if not isinstance(ports, list) or not ports:
         problems.append(("spec.ports", "at least one port is required"))
         ports = []
+    elif len(ports) > checks.MAX_PORTS:
+        problems.append(("spec.ports", f"at most {checks.MAX_PORTS} ports, got {len(ports)}"))
+        ports = []
     seen_names: set[str] = set()
     seen_numbers: set[int] = set()
     for index, port in enumerate(ports):
         problems.extend(_port_problems(port, f"spec.ports[{index}]", seen_names, seen_numbers))
-    selector = spec.get("selector")
-    if selector is not None and not _is_string_map(selector):
-        problems.append(("spec.selector", "must map label names to string values"))
-    for key in ("addresses", "exportTo"):
+    problems.extend(checks.label_problems(spec.get("selector"), "spec.selector"))
+    for key, check, limit in (("addresses", checks.subnet_error, checks.MAX_ADDRESSES),
+                              ("exportTo", checks.export_to_error, checks.MAX_EXPORT_TO)):
         value = spec.get(key)
-        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        if value is None:
+            continue
+        if not isinstance(value, list):
             problems.append((f"spec.{key}", "must be a list of strings"))
+        elif len(value) > limit:
+            problems.append((f"spec.{key}", f"at most {limit} entries, got {len(value)}"))
+        else:
+            problems.extend((f"spec.{key}[{index}]", problem) for index, item in enumerate(value)
+                            if (problem := check(item)))
     resolution = spec.get("resolution")
     if resolution is not None and resolution not in RESOLUTIONS:
         problems.append(("spec.resolution", f"must be one of {', '.join(RESOLUTIONS)}"))
@@ -183,8 +193,9 @@ def _port_problems(port: Any, path: str, seen_names: set[str], seen_numbers: set
         seen_numbers.add(number)
     name = port.get("name")
     if name is not None:
-        if not isinstance(name, str) or not name:
-            problems.append((f"{path}.name", "must be a non-empty string"))
+        problem = checks.dns1123_label_error(name)
+        if problem:
+            problems.append((f"{path}.name", problem))
         elif name in seen_names:
             problems.append((f"{path}.name", f"port name {name!r} is used twice"))
         else:
@@ -197,17 +208,13 @@ def _port_problems(port: Any, path: str, seen_names: set[str], seen_numbers: set
         problems.append((f"{path}.protocol", f"unknown protocol {protocol!r}; Istio's protocols: "
                                              f"{', '.join(sorted(set(PROTOCOLS.values())))}"))
     app_protocol = port.get("appProtocol")
-    if app_protocol is not None and (not isinstance(app_protocol, str) or not app_protocol):
-        problems.append((f"{path}.appProtocol", "must be a non-empty string"))
+    if app_protocol is not None and (not isinstance(app_protocol, str) or not app_protocol
+                                     or len(app_protocol) > checks.MAX_SUBDOMAIN_LENGTH):
+        problems.append((f"{path}.appProtocol", "must be a non-empty string (at most 253 characters)"))
     return problems
 
 
-def _is_port_number(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-def _is_string_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+_is_port_number = checks.is_port_number
 
 
 def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -267,7 +274,8 @@ class _Selectable:
 
 
 class Registry:
-    """See the module docstring. Thread-safe; ``clock`` is injectable for tests."""
+    """See the module docstring. Thread-safe; ``clock`` is injectable for tests. Lease deadlines
+    are in ``lease_time()``, which leaves out the time the control plane was stalled."""
 
     def __init__(
         self,
@@ -293,10 +301,64 @@ class Registry:
         # lease id -> (store generation, hostnames its registration names, the instance snapshot() built)
         self._instance_memo: dict[str, tuple[int, list[str], WorkloadInstance]] = {}
         self._listeners: list[RegistryListener] = []
+        self._stalled = 0.0  # seconds of clock() not counted in lease time (see lease_time)
+        self._last_sweep: float | None = None  # clock() at the end of the last expiry sweep
+        self._sweep_interval = 0.0
+        self._unsaved: dict[str, Lease] = {}  # registered since the last save_leases()
+        self._unsaved_removals: set[str] = set()  # removed since the last save_leases()
+        self._restore_leases()
         self._unsubscribe_store = store.subscribe(self._on_store_change)
 
     def close(self) -> None:
         self._unsubscribe_store()
+        self.save_leases()
+
+    # --- leases across restarts -----------------------------------------------------------
+    # Registrations and removals are saved in the store (when it outlives the process) at every
+    # expiry sweep and on close, so a restarted control plane keeps serving its instances.
+    # Heartbeats are not saved: the agents could not reach a stopped control plane, so every
+    # restored lease gets a whole TTL from the restart to heartbeat again (Consul does the same
+    # with session TTLs when a new leader takes over).
+
+    def save_leases(self) -> None:
+        """Write the registrations and removals not saved yet (one store commit)."""
+        with self._lock:
+            unsaved, removals = self._unsaved, self._unsaved_removals
+            self._unsaved, self._unsaved_removals = {}, set()
+        if not unsaved and not removals:
+            return
+        try:
+            self.store.save_leases({lease_id: _lease_to_json(lease) for lease_id, lease in unsaved.items()}, removals)
+        except Exception:
+            with self._lock:  # try again next time, unless something newer happened meanwhile
+                for lease_id, lease in unsaved.items():
+                    if lease_id in self._leases and lease_id not in self._unsaved_removals:
+                        self._unsaved.setdefault(lease_id, lease)
+                self._unsaved_removals |= {lease_id for lease_id in removals if lease_id not in self._leases}
+            raise
+
+    def _restore_leases(self) -> None:
+        saved = self.store.load_leases()
+        if not saved:
+            return
+        now = self.lease_time()
+        restored, unreadable = 0, []
+        with self._lock:
+            for lease_id, text in saved.items():
+                try:
+                    lease = _lease_from_json(lease_id, text, now)
+                except (ValueError, KeyError, TypeError):
+                    unreadable.append(lease_id)
+                    continue
+                identity = (lease.instance.namespace, lease.instance.name, lease.instance.address)
+                self._leases[lease_id] = lease
+                self._lease_by_identity[identity] = lease_id
+                restored += 1
+            self._unsaved_removals.update(unreadable)
+            self._generation += 1
+        log.info("restored %d instance lease(s) from the store; each has a whole TTL to heartbeat again", restored)
+        if unreadable:
+            log.warning("dropped %d unreadable saved lease(s): %s", len(unreadable), ", ".join(unreadable[:5]))
 
     # --- subscribers ---------------------------------------------------------------------
 
@@ -478,32 +540,56 @@ class Registry:
         agent that restarted must not leave its previous incarnation behind until it expires.
         """
         ttl = self.default_ttl if ttl is None else ttl
-        registered_services = () if isinstance(services, str) else tuple(services)
-        errors = _registration_problems(name, namespace, address, ports, labels, services, registered_services,
-                                        ttl, weight)
+        registered_services = (tuple(services) if isinstance(services, Iterable) and not isinstance(services, str | Mapping)
+                               else services)
+        errors = checks.registration_problems(name, namespace, address, ports, labels, service_account, locality,
+                                              registered_services, ttl, weight)
+        if not errors and not checks.is_ip_address(address):
+            errors = self._host_name_address_problems(address, namespace, registered_services)
         if errors:
             ref = f"instance {namespace}/{name}"
             raise RegistryError([Diagnostic("error", ref, path, message) for path, message in errors])
+        assert isinstance(registered_services, tuple)
         instance = WorkloadInstance(
             name=name, namespace=namespace, address=address,
             ports={str(key): int(value) for key, value in (ports or {}).items()}, labels=dict(labels or {}),
             service_account=service_account or "default", locality=locality or "", healthy=True, weight=weight,
         )
-        now = self.clock()
+        now = self.lease_time()
         lease = Lease(id=uuid.uuid4().hex, instance=instance, services=registered_services, ttl=float(ttl),
                       expires_at=now + ttl, registered_at=now, last_heartbeat=now)
         with self._lock:
             identity = (namespace, name, address)
-            self._leases.pop(self._lease_by_identity.get(identity, ""), None)
+            replaced = self._lease_by_identity.get(identity, "")
+            if self._leases.pop(replaced, None) is not None:
+                self._unsaved.pop(replaced, None)
+                self._unsaved_removals.add(replaced)
             self._lease_by_identity[identity] = lease.id
             self._leases[lease.id] = lease
+            self._unsaved[lease.id] = lease
             self._generation += 1
         self._notify(self._endpoints_only_for([lease]))
         return lease.id
 
+    def _host_name_address_problems(self, address: str, namespace: str, services: tuple[str, ...]
+                                    ) -> list[tuple[str, str]]:
+        """A host name, not an IP, is an endpoint only DNS services can use (Istio lets such
+        WorkloadEntries back only DNS ServiceEntries): every service named must be one."""
+        view = self._store_view()
+        resolution = {service.hostname: service.resolution for service in view.services}
+        hostnames = self._resolve_all(services, namespace, view.services, view.known_namespaces)
+        not_dns = [name for name, hostname in zip(services, hostnames, strict=True)
+                   if resolution.get(hostname) not in INLINE_ENDPOINT_RESOLUTIONS]
+        if services and not not_dns:
+            return []
+        why = (f"{', '.join(not_dns)} {'is' if len(not_dns) == 1 else 'are'} not a DNS service"
+               if not_dns else "it names no service")
+        return [("address", f"{address!r} is not an IP address; a host name is allowed only for an instance of "
+                            f"DNS services (resolution DNS or DNS_ROUND_ROBIN), and {why}")]
+
     def heartbeat(self, lease_id: str) -> bool:
         """Renew a lease; False when it is unknown or already expired (register again)."""
-        now = self.clock()
+        now = self.lease_time()
         with self._lock:
             lease = self._leases.get(lease_id)
             if lease is None:
@@ -530,7 +616,7 @@ class Registry:
 
     def expire(self) -> list[str]:
         """Drop the leases whose TTL ran out; their ids."""
-        now = self.clock()
+        now = self.lease_time()
         with self._lock:
             expired = [lease for lease in self._leases.values() if lease.expires_at <= now]
         if not expired:
@@ -553,28 +639,70 @@ class Registry:
         identity = (lease.instance.namespace, lease.instance.name, lease.instance.address)
         if self._lease_by_identity.get(identity) == lease_id:
             del self._lease_by_identity[identity]
+        self._unsaved.pop(lease_id, None)
+        self._unsaved_removals.add(lease_id)
         self._generation += 1
         return True
 
+    # --- lease time ------------------------------------------------------------------------
+    # A heartbeat can only be answered while the control plane runs: the time it spent stalled
+    # (its event loop blocked, the process stopped) must not count against anyone's lease. The
+    # expiry sweep runs every ``interval``; whenever it is late by more than STALL_TOLERANCE,
+    # the lateness is taken out of lease time, which every deadline is measured in (so every
+    # lease is extended by as long as the control plane was deaf), also while the sweep is
+    # still waiting for the loop to come back.
+
+    def lease_time(self) -> float:
+        """The clock leases run on: ``clock()`` minus the time the control plane was stalled."""
+        now = self.clock()
+        with self._lock:
+            return now - self._stalled - self._overdue(now)
+
+    def _overdue(self, now: float) -> float:
+        """How long the sweep is late beyond the tolerance (the caller holds the lock)."""
+        if self._last_sweep is None:
+            return 0.0
+        return max(0.0, now - self._last_sweep - self._sweep_interval - STALL_TOLERANCE_SECONDS)
+
+    def sweep(self, interval: float) -> list[str]:
+        """One round of the expiry sweep, run every ``interval`` seconds: account for any stall
+        since the last round, then expire the leases past their deadline."""
+        now = self.clock()
+        with self._lock:
+            stalled = self._overdue(now)
+            self._stalled += stalled
+            self._last_sweep, self._sweep_interval = now, interval
+        if stalled:
+            log.warning("the control plane was unresponsive for %.1fs: every lease is extended by as much",
+                        stalled + STALL_TOLERANCE_SECONDS)
+        expired = self.expire()
+        with self._lock:
+            self._last_sweep = self.clock()  # expire() itself may take a while: not a stall
+        return expired
+
     async def run_expiry(self, interval: float = 1.0) -> None:
-        """Call ``expire()`` every ``interval`` seconds until cancelled."""
+        """Sweep every ``interval`` seconds until cancelled."""
+        with self._lock:
+            self._last_sweep, self._sweep_interval = self.clock(), interval
         while True:
             await asyncio.sleep(interval)
             try:
-                self.expire()
+                self.sweep(interval)
+                if self._unsaved or self._unsaved_removals:
+                    await asyncio.to_thread(self.save_leases)  # a durable commit: off the loop
             except Exception:  # keep collecting: one bad round must not leak leases forever
                 log.exception("registry expiry failed")
 
     def leases(self) -> list[Lease]:
         """Live leases (not past their deadline), by namespace, name, address."""
-        now = self.clock()
+        now = self.lease_time()
         with self._lock:
             live = [replace(lease) for lease in self._leases.values() if lease.expires_at > now]
         return sorted(live, key=lambda lease: (lease.instance.namespace, lease.instance.name,
                                                lease.instance.address, lease.id))
 
     def lease(self, lease_id: str) -> Lease | None:
-        now = self.clock()
+        now = self.lease_time()
         with self._lock:
             lease = self._leases.get(lease_id)
             return replace(lease) if lease is not None and lease.expires_at > now else None
@@ -590,7 +718,7 @@ class Registry:
         Registry Services win over ServiceEntry hosts of the same hostname and namespace (as
         the translation does); the entry's endpoints still back that hostname.
         """
-        now = self.clock()
+        now = self.lease_time()
         with self._lock:
             generation, memo = self._generation, self._snapshot_memo
         if memo is not None and memo[0] == generation and now < memo[1]:
@@ -680,33 +808,31 @@ class Registry:
         return instances
 
 
+def _lease_to_json(lease: Lease) -> str:
+    instance = lease.instance
+    return json.dumps({
+        "name": instance.name, "namespace": instance.namespace, "address": instance.address,
+        "ports": instance.ports, "labels": instance.labels, "serviceAccount": instance.service_account,
+        "locality": instance.locality, "weight": instance.weight, "services": list(lease.services), "ttl": lease.ttl,
+    }, sort_keys=True)
+
+
+def _lease_from_json(lease_id: str, text: str, now: float) -> Lease:
+    """A saved lease, due ``ttl`` seconds from ``now``."""
+    data = json.loads(text)
+    instance = WorkloadInstance(
+        name=str(data["name"]), namespace=str(data["namespace"]), address=str(data["address"]),
+        ports={str(key): int(value) for key, value in data["ports"].items()},
+        labels={str(key): str(value) for key, value in data["labels"].items()},
+        service_account=str(data["serviceAccount"]), locality=str(data["locality"]), healthy=True,
+        weight=int(data["weight"]),
+    )
+    ttl = float(data["ttl"])
+    return Lease(id=lease_id, instance=instance, services=tuple(str(s) for s in data["services"]), ttl=ttl,
+                 expires_at=now + ttl, registered_at=now, last_heartbeat=now)
+
+
 def _select(selectable: list[_Selectable], namespace: str, selector: Mapping[str, str], hostnames: list[str]) -> None:
     for candidate in selectable:
         if candidate.instance.namespace == namespace and _labels_match(selector, candidate.instance.labels):
             candidate.hostnames.extend(hostnames)
-
-
-def _registration_problems(
-    name: Any, namespace: Any, address: Any, ports: Any, labels: Any, services: Any, service_names: tuple[Any, ...],
-    ttl: Any, weight: Any,
-) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for what, value in (("name", name), ("namespace", namespace), ("address", address)):
-        if not isinstance(value, str) or not value:
-            problems.append((what, "required: a non-empty string"))
-    if ports is not None:
-        if not isinstance(ports, Mapping):
-            problems.append(("ports", "must map port names to port numbers"))
-        else:
-            for key, value in ports.items():
-                if not _is_port_number(value):
-                    problems.append((f"ports[{key}]", f"must be a port number 1-65535, got {value!r}"))
-    if labels is not None and not _is_string_map(labels):
-        problems.append(("labels", "must map label names to string values"))
-    if isinstance(services, str) or not all(isinstance(s, str) and s for s in service_names):
-        problems.append(("services", "must be a list of service hostnames or short names"))
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-        problems.append(("ttlSeconds", f"must be a positive number of seconds, got {ttl!r}"))
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-        problems.append(("weight", f"must be a positive integer, got {weight!r}"))
-    return problems

@@ -1,7 +1,7 @@
 """The ConfigStore interface and what every implementation shares.
 
 A store keeps Resources by ``(kind, namespace, name)``. ``apply`` is all or nothing: either
-every resource of the batch is written or none is. Each resource carries a ``generation``
+every resource of the batch is written or none is; so is ``delete_many``. Each resource carries a ``generation``
 (1 when created, +1 on every change of its content, as Kubernetes' metadata.generation) and the
 store a ``revision`` (+1 per commit that changed something), so that callers can tell cheaply
 whether anything moved. Re-applying identical content is not a change: no generation bump, no
@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +146,9 @@ class ConfigStore(ABC):
         """Write the batch (one entry per key) in one transaction; ``(created, updated)`` refs."""
 
     @abstractmethod
-    def _commit_delete(self, kind: str, namespace: str, name: str) -> bool: ...
+    def _commit_delete(self, keys: Sequence[tuple[str, str, str]], require_all: bool) -> tuple[list[str], list[str]]:
+        """Delete the keys in one transaction; ``(deleted, missing)`` refs. With ``require_all``, a
+        missing key deletes nothing."""
 
     def apply(self, resources: Iterable[Resource]) -> tuple[list[str], list[str]]:
         """Create or replace every resource, all or nothing; ``(created, updated)`` refs.
@@ -161,10 +163,23 @@ class ConfigStore(ABC):
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Remove a resource; False when there was none."""
-        deleted = self._commit_delete(kind, namespace, name)
+        deleted, _ = self.delete_many([(kind, namespace, name)], ignore_missing=True)
+        return bool(deleted)
+
+    def delete_many(
+        self, keys: Iterable[tuple[str, str, str]], *, ignore_missing: bool = False,
+    ) -> tuple[list[str], list[str]]:
+        """Remove resources in one transaction; ``(deleted, missing)`` refs.
+
+        All or nothing: unless ``ignore_missing``, one missing resource deletes none of them
+        (``deleted`` is empty and ``missing`` says which were not there). A key named twice is
+        deleted once.
+        """
+        unique = list(dict.fromkeys(keys))
+        deleted, missing = self._commit_delete(unique, require_all=not ignore_missing)
         if deleted:
-            self._notify([f"{kind} {namespace}/{name}"])
-        return deleted
+            self._notify(deleted)
+        return deleted, missing
 
     def subscribe(self, listener: ChangeListener) -> Unsubscribe:
         """Call ``listener(changed_refs)`` after every commit that changed something."""
@@ -177,6 +192,15 @@ class ConfigStore(ABC):
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def save_leases(self, leases: Mapping[str, str], removed: Iterable[str]) -> None:
+        """Keep instance leases (id -> JSON) across restarts and forget ``removed`` ones, in one
+        commit; stores that do not survive a restart keep nothing."""
+        return None
+
+    def load_leases(self) -> dict[str, str]:
+        """The leases ``save_leases`` kept (id -> JSON); empty for stores that keep none."""
+        return {}
 
     def close(self) -> None:
         """Release what the store holds (files, connections); nothing by default."""

@@ -57,9 +57,16 @@ class MemoryStore(ConfigStore):
                 self._revision += 1
         return created, updated
 
-    def _commit_delete(self, kind: str, namespace: str, name: str) -> bool:
+    def _commit_delete(self, keys: Sequence[Key], require_all: bool) -> tuple[list[str], list[str]]:
         with self._lock:
-            if self._items.pop((kind, namespace, name), None) is None:
-                return False
-            self._revision += 1
-            return True
+            missing = [_ref(key) for key in keys if key not in self._items]
+            if missing and require_all:
+                return [], missing
+            deleted = [_ref(key) for key in keys if self._items.pop(key, None) is not None]
+            if deleted:
+                self._revision += 1
+        return deleted, missing
+
+
+def _ref(key: Key) -> str:
+    return f"{key[0]} {key[1]}/{key[2]}"

@@ -4,19 +4,30 @@ WAL lets readers (the HTTP API, snapshot builds) proceed while a batch is being 
 ``synchronous=FULL`` makes a commit durable once ``apply`` returns, so a control plane restarted
 on the same state directory finds exactly what it acknowledged. One connection is shared and
 guarded by a lock: writes are rare and small, and a single writer is what SQLite wants anyway.
+
+Opening checks the database first and refuses a damaged one (``state.preflight``: truncated,
+missing once initialised, failing SQLite's integrity check), locks the state directory, and
+then saves a last good copy (``state.py``), as it does again on close. Instance leases are kept in their own table so a
+restarted control plane still knows its instances (docs/control-plane.md, "Leases").
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from tulle.controlplane.model import Resource
+from tulle.controlplane.store import state
 from tulle.controlplane.store.base import ConfigStore, EncodedResource, StoreError
+from tulle.controlplane.store.state import DATABASE_FILE, StateError
 
-DATABASE_FILE = "config.db"
+__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SqliteStore"]
+
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -38,6 +49,10 @@ CREATE TABLE IF NOT EXISTS store_state (
     revision INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO store_state (id, revision) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    lease TEXT NOT NULL
+) WITHOUT ROWID;
 """
 _COLUMNS = "kind, namespace, name, api_version, spec, labels, annotations, source"
 
@@ -46,22 +61,43 @@ class SqliteStore(ConfigStore):
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         super().__init__()
         os.makedirs(state_dir, exist_ok=True)
-        self.path = os.path.join(os.fspath(state_dir), DATABASE_FILE)
+        self.state_dir = os.fspath(state_dir)
+        self.path = state.database_path(state_dir)
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._state_lock = state.StateLock(state_dir, "a control plane")
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            state.preflight(state_dir)
+            self._db = self._open()
+            state.write_marker(state_dir)
+        except BaseException:
+            self._state_lock.release()
+            raise
+        self.save_last_good()
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {version} is newer than this Tulle "
                                  f"understands ({SCHEMA_VERSION})")
-            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-        except Exception:
-            self._db.close()
+            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        except sqlite3.DatabaseError as error:
+            db.close()
+            raise StateError(state.damage_message(self.state_dir, f"SQLite cannot use it: {error}")) from None
+        except BaseException:
+            db.close()
             raise
+        return db
+
+    def save_last_good(self) -> bool:
+        """Copy the database to ``config.db.last-good`` (checked, then renamed into place); whether it did."""
+        with self._lock:
+            return state.save_last_good(self._db, self.state_dir)
 
     def journal_mode(self) -> str:
         with self._lock:
@@ -132,20 +168,53 @@ class SqliteStore(ConfigStore):
              entry.annotations, entry.source, generation, revision))
         return "created" if row is None else "updated"
 
-    def _commit_delete(self, kind: str, namespace: str, name: str) -> bool:
+    def _commit_delete(self, keys: Sequence[tuple[str, str, str]], require_all: bool
+                       ) -> tuple[list[str], list[str]]:
+        deleted: list[str] = []
+        missing: list[str] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._db.execute("DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
-                                          (kind, namespace, name))
-                if cursor.rowcount:
+                for key in keys:
+                    cursor = self._db.execute("DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+                                              key)
+                    (deleted if cursor.rowcount else missing).append(f"{key[0]} {key[1]}/{key[2]}")
+                if missing and require_all:
+                    self._db.execute("ROLLBACK")
+                    return [], missing
+                if deleted:
                     self._db.execute("UPDATE store_state SET revision = revision + 1 WHERE id = 1")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return cursor.rowcount > 0
+        return deleted, missing
+
+    def save_leases(self, leases: Mapping[str, str], removed: Iterable[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM leases WHERE id = ?", [(lease_id,) for lease_id in removed])
+                self._db.executemany("INSERT OR REPLACE INTO leases (id, lease) VALUES (?, ?)", leases.items())
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def load_leases(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT id, lease FROM leases ORDER BY id").fetchall())
 
     def close(self) -> None:
+        """Save a last good copy of what is stored now, then close and unlock the state directory."""
         with self._lock:
+            if self._db is None:
+                return
+            try:
+                if not state.save_last_good(self._db, self.state_dir):
+                    log.error("%s failed its integrity check: the last good copy was kept as it was", self.path)
+            except (OSError, sqlite3.Error):
+                log.exception("saving the last good copy of %s failed", self.path)
             self._db.close()
+            self._db = None  # type: ignore[assignment]
+        self._state_lock.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tulle.controlplane.model import Resource
 from tulle.controlplane.translate.endpoints import load_assignment
 from tulle.controlplane.translate.names import inbound_cluster_name, is_http2
 from tulle.controlplane.translate.plan import EDS, LOGICAL_DNS, ORIGINAL_DST, STATIC, STRICT_DNS, ClusterPlan
@@ -242,7 +243,18 @@ def build_outbound_cluster(scope: ProxyScope, plan: ClusterPlan) -> dict[str, An
     )
     apply_outlier_detection(cluster, policy.get("outlierDetection"))
     apply_load_balancer(cluster, plan, scope.options.proxy_lacks)
+    if plan.rule is not None:
+        cluster["metadata"] = {"filter_metadata": {"istio": destination_rule_metadata(plan.rule, plan.subset)}}
     return cluster
+
+
+def destination_rule_metadata(rule: Resource, subset: str) -> dict[str, Any]:
+    """Which DestinationRule shaped a cluster, as istiod records it for tooling (util.AddConfigInfoMetadata,
+    AddSubsetToMetadata): ``config`` is the rule's API path, and what `proxy-config clusters` shows."""
+    metadata = {"config": f"/apis/{rule.api_version}/namespaces/{rule.namespace}/destination-rule/{rule.name}"}
+    if subset:
+        metadata["subset"] = subset
+    return metadata
 
 
 def build_inbound_clusters(scope: ProxyScope) -> list[dict[str, Any]]:

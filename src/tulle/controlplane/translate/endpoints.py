@@ -3,24 +3,41 @@
 Used for EDS (one assignment per EDS cluster) and inline for DNS clusters. An instance
 backs a cluster when it backs the service and carries the subset's labels; its port is the
 workload port for the service port's name. Unhealthy instances are sent as UNHEALTHY so the
-proxy can show them. Locality load balancing (Istio's loadbalancer.ApplyLocalityLoadBalancer)
+proxy can show them.
+
+An endpoint a proxy would refuse is left out, with a warning, never sent: a proxy NACKs the
+whole update for one bad endpoint, which would hold back every later change of the cluster.
+EDS (and STATIC) endpoints need an IP address, as Envoy's do; a host name backs only DNS
+clusters, as Istio lets a WorkloadEntry with a host name back only DNS ServiceEntries. Ports
+must be 1-65535 and weights fit Envoy's uint32. The registry and Istio validation refuse such
+input already; this catches what reached the store before they did, or by another way. Locality load balancing (Istio's loadbalancer.ApplyLocalityLoadBalancer)
 rewrites priorities (failover, failoverPriority) or locality weights (distribute) relative to
 the proxy's own locality.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from tulle.controlplane.model import WorkloadInstance
 from tulle.controlplane.translate.names import labels_match
-from tulle.controlplane.translate.plan import EDS, LOGICAL_DNS, ORIGINAL_DST, STRICT_DNS, ClusterPlan
+from tulle.controlplane.translate.plan import EDS, LOGICAL_DNS, ORIGINAL_DST, STATIC, STRICT_DNS, ClusterPlan
 from tulle.controlplane.translate.registry import target_port
 from tulle.controlplane.translate.scope import ProxyScope
 
+log = logging.getLogger(__name__)
+
 Locality = tuple[str, str, str]
+MAX_UINT32 = 2**32 - 1
+IP_ONLY_TYPES = (EDS, STATIC)
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9]*[A-Za-z0-9])?$")
+_MAX_WARNED = 10_000
+_warned: set[tuple[str, str, int, str]] = set()  # (cluster, address, port, problem) already logged
 
 
 def parse_locality(text: str) -> Locality:
@@ -74,8 +91,43 @@ def _instance_endpoint(instance: WorkloadInstance, plan: ClusterPlan) -> Endpoin
     )
 
 
+def endpoint_problem(endpoint: Endpoint, discovery_type: str) -> str:
+    """Why a proxy would refuse this endpoint in a cluster of ``discovery_type``; "" when it would not."""
+    try:
+        ipaddress.ip_address(endpoint.address)
+    except ValueError:
+        if discovery_type in IP_ONLY_TYPES:
+            return f"address {endpoint.address!r} is not an IP address (a host name backs only DNS services)"
+        if not _is_host_name(endpoint.address):
+            return f"address {endpoint.address!r} is neither an IP address nor a host name"
+    if not 1 <= endpoint.port <= 65535:
+        return f"port {endpoint.port} is not 1-65535"
+    if not 1 <= endpoint.weight <= MAX_UINT32:
+        return f"weight {endpoint.weight} is not 1-{MAX_UINT32}"
+    return ""
+
+
+def _is_host_name(text: str) -> bool:
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(len(label) <= 63 and _HOST_LABEL.match(label) for label in name.split("."))
+
+
+def _acceptable(endpoint: Endpoint, plan: ClusterPlan, instance: WorkloadInstance) -> bool:
+    problem = endpoint_problem(endpoint, plan.discovery_type)
+    if not problem:
+        return True
+    key = (plan.name, endpoint.address, endpoint.port, problem)
+    if key not in _warned:  # every push translates it again: say it once
+        if len(_warned) >= _MAX_WARNED:
+            _warned.clear()
+        _warned.add(key)
+        log.warning("cluster %s: instance %s/%s left out: %s", plan.name, instance.namespace, instance.name, problem)
+    return False
+
+
 def cluster_endpoints(scope: ProxyScope, plan: ClusterPlan) -> list[Endpoint]:
-    """The endpoints of one cluster, sorted; DNS services without endpoints resolve their host."""
+    """The endpoints of one cluster, sorted; DNS services without endpoints resolve their host.
+    Endpoints a proxy would refuse are left out (see the module docstring)."""
     if plan.discovery_type == ORIGINAL_DST:
         return []
     instances = [
@@ -88,7 +140,11 @@ def cluster_endpoints(scope: ProxyScope, plan: ClusterPlan) -> list[Endpoint]:
             if host.startswith("*"):
                 return []  # a wildcard host names no server to resolve
             return [Endpoint(host, plan.port.target_port or plan.port.port, 1, True, ("", "", ""))]
-    endpoints = {_instance_endpoint(instance, plan): None for instance in instances}
+    endpoints: dict[Endpoint, None] = {}
+    for instance in instances:
+        endpoint = _instance_endpoint(instance, plan)
+        if _acceptable(endpoint, plan, instance):
+            endpoints[endpoint] = None
     return sorted(endpoints, key=lambda e: (e.locality, e.address, e.port))
 
 

@@ -3,6 +3,7 @@
 from tulle.controlplane.xds.cache import (
     Nack,
     NodeStatus,
+    Refusal,
     Snapshot,
     SnapshotCache,
     StreamStatus,
@@ -14,6 +15,7 @@ from tulle.controlplane.xds.server import XdsServer
 __all__ = [
     "Nack",
     "NodeStatus",
+    "Refusal",
     "Snapshot",
     "SnapshotCache",
     "StreamStatus",

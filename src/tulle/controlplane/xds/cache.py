@@ -230,23 +230,45 @@ class Nack:
 
 
 @dataclass
+class Refusal:
+    """A response the server did not send because it was over the message size limit."""
+
+    version: str
+    size: int  # bytes of the response (or of the one resource) that did not fit
+    limit: int
+    message: str
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "bytes": self.size, "limit": self.limit, "message": self.message,
+                "at": self.at}
+
+
+@dataclass
 class TypeStatus:
-    """One type on one stream: what was sent, what the client accepted or rejected."""
+    """One type on one stream: what was sent, what the client accepted or rejected, and what the
+    server refused to send."""
 
     type_url: str
     subscribed: tuple[str, ...] = ()  # resource names; "*" for a wildcard subscription
     sent_version: str = ""
     sent_nonce: str = ""
     sent_at: float | None = None
-    sent_resources: int = 0  # resources (and removals, for delta) in the last response
+    sent_resources: int = 0  # resources (and removals, for delta) in the last update
+    sent_bytes: int = 0  # the last update's size on the wire (all of its responses, when split)
     acked_version: str = ""
     acked_nonce: str = ""
     acked_at: float | None = None
     last_nack: Nack | None = None
+    refused: Refusal | None = None  # set while the latest version could not be sent
+    refusals: int = 0  # versions refused on this stream
 
     @property
     def sync_state(self) -> str:
-        """istioctl proxy-status's words: NOT SENT, SYNCED, STALE (sent, unanswered), NACKED."""
+        """istioctl proxy-status's words: NOT SENT, SYNCED, STALE (sent, unanswered), NACKED; and
+        TOO LARGE when the latest version was over the message size limit and was not sent."""
+        if self.refused is not None:
+            return "TOO LARGE"
         if not self.sent_nonce:
             return "NOT SENT"
         if self.acked_nonce == self.sent_nonce:
@@ -266,11 +288,14 @@ class TypeStatus:
             "sent_nonce": self.sent_nonce,
             "sent_at": self.sent_at,
             "sent_resources": self.sent_resources,
+            "sent_bytes": self.sent_bytes,
             "acked_version": self.acked_version,
             "acked_at": self.acked_at,
             "last_nack": None
             if nack is None
             else {"version": nack.version, "nonce": nack.nonce, "message": nack.message, "at": nack.at},
+            "refused": None if self.refused is None else self.refused.to_dict(),
+            "refusals": self.refusals,
         }
 
 
@@ -294,10 +319,16 @@ class StreamStatus:
         listed = sorted(names)
         self.type_status(type_url).subscribed = tuple([types.WILDCARD_NAME, *listed] if wildcard else listed)
 
-    def record_sent(self, type_url: str, version: str, nonce: str, resources: int) -> None:
+    def record_sent(self, type_url: str, version: str, nonce: str, resources: int, size: int = 0) -> None:
         status = self.type_status(type_url)
         status.sent_version, status.sent_nonce = version, nonce
-        status.sent_at, status.sent_resources = time.time(), resources
+        status.sent_at, status.sent_resources, status.sent_bytes = time.time(), resources, size
+        status.refused = None
+
+    def record_refused(self, type_url: str, version: str, size: int, limit: int, message: str) -> None:
+        status = self.type_status(type_url)
+        status.refused = Refusal(version, size, limit, message, time.time())
+        status.refusals += 1
 
     def record_ack(self, type_url: str, version: str, nonce: str) -> None:
         status = self.type_status(type_url)

@@ -10,9 +10,16 @@ catches up with the node's current snapshot, pushing every changed type in Envoy
 State of the world, per type (xDS protocol, "ACK/NACK", "When to send an update"):
   * LDS/CDS requests with no names (and never any names before) or with ``*`` are wildcard;
     otherwise only the named resources that exist are sent.
-  * A response goes out when the client has answered our last one of that type (as in
-    go-control-plane, one response per type is in flight) and either the snapshot's version differs from what we last sent on the stream, the
-    subscribed names changed, or it is the type's first request on the stream.
+  * An update goes out when the client has answered our last one of that type (as in
+    go-control-plane, one update per type is in flight) and either the snapshot's version
+    differs from what we last sent on the stream, the subscribed names changed, or it is the
+    type's first request on the stream.
+  * LDS and CDS updates carry every resource the client should hold. The other types (EDS,
+    RDS) carry everything only in the stream's first update; later ones carry just the
+    resources whose version changed and the ones newly subscribed, as istiod does for EDS: a
+    client keeps what a response of those types does not mention ("Grouping Resources into
+    Responses"), and drops it when the cluster or listener naming it goes away. The EDS update
+    after a CDS update is whole again (Envoy waits for the endpoints of clusters it rebuilt).
   * A request whose ``response_nonce`` is not the last nonce we sent is stale and ignored.
     With the current nonce it is an ACK, or a NACK when ``error_detail`` is set: the NACK is
     recorded and the rejected version is not sent again; the next version is.
@@ -21,6 +28,15 @@ Incremental, per type: the server tracks the versions the client holds (from
 whose version differs, plus ``removed_resources`` for those gone from the snapshot or subscribed
 but nonexistent. Subscription changes are honoured whatever the nonce; ACK/NACK is matched to
 the nonce that carried it.
+
+Message size. gRPC refuses messages over a limit (4 MiB unless raised): the server's limit is
+``max_message_bytes`` (64 MiB by default, ``--xds-max-message-bytes``), sent and received. An
+update that the protocol lets us split (state-of-the-world EDS/RDS, any delta update) goes out
+as several responses of at most 4 MiB each (gRPC's default receive limit, so that clients which
+never raised theirs still get a large mesh; a resource larger than that goes alone). An update
+that does not fit the limit is not sent at all: the error names the node, type and size,
+``proxy-status`` shows TOO LARGE, and that version is not tried again on the stream (nor, being
+refused the same way, on a reconnect); the next version is.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,11 +58,45 @@ from envoy.service.route.v3 import rds_pb2_grpc
 from google.protobuf import any_pb2
 
 from tulle.controlplane.xds import types
-from tulle.controlplane.xds.cache import Snapshot, SnapshotCache, StreamStatus, Watch
+from tulle.controlplane.xds.cache import EMPTY_SET, ResourceSet, Snapshot, SnapshotCache, StreamStatus, Watch
 
 log = logging.getLogger("tulle.controlplane.xds")
 
 _MAX_OUTSTANDING_DELTA_NONCES = 32  # unanswered delta responses whose ACK we can still attribute
+
+DEFAULT_MAX_XDS_MESSAGE_BYTES = 64 * 1024 * 1024
+# gRPC's default receive limit: clients that never raised theirs refuse anything larger.
+GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A resource costs a little more in a response than its own bytes: the field's tag and length.
+_FIELD_OVERHEAD = 6
+_ENVELOPE_BYTES = 1024  # a response's version, nonce, type URL and control plane, with room to spare
+
+
+def split_by_size(sizes: Sequence[int], limit: int) -> list[range]:
+    """Consecutive groups of items whose sizes add up to at most ``limit`` each; an item larger
+    than ``limit`` makes a group of its own. No items, no groups."""
+    groups = []
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > limit:
+            groups.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
+@dataclass
+class _Update:
+    """The responses one update of one type went out as (one, unless it was split)."""
+
+    responses: list[Any]
+    sizes: list[int]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
 
 
 class XdsServer:
@@ -59,30 +109,55 @@ class XdsServer:
         serve_separate_services: bool = True,
         control_plane_id: str = "tulle",
         grpc_options: Sequence[tuple[str, Any]] = (),
+        max_message_bytes: int = DEFAULT_MAX_XDS_MESSAGE_BYTES,
+        split_bytes: int = GRPC_DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        if max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be positive, not {max_message_bytes}")
         self.cache = cache
         self.serve_separate_services = serve_separate_services
         self.control_plane = base_pb2.ControlPlane(identifier=control_plane_id)
-        self._grpc_options = list(grpc_options)
+        self.max_message_bytes = max_message_bytes
+        # What may be split is split to this size (never above the limit itself).
+        self.split_bytes = min(split_bytes, max_message_bytes)
+        self._grpc_options = [
+            *grpc_options,
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Bind and start serving; returns the bound port (useful with ``port=0``)."""
+        bound = self.bind(host, port)
+        await self.serve()
+        return bound
+
+    def bind(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Bind ``host:port`` without serving yet; the bound port. OSError if it is in use: gRPC
+        sets SO_REUSEPORT unless told not to, which let a second control plane bind the same port
+        and take half of the proxies' streams."""
         if self._server is not None:
-            raise RuntimeError("xDS server already started")
-        server = grpc.aio.server(options=self._grpc_options)
+            raise RuntimeError("xDS server already bound")
+        server = grpc.aio.server(options=[*self._grpc_options, ("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_AdsServicer(self), server)
         if self.serve_separate_services:
             _add_single_type_services(self, server)
         address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:  # gRPC's "Failed to bind to address": it does not say why
+            bound = 0
         if bound == 0:
-            raise OSError(f"xDS server could not bind {address}")
-        await server.start()
+            raise OSError(f"cannot bind {address}")
         self._server, self.port = server, bound
-        log.info("xDS server listening on %s:%d", host, bound)
         return bound
+
+    async def serve(self) -> None:
+        assert self._server is not None, "bind() first"
+        await self._server.start()
+        log.info("xDS server listening on port %d", self.port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting streams; open streams are cancelled after ``grace`` seconds."""
@@ -154,6 +229,8 @@ class _Stream:
         self.seen_snapshot: Snapshot | None = None
         self._nonce_prefix = os.urandom(4).hex()
         self._nonce_counter = 0
+        # type URL -> (version, bytes) of a response over gRPC's default limit not answered yet
+        self._unanswered_large: dict[str, tuple[str, int]] = {}
 
     def next_nonce(self) -> str:
         self._nonce_counter += 1
@@ -216,7 +293,19 @@ class _Stream:
                 watch.cancel()
             if self.status is not None:
                 log.info("xDS stream %d of node %s closed", self.status.stream_id, self.node_id)
+                self._warn_about_unanswered_large_responses()
                 self.cache.stream_closed(self.status)
+
+    def _warn_about_unanswered_large_responses(self) -> None:
+        """A client whose receive limit is below a response's size drops the stream without
+        answering (RESOURCE_EXHAUSTED on its side): the server cannot tell, but can say so."""
+        for type_url, (version, size) in self._unanswered_large.items():
+            log.warning(
+                "node %s closed its xDS stream without answering %s version %s, a %d-byte response:"
+                " if the proxy logs RESOURCE_EXHAUSTED, raise its gRPC receive limit above that"
+                " (gRPC's default is %d bytes)",
+                self.node_id, types.short_name(type_url), version, size, GRPC_DEFAULT_MAX_MESSAGE_BYTES,
+            )
 
     async def catch_up(self, requested_type: str | None = None) -> None:
         """Answer ``requested_type`` and push every type changed since the snapshot this stream
@@ -241,10 +330,54 @@ class _Stream:
     async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
         raise NotImplementedError
 
+    def build_update(
+        self, type_url: str, version: str, items: Sequence[Any], make_response: Callable[[list[Any]], Any],
+        splittable: bool, names: Sequence[str],
+    ) -> _Update | None:
+        """Pack ``items`` (the response's repeated resources) into responses made by
+        ``make_response``: one, or (``splittable``) as many as keep each under the server's split
+        size. None, after recording and logging why, when a response would be over the limit.
+        The responses copy the items: callers pass a temporary list, so that it is freed before
+        the responses are written (2,000 streams writing at once would otherwise hold both)."""
+        server = self.server
+        sizes = [item.ByteSize() + _FIELD_OVERHEAD for item in items]
+        if splittable:
+            groups = split_by_size(sizes, server.split_bytes - _ENVELOPE_BYTES) or [range(0)]
+        else:
+            groups = [range(len(items))]
+        update = _Update([], [])
+        for group in groups:
+            response = make_response([items[index] for index in group])
+            update.responses.append(response)
+            update.sizes.append(response.ByteSize())
+        largest = max(update.sizes)
+        if largest <= server.max_message_bytes:
+            return update
+        if splittable:  # only a resource too large on its own can overflow a split update
+            index = max(range(len(sizes)), key=sizes.__getitem__)
+            what = f"its resource {names[index]!r} alone is {sizes[index]} bytes"
+        else:
+            what = f"its {len(items)} resources make a {largest}-byte response"
+        message = (
+            f"{types.short_name(type_url)} version {version} for node {self.node_id} was not sent: {what}, over"
+            f" the {server.max_message_bytes}-byte xDS message limit (tulle control-plane --xds-max-message-bytes)"
+        )
+        log.error("%s", message)
+        assert self.status is not None
+        self.status.record_refused(type_url, version, largest, server.max_message_bytes, message)
+        return None
+
+    async def write_update(self, type_url: str, version: str, update: _Update) -> None:
+        for response, size in zip(update.responses, update.sizes, strict=True):
+            if size > GRPC_DEFAULT_MAX_MESSAGE_BYTES:
+                self._unanswered_large[type_url] = (version, size)
+            await self.context.write(response)
+
     def record_client_answer(
         self, type_url: str, version: str, nonce: str, error_message: str | None
     ) -> None:
         assert self.status is not None
+        self._unanswered_large.pop(type_url, None)
         if error_message is None:
             self.status.record_ack(type_url, version, nonce)
             return
@@ -271,8 +404,29 @@ class _SotwType:
     awaiting_response: bool = False  # the client's latest request has not been answered yet
     names_changed: bool = False
     responded: bool = False
-    sent_version: str = ""
-    sent_nonce: str = ""
+    sent_version: str = ""  # the version_info of our last update: what an ACK of it names
+    sent_nonce: str = ""  # the nonce of its last response: the answer to it settles the update
+    update_nonces: frozenset[str] = frozenset()  # every response's nonce, when the update was split
+    part_rejected: str | None = None  # a NACK of an earlier response of a split update
+    handled_version: str = ""  # the snapshot version last sent or refused: not tried again
+    # Types whose later updates carry only changes: what the client holds is the set of the last
+    # update (shared with every stream that has it, so nothing per stream), restricted to
+    # ``held_names`` (None: all of it). Optimistic, as for delta: a rejected resource counts as
+    # held, so the same version is not sent again.
+    held_set: ResourceSet = EMPTY_SET
+    held_names: frozenset[str] | None = frozenset()
+    # EDS after a CDS update: Envoy rebuilds a cluster whose definition changed and waits (warming)
+    # for its endpoints, asking again with the same names: the next EDS update is whole, as istiod's.
+    whole_next: bool = False
+
+    def holds(self, name: str, version: str) -> bool:
+        held = self.held_set.entries.get(name)
+        return held is not None and held.version == version and (self.held_names is None or name in self.held_names)
+
+    @property
+    def partial(self) -> bool:
+        """Whether the next update may carry only what changed (a first update is always whole)."""
+        return self.responded and not self.whole_next and self.type_url not in types.SOTW_COMPLETE_TYPES
 
 
 class _SotwStream(_Stream):
@@ -290,6 +444,8 @@ class _SotwStream(_Stream):
             state = self.types[type_url] = _SotwType(type_url)
         elif request.response_nonce:
             if request.response_nonce != state.sent_nonce:
+                if request.response_nonce in state.update_nonces and request.HasField("error_detail"):
+                    state.part_rejected = request.error_detail.message  # the update as a whole was
                 return  # superseded by a later response of ours; its answer will come
             if request.HasField("error_detail"):
                 error: str | None = request.error_detail.message
@@ -297,7 +453,8 @@ class _SotwStream(_Stream):
                 # Clients predating error_detail NACK by answering with their old version.
                 error = f"kept version {request.version_info!r} (no error_detail)"
             else:
-                error = None
+                error = state.part_rejected
+            state.update_nonces, state.part_rejected = frozenset(), None
             self.record_client_answer(type_url, state.sent_version, request.response_nonce, error)
         names = frozenset(request.resource_names)
         if names:
@@ -308,6 +465,8 @@ class _SotwStream(_Stream):
         names -= {types.WILDCARD_NAME}
         if (wildcard, names) != (state.wildcard, state.names):
             state.wildcard, state.names, state.names_changed = wildcard, names, True
+            if not wildcard:  # the client forgets what it unsubscribed; a new subscription is sent again
+                state.held_names = names if state.held_names is None else state.held_names & names
             self.status.record_subscription(type_url, names, wildcard)
         state.awaiting_response = True
 
@@ -316,34 +475,55 @@ class _SotwStream(_Stream):
         if state is None or not state.awaiting_response or not snapshot.has_type(state.type_url):
             return
         version = snapshot.version(state.type_url)
-        if state.responded and not state.names_changed and version == state.sent_version:
-            return  # the client has (or rejected) exactly this; wait for a newer version
+        if state.responded and not (state.names_changed or state.whole_next) and version == state.handled_version:
+            return  # the client has (or rejected) exactly this, or it was refused; wait for a newer version
         available = snapshot.resources(state.type_url)
+        versions = snapshot.resource_versions(state.type_url)
         selected = sorted(available) if state.wildcard else sorted(state.names & available.keys())
-        nonce = self.next_nonce()
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            control_plane=self.server.control_plane,
-            resources=[
-                any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name))
-                for name in selected
-            ],
+        if state.partial:
+            selected = [name for name in selected if not state.holds(name, versions[name])]
+            if not selected and not state.names_changed:
+                state.handled_version = version  # nothing this client holds changed
+                return
+        state.handled_version, state.names_changed = version, False
+        nonces: list[str] = []
+
+        def make_response(resources: list[Any]) -> discovery_pb2.DiscoveryResponse:
+            nonces.append(self.next_nonce())
+            return discovery_pb2.DiscoveryResponse(
+                version_info=version, type_url=state.type_url, nonce=nonces[-1],
+                control_plane=self.server.control_plane, resources=resources,
+            )
+
+        splittable = state.type_url not in types.SOTW_COMPLETE_TYPES
+        update = self.build_update(
+            state.type_url, version,
+            [any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name)) for name in selected],
+            make_response, splittable, selected,
         )
-        state.sent_version, state.sent_nonce = version, nonce
-        state.awaiting_response = state.names_changed = False
+        if update is None:  # refused; the request stays unanswered until a newer version fits
+            return
+        state.sent_version, state.sent_nonce = version, nonces[-1]
+        state.update_nonces, state.part_rejected = frozenset(nonces), None
+        state.awaiting_response = state.whole_next = False
         state.responded = True
+        if state.type_url == types.CLUSTER and types.ENDPOINT in self.types:
+            self.types[types.ENDPOINT].whole_next = True
+        if splittable:  # what it did not hold it has now: the client holds this set
+            state.held_set = snapshot.resource_set(state.type_url)
+            state.held_names = None if state.wildcard else state.names
         assert self.status is not None
-        self.status.record_sent(state.type_url, version, nonce, len(selected))
+        self.status.record_sent(state.type_url, version, nonces[-1], len(selected), update.size)
         log.debug(
-            "push %s version %s (%d resources) to %s",
+            "push %s version %s (%d resources, %d bytes in %d responses) to %s",
             types.short_name(state.type_url),
             version,
             len(selected),
+            update.size,
+            len(update.responses),
             self.node_id,
         )
-        await self.context.write(response)
+        await self.write_update(state.type_url, version, update)
 
 
 # --- incremental (delta) ------------------------------------------------------------------------
@@ -359,7 +539,10 @@ class _DeltaType:
     # names unsubscribed while a wildcard may still cover them (xDS protocol, "Unsubscribing").
     owed: set[str] = field(default_factory=set)
     responded: bool = False
-    outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> system version sent
+    # nonce -> (system version sent, the nonce of the last response of its update)
+    outstanding: dict[str, tuple[str, str]] = field(default_factory=dict)
+    part_rejected: dict[str, str] = field(default_factory=dict)  # last nonce of an update -> a NACK of a part
+    refused_version: str = ""  # the system version whose update was too large: not tried again
 
     def interested_in(self, name: str) -> bool:
         return self.wildcard or name in self.subscribed
@@ -414,21 +597,28 @@ class _DeltaStream(_Stream):
         nonce = request.response_nonce
         if not nonce or nonce not in state.outstanding:
             return
-        version = state.outstanding[nonce]
+        version, last_nonce = state.outstanding[nonce]
         # This answer also settles every earlier response still outstanding.
         for sent_nonce in list(state.outstanding):
             del state.outstanding[sent_nonce]
             if sent_nonce == nonce:
                 break
-        rejected = request.HasField("error_detail")
-        self.record_client_answer(
-            state.type_url, version, nonce, request.error_detail.message if rejected else None
-        )
+        error = request.error_detail.message if request.HasField("error_detail") else None
+        if nonce != last_nonce:  # one part of a split update: the answer to its last part settles it
+            if error is not None:
+                state.part_rejected[last_nonce] = error
+            return
+        error = error if error is not None else state.part_rejected.get(last_nonce)
+        state.part_rejected = {n: e for n, e in state.part_rejected.items() if n in state.outstanding}
+        self.record_client_answer(state.type_url, version, nonce, error)
 
     async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
         state = self.types.get(type_url)
         if state is None or not snapshot.has_type(type_url):
             return
+        version = snapshot.version(type_url)
+        if version == state.refused_version and not state.owed:
+            return  # too large at this version; a newer one is tried
         available = snapshot.resources(type_url)
         versions = snapshot.resource_versions(type_url)
         updated = sorted(
@@ -442,39 +632,48 @@ class _DeltaStream(_Stream):
         if not updated and not removed and (state.responded or not state.wildcard):
             state.owed.clear()
             return
-        nonce = self.next_nonce()
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=snapshot.version(type_url),
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self.server.control_plane,
-            removed_resources=sorted(removed),
-            resources=[
-                discovery_pb2.Resource(
-                    name=name,
-                    version=versions[name],
-                    resource=any_pb2.Any(type_url=type_url, value=snapshot.serialized(type_url, name)),
-                )
-                for name in updated
-            ],
-        )
+        nonces: list[str] = []
+
+        def make_response(resources: list[Any]) -> discovery_pb2.DeltaDiscoveryResponse:
+            nonces.append(self.next_nonce())
+            return discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=version, type_url=type_url, nonce=nonces[-1],
+                control_plane=self.server.control_plane, resources=resources,
+                removed_resources=sorted(removed) if len(nonces) == 1 else (),
+            )
+
+        # Delta updates may always be split: each resource could have had a response of its own.
+        update = self.build_update(type_url, version, [
+            discovery_pb2.Resource(
+                name=name,
+                version=versions[name],
+                resource=any_pb2.Any(type_url=type_url, value=snapshot.serialized(type_url, name)),
+            )
+            for name in updated
+        ], make_response, True, updated)
+        state.owed.clear()
+        if update is None:
+            state.refused_version = version
+            return
         # Optimistic: a NACKed resource counts as held, so the same version is not sent again.
         for name in updated:
             state.known[name] = versions[name]
         for name in removed:
             state.known.pop(name, None)
-        state.owed.clear()
         state.responded = True
-        state.outstanding[nonce] = snapshot.version(type_url)
+        for nonce in nonces:
+            state.outstanding[nonce] = (version, nonces[-1])
         while len(state.outstanding) > _MAX_OUTSTANDING_DELTA_NONCES:
             del state.outstanding[next(iter(state.outstanding))]
         assert self.status is not None
-        self.status.record_sent(type_url, snapshot.version(type_url), nonce, len(updated) + len(removed))
+        self.status.record_sent(type_url, version, nonces[-1], len(updated) + len(removed), update.size)
         log.debug(
-            "delta push %s: %d updated, %d removed to %s",
+            "delta push %s: %d updated, %d removed (%d bytes in %d responses) to %s",
             types.short_name(type_url),
             len(updated),
             len(removed),
+            update.size,
+            len(update.responses),
             self.node_id,
         )
-        await self.context.write(response)
+        await self.write_update(type_url, version, update)

@@ -34,6 +34,11 @@ WILDCARD_TYPES: frozenset[str] = frozenset({LISTENER, CLUSTER})
 
 WILDCARD_NAME = "*"
 
+# In state of the world, a response of these types is the complete set the client should hold (what
+# it leaves out is deleted); responses of the other types may carry just some of the resources, and
+# the client keeps the ones not mentioned (xDS protocol, "Grouping Resources into Responses").
+SOTW_COMPLETE_TYPES: frozenset[str] = frozenset({LISTENER, CLUSTER})
+
 SHORT_NAMES: dict[str, str] = {
     LISTENER: "LDS",
     ROUTE: "RDS",

@@ -23,6 +23,7 @@ import argparse
 import html
 import json
 import re
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -144,6 +145,9 @@ Route = Callable[["BookinfoHandler", re.Match[str]], Reply]
 class BookinfoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: BookinfoServer
+    # One write per response, sent at once (see tulle.samples.echo_server.EchoHandler).
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet by default
         pass
@@ -365,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                                 Upstreams(dict(args.upstream), timeout=args.timeout))
     except ValueError as exc:
         parser.error(str(exc))
+    except OSError as exc:  # the port is taken (or the address is not local): say which, no traceback
+        print(f"{parser.prog}: error: {served_label(args.service, args.version)} cannot listen on "
+              f"{args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     proxy = server.upstreams.proxy or "none (direct)"
     print(f"{served_label(args.service, args.version)} on {args.host}:{server.server_address[1]}; "
           f"upstream proxy {proxy}", flush=True)

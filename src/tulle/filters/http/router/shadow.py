@@ -152,11 +152,6 @@ class ShadowRequest:
             cluster.stats.upstream_cx_none_healthy.value += 1
             return
         self.host = host
-        stats = cluster.stats
-        stats.upstream_rq_total.value += 1
-        stats.upstream_rq_active.value += 1
-        host.stats.rq_total += 1
-        host.stats.rq_active += 1
         self.active = True
         if self.request_ended:
             self._arm_timeout()
@@ -184,7 +179,14 @@ class ShadowRequest:
     def _attach(self, conn: Http1ClientConnection) -> None:
         self.conn = conn
         self.upstream_start = _monotonic()
-        self.host.outlier.put_connect_success()
+        # counted once a connection takes it, as Envoy's pool does (not when refused or unconnected)
+        stats = self.cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        host = self.host
+        host.stats.rq_total += 1
+        host.stats.rq_active += 1
+        host.outlier.put_connect_success()
         conn.start_request(self, self.head, self.is_head)
         pending = self.pending
         if pending:
@@ -312,8 +314,9 @@ class ShadowRequest:
             return
         self.active = False
         stats = self.cluster.stats
-        stats.upstream_rq_active.value -= 1
-        self.host.stats.rq_active -= 1
+        if self.upstream_start:
+            stats.upstream_rq_active.value -= 1
+            self.host.stats.rq_active -= 1
         if success:
             stats.upstream_rq_time.record((_monotonic() - self.upstream_start) * 1000)
         if self.conn is None and self.host is not None and self.host.pool is not None:

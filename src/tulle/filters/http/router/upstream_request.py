@@ -27,7 +27,7 @@ _monotonic = time.monotonic
 class UpstreamRequest:
     __slots__ = (
         "router", "downstream", "host", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
-        "draining",
+        "draining", "cluster_stats",
     )
 
     def __init__(self, router: RouterFilter, host: Any, cluster: Any, loop: Any,
@@ -43,14 +43,13 @@ class UpstreamRequest:
         self.pending = pending  # body to write once the connection is ready
         self.pending_bytes = pending_bytes
         self.end_sent = False  # the whole request went out
-        self.started_at = 0.0
+        self.started_at = 0.0  # when a connection took the request (0: none yet)
         self.draining = False  # retried: the rest of the response is read and dropped
-        cluster_stats = cluster.stats
-        cluster_stats.upstream_rq_total.value += 1
-        cluster_stats.upstream_rq_active.value += 1
-        host.stats.rq_total += 1
-        host.stats.rq_active += 1
-        self.active = True  # counted in upstream_rq_active
+        # upstream_rq_total/_active and the host's rq_total/rq_active count the attempt once a
+        # connection takes it, as Envoy's pool does (attachStreamToClient): a request refused by a
+        # circuit breaker or failing to connect is not one of them
+        self.cluster_stats = cluster.stats
+        self.active = True  # not finished yet
         pool = host.pool or pool_for(host, cluster, loop)
         # now, or later through on_pool_ready / on_pool_failure (maybe already called: overflow)
         # the route's priority (DEFAULT, HIGH) picks the circuit breakers the attempt counts in
@@ -76,7 +75,13 @@ class UpstreamRequest:
         assert router is not None
         self.conn = conn
         self.started_at = _monotonic()
-        self.host.outlier.put_connect_success()
+        host = self.host
+        stats = self.cluster_stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        host.stats.rq_total += 1
+        host.stats.rq_active += 1
+        host.outlier.put_connect_success()
         conn.start_request(self, router.head, router.is_head)
         pending = self.pending
         if pending:
@@ -163,12 +168,14 @@ class UpstreamRequest:
 
     # --- ending ------------------------------------------------------------------
     def finish(self, cluster: Any, success: bool) -> None:
-        """Leave upstream_rq_active (once); on success the connection went back to its pool."""
+        """The attempt is over (once): it leaves upstream_rq_active if a connection had taken it;
+        on success the connection went back to its pool."""
         if not self.active:
             return
         self.active = False
-        cluster.stats.upstream_rq_active.value -= 1
-        self.host.stats.rq_active -= 1
+        if self.started_at:
+            self.cluster_stats.upstream_rq_active.value -= 1
+            self.host.stats.rq_active -= 1
         if success:
             self.conn = None
             cluster.stats.upstream_rq_time.record((_monotonic() - self.started_at) * 1000)

@@ -33,7 +33,7 @@ building_route_table: ContextVar[HcmConfig | None] = ContextVar("building_route_
 SUPPORTED = (
     "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "common_http_protocol_options",
     "http_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
-    "stream_idle_timeout", "request_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
+    "stream_idle_timeout", "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "use_remote_address", "skip_xff_append", "via", "generate_request_id",
     "preserve_external_request_id", "always_set_request_id_in_response", "merge_slashes",
     "strip_matching_host_port", "strip_any_host_port", "normalize_path",
@@ -59,6 +59,7 @@ class HcmStats:
         "downstream_cx_tx_bytes_total", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
         "downstream_cx_drain_close", "downstream_rq_total", "downstream_rq_http1_total",
         "downstream_rq_completed", "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+        "downstream_rq_header_timeout",
         "downstream_rq_idle_timeout", "downstream_rq_too_large",
         "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
         "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
@@ -127,9 +128,20 @@ class HcmConfig:
         # each stream's maximum lifetime (0: none); a route's max_stream_duration overrides it
         self.max_stream_duration = (
             duration_seconds(common.max_stream_duration) if common.HasField("max_stream_duration") else 0.0)
+        # from the first byte of a request head until the head is complete (0: none)
+        self.request_headers_timeout = (
+            duration_seconds(proto.request_headers_timeout) if proto.HasField("request_headers_timeout") else 0.0)
         # the soonest a per-stream timeout can fire after a stream starts (0: none configured)
         self.stream_timeout_span = min(
             (t for t in (self.stream_idle_timeout, self.request_timeout, self.max_stream_duration) if t), default=0.0)
+        # While a head arrives, Envoy's stream (created on its first byte) runs these clocks, none of
+        # which the head's bytes restart, so the shortest one is the only one that can fire. Ties go
+        # in the order Envoy arms them (ActiveStream's constructor).
+        self.head_timeout, self.head_timeout_kind = min(
+            ((t, kind) for t, kind in ((self.stream_idle_timeout, "stream_idle"), (self.request_timeout, "request"),
+                                       (self.request_headers_timeout, "request_headers"),
+                                       (self.max_stream_duration, "max_duration")) if t),
+            key=lambda entry: entry[0], default=(0.0, ""))
         self.server_name = proto.server_name or "envoy"
         self.server_header_transformation = proto.server_header_transformation
         self.use_remote_address = proto.use_remote_address.value
@@ -155,8 +167,10 @@ class HcmConfig:
         self.strip_port = strip
         self.listener_port = listener_port
         self.normalize_host = strip != "none"
-        # With rds the table arrives later over ADS (the listener warms until it does).
+        # With rds the table arrives later over ADS (a dynamic listener warms until it does).
         self.route_config_name = proto.rds.route_config_name if proto.HasField("rds") else ""
+        self.rds_field = join(field, "rds") if self.route_config_name else ""
+        self.rds_config_source = proto.rds.config_source if self.route_config_name else None
         if self.route_config_name:
             self.route_table = self.build_route_table(RouteConfiguration(), "")  # 404 until RDS arrives
         else:
