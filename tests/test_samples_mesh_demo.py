@@ -167,3 +167,25 @@ def test_sighup_while_the_mesh_starts_stops_all_it_started() -> None:
         assert wait_until(lambda: not still_running(started), timeout=30), still_running(started)
     finally:
         demo.kill()
+
+
+def test_respawn_starts_a_process_again_as_it_first_started_in_its_place(tmp_path) -> None:  # noqa: ANN001
+    from tulle.samples.mesh_demo import Demo
+
+    demo = Demo(tmp_path, delta=False)
+    # `python -m <missing module>` exits at once with an error naming it: a process to restart
+    demo._spawn("first", ["tulle_no_such_module"])
+    demo._spawn("running", ["timeit", "-n", "1", "-r", "1", "import time; time.sleep(120)"])
+    try:
+        first = demo.process("first")
+        assert first.wait(30) != 0
+        with pytest.raises(RuntimeError, match="running is still running"):
+            demo.respawn("running")
+        again = demo.respawn("first")
+        assert again is not first and again.wait(30) != 0
+        assert [label for label, _ in demo.processes] == ["first", "running"]  # stop()'s order is kept
+        assert demo.process("first") is again
+        # the log keeps both incarnations' output
+        assert (tmp_path / "first.log").read_text().count("No module named tulle_no_such_module") == 2
+    finally:
+        demo.stop()

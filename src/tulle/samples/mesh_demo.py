@@ -146,6 +146,7 @@ class Demo:
         self.workdir = workdir
         self.delta = delta
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}  # label -> how it started
         self.token_file = token_path(workdir / "state")  # made by its own control plane at start
         self.env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
         self.xds_port, self.api_port = XDS_PORT, API_PORT
@@ -171,7 +172,9 @@ class Demo:
 
     # --- processes -----------------------------------------------------------------------------
     def _spawn(self, label: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.workdir / f"{label}.log", "wb")  # noqa: SIM115 - closed with the process
+        self._commands[label] = (args, env)
+        # appended: a process started again (respawn) keeps its earlier incarnation's log
+        log = open(self.workdir / f"{label}.log", "ab")  # noqa: SIM115 - closed with the process
         self._spawning = True
         try:
             # Its own session (a terminal's Ctrl-C reaches the demo only, which stops the mesh in
@@ -183,6 +186,21 @@ class Demo:
             self._spawning = False
         if self._stop_signal is not None:
             raise KeyboardInterrupt
+
+    def process(self, label: str) -> subprocess.Popen[bytes]:
+        """The running (or last) process of ``label`` ("control-plane", "app-<workload>", "sidecar-<workload>")."""
+        return next(process for name, process in self.processes if name == label)
+
+    def respawn(self, label: str) -> subprocess.Popen[bytes]:
+        """Start ``label`` again exactly as it first started, after it exited or was killed
+        (bench/mesh_reliability.py restarts the control plane, sidecars and apps this way)."""
+        index = next(i for i, (name, _) in enumerate(self.processes) if name == label)
+        if self.processes[index][1].poll() is None:
+            raise RuntimeError(f"{label} is still running (pid {self.processes[index][1].pid})")
+        args, env = self._commands[label]
+        self._spawn(label, args, env)
+        self.processes[index] = self.processes.pop()  # keep the stop order: sidecars, apps, control plane
+        return self.processes[index][1]
 
     def _check_alive(self) -> None:
         for label, process in self.processes:
@@ -234,14 +252,18 @@ class Demo:
 
     def start_control_plane(self) -> None:
         ready = self.workdir / "control-plane.ready"
-        self._spawn("control-plane", [
-            "tulle", "control-plane", "--state-dir", str(self.workdir / "state"), "--log-level", "warning",
-            "--xds-address", f"{LOCALHOST}:{self.xds_port}", "--http-address", f"{LOCALHOST}:{self.api_port}",
-            "--ready-file", str(ready)])
+        self._spawn("control-plane", self._control_plane_args(ready))
         self._wait("the control plane", lambda: _read_json(ready) is not None)
         ports = _read_json(ready)
         self.xds_port, self.api_port = ports["xds_port"], ports["http_port"]
+        # a restart (respawn) must come back on the ports its sidecars know, not on new free ones
+        self._commands["control-plane"] = (self._control_plane_args(ready), None)
         print(f"control plane up (xDS {LOCALHOST}:{self.xds_port}, API {self.cp_url})")
+
+    def _control_plane_args(self, ready: Path) -> list[str]:
+        return ["tulle", "control-plane", "--state-dir", str(self.workdir / "state"), "--log-level", "warning",
+                "--xds-address", f"{LOCALHOST}:{self.xds_port}", "--http-address", f"{LOCALHOST}:{self.api_port}",
+                "--ready-file", str(ready)]
 
     def client(self) -> ControlPlaneClient:
         """This demo's own control plane, with the token from its state directory."""
