@@ -486,7 +486,8 @@ def test_ten_thousand_service_entries_reach_proxies(tmp_path: Path) -> None:
                     assert routes.sent_bytes > 4 * 1024 * 1024
                     assert "RESOURCE_EXHAUSTED" not in joining.output()
                 assert "RESOURCE_EXHAUSTED" not in connected.output()
-                view = await asyncio.to_thread(_call, f"http://127.0.0.1:{http_port}", "GET", "/debug/proxies")
+                api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
+                view = await asyncio.to_thread(_call, api, "GET", "/debug/proxies")
                 states = {type_name: entry["state"] for proxy in view["proxies"] if proxy["id"] == node_ids[0]
                           for type_name, entry in proxy["types"].items()}
                 assert set(states.values()) == {"SYNCED"}, states
