@@ -28,7 +28,9 @@ from tulle.controlplane.xds.types import ROUTE as ROUTE_TYPE
 from tulle.samples.echo_server import start_in_thread
 
 pytestmark = pytest.mark.integration
-CLIENT_IP = "127.0.0.2"  # the client workload's own loopback address (docs/control-plane.md)
+# The client workload's own loopback address (docs/control-plane.md), a different one per run: the
+# proxy binds 15001, 9080 and UPSTREAM_PORT on it, and two runs at once must not collide.
+CLIENT_IP = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.2"
 UPSTREAM_PORT = 19999  # an explicit local upstream port for reviews:9080 on the client's address
 
 CANARY = """
