@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
@@ -24,11 +27,14 @@ from tulle.controlplane.api_token import TokenError
 from tulle.controlplane.model import Resource
 from tulle.controlplane.server import ControlPlane, proxy_identity
 from tulle.controlplane.xds.cache import NodeStatus
+from tulle.controlplane.xds.types import CLUSTER as CLUSTER_TYPE
 from tulle.controlplane.xds.types import ROUTE as ROUTE_TYPE
 from tulle.samples.echo_server import start_in_thread
 
 pytestmark = pytest.mark.integration
-CLIENT_IP = "127.0.0.2"  # the client workload's own loopback address (docs/control-plane.md)
+# The client workload's own loopback address (docs/control-plane.md), a different one per run: the
+# proxy binds 15001, 9080 and UPSTREAM_PORT on it, and two runs at once must not collide.
+CLIENT_IP = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.2"
 UPSTREAM_PORT = 19999  # an explicit local upstream port for reviews:9080 on the client's address
 
 CANARY = """
@@ -314,6 +320,86 @@ def test_a_change_committed_by_an_api_worker_thread_is_pushed() -> None:
     asyncio.run(scenario())
 
 
+def _healthz(http_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as response:
+        return response.status
+
+
+def _answered_while(entered: threading.Event, release: threading.Event, request: Any) -> Any:
+    """In a thread of its own: once translation has started (``entered``), make ``request`` and keep
+    what it got, then let translation go on. Old code translated on the event loop, which then
+    could not answer: the request timed out (its client's timeout is only a safety net)."""
+    assert entered.wait(30), "no translation started"
+    try:
+        return request()
+    except OSError as error:
+        return error
+    finally:
+        release.set()
+
+
+def test_the_api_answers_while_the_control_plane_translates(tmp_path: Path) -> None:
+    """Issue 8 item 4: translating 10,000 ServiceEntries held the event loop for ~10 s per push, and
+    heartbeats and /healthz waited. Translation runs in a worker thread now: here it is made to wait
+    until a heartbeat and /healthz were answered, when a proxy connects and during a push. Full
+    garbage collections, which hold the GIL for as long as they scan, are put off meanwhile."""
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    entered, release = threading.Event(), threading.Event()
+    thresholds = gc.get_threshold()
+    during: list[tuple[int, ...]] = []
+
+    async def scenario() -> None:
+        control_plane = ControlPlane(None, xds_address=("127.0.0.1", 0), http_address=("127.0.0.1", 0))
+        xds_port, http_port = await control_plane.start()
+        api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
+        translate = control_plane.translator.resource_sets
+
+        def held_translation(*args: Any) -> Any:
+            during.append(gc.get_threshold())
+            entered.set()
+            release.wait(30)
+            return translate(*args)
+
+        control_plane.translator.resource_sets = held_translation  # type: ignore[method-assign]
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{xds_port}")
+        try:
+            lease = await asyncio.to_thread(_call, api, "POST", "/apis/v1/instances", {
+                "name": "witness", "namespace": "default", "address": "127.0.0.9", "ports": {"http": 9080},
+                "ttlSeconds": 60})
+            beat = (api, "PUT", f"/apis/v1/instances/{lease['id']}/heartbeat")
+
+            # A proxy connects: its first snapshot is translated.
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER_TYPE)
+            request.node.id = "sidecar~127.0.0.5~client.default~default.svc.cluster.local"
+            await call.write(request)
+            health = await asyncio.to_thread(
+                _answered_while, entered, release, lambda: _healthz(http_port))
+            assert health == 200
+            first = await asyncio.wait_for(call.read(), 30)
+            assert first.type_url == CLUSTER_TYPE
+            await call.write(discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER_TYPE, version_info=first.version_info, response_nonce=first.nonce))
+
+            # A push: a new service for it to translate.
+            entered.clear()
+            release.clear()
+            await asyncio.to_thread(_call, api, "POST", "/apis/v1/resources", VM_ENTRIES, "application/yaml")
+            answer = await asyncio.to_thread(_answered_while, entered, release, lambda: _call(*beat))
+            assert isinstance(answer, dict), answer
+            pushed = await asyncio.wait_for(call.read(), 30)
+            assert len(pushed.resources) > len(first.resources)
+        finally:
+            release.set()
+            await channel.close()
+            await control_plane.stop()
+
+    asyncio.run(scenario())
+    assert during and all(seen[:2] == thresholds[:2] and seen[2] > 1_000_000 for seen in during)
+    assert gc.get_threshold() == thresholds
+
+
 def test_a_truncated_state_file_stops_the_start_with_a_clear_message(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tulle.controlplane.server import serve
@@ -486,8 +572,8 @@ def test_ten_thousand_service_entries_reach_proxies(tmp_path: Path) -> None:
                     assert routes.sent_bytes > 4 * 1024 * 1024
                     assert "RESOURCE_EXHAUSTED" not in joining.output()
                 assert "RESOURCE_EXHAUSTED" not in connected.output()
-                view = await asyncio.to_thread(_call, (f"http://127.0.0.1:{http_port}", control_plane.api.token), "GET",
-                                              "/debug/proxies")
+                api = (f"http://127.0.0.1:{http_port}", control_plane.api.token)
+                view = await asyncio.to_thread(_call, api, "GET", "/debug/proxies")
                 states = {type_name: entry["state"] for proxy in view["proxies"] if proxy["id"] == node_ids[0]
                           for type_name, entry in proxy["types"].items()}
                 assert set(states.values()) == {"SYNCED"}, states

@@ -367,13 +367,109 @@ def test_a_newer_version_waits_until_the_client_answered_the_last_response() -> 
         client = SotwClient(channel, "n1")
         await client.request(types.CLUSTER)
         first = await client.read()
-        newer = make_snapshot(clusters=("c1",))
+        newer = make_snapshot(clusters=("c1", "c2", "c3"))
         cache.set_snapshot("n1", newer)  # the client is still applying the first response
-        await client.request(types.LISTENER)  # probe
-        assert (await client.read()).type_url == types.LISTENER
+        await client.request(types.LISTENER)  # listeners wait for the clusters of the same snapshot
         await client.ack(first)
         second = await client.read()
         assert second.type_url == types.CLUSTER and second.version_info == newer.version(types.CLUSTER)
+        assert (await client.read()).type_url == types.LISTENER
+
+    run(test)
+
+
+def snapshot_moving_r2_to(cluster: str, clusters: tuple[str, ...], listener_port: int = 8080) -> Snapshot:
+    """make_snapshot's, with route r2 sent to ``cluster`` and listener l1 on ``listener_port``."""
+    messages = [
+        make_listener("l1", listener_port, "r1"),
+        make_listener("l2", 9090, "r2"),
+        make_route("r1", "c1"),
+        make_route("r2", cluster),
+    ]
+    for name in clusters:
+        messages += [make_cluster(name), make_endpoints(name, "10.0.1.1")]
+    return Snapshot.from_messages(messages)
+
+
+def test_an_update_naming_a_new_cluster_never_overtakes_the_cds_update_adding_it() -> None:
+    """The canary race: the client has not answered CDS yet when a push adds cluster c3 and a
+    listener and route using it. The listener and route must wait for that CDS update (xDS
+    protocol, "Eventual consistency considerations": CDS, then EDS, then LDS, then RDS)."""
+
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.request(types.CLUSTER)
+        cds = await client.read()  # the client is still applying it
+        newer = snapshot_moving_r2_to("c3", ("c1", "c2", "c3"), listener_port=8181)
+        cache.set_snapshot("n1", newer)
+        await client.request(types.LISTENER)  # Envoy asks for listeners and routes meanwhile
+        await client.request(types.ROUTE, ["r1", "r2"])
+        await client.ack(cds)
+        order = [await client.read() for _ in range(3)]
+        assert [response.type_url for response in order] == [types.CLUSTER, types.LISTENER, types.ROUTE]
+        assert names_in(order[0]) == ["c1", "c2", "c3"]
+        assert [response.version_info for response in order] == [
+            newer.version(type_url) for type_url in (types.CLUSTER, types.LISTENER, types.ROUTE)
+        ]
+
+    run(test)
+
+
+def test_a_cluster_still_named_by_a_route_is_removed_after_the_route_moves_off_it() -> None:
+    """Make before break: a push that adds c3, moves route r2 from c2 to c3 and drops c2 sends a CDS
+    update keeping c2 first, and the one removing c2 only after the route's."""
+
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.subscribe_all()
+        moved = snapshot_moving_r2_to("c3", ("c1", "c3"))
+        cache.set_snapshot("n1", moved)
+        responses: list[discovery_pb2.DiscoveryResponse] = []
+        while not responses or responses[-1].version_info != moved.version(types.CLUSTER):
+            responses.append(await client.read())
+            await client.ack(responses[-1], SUBSCRIPTIONS.get(responses[-1].type_url, ()))
+        kinds = [response.type_url for response in responses]
+        assert kinds[0] == types.CLUSTER and names_in(responses[0]) == ["c1", "c2", "c3"]
+        assert kinds.count(types.CLUSTER) == 2 and kinds.index(types.ROUTE) < len(kinds) - 1
+        assert names_in(responses[-1]) == ["c1", "c3"]
+        route = [unpack(r.resources[0]) for r in responses if r.type_url == types.ROUTE][0]
+        assert route.name == "r2" and route.virtual_hosts[0].routes[0].route.cluster == "c3"
+        await client.request(types.ENDPOINT, ["c1", "c3"])  # probe (Envoy's request for the new cluster)
+        probe = await client.read()  # nothing else was owed: the next message answers it
+        assert probe.type_url == types.ENDPOINT and names_in(probe) == ["c3"]
+
+    run(test)
+
+
+def test_a_cluster_the_client_holds_is_removed_after_the_route_moves_off_it() -> None:
+    """When keeping c2 leaves the clusters as the client has them, no CDS update goes first."""
+
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = SotwClient(channel, "n1")
+        await client.subscribe_all()
+        moved = snapshot_moving_r2_to("c1", ("c1",))
+        cache.set_snapshot("n1", moved)
+        responses = [await client.read()]
+        while responses[-1].type_url != types.CLUSTER:
+            await client.ack(responses[-1], SUBSCRIPTIONS[responses[-1].type_url])
+            responses.append(await client.read())
+        assert [response.type_url for response in responses] == [types.ENDPOINT, types.ROUTE, types.CLUSTER]
+        assert names_in(responses[-1]) == ["c1"] and responses[-1].version_info == moved.version(types.CLUSTER)
+
+    run(test)
+
+
+def test_a_cluster_removal_alone_is_not_delayed() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot(clusters=("c1", "c2", "c3")))
+        client = SotwClient(channel, "n1")
+        await client.subscribe_all()
+        cache.set_snapshot("n1", make_snapshot(clusters=("c1", "c2")))  # no route or listener changes
+        cds = await client.read()
+        assert cds.type_url == types.CLUSTER and names_in(cds) == ["c1", "c2"]
 
     run(test)
 
@@ -873,6 +969,24 @@ def test_delta_removal_is_reported() -> None:
         assert (cds.type_url, eds.type_url) == (types.CLUSTER, types.ENDPOINT)
         assert list(cds.removed_resources) == ["c2"] and not cds.resources
         assert list(eds.removed_resources) == ["c2"] and not eds.resources
+
+    run(test)
+
+
+def test_delta_cluster_removal_waits_for_the_route_moving_off_it() -> None:
+    async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
+        cache.set_snapshot("n1", make_snapshot())
+        client = DeltaClient(channel, "n1")
+        for type_url, names in SUBSCRIPTIONS.items():
+            await client.request(type_url, names)
+            await client.ack(await client.read())
+        cache.set_snapshot("n1", snapshot_moving_r2_to("c1", ("c1",)))
+        responses = [await client.read()]
+        while types.CLUSTER not in [r.type_url for r in responses]:
+            responses.append(await client.read())
+        kinds = [r.type_url for r in responses]
+        assert kinds.index(types.ROUTE) < kinds.index(types.CLUSTER)
+        assert list(responses[-1].removed_resources) == ["c2"] and not responses[-1].resources
 
     run(test)
 

@@ -151,6 +151,27 @@ def test_removing_an_assignment_or_route_by_name_keeps_it_as_envoy_does() -> Non
     assert [host.port for host in applier.worker.cluster_manager.get("a").hosts] == [1001]
 
 
+def _routes_to(name: str, cluster: str, validate_clusters: bool | None) -> Any:
+    proto = route_config(name, cluster)
+    if validate_clusters is not None:
+        proto.validate_clusters.value = validate_clusters
+    return proto
+
+
+def test_rds_routes_naming_an_unknown_cluster_are_checked_only_when_they_ask_as_in_envoy() -> None:
+    """Envoy checks an RDS route table's clusters only with validate_clusters: true (its default is
+    false for RDS): a route naming a cluster CDS has not delivered yet answers 503 NC meanwhile."""
+    applier = _applier([_static_rds_listener("ingress", "local")])
+    config = _route_of(applier, "ingress")
+    asyncio.run(applier.apply(ROUTE_TYPE, {"local": _routes_to("local", "not-yet", None)}, set(), True))
+    assert config.route_table.referenced_clusters() == {"not-yet"}
+    with pytest.raises(UpdateRejected, match="RouteConfiguration 'local': route references unknown cluster 'gone'"):
+        asyncio.run(applier.apply(ROUTE_TYPE, {"local": _routes_to("local", "gone", True)}, set(), True))
+    assert config.route_table.referenced_clusters() == {"not-yet"}  # the last good one serves
+    asyncio.run(applier.apply(ROUTE_TYPE, {"local": _routes_to("local", "xds", True)}, set(), True))
+    assert config.route_table.referenced_clusters() == {"xds"}
+
+
 # --- a listener on an address another process holds ---------------------------------------------
 
 

@@ -7,6 +7,13 @@ same view have in common and taking an incremental path when only endpoints
 changed (controlplane/push.py); the cache compares versions per type, so a proxy
 whose config did not change gets nothing, and an endpoint-only change reaches
 proxies as EDS only.
+
+Translation is CPU-bound Python (10,000 ServiceEntries take seconds), so it runs in
+a worker thread, never on the event loop, which keeps answering heartbeats, the API
+and xDS streams meanwhile (the interpreter hands it the GIL every few milliseconds).
+The translator is used by one thread at a time (``_translation``, held around each
+piece of work) and reads an immutable MeshSnapshot; the snapshots it makes are set
+in the cache on the loop, which wakes the streams.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +54,9 @@ log = logging.getLogger("tulle.controlplane")
 
 DEBOUNCE_SECONDS = 0.1  # istiod's PILOT_DEBOUNCE_AFTER is 100 ms
 DEBOUNCE_MAX_SECONDS = 1.0  # ... and PILOT_DEBOUNCE_MAX 10 s; a busy mesh still converges within 1 s here
-PUSH_SLICE_SECONDS = 0.02  # a push yields to the event loop this often
+TRANSLATE_BATCH_SECONDS = 0.05  # proxies translated per trip to the worker thread, then their snapshots are set
 GC_INTERVAL_SECONDS = 300.0  # full garbage collections (see push_all)
+NEVER = 1 << 30  # a generation-2 threshold no translation reaches (see _full_collections_deferred)
 LAST_GOOD_INTERVAL_SECONDS = 60.0  # how often config.db.last-good catches up with changes (store/state.py)
 # A control-plane restart makes every proxy reconnect at once. gRPC core holds RPCs the event loop has
 # not picked up yet and, past 1,000 of them, drops new ones at random (INTERNAL) up to a hard limit of
@@ -144,6 +153,13 @@ class ControlPlane:
         self.api = ApiServer(self.store, self.registry, validator=self._validate, xds_status=self._xds_status,
                              config_view=self._config_view, token=token, allowed_hosts=api_allowed_hosts)
         self.translator = MeshTranslator()
+        # Held around every use of the translator (in a worker thread) and the setting of what it made.
+        self._translation = asyncio.Lock()
+        self._connecting: list[ConnectedNode] = []  # connected proxies waiting for their first translation
+        self._connect_task: asyncio.Task[None] | None = None
+        self._node_tasks: set[asyncio.Task[None]] = set()  # that translation, and forgetting proxies gone
+        self._translations_running = 0
+        self._gc_thresholds = gc.get_threshold()
         self.pushes = 0
         self._pending_full = True
         self._push_task: asyncio.Task[None] | None = None
@@ -202,6 +218,8 @@ class ControlPlane:
             self._push_handle.cancel()
         if self._push_task is not None:
             self._push_task.cancel()
+        for task in self._node_tasks:
+            task.cancel()
         await self.api.stop()
         await self.xds.stop(0.5)
         self.registry.close()
@@ -255,21 +273,21 @@ class ControlPlane:
 
     async def push_all(self) -> None:
         """Translate the current mesh for every connected proxy. Shared parts are translated once
-        (controlplane/push.py); the loop yields every few milliseconds so that streams keep being
-        served while a large mesh is pushed."""
+        (controlplane/push.py), in a worker thread; each batch of proxies gets its snapshots as
+        soon as it is translated."""
         started = time.perf_counter()
         endpoints_only, self._pending_full = not self._pending_full, False
         # Reading 10,000 resources takes about a second: off the loop (the store and registry are thread-safe).
-        self.translator.set_mesh(await asyncio.to_thread(self.mesh_snapshot), endpoints_only=endpoints_only)
-        slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
-        for node_id in list(self.nodes):
-            node = self.nodes.get(node_id)
-            if node is None:
-                continue  # disconnected while the push yielded
-            self._push_node(node)
-            if time.perf_counter() > slice_end:
-                await asyncio.sleep(0)
-                slice_end = time.perf_counter() + PUSH_SLICE_SECONDS
+        with self._full_collections_deferred():
+            mesh = await asyncio.to_thread(self.mesh_snapshot)
+            async with self._translation:
+                await asyncio.to_thread(self.translator.set_mesh, mesh, endpoints_only)
+            pending = list(self.nodes.values())
+            while pending:
+                async with self._translation:  # released between batches: a connecting proxy need not wait for all
+                    translated, pending = await asyncio.to_thread(self._translate_batch, pending)
+                    for node, snapshot in translated:
+                        self._set_snapshot(node, snapshot)
         # What a push built lives until a later push replaces it: millions of objects in a big mesh,
         # which every full (generation 2) collection scanned, ~100 ms each, several times per
         # endpoint change. Refcounting still frees them once replaced; collect_garbage() catches any
@@ -278,16 +296,35 @@ class ControlPlane:
         self.pushes += 1
         self.last_push_seconds = time.perf_counter() - started
 
-    def _push_node(self, node: ConnectedNode) -> None:
+    def _translate(self, node: ConnectedNode) -> Snapshot | None:
+        """The node's snapshot of the translator's mesh (in a worker thread, holding _translation);
+        None, logged, when its translation fails: it keeps its last config."""
         try:
             if node.proxyless:
                 assert self.translator.mesh is not None
-                snapshot = Snapshot(translate_grpc(self.translator.mesh, node.proxy, node.options))
-            else:
-                snapshot = Snapshot.from_sets(self.translator.resource_sets(node.proxy, node.options))
-            self.cache.set_snapshot(node.proxy.id, snapshot)
+                return Snapshot(translate_grpc(self.translator.mesh, node.proxy, node.options))
+            return Snapshot.from_sets(self.translator.resource_sets(node.proxy, node.options))
         except Exception:  # one proxy's translation failing must not starve the others
             log.exception("translation for %s failed; it keeps its last config", node.proxy.id)
+            return None
+
+    def _translate_batch(self, nodes: list[ConnectedNode]) -> tuple[list[tuple[ConnectedNode, Snapshot | None]],
+                                                                     list[ConnectedNode]]:
+        """Translate nodes for about TRANSLATE_BATCH_SECONDS (at least one): what was translated,
+        and the nodes left."""
+        batch_end = time.perf_counter() + TRANSLATE_BATCH_SECONDS
+        translated = []
+        for index, node in enumerate(nodes):
+            translated.append((node, self._translate(node)))
+            if time.perf_counter() > batch_end:
+                return translated, nodes[index + 1:]
+        return translated, []
+
+    def _set_snapshot(self, node: ConnectedNode, snapshot: Snapshot | None) -> None:
+        """On the loop: hand the cache a node's new snapshot, unless the node left meanwhile (or
+        connected again: its own translation follows)."""
+        if snapshot is not None and self.nodes.get(node.proxy.id) is node:
+            self.cache.set_snapshot(node.proxy.id, snapshot)
 
     def _options(self, node: Any, proxy: ProxyIdentity) -> Any:
         """Tulle sidecars (no iptables) get the loopback-IP layout and what Tulle proxies run today;
@@ -304,11 +341,52 @@ class ControlPlane:
 
     # --- hooks from the xDS server --------------------------------------------------------------
     def _node_connected(self, node: Any) -> None:
+        """A node's first stream opened: translate for it in a worker thread; the stream waits for
+        the snapshot (the cache wakes it)."""
         proxy = proxy_identity(node)
         connected = ConnectedNode(proxy, self._options(node, proxy), is_proxyless(node.id, _metadata(node)))
         self.nodes[node.id] = connected
-        self._push_node(connected)
-        gc.freeze()  # its snapshot is long-lived too (see push_all)
+        self._connecting.append(connected)
+        if self._connect_task is None or self._connect_task.done():
+            self._connect_task = self._in_background(self._push_connected())
+
+    async def _push_connected(self) -> None:
+        """Translate the proxies that connected, in batches (a whole mesh reconnects at once after a
+        restart), until none is waiting."""
+        with self._full_collections_deferred():
+            while self._connecting:
+                async with self._translation:
+                    taken, self._connecting = self._connecting, []
+                    nodes = [node for node in taken if self.nodes.get(node.proxy.id) is node]  # still there
+                    translated, rest = await asyncio.to_thread(self._translate_batch, nodes) if nodes else ([], [])
+                    self._connecting = rest + self._connecting  # before those that connected meanwhile
+                    for node, snapshot in translated:
+                        self._set_snapshot(node, snapshot)
+        gc.freeze()  # their snapshots are long-lived too (see push_all)
+
+    @contextmanager
+    def _full_collections_deferred(self) -> Iterator[None]:
+        """No automatic full (generation 2) garbage collection while anything translates. One
+        scans every object not frozen: with the millions a large push builds, ~0.5 s each, several
+        per push, holding the GIL, so the event loop waited whichever thread collected. Young
+        generations are still collected; what translation built is frozen after it, and
+        collect_garbage() runs a full collection every few minutes. On the loop only."""
+        if self._translations_running == 0:
+            self._gc_thresholds = gc.get_threshold()
+            gc.set_threshold(self._gc_thresholds[0], self._gc_thresholds[1], NEVER)
+        self._translations_running += 1
+        try:
+            yield
+        finally:
+            self._translations_running -= 1
+            if self._translations_running == 0:
+                gc.set_threshold(*self._gc_thresholds)
+
+    def _in_background(self, work: Any) -> asyncio.Task[None]:
+        task = self._loop.create_task(work)
+        self._node_tasks.add(task)
+        task.add_done_callback(self._node_tasks.discard)
+        return task
 
     async def collect_garbage(self, interval: float = GC_INTERVAL_SECONDS) -> None:
         """Every ``interval``, collect what push_all froze (a pause of ~100 ms per million objects,
@@ -338,8 +416,13 @@ class ControlPlane:
 
     def _node_disconnected(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
-        self.translator.forget(node_id)
         self.cache.clear(node_id)
+        self._in_background(self._forget(node_id))
+
+    async def _forget(self, node_id: str) -> None:
+        async with self._translation:  # not while a translation in a thread may still add it back
+            if node_id not in self.nodes:
+                self.translator.forget(node_id)
 
     # --- hooks from the HTTP API ----------------------------------------------------------------
     def _validate(self, resources: list[Resource]) -> list[Any]:

@@ -245,7 +245,9 @@ class XdsApplier:
         for name, proto in resources.items():
             for config in users.get(name, ()):
                 try:
-                    swaps.append((config, config.build_route_table(proto, "")))
+                    table = config.build_route_table(proto, "")
+                    config.check_clusters(table, "", inline=False)
+                    swaps.append((config, table))
                 except ConfigError as exc:
                     raise _rejected("RouteConfiguration", name, exc) from None
         for name, proto in resources.items():

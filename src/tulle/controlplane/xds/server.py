@@ -3,17 +3,28 @@
 It serves whatever the :class:`SnapshotCache` holds for the node named by a stream's first
 request and knows nothing of how those resources were built. Each stream runs one loop over a
 queue fed by two sources, the client's requests and the cache's change callbacks, so all of a
-stream's protocol state is touched by one task only. Whenever it handles either, it first
-catches up with the node's current snapshot, pushing every changed type in Envoy's ADS order
-(CDS, EDS, LDS, RDS: ``types.PUSH_ORDER``).
+stream's protocol state is touched by one task only. Whenever it handles either, it catches up
+with the node's current snapshot, type by type in Envoy's ADS order (CDS, EDS, LDS, RDS:
+``types.PUSH_ORDER``).
+
+Ordering (xDS protocol, "Eventual consistency considerations": make before break). On one stream,
+an update of a later type never goes out before the earlier types' updates of the same snapshot:
+when a state-of-the-world CDS update is still unanswered (one per type is in flight), the
+listeners and routes of a newer snapshot wait for the client's answer and the CDS update that
+follows it, so a listener or route never names a cluster the client has not been sent. (No ACK
+is awaited beyond that, as in istiod: Envoy applies a stream's responses in order and counts a
+warming cluster as known.) The other way round, a cluster the client holds that a snapshot drops
+while its listeners or routes change too is removed only after their updates went out: the
+state-of-the-world CDS update keeps it and a later one removes it, a delta one holds the removal
+back. Separate per-type streams have no common order (that is what ADS is for).
 
 State of the world, per type (xDS protocol, "ACK/NACK", "When to send an update"):
   * LDS/CDS requests with no names (and never any names before) or with ``*`` are wildcard;
     otherwise only the named resources that exist are sent.
   * An update goes out when the client has answered our last one of that type (as in
-    go-control-plane, one update per type is in flight) and either the snapshot's version
-    differs from what we last sent on the stream, the subscribed names changed, or it is the
-    type's first request on the stream.
+    go-control-plane, one update per type is in flight), the earlier types have sent theirs (see
+    Ordering), and either the snapshot's version differs from what we last sent on the stream,
+    the subscribed names changed, or it is the type's first request on the stream.
   * LDS and CDS updates carry every resource the client should hold. The other types (EDS,
     RDS) carry everything only in the stream's first update; later ones carry just the
     resources whose version changed and the ones newly subscribed, as istiod does for EDS: a
@@ -226,7 +237,7 @@ class _Stream:
         self.fixed_type = fixed_type
         self.node_id = ""
         self.status: StreamStatus | None = None
-        self.seen_snapshot: Snapshot | None = None
+        self.types: dict[str, Any] = {}  # type URL -> the protocol's per-type state
         self._nonce_prefix = os.urandom(4).hex()
         self._nonce_counter = 0
         # type URL -> (version, bytes) of a response over gRPC's default limit not answered yet
@@ -250,7 +261,7 @@ class _Stream:
                 events.put_nowait(("end", None))
 
         def on_change(_changed: frozenset[str]) -> None:
-            # Only a wake-up: catch_up() works out what changed since this stream last looked.
+            # Only a wake-up: catch_up() works out what each type owes the client.
             try:
                 loop.call_soon_threadsafe(events.put_nowait, ("changed", None))
             except RuntimeError:  # loop closed: the stream is gone
@@ -286,7 +297,7 @@ class _Stream:
                         f"type_url {payload.type_url!r} is not served on this stream",
                     )
                 self.on_request(type_url, payload)
-                await self.catch_up(type_url)
+                await self.catch_up()
         finally:
             reader.cancel()
             if watch is not None:
@@ -307,21 +318,28 @@ class _Stream:
                 self.node_id, types.short_name(type_url), version, size, GRPC_DEFAULT_MAX_MESSAGE_BYTES,
             )
 
-    async def catch_up(self, requested_type: str | None = None) -> None:
-        """Answer ``requested_type`` and push every type changed since the snapshot this stream
-        last looked at, in push order. A request can be handled before the change callback that
-        a newer snapshot queued behind it; sweeping here keeps CDS ahead of EDS even then."""
+    async def catch_up(self) -> None:
+        """Bring every type of the stream up to the node's current snapshot, in push order (CDS,
+        EDS, LDS, RDS), then send the cluster removals held back for the types naming clusters
+        (make before break). Every type is looked at, not only the changed ones: one held back by
+        an earlier type goes out as soon as that type's answer lets it (a type with nothing owed
+        costs a comparison of versions)."""
         snapshot = self.cache.get_snapshot(self.node_id)
         if snapshot is None:
             return
-        pending = (
-            set(snapshot.changed_types(self.seen_snapshot)) if snapshot is not self.seen_snapshot else set()
-        )
-        self.seen_snapshot = snapshot
-        if requested_type is not None:
-            pending.add(requested_type)
-        for type_url in sorted(pending, key=types.push_rank):
+        for type_url in sorted(self.types, key=types.push_rank):
             await self.respond_if_needed(type_url, snapshot)
+        if types.CLUSTER in self.types:
+            await self.respond_if_needed(types.CLUSTER, snapshot)
+
+    def cluster_users_behind(self, snapshot: Snapshot) -> bool:
+        """Whether a type whose resources name clusters has yet to get its update of ``snapshot``
+        (or to be found not to need one): until then, clusters it may name are not removed."""
+        return any(
+            state.handled_version != snapshot.version(type_url)
+            for type_url, state in self.types.items()
+            if type_url in types.CLUSTER_USERS and snapshot.has_type(type_url)
+        )
 
     def on_request(self, type_url: str, request: Any) -> None:
         """Update the type's subscription and ACK/NACK state from a client request."""
@@ -408,16 +426,24 @@ class _SotwType:
     sent_nonce: str = ""  # the nonce of its last response: the answer to it settles the update
     update_nonces: frozenset[str] = frozenset()  # every response's nonce, when the update was split
     part_rejected: str | None = None  # a NACK of an earlier response of a split update
-    handled_version: str = ""  # the snapshot version last sent or refused: not tried again
-    # Types whose later updates carry only changes: what the client holds is the set of the last
-    # update (shared with every stream that has it, so nothing per stream), restricted to
-    # ``held_names`` (None: all of it). Optimistic, as for delta: a rejected resource counts as
-    # held, so the same version is not sent again.
+    handled_version: str = ""  # the version last sent or refused: not tried again
+    # The snapshot version whose resources that update carried: handled_version, except for a CDS
+    # update that also kept clusters the snapshot dropped (``removals_held``; their removal waits
+    # for the types naming clusters). A later type waits for the earlier ones to carry its snapshot.
+    made_version: str = ""
+    removals_held: bool = False
+    # What the client holds is the set of the last update (shared with every stream that has it, so
+    # nothing per stream), restricted to ``held_names`` (None: all of it): EDS and RDS updates after
+    # the first carry only what it does not hold, a CDS update keeps what is still held and in use.
+    # Optimistic, as for delta: a rejected resource counts as held, so the same version is not sent
+    # again.
     held_set: ResourceSet = EMPTY_SET
     held_names: frozenset[str] | None = frozenset()
     # EDS after a CDS update: Envoy rebuilds a cluster whose definition changed and waits (warming)
-    # for its endpoints, asking again with the same names: the next EDS update is whole, as istiod's.
+    # for its endpoints, asking again with the same names: the next EDS update is whole, as istiod's,
+    # and a request after the CDS update is answered even at the same version.
     whole_next: bool = False
+    whole_asked: bool = False
 
     def holds(self, name: str, version: str) -> bool:
         held = self.held_set.entries.get(name)
@@ -463,6 +489,7 @@ class _SotwStream(_Stream):
             not names and not state.ever_named and type_url in types.WILDCARD_TYPES
         )
         names -= {types.WILDCARD_NAME}
+        state.whole_asked = state.whole_next
         if (wildcard, names) != (state.wildcard, state.names):
             state.wildcard, state.names, state.names_changed = wildcard, names, True
             if not wildcard:  # the client forgets what it unsubscribed; a new subscription is sent again
@@ -470,22 +497,63 @@ class _SotwStream(_Stream):
             self.status.record_subscription(type_url, names, wildcard)
         state.awaiting_response = True
 
+    def held_back(self, type_url: str, snapshot: Snapshot) -> bool:
+        """Whether an earlier type (push order) has yet to send its update of ``snapshot``: its last
+        response is still unanswered, and only one per type is in flight. A listener or route must
+        not reach the client before the clusters it names (xDS protocol, "Eventual consistency
+        considerations"), so the later type waits for that answer too."""
+        rank = types.push_rank(type_url)
+        return any(
+            state.made_version != snapshot.version(other)
+            for other, state in self.types.items()
+            if types.push_rank(other) < rank and snapshot.has_type(other)
+        )
+
+    def clusters_to_keep(self, state: _SotwType, resource_set: ResourceSet, snapshot: Snapshot) -> dict[str, Any]:
+        """Clusters the client holds and still subscribes to that ``resource_set`` dropped, while
+        listeners or routes that may name them have yet to get this snapshot's update: kept (make
+        before break), then removed by the CDS update that follows theirs."""
+        if not state.responded or not self.cluster_users_behind(snapshot):
+            return {}
+        return {
+            name: entry
+            for name, entry in state.held_set.entries.items()
+            if name not in resource_set.entries
+            and (state.held_names is None or name in state.held_names)
+            and (state.wildcard or name in state.names)
+        }
+
     async def respond_if_needed(self, type_url: str, snapshot: Snapshot) -> None:
         state = self.types.get(type_url)
         if state is None or not state.awaiting_response or not snapshot.has_type(state.type_url):
             return
-        version = snapshot.version(state.type_url)
-        if state.responded and not (state.names_changed or state.whole_next) and version == state.handled_version:
+        snapshot_version = snapshot.version(state.type_url)
+        if (
+            state.responded
+            and not (state.names_changed or state.whole_asked or state.removals_held)
+            and snapshot_version == state.made_version
+        ):
             return  # the client has (or rejected) exactly this, or it was refused; wait for a newer version
-        available = snapshot.resources(state.type_url)
-        versions = snapshot.resource_versions(state.type_url)
-        selected = sorted(available) if state.wildcard else sorted(state.names & available.keys())
+        if self.held_back(state.type_url, snapshot):
+            return  # the earlier type's answer sweeps this stream again
+        resource_set, version = snapshot.resource_set(state.type_url), snapshot_version
+        kept = self.clusters_to_keep(state, resource_set, snapshot) if state.type_url == types.CLUSTER else {}
+        if kept:  # a version of its own: the snapshot's clusters plus the kept ones
+            resource_set = resource_set.merged(ResourceSet(kept))
+            version = resource_set.version
+        if state.responded and not (state.names_changed or state.whole_asked) and version == state.handled_version:
+            # What the client has already carries this snapshot's clusters (and maybe kept ones).
+            state.made_version, state.removals_held = snapshot_version, bool(kept)
+            return
+        entries = resource_set.entries
+        selected = sorted(entries) if state.wildcard else sorted(state.names & entries.keys())
         if state.partial:
-            selected = [name for name in selected if not state.holds(name, versions[name])]
+            selected = [name for name in selected if not state.holds(name, entries[name].version)]
             if not selected and not state.names_changed:
-                state.handled_version = version  # nothing this client holds changed
+                state.handled_version = state.made_version = version  # nothing this client holds changed
                 return
-        state.handled_version, state.names_changed = version, False
+        state.handled_version, state.made_version, state.names_changed = version, snapshot_version, False
+        state.removals_held = bool(kept)
         nonces: list[str] = []
 
         def make_response(resources: list[Any]) -> discovery_pb2.DiscoveryResponse:
@@ -498,29 +566,35 @@ class _SotwStream(_Stream):
         splittable = state.type_url not in types.SOTW_COMPLETE_TYPES
         update = self.build_update(
             state.type_url, version,
-            [any_pb2.Any(type_url=state.type_url, value=snapshot.serialized(state.type_url, name)) for name in selected],
+            [any_pb2.Any(type_url=state.type_url, value=entries[name].serialized) for name in selected],
             make_response, splittable, selected,
         )
         if update is None:  # refused; the request stays unanswered until a newer version fits
             return
+        # Envoy rebuilds a cluster whose definition changed (not one only removed around it) and
+        # waits for its endpoints.
+        rebuilt = state.type_url == types.CLUSTER and any(
+            not state.holds(name, entries[name].version) for name in selected
+        )
         state.sent_version, state.sent_nonce = version, nonces[-1]
         state.update_nonces, state.part_rejected = frozenset(nonces), None
-        state.awaiting_response = state.whole_next = False
+        state.awaiting_response = state.whole_next = state.whole_asked = False
         state.responded = True
-        if state.type_url == types.CLUSTER and types.ENDPOINT in self.types:
+        if rebuilt and types.ENDPOINT in self.types:
             self.types[types.ENDPOINT].whole_next = True
-        if splittable:  # what it did not hold it has now: the client holds this set
-            state.held_set = snapshot.resource_set(state.type_url)
-            state.held_names = None if state.wildcard else state.names
+        # What it did not hold it has now: the client holds this set.
+        state.held_set = resource_set
+        state.held_names = None if state.wildcard else state.names
         assert self.status is not None
         self.status.record_sent(state.type_url, version, nonces[-1], len(selected), update.size)
         log.debug(
-            "push %s version %s (%d resources, %d bytes in %d responses) to %s",
+            "push %s version %s (%d resources, %d bytes in %d responses%s) to %s",
             types.short_name(state.type_url),
             version,
             len(selected),
             update.size,
             len(update.responses),
+            f", {len(kept)} kept until listeners and routes moved off them" if kept else "",
             self.node_id,
         )
         await self.write_update(state.type_url, version, update)
@@ -542,7 +616,9 @@ class _DeltaType:
     # nonce -> (system version sent, the nonce of the last response of its update)
     outstanding: dict[str, tuple[str, str]] = field(default_factory=dict)
     part_rejected: dict[str, str] = field(default_factory=dict)  # last nonce of an update -> a NACK of a part
-    refused_version: str = ""  # the system version whose update was too large: not tried again
+    # The system version last sent (or refused as too large: not tried again), with nothing owed
+    # since; not set while cluster removals are held back for the types naming clusters.
+    handled_version: str = ""
 
     def interested_in(self, name: str) -> bool:
         return self.wildcard or name in self.subscribed
@@ -591,6 +667,7 @@ class _DeltaStream(_Stream):
         for name in [n for n in state.known if not state.interested_in(n)]:
             del state.known[name]
         if subscribe or unsubscribe or initial:
+            state.handled_version = ""  # what the client wants changed: compare again
             self.status.record_subscription(type_url, state.subscribed, state.wildcard)
 
     def _record_answer(self, state: _DeltaType, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
@@ -617,8 +694,8 @@ class _DeltaStream(_Stream):
         if state is None or not snapshot.has_type(type_url):
             return
         version = snapshot.version(type_url)
-        if version == state.refused_version and not state.owed:
-            return  # too large at this version; a newer one is tried
+        if version == state.handled_version and not state.owed:
+            return  # sent, or too large at this version (a newer one is tried)
         available = snapshot.resources(type_url)
         versions = snapshot.resource_versions(type_url)
         updated = sorted(
@@ -626,11 +703,18 @@ class _DeltaStream(_Stream):
             for name in available
             if state.interested_in(name) and state.known.get(name) != versions[name]
         )
-        removed = {name for name in state.known if name not in available}
-        removed |= {name for name in state.owed if name not in available}
+        removed = {name for name in state.owed if name not in available}
+        gone = {name for name in state.known if name not in available}
+        # Make before break: a cluster the client holds goes once listeners and routes that may
+        # name it got this snapshot's update (the end of catch_up() comes back for it).
+        hold = bool(gone) and type_url == types.CLUSTER and self.cluster_users_behind(snapshot)
+        if not hold:
+            removed |= gone
         # Envoy needs an answer to its first wildcard request to finish initializing, even if empty.
         if not updated and not removed and (state.responded or not state.wildcard):
             state.owed.clear()
+            if not hold:
+                state.handled_version = version
             return
         nonces: list[str] = []
 
@@ -652,8 +736,9 @@ class _DeltaStream(_Stream):
             for name in updated
         ], make_response, True, updated)
         state.owed.clear()
+        if not hold:
+            state.handled_version = version
         if update is None:
-            state.refused_version = version
             return
         # Optimistic: a NACKed resource counts as held, so the same version is not sent again.
         for name in updated:

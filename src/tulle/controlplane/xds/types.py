@@ -28,6 +28,11 @@ PUSH_ORDER: tuple[str, ...] = (
     RUNTIME,
 )
 
+# Types whose resources name clusters (a listener's inline routes or tcp_proxy, route configurations):
+# when a push stops using a cluster and removes it, the cluster goes only after their updates of that
+# push ("make before break"), so that nothing in use is removed before what replaces it arrived.
+CLUSTER_USERS: frozenset[str] = frozenset({LISTENER, SCOPED_ROUTE, ROUTE, VIRTUAL_HOST})
+
 # Only these types have a wildcard ("give me everything for this node") subscription; for the others
 # an empty name list means "nothing" (xDS protocol, "How the client specifies what to return").
 WILDCARD_TYPES: frozenset[str] = frozenset({LISTENER, CLUSTER})

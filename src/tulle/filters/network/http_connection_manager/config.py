@@ -175,8 +175,7 @@ class HcmConfig:
             self.route_table = self.build_route_table(RouteConfiguration(), "")  # 404 until RDS arrives
         else:
             self.route_table = self.build_route_table(proto.route_config, join(field, "route_config"))
-            # Envoy validates an inline route table's clusters unless told otherwise.
-            self.check_clusters(self.route_table, join(field, "route_config"))
+            self.check_clusters(self.route_table, join(field, "route_config"), inline=True)
         self.encoder_filters = any(getattr(f, "encodes", False) for f in self.filter_factories)
         # a factory whose create_filter may return None (the filter has nothing to do for that request)
         self.skippable_filters = any(getattr(f, "skippable", False) for f in self.filter_factories)
@@ -197,8 +196,11 @@ class HcmConfig:
         finally:
             building_route_table.reset(token)
 
-    def check_clusters(self, table: Any, field: str) -> None:
-        if table.validate_clusters is False:
+    def check_clusters(self, table: Any, field: str, *, inline: bool) -> None:
+        """Refuse a table naming a cluster the cluster manager does not have, when it asks for that
+        (``validate_clusters``). Unset, Envoy checks an inline table and not one from RDS: a route
+        naming an unknown cluster then answers 503 (NC, cluster_not_found_response_code)."""
+        if not (inline if table.validate_clusters is None else table.validate_clusters):
             return
         for name in sorted(table.referenced_clusters()):
             if self.cluster_manager.get(name) is None:

@@ -135,11 +135,11 @@ def _positive_duration(duration: message.Message, field: str) -> float:
     return seconds
 
 
-def _cluster_must_exist(ctx: FactoryContext, name: str, field: str) -> None:
+def _cluster_named(name: str, field: str) -> None:
+    """Only that a name is given: as in Envoy, a cluster CDS has not delivered (yet) is not a config
+    error; a connection while it is missing is closed (NC, downstream_cx_no_route)."""
     if not name:
         raise ConfigError("cluster name must not be empty", field=field)
-    if ctx.cluster_manager.get(name) is None:
-        raise ConfigError(f"unknown cluster {name!r}", field=field)
 
 
 def parse_tcp_proxy(proto: tcp_proxy_pb2.TcpProxy, field: str, ctx: FactoryContext) -> TcpProxyConfig:
@@ -152,7 +152,7 @@ def parse_tcp_proxy(proto: tcp_proxy_pb2.TcpProxy, field: str, ctx: FactoryConte
     names: list[str] = []
     weights: list[int] = []
     if specifier == "cluster":
-        _cluster_must_exist(ctx, proto.cluster, join(field, "cluster"))
+        _cluster_named(proto.cluster, join(field, "cluster"))
         names.append(proto.cluster)
         weights.append(1)
     elif specifier == "weighted_clusters":
@@ -164,7 +164,7 @@ def parse_tcp_proxy(proto: tcp_proxy_pb2.TcpProxy, field: str, ctx: FactoryConte
         for index, entry in enumerate(proto.weighted_clusters.clusters):
             entry_field = join(clusters_field, f"[{index}]")
             check_fields(entry, SUPPORTED_CLUSTER_WEIGHT_FIELDS, entry_field)
-            _cluster_must_exist(ctx, entry.name, join(entry_field, "name"))
+            _cluster_named(entry.name, join(entry_field, "name"))
             if entry.weight < 1:
                 raise ConfigError("weight must be at least 1", field=join(entry_field, "weight"))
             names.append(entry.name)
