@@ -201,21 +201,26 @@ def test_the_chaos_plan_is_the_same_for_a_seed_and_covers_every_action_within_it
     assert bench.outage_component(term) == f"sidecar:{term.target}"
 
 
-def test_every_config_step_is_valid_istio_and_never_routes_to_a_subset_that_is_not_defined() -> None:
-    """Make before break: a request may only fail for a reason the soak is looking for."""
+def test_every_config_step_is_valid_istio_and_makes_before_it_breaks() -> None:
+    """A request may only fail for a reason the soak is looking for: as Istio's best practices
+    say, a route uses a subset only once an earlier step defined it (its cluster and endpoints
+    have reached the proxies), and a subset goes only after no route uses it."""
     routes: dict[str, set[str]] = {}  # VirtualService name -> subsets it routes to
     subsets: dict[str, set[str]] = {}  # DestinationRule name -> subsets it defines
     for step in bench.CONFIG_CYCLE * 2:
+        defined_before = set().union(*subsets.values()) if subsets else set()
         if step.apply is not None:
             resources, diagnostics = load_files([step.apply])
             # each file alone: its subsets live in another step's DestinationRule (IST0101 by itself),
-            # which the make-before-break check below follows across the cycle
+            # which the make-before-break checks below follow across the cycle
             problems = [d for d in diagnostics + analyze(resources) if d.level == "error" and d.code != "IST0101"]
             assert not problems, (step.label, problems)
             for resource in resources:
                 if resource.kind == "VirtualService":
                     routes[resource.name] = {destination["destination"]["subset"]
                                              for rule in resource.spec["http"] for destination in rule["route"]}
+                    assert routes[resource.name] <= defined_before, (step.label, "routes to a subset defined "
+                                                                     "in the same step")
                 elif resource.kind == "DestinationRule":
                     subsets[resource.name] = {subset["name"] for subset in resource.spec.get("subsets", [])}
         else:
