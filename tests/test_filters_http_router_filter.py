@@ -798,9 +798,11 @@ def test_per_try_idle_timeout_during_the_body_and_the_replay_buffer_while_backin
 
     log_path = tmp_path / "access.log"
     routes = {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        retry_route("/idle", "stall", {"retry_on": "5xx", "per_try_idle_timeout": "0.3s"}),
+        # long enough that the stalled backend's head always arrives before the timer fires
+        retry_route("/idle", "stall", {"retry_on": "5xx", "per_try_idle_timeout": "1s"}),
+        # the back-off is drawn in [0, base_interval): a day keeps the retry from starting during the test
         {"match": {"prefix": "/upload"}, "per_request_buffer_limit_bytes": 100, "route": {
-            "cluster": "refuse", "retry_policy": {"retry_on": "5xx", "retry_back_off": {"base_interval": "2s"}}}},
+            "cluster": "refuse", "retry_policy": {"retry_on": "5xx", "retry_back_off": {"base_interval": "86400s"}}}},
     ]}]}
     with RawBackend(stall_after_headers) as stall, RawBackend(refuse_before_the_body) as refuse, \
             http_proxy(tmp_path, routes, [static_cluster("stall", [stall.port]), static_cluster("refuse", [refuse.port])],
@@ -812,7 +814,8 @@ def test_per_try_idle_timeout_during_the_body_and_the_replay_buffer_while_backin
         # outgrows the 100-byte replay buffer: nothing can carry the request any more (Envoy's 507)
         with Client(port) as client:
             client.send(b"POST /upload HTTP/1.1\r\nhost: x\r\nx-case: upload\r\ncontent-length: 300\r\n\r\n" + b"a" * 50)
-            time.sleep(0.1)
+            # the rest of the body only once the 503 came back and the retry is backing off
+            assert wait_until(lambda: proxy.stats().get("cluster.refuse.upstream_rq_retry") == 1)
             client.send(b"b" * 250)
             upload = client.response()
         lines = read_lines(log_path, 2)
