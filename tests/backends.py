@@ -465,7 +465,7 @@ def file_access_log(path: Path, text_format: str) -> list[dict[str, Any]]:
     }}]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; returns its last value."""
     deadline = time.monotonic() + timeout
     value = predicate()
@@ -475,7 +475,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
     return value
 
 
-def read_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
+def read_lines(path: Path, count: int, timeout: float = 15.0) -> list[str]:
     """The file's lines once it has at least ``count`` (access logs flush about once a second)."""
 
     def lines() -> list[str]:

@@ -365,7 +365,7 @@ def test_upload_to_a_slow_reader_does_not_buffer_in_the_proxy(tmp_path: Path) ->
         sender.start()
         assert slow.head_seen.wait(5)
         # the proxy must stop reading from the client instead of buffering the upload
-        assert wait_until(lambda: _upstream_stalled(proxy), timeout=5)
+        assert wait_until(lambda: _upstream_stalled(proxy))
         held_kb = proc_status_kb(pid, "VmRSS") - before
         slow.release.set()
         sender.join(30)
@@ -396,7 +396,7 @@ def test_download_to_a_slow_client_does_not_buffer_in_the_proxy(tmp_path: Path) 
         before = proc_status_kb(pid, "VmRSS")
         client.send(encode_request("GET", "/big"))
         # read nothing until the proxy stops pulling from the upstream
-        assert wait_until(lambda: _downstream_stalled(proxy), timeout=5)
+        assert wait_until(lambda: _downstream_stalled(proxy))
         held_kb = proc_status_kb(pid, "VmRSS") - before
         response = client.response()
         peak_kb = proc_status_kb(pid, "VmHWM") - before
@@ -494,7 +494,7 @@ class RetryProxy:
                     return line.split(" ")[1:]
             return None
 
-        found = wait_until(find, timeout=5)
+        found = wait_until(find)
         assert found is not None, f"no access log line for {case}"
         return found
 
@@ -535,12 +535,13 @@ def retries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetryProxy]:
                 "host_selection_retry_max_attempts": 100}),
             retry_route("/dead/plain", "dead_live_plain", {"retry_on": "connect-failure",
                                                            "retry_back_off": FAST_BACK_OFF}),
-            retry_route("/slow-fast", "slow_fast", {"retry_on": "5xx", "per_try_timeout": "0.2s",
+            # the per-try timeout must never cut the fast host's answer, however loaded the machine
+            retry_route("/slow-fast", "slow_fast", {"retry_on": "5xx", "per_try_timeout": "1s",
                                                     "retry_back_off": FAST_BACK_OFF,
                                                     "retry_host_predicate": PREVIOUS_HOSTS}),
             retry_route("/per-try/capped", "silent", {"retry_on": "5xx", "num_retries": 50,
-                                                      "per_try_timeout": "0.2s", "retry_back_off": FAST_BACK_OFF},
-                        timeout="0.7s"),
+                                                      "per_try_timeout": "0.1s", "retry_back_off": FAST_BACK_OFF},
+                        timeout="1s"),
             retry_route("/per-try/idle", "silent", {"retry_on": "connect-failure", "per_try_idle_timeout": "0.2s"}),
             retry_route("/per-try", "silent", {"retry_on": "connect-failure", "per_try_timeout": "0.2s"}),
             {"match": {"prefix": "/replay"}, "per_request_buffer_limit_bytes": 1000,
@@ -660,11 +661,12 @@ def test_route_timeout_caps_the_whole_request_including_retries(retries: RetryPr
     after = retries.stats()
     assert (response.status, response.body) == (504, b"upstream request timeout")
     assert retries.log_line("capped")[:3] == ["504", "UT", "upstream_response_timeout"]
-    # 50 retries of 0.2 s would take 10 s: the 0.7 s route timeout ends it after about three tries
+    # 50 retries of 0.1 s would take 5 s: the 1 s route timeout ends it after at most ten tries
+    # (room for two even when the machine is loaded: each try's set-up eats into the second)
     assert elapsed < 5
     per_try = after["cluster.silent.upstream_rq_per_try_timeout"] - before.get(
         "cluster.silent.upstream_rq_per_try_timeout", 0)
-    assert 2 <= per_try <= 4
+    assert 2 <= per_try <= 10
     assert after["cluster.silent.upstream_rq_timeout"] - before.get("cluster.silent.upstream_rq_timeout", 0) == 1
 
 
