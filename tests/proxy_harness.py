@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,6 +20,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def loopback_ip() -> str:
+    """A loopback address of its own (127.0.0.0/8 at random) for a test whose processes listen on fixed
+    ports (a sidecar's 15001, 15021): runs in parallel (other modules, other worktrees) never collide."""
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
 
 
 def http_listener(name: str, port: int, route_config: dict[str, Any], **hcm: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Headers, Message, Reader, encode_request, read_response
-from proxy_harness import ProxyProcess
+from proxy_harness import ProxyProcess, loopback_ip
 
 NAMESPACE = "default"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -51,12 +51,12 @@ def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -
 
 
 class Mesh:
-    """``with Mesh(tmp_path, "127.0.61.1") as mesh:`` -- one client IP per test module, so modules
-    (and engineers' runs) never share a listening address."""
+    """``with Mesh(tmp_path) as mesh:`` -- the client gets a loopback IP of its own, so meshes running
+    at the same time (other modules, other runs of the suite) never share a listening address."""
 
-    def __init__(self, tmp_path: Path, client_ip: str) -> None:
+    def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.client_ip = client_ip
+        self.client_ip = loopback_ip()
         self.upstreams: dict[str, int] = {}  # "svc:port" -> local port on the client IP
         self.proxy: ProxyProcess | None = None
         self._cp: subprocess.Popen[bytes] | None = None

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
-from proxy_harness import ProxyProcess
+from proxy_harness import ProxyProcess, loopback_ip
 from tulle.controlplane.server import ControlPlane, proxy_identity
 from tulle.samples.echo_server import start_in_thread
 
 pytestmark = pytest.mark.integration
-CLIENT_IP = "127.0.0.2"  # the client workload's own loopback address (docs/control-plane.md)
+# the client workload's own loopback address (docs/control-plane.md); one of its own per run, so
+# suites running at the same time never share its listeners (15001 and the upstream port)
+CLIENT_IP = loopback_ip()
 UPSTREAM_PORT = 19999  # an explicit local upstream port for reviews:9080 on the client's address
 
 CANARY = """

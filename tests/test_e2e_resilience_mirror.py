@@ -32,7 +32,7 @@ spec:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, dict[str, RawBackend]]]:
     backends = {"orders": RawBackend(respond(200, body=b"order")), "audit": RawBackend(respond(500)),
                 "blackhole": RawBackend(never_answer)}
-    with Mesh(tmp_path_factory.mktemp("mirror"), "127.0.61.6") as running:
+    with Mesh(tmp_path_factory.mktemp("mirror")) as running:
         try:
             for name, backend in backends.items():
                 running.service(name, 8000)

@@ -61,7 +61,7 @@ def quick_answer(conn: BackendConnection) -> None:
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, RawBackend]]:
     """The mesh, and the sluggish backend (to see what reached it)."""
     sluggish, quick = RawBackend(sluggish_answer), RawBackend(quick_answer)
-    with sluggish, quick, Mesh(tmp_path_factory.mktemp("timeouts"), "127.0.61.1") as running:
+    with sluggish, quick, Mesh(tmp_path_factory.mktemp("timeouts")) as running:
         running.service("slow", 8000)
         running.instance("slow", "slow-1", sluggish.port, {"speed": "slow"})
         running.instance("slow", "slow-2", quick.port, {"speed": "quick"})

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -28,7 +27,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from proxy_harness import free_port
+from proxy_harness import free_port, loopback_ip
 from scripted_ads import ScriptedAds, rds_listener, route_config
 from tulle.sidecar.agent import (
     Registration,
@@ -133,11 +132,6 @@ class _ControlPlaneHandler(BaseHTTPRequestHandler):
 
 
 # --------------------------------------------------------------------------- agent process
-def workload_ip() -> str:
-    """A loopback IP of its own per test: the agent's default ports (15000, 15021) never collide."""
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-
-
 def http_status(url: str, method: str = "GET") -> int:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -167,7 +161,7 @@ def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 class Agent:
     def __init__(self, tmp_path: Path, control_plane: str, *args: str, ip: str | None = None) -> None:
-        self.ip = ip or workload_ip()
+        self.ip = ip or loopback_ip()
         self.log_path = tmp_path / f"agent-{self.ip}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -290,7 +284,7 @@ def test_proxy_death_deregisters_and_exits_non_zero(
 
 def test_taken_readiness_port_stops_the_proxy_and_fails(
         tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
-    ip = workload_ip()
+    ip = loopback_ip()
     with socket.socket() as taken:
         taken.bind((ip, 15021))
         taken.listen()
