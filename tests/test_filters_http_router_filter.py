@@ -363,7 +363,7 @@ def test_upload_to_a_slow_reader_does_not_buffer_in_the_proxy(tmp_path: Path) ->
         before = proc_status_kb(pid, "VmRSS")
         sender = threading.Thread(target=client.send, args=(encode_request("POST", "/upload", body=payload),))
         sender.start()
-        assert slow.head_seen.wait(5)
+        assert slow.head_seen.wait(30)
         # the proxy must stop reading from the client instead of buffering the upload
         assert wait_until(lambda: _upstream_stalled(proxy))
         held_kb = proc_status_kb(pid, "VmRSS") - before
