@@ -217,7 +217,7 @@ def chunked_body(data: bytes, piece: int = 64 * 1024) -> bytes:
 class Client:
     """One raw client connection to the proxy."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
+    def __init__(self, port: int, timeout: float = 15.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.reader = Reader(self.sock)
 

@@ -83,8 +83,8 @@ class ProxyProcess:
              "--concurrency", str(self.concurrency), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
-        deadline = time.time() + 20
-        while time.time() < deadline:
+        deadline = time.monotonic() + 60  # a loaded machine can take a while to start Python and import
+        while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited {self.process.returncode}: {self.log_path.read_text()}")
             try:

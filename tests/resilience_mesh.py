@@ -39,7 +39,7 @@ def _call(url: str, method: str = "GET", body: Any = None, content_type: str = "
         raise AssertionError(f"{method} {url}: {error.code} {error.read()[:2000]!r}") from None
 
 
-def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -69,7 +69,7 @@ class Mesh:
             [sys.executable, "-m", "tulle", "control-plane", "--in-memory", "--xds-address", "127.0.0.1:0",
              "--http-address", "127.0.0.1:0", "--ready-file", str(ready), "--log-level", "warning"],
             stdout=self._cp_log, stderr=subprocess.STDOUT)
-        ports = wait_until(lambda: self._ports(ready), 20, "the control plane")
+        ports = wait_until(lambda: self._ports(ready), what="the control plane")
         self.xds_port, self.api = ports["xds_port"], f"http://127.0.0.1:{ports['http_port']}"
         return self
 
@@ -162,7 +162,7 @@ class Mesh:
         return len(types) == 4 and all(entry.get("sent") and entry.get("acked") == entry.get("sent")
                                        for entry in types.values())
 
-    def wait_for_config(self, *markers: str, timeout: float = 20.0) -> None:
+    def wait_for_config(self, *markers: str, timeout: float = 60.0) -> None:
         """Until the control plane has sent the client config holding every marker (a field or a
         value the applied rules bring) and the client has acked all of it."""
         def ready() -> bool:
@@ -186,7 +186,7 @@ class Mesh:
             raise ConnectionError("the sidecar closed the connection instead of answering")
         return response
 
-    def wait_routable(self, upstream: str, path: str = "/", timeout: float = 20.0) -> None:
+    def wait_routable(self, upstream: str, path: str = "/", timeout: float = 60.0) -> None:
         """Until the client's upstream listener answers (any status but the 502 of an unknown host)."""
         def answered() -> bool:
             try:
