@@ -149,7 +149,7 @@ def can_connect(ip: str, port: int) -> bool:
         return False
 
 
-def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+def until(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -36,7 +36,7 @@ def _get(port: int, path: str = "/") -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+async def _until(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await asyncio.to_thread(predicate):
