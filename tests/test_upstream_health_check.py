@@ -275,7 +275,7 @@ def run_with_server(server: HttpServer, health_check: dict[str, Any],
         store = Store()
         cluster = build([port], health_check, store)
         try:
-            await asyncio.wait_for(cluster.initialize(), 3)
+            await asyncio.wait_for(cluster.initialize(), 10)
             await body(cluster, store, port)
         finally:
             await cluster.close()
