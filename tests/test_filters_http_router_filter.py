@@ -332,17 +332,23 @@ def test_upstream_stats_by_code(tmp_path: Path, echo_port: int) -> None:
 
 def test_response_started_then_upstream_reset_resets_the_client(tmp_path: Path) -> None:
     # The upstream promises 1000 bytes, sends 10 and resets: the client must not see a complete response.
+    started = threading.Event()
+
     def half_then_reset(conn: Any) -> None:
         conn.read_request()
         conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
-        time.sleep(0.2)
+        started.wait(30)  # until the client has the head: the reset comes after the response started
         conn.reset()
 
     with RawBackend(half_then_reset) as backend, \
             http_proxy(tmp_path, simple_route("backend"), [static_cluster("backend", [backend.port])]) as (
                 proxy, port), Client(port) as client:
+        client.send(encode_request("GET", "/half"))
+        head = client.reader.read_head()
+        assert head is not None and head.startswith(b"HTTP/1.1 200 ")
+        started.set()
         with pytest.raises(ConnectionError):
-            client.request("GET", "/half")
+            client.reader.read_exact(1000)
         stats = wait_until(lambda: (s := proxy.stats())["http.ingress.rq_reset_after_downstream_response_started"]
                            and s)
     assert stats["http.ingress.rq_reset_after_downstream_response_started"] == 1
