@@ -27,7 +27,9 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from proxy_harness import free_port, loopback_ip
+# workload_ip(): a loopback IP of its own per test, so the agent's default ports (15000, 15021) never collide
+from proxy_harness import free_port
+from proxy_harness import loopback_ip as workload_ip
 from scripted_ads import ScriptedAds, rds_listener, route_config
 from tulle.sidecar.agent import (
     Registration,
@@ -161,7 +163,7 @@ def until(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 class Agent:
     def __init__(self, tmp_path: Path, control_plane: str, *args: str, ip: str | None = None) -> None:
-        self.ip = ip or loopback_ip()
+        self.ip = ip or workload_ip()
         self.log_path = tmp_path / f"agent-{self.ip}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -284,7 +286,7 @@ def test_proxy_death_deregisters_and_exits_non_zero(
 
 def test_taken_readiness_port_stops_the_proxy_and_fails(
         tmp_path: Path, control_plane: FakeControlPlane, agents: list[Agent]) -> None:
-    ip = loopback_ip()
+    ip = workload_ip()
     with socket.socket() as taken:
         taken.bind((ip, 15021))
         taken.listen()
