@@ -510,7 +510,8 @@ def established_on_port(pid: int, port: int) -> int:
             target = os.readlink(f"{fd_dir}/{fd}")
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    count = 0
+    # a set: the kernel lists its tables a page at a time, so a socket can show twice while others churn
+    established = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table, encoding="ascii") as rows:
             next(rows)
@@ -518,8 +519,8 @@ def established_on_port(pid: int, port: int) -> int:
                 fields = row.split()
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
                 if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                    count += 1
-    return count
+                    established.add(fields[9])
+    return len(established)
 
 
 ProxyContext = contextlib.AbstractContextManager[tuple[ProxyProcess, int]]
