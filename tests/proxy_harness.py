@@ -128,13 +128,22 @@ class ProxyProcess:
              "--concurrency", str(self.concurrency), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()  # a with statement whose __enter__ fails never calls __exit__: no process left behind
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 60  # a loaded machine can take a while to start Python and import
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited {self.process.returncode}: {self.log_path.read_text()}")
             try:
                 if self.admin("GET", "/ready")[0] == 200:
-                    return self
+                    return
             except OSError:
                 pass
             time.sleep(0.05)

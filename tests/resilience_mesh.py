@@ -69,7 +69,11 @@ class Mesh:
             [sys.executable, "-m", "tulle", "control-plane", "--in-memory", "--xds-address", "127.0.0.1:0",
              "--http-address", "127.0.0.1:0", "--ready-file", str(ready), "--log-level", "warning"],
             stdout=self._cp_log, stderr=subprocess.STDOUT)
-        ports = wait_until(lambda: self._ports(ready), what="the control plane")
+        try:
+            ports = wait_until(lambda: self._ports(ready), what="the control plane")
+        except BaseException:
+            self.__exit__()  # a with statement whose __enter__ fails never calls __exit__: no process left behind
+            raise
         self.xds_port, self.api = ports["xds_port"], f"http://127.0.0.1:{ports['http_port']}"
         return self
 

@@ -228,7 +228,7 @@ def proxy_config(listener_port: int, backend_port: int, **ratelimit: Any) -> dic
 
 
 def wait_for_stat(proxy: ProxyProcess, name: str, value: int) -> dict[str, int]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     stats = proxy.stats()
     while stats.get(name) != value and time.monotonic() < deadline:
         time.sleep(0.02)
