@@ -217,7 +217,7 @@ def chunked_body(data: bytes, piece: int = 64 * 1024) -> bytes:
 class Client:
     """One raw client connection to the proxy."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
+    def __init__(self, port: int, timeout: float = 15.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.reader = Reader(self.sock)
 
@@ -502,7 +502,7 @@ def file_access_log(path: Path, text_format: str) -> list[dict[str, Any]]:
     }}]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; returns its last value."""
     deadline = time.monotonic() + timeout
     value = predicate()
@@ -512,7 +512,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
     return value
 
 
-def read_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
+def read_lines(path: Path, count: int, timeout: float = 15.0) -> list[str]:
     """The file's lines once it has at least ``count`` (access logs flush about once a second)."""
 
     def lines() -> list[str]:
@@ -547,7 +547,8 @@ def established_on_port(pid: int, port: int) -> int:
             target = os.readlink(f"{fd_dir}/{fd}")
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    count = 0
+    # a set: the kernel lists its tables a page at a time, so a socket can show twice while others churn
+    established = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table, encoding="ascii") as rows:
             next(rows)
@@ -555,8 +556,8 @@ def established_on_port(pid: int, port: int) -> int:
                 fields = row.split()
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
                 if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                    count += 1
-    return count
+                    established.add(fields[9])
+    return len(established)
 
 
 ProxyContext = contextlib.AbstractContextManager[tuple[ProxyProcess, int]]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,11 +17,60 @@ from typing import Any
 
 import yaml
 
+# A port from free_port() is bound by a proxy only seconds later. Taken from the kernel's ephemeral
+# range (bind to port 0), it could meanwhile become any process's outgoing connection or another test
+# run's port: an "address in use" start-up failure, or (SO_REUSEPORT) a listener shared with another
+# run's proxy. So test ports come from below that range, where only explicit binds go, and test runs
+# at the same time share them through byte-range locks on one file (byte N locked: port N taken),
+# which the kernel releases when the process exits.
+_PORT_LOCK_FILE = Path("/tmp/tulle-test-ports.lock")
+_ports_given: set[int] = set()
+_random = random.Random()  # its own: drawing ports must not move a test's seeded global random
+_port_lock = threading.Lock()
+_port_registry: Any = None
+
+
+def _test_port_range() -> range:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return range(20000, min(32000, ephemeral_low))
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, that no other process (test run) is given meanwhile."""
+    global _port_registry
+    ports = _test_port_range()
+    if len(ports) < 1000:  # an unusual ephemeral range: fall back to the kernel's choice
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    with _port_lock:
+        if _port_registry is None:
+            _port_registry = open(_PORT_LOCK_FILE, "ab")  # noqa: SIM115 -- held (with its locks) for the run
+        for _ in range(10 * len(ports)):
+            port = _random.choice(ports)
+            if port in _ports_given:
+                continue
+            try:
+                fcntl.lockf(_port_registry, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port, os.SEEK_SET)
+            except OSError:
+                continue  # another test run has it
+            _ports_given.add(port)  # never given twice in this run either
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # something else listens there
+            return port
+    raise RuntimeError(f"no free test port in {ports}")
+
+
+def loopback_ip() -> str:
+    """A loopback address of its own (127.0.0.0/8 at random) for a test whose processes listen on fixed
+    ports (a sidecar's 15001, 15021): runs in parallel (other modules, other worktrees) never collide."""
+    return f"127.{_random.randint(1, 254)}.{_random.randint(0, 255)}.{_random.randint(2, 254)}"
 
 
 def http_listener(name: str, port: int, route_config: dict[str, Any], **hcm: Any) -> dict[str, Any]:
@@ -76,13 +128,22 @@ class ProxyProcess:
              "--concurrency", str(self.concurrency), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
-        deadline = time.time() + 20
-        while time.time() < deadline:
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()  # a with statement whose __enter__ fails never calls __exit__: no process left behind
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + 60  # a loaded machine can take a while to start Python and import
+        while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited {self.process.returncode}: {self.log_path.read_text()}")
             try:
                 if self.admin("GET", "/ready")[0] == 200:
-                    return self
+                    return
             except OSError:
                 pass
             time.sleep(0.05)

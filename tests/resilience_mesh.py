@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Headers, Message, Reader, encode_request, read_response
-from proxy_harness import ProxyProcess
+from proxy_harness import ProxyProcess, loopback_ip
 
 NAMESPACE = "default"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -40,7 +40,7 @@ def _call(url: str, token: str, method: str = "GET", body: Any = None, content_t
         raise AssertionError(f"{method} {url}: {error.code} {error.read()[:2000]!r}") from None
 
 
-def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -52,12 +52,12 @@ def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -
 
 
 class Mesh:
-    """``with Mesh(tmp_path, "127.0.61.1") as mesh:`` -- one client IP per test module, so modules
-    (and engineers' runs) never share a listening address."""
+    """``with Mesh(tmp_path) as mesh:`` -- the client gets a loopback IP of its own, so meshes running
+    at the same time (other modules, other runs of the suite) never share a listening address."""
 
-    def __init__(self, tmp_path: Path, client_ip: str) -> None:
+    def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.client_ip = client_ip
+        self.client_ip = loopback_ip()
         self.upstreams: dict[str, int] = {}  # "svc:port" -> local port on the client IP
         self.proxy: ProxyProcess | None = None
         self._cp: subprocess.Popen[bytes] | None = None
@@ -70,7 +70,11 @@ class Mesh:
             [sys.executable, "-m", "tulle", "control-plane", "--in-memory", "--xds-address", "127.0.0.1:0",
              "--http-address", "127.0.0.1:0", "--ready-file", str(ready), "--log-level", "warning"],
             stdout=self._cp_log, stderr=subprocess.STDOUT)
-        ports = wait_until(lambda: self._ports(ready), 20, "the control plane")
+        try:
+            ports = wait_until(lambda: self._ports(ready), what="the control plane")
+        except BaseException:
+            self.__exit__()  # a with statement whose __enter__ fails never calls __exit__: no process left behind
+            raise
         self.xds_port, self.api = ports["xds_port"], f"http://127.0.0.1:{ports['http_port']}"
         self.token = Path(ports["token_file"]).read_text().strip()  # the in-memory control plane's own
         return self
@@ -166,7 +170,7 @@ class Mesh:
         return len(types) == 4 and all(entry.get("sent") and entry.get("acked") == entry.get("sent")
                                        for entry in types.values())
 
-    def wait_for_config(self, *markers: str, timeout: float = 20.0) -> None:
+    def wait_for_config(self, *markers: str, timeout: float = 60.0) -> None:
         """Until the control plane has sent the client config holding every marker (a field or a
         value the applied rules bring) and the client has acked all of it."""
         def ready() -> bool:
@@ -190,7 +194,7 @@ class Mesh:
             raise ConnectionError("the sidecar closed the connection instead of answering")
         return response
 
-    def wait_routable(self, upstream: str, path: str = "/", timeout: float = 20.0) -> None:
+    def wait_routable(self, upstream: str, path: str = "/", timeout: float = 60.0) -> None:
         """Until the client's upstream listener answers (any status but the 502 of an unknown host)."""
         def answered() -> bool:
             try:

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
-from proxy_harness import ProxyProcess, free_port
+from proxy_harness import ProxyProcess, free_port, loopback_ip
 from tulle.controlplane.api_token import TokenError
 from tulle.controlplane.model import Resource
 from tulle.controlplane.server import ControlPlane, proxy_identity
@@ -32,9 +32,9 @@ from tulle.controlplane.xds.types import ROUTE as ROUTE_TYPE
 from tulle.samples.echo_server import start_in_thread
 
 pytestmark = pytest.mark.integration
-# The client workload's own loopback address (docs/control-plane.md), a different one per run: the
-# proxy binds 15001, 9080 and UPSTREAM_PORT on it, and two runs at once must not collide.
-CLIENT_IP = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.2"
+# the client workload's own loopback address (docs/control-plane.md); one of its own per run, so
+# suites running at the same time never share its listeners (15001 and the upstream port)
+CLIENT_IP = loopback_ip()
 UPSTREAM_PORT = 19999  # an explicit local upstream port for reviews:9080 on the client's address
 
 CANARY = """
@@ -132,7 +132,7 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                         "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]}}]},
             }
             with ProxyProcess(bootstrap, tmp_path):
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     try:
                         await asyncio.to_thread(_through_forward_proxy)
@@ -156,7 +156,7 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                 # move all traffic to v2: one apply, pushed to the proxy within the debounce window
                 await asyncio.to_thread(_call, api, "POST", "/apis/v1/resources",
                                         CANARY % {"v1": 0, "v2": 100}, "application/yaml")
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
                     if {await asyncio.to_thread(_through_forward_proxy) for _ in range(20)} == {"v2"}:
                         break

@@ -206,7 +206,7 @@ def test_wait_for_change_returns_at_once_or_after_a_newer_version() -> None:
         newer = make_snapshot(c1_ip="10.3.3.3")
         thread = threading.Thread(target=cache.set_snapshot, args=("n1", newer))
         thread.start()
-        assert await asyncio.wait_for(waiter, 1.0) is newer
+        assert await asyncio.wait_for(waiter, 10) is newer  # a deadline: the thread may start late
         thread.join()
         assert cache._watches == {}  # the waiter's watch is gone
 

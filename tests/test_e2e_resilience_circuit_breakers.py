@@ -64,7 +64,7 @@ class Holding:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, dict[str, tuple[RawBackend, Holding]]]]:
     holders = {name: Holding() for name in ("requests-capped", "connections-capped")}
     backends = {name: (RawBackend(holder), holder) for name, holder in holders.items()}
-    with Mesh(tmp_path_factory.mktemp("breakers"), "127.0.61.5") as running:
+    with Mesh(tmp_path_factory.mktemp("breakers")) as running:
         try:
             for name, (backend, _) in backends.items():
                 running.service(name, 8000)

@@ -34,7 +34,7 @@ spec:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, list[RawBackend]]]:
     backends = [RawBackend(respond(200, body=b"good")), RawBackend(respond(200, body=b"good")),
                 RawBackend(respond(503, body=b"bad"))]
-    with backends[0], backends[1], backends[2], Mesh(tmp_path_factory.mktemp("outlier"), "127.0.61.3") as running:
+    with backends[0], backends[1], backends[2], Mesh(tmp_path_factory.mktemp("outlier")) as running:
         running.service("catalog", 8000)
         for index, backend in enumerate(backends):
             running.instance("catalog", f"catalog-{index}", backend.port)

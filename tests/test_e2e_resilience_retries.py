@@ -51,7 +51,7 @@ class Flaky:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     backends = [RawBackend(Flaky(1)), RawBackend(Flaky(2))]
-    with backends[0], backends[1], Mesh(tmp_path_factory.mktemp("retries"), "127.0.61.4") as running:
+    with backends[0], backends[1], Mesh(tmp_path_factory.mktemp("retries")) as running:
         running.service("flaky", 8000)
         for index, backend in enumerate(backends):
             running.instance("flaky", f"flaky-{index}", backend.port)

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from backends import BackendConnection, Client, RawBackend, encode_request, encode_response, http_proxy
+from backends import (
+    BackendConnection,
+    Client,
+    RawBackend,
+    encode_request,
+    encode_response,
+    http_proxy,
+    wait_until,
+)
 from proxy_harness import simple_route, static_cluster
 from tulle.config.loader import parse_message
 from tulle.filters.http.adaptive_concurrency.config import AdaptiveConcurrencyFactory
@@ -274,7 +282,14 @@ def test_saturated_backend_gets_fast_503s_instead_of_a_queue(tmp_path: Path) -> 
         threads = [threading.Thread(target=client, args=(port,), daemon=True) for _ in range(clients)]
         for thread in threads:
             thread.start()
-        time.sleep(2.5)
+
+        def saturated() -> bool:
+            """The controller measured its min RTT and both outcomes have a sample to compare."""
+            stats = proxy.stats()
+            return (stats[STATS + "min_rtt_msecs"] > 0 and stats[STATS + "rq_blocked"] >= 20
+                    and stats.get("cluster.serial.upstream_rq_200", 0) >= 20)
+
+        assert wait_until(saturated, 60)
         stop.set()
         for thread in threads:
             thread.join(30)

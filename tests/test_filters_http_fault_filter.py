@@ -665,7 +665,7 @@ def log_line(log_path: Path, case: str) -> list[str]:
                 return line.split(" ")[1:]
         return None
 
-    found = wait_until(find, timeout=5.0)
+    found = wait_until(find)
     assert found, f"no access log line for {case}: {read_lines(log_path, 0)}"
     return found
 
@@ -741,7 +741,7 @@ def test_real_proxy_client_leaving_during_a_delay_cancels_it(real_proxy: tuple[A
     before = proxy.stats()
     client = Client(port)
     client.send(encode_request("GET", "/slow", [("x-case", "leaves")]))
-    assert wait_until(lambda: proxy.stats()["http.ingress.fault.active_faults"] == 1, timeout=2.0)
+    assert wait_until(lambda: proxy.stats()["http.ingress.fault.active_faults"] == 1)
     client.close()
     assert log_line(log_path, "leaves") == ["0", "DI,DC", "-"]
     assert proxy.stats()["http.ingress.fault.active_faults"] == 0

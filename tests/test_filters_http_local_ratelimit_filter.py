@@ -288,14 +288,16 @@ def test_burst_beyond_the_bucket_gets_429_with_the_headers(tmp_path: Path) -> No
 
 @pytest.mark.integration
 def test_refill_lets_requests_through_again(tmp_path: Path) -> None:
-    # one token at most: however slow the machine, the refill can never bank a second one
-    limiter = ratelimit_filter(token_bucket={"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "0.5s"},
+    # one token at most: however slow the machine, the refill can never bank a second one; and the
+    # request refused after a success must come before its token is back: 2 s leaves room for a
+    # loaded machine (the refill is computed from the clock, so sleeping the interval brings it)
+    limiter = ratelimit_filter(token_bucket={"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "2s"},
                                **LIMITED)
     with echo_backend("backend") as backend, http_proxy(
             tmp_path, route_config(), [static_cluster("backend", [backend])], http_filters=[limiter, ROUTER],
     ) as (_, port), Client(port) as client:
         assert [client.request("GET", "/").status for _ in range(2)] == [200, 429]
-        time.sleep(0.55)  # one token back
+        time.sleep(2.05)  # one token back
         assert [client.request("GET", "/").status for _ in range(2)] == [200, 429]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +109,8 @@ def mirroring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirroring]:
             mirrored("/by-header", [{"cluster_header": "x-mirror-cluster"}]),
             mirrored("/error", [{"cluster": "errors"}], cluster="fast"),
             mirrored("/hang", [{"cluster": "hang"}], cluster="fast", timeout=f"{HANG_ROUTE_TIMEOUT_S}s"),
-            mirrored("/short", [{"cluster": "short-hang"}], cluster="fast", timeout="0.5s"),
+            # the route timeout ends the hung shadows; it must never end the fast main request first
+            mirrored("/short", [{"cluster": "short-hang"}], cluster="fast", timeout="2s"),
             mirrored("/refused", [{"cluster": "refused"}], cluster="fast"),
             mirrored("/cancel", [{"cluster": "cancel"}]),
             mirrored("/slow", [{"cluster": "slow"}]),
@@ -218,15 +218,13 @@ def test_the_mirrors_500_is_invisible(mirroring: Mirroring) -> None:
 
 
 def test_a_mirror_that_never_answers_does_not_slow_the_caller(mirroring: Mirroring) -> None:
-    started = time.monotonic()
     statuses = []
     with Client(mirroring.port) as client:
         for index in range(50):
             statuses.append(client.request("GET", f"/hang/{index}").status)
-    elapsed = time.monotonic() - started
     assert statuses == [200] * 50
-    assert elapsed < HANG_ROUTE_TIMEOUT_S / 3, elapsed  # loose: waiting on one shadow would take the timeout
-    # every shadow was sent and is still waiting for its answer
+    # every shadow was sent and is still waiting for its answer (until the 30 s route timeout): the
+    # callers had theirs meanwhile, so none waited for its shadow (the client would have timed out)
     mirroring.wait_stats({"cluster.hang.upstream_rq_total": 50, "cluster.hang.upstream_rq_active": 50})
 
 

@@ -276,7 +276,7 @@ def test_global_downstream_max_connections_holds_across_workers(tmp_path: Path) 
         served: list[Client] = []
         refused = 0
         for _ in range(10):
-            client = Client(port, timeout=5)
+            client = Client(port)
             try:
                 assert client.request("GET", "/").status == 200
                 served.append(client)
@@ -292,12 +292,12 @@ def test_global_downstream_max_connections_holds_across_workers(tmp_path: Path) 
 
         def one_more() -> bool:
             try:
-                with Client(port, timeout=5) as client:
+                with Client(port) as client:
                     return client.request("GET", "/").status == 200
             except OSError:
                 return False
 
-        assert wait_until(one_more, 5)
+        assert wait_until(one_more)
         for client in served:
             client.close()
         assert wait_until(lambda: proxy.stats()[pressure] == 0)

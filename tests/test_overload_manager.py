@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,23 +123,66 @@ def test_a_failed_update_is_counted_and_keeps_the_state(tmp_path: Path) -> None:
     assert store.gauges["overload.r.pressure"].value == 100
 
 
+class ManualHandle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualLoop:
+    """What the manager asks of its loop (``time``, ``call_at``), on a clock only the test moves:
+    ``run_until`` runs what fell due as a loop waking up at that moment would (late, if it is)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.handles: list[ManualHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> ManualHandle:
+        handle = ManualHandle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def pending(self) -> list[float]:
+        return [handle.when for handle in self.handles if not handle.cancelled]
+
+    def run_until(self, moment: float) -> None:
+        self.now = moment
+        while due := [handle for handle in self.handles if not handle.cancelled and handle.when <= moment]:
+            handle = min(due, key=lambda handle: handle.when)
+            self.handles.remove(handle)
+            handle.callback()
+
+
 def test_the_refresh_timer_runs_every_interval_and_records_its_delay(tmp_path: Path) -> None:
     path = tmp_path / "pressure"
     path.write_text("0.1")
     store = Store()
     manager = build({"refresh_interval": "0.02s", "resource_monitors": [injected("r", path)]}, store)
-
-    async def run() -> None:
-        manager.start(asyncio.get_running_loop())
-        await asyncio.sleep(0.01)
-        assert store.gauges["overload.r.pressure"].value == 0  # Envoy's first refresh is one interval in
-        path.write_text("0.6")
-        await asyncio.sleep(0.2)
-        manager.stop()
-
-    asyncio.run(run())
-    assert store.gauges["overload.r.pressure"].value == 60
-    assert store.histograms["overload.refresh_interval_delay"].count >= 3
+    pressure, delay = store.gauges["overload.r.pressure"], store.histograms["overload.refresh_interval_delay"]
+    loop = ManualLoop()
+    start = loop.now
+    manager.start(loop)  # type: ignore[arg-type]
+    assert loop.pending() == [pytest.approx(start + 0.02)]  # Envoy's first refresh is one interval in
+    loop.run_until(start + 0.019)
+    assert (pressure.value, delay.count) == (0, 0)
+    loop.run_until(start + 0.02)
+    assert (pressure.value, delay.count, delay.sum) == (10, 1, 0.0)
+    path.write_text("0.6")
+    loop.run_until(start + 0.045)  # the loop wakes up 5 ms late
+    assert (pressure.value, delay.count, delay.sum) == (60, 2, pytest.approx(5.0))
+    assert loop.pending() == [pytest.approx(start + 0.065)]  # the next interval counts from the late refresh
+    loop.run_until(start + 0.065)
+    assert (delay.count, delay.sum) == (3, pytest.approx(5.0))
+    manager.stop()
+    loop.run_until(start + 1)
+    assert delay.count == 3 and loop.pending() == []  # nothing is left running after stop
 
 
 def test_default_refresh_interval_is_one_second() -> None:

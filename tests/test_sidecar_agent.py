@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -28,7 +27,9 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+# workload_ip(): a loopback IP of its own per test, so the agent's default ports (15000, 15021) never collide
 from proxy_harness import free_port
+from proxy_harness import loopback_ip as workload_ip
 from scripted_ads import ScriptedAds, rds_listener, route_config
 from tulle.controlplane.api_token import ClientToken, find_client_token
 from tulle.sidecar.agent import (
@@ -145,11 +146,6 @@ class _ControlPlaneHandler(BaseHTTPRequestHandler):
 
 
 # --------------------------------------------------------------------------- agent process
-def workload_ip() -> str:
-    """A loopback IP of its own per test: the agent's default ports (15000, 15021) never collide."""
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-
-
 def http_status(url: str, method: str = "GET") -> int:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -167,7 +163,7 @@ def can_connect(ip: str, port: int) -> bool:
         return False
 
 
-def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+def until(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

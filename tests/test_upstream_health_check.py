@@ -275,7 +275,7 @@ def run_with_server(server: HttpServer, health_check: dict[str, Any],
         store = Store()
         cluster = build([port], health_check, store)
         try:
-            await asyncio.wait_for(cluster.initialize(), 3)
+            await asyncio.wait_for(cluster.initialize(), 10)
             await body(cluster, store, port)
         finally:
             await cluster.close()
@@ -284,7 +284,7 @@ def run_with_server(server: HttpServer, health_check: dict[str, Any],
     asyncio.run(scenario())
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
@@ -539,18 +539,19 @@ def host_flags(proxy: ProxyProcess, port: int) -> str:
 @pytest.mark.integration
 def test_proxy_http_health_check_takes_a_backend_out_and_back(tmp_path: Path):
     endpoint = HealthEndpoint()
-    health_check = check(interval="0.05s", unhealthy_threshold=2, healthy_threshold=2)
+    # the backend's answer decides, never the check timeout: it is far longer than any load delays a reply
+    health_check = check(interval="0.05s", unhealthy_threshold=2, healthy_threshold=2, timeout="10s")
     with endpoint.backend, echo_backend("a") as port_a, echo_backend("b") as port_b:
         port = endpoint.backend.port
         cluster = static_cluster("svc", [port_a, port_b, port], health_checks=[health_check])
         with http_proxy(tmp_path, simple_route("svc"), [cluster]) as (proxy, listen_port):
             assert host_flags(proxy, port) == "healthy"  # warm-up waited for the first checks
             endpoint.failing.set()
-            assert wait_until(lambda: host_flags(proxy, port) == FAILED_ACTIVE_HC, timeout=2.0)
+            assert wait_until(lambda: host_flags(proxy, port) == FAILED_ACTIVE_HC)
             assert proxy.stats()[PREFIX + "healthy"] == 2
             assert all(get(listen_port, "/").header("x-served-by") != "switchable" for _ in range(6))
             endpoint.failing.clear()
-            assert wait_until(lambda: host_flags(proxy, port) == "healthy", timeout=2.0)
+            assert wait_until(lambda: host_flags(proxy, port) == "healthy")
             stats = proxy.stats()
             assert stats[PREFIX + "healthy"] == 3 and stats[PREFIX + "failure"] >= 1
             assert stats[PREFIX + "attempt"] >= stats[PREFIX + "success"] + stats[PREFIX + "failure"]
@@ -570,7 +571,7 @@ def test_proxy_tcp_health_check_marks_a_closed_port_down_and_up(tmp_path: Path):
             assert all(get(listen_port, "/").json()["server"] == "live" for _ in range(4))
             late = start_in_thread("late", port=closed_port)
             try:
-                assert wait_until(lambda: host_flags(proxy, closed_port) == "healthy", timeout=2.0)
+                assert wait_until(lambda: host_flags(proxy, closed_port) == "healthy")
                 assert "late" in {get(listen_port, "/").json()["server"] for _ in range(6)}
             finally:
                 late.shutdown()

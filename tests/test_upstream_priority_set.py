@@ -133,7 +133,8 @@ def test_active_checks_go_to_the_endpoint_health_check_port():
     async def scenario() -> None:
         checked = start_in_thread("health")
         try:
-            health_check = {"timeout": "1s", "interval": "0.05s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+            # a timeout long enough never to fail a check of a live port, however loaded the machine
+            health_check = {"timeout": "10s", "interval": "0.05s", "unhealthy_threshold": 1, "healthy_threshold": 1,
                             "http_health_check": {"path": "/"}}
             closed = free_port()
             cluster = build(cluster_data(
@@ -195,7 +196,8 @@ def health_flags(proxy: Any, port: int) -> str:
 def test_proxy_fails_over_between_localities_and_priorities_on_health_checks(tmp_path: Path):
     """P0: zone-a (weight 2, switchable "a") and zone-b (weight 1, echo "b"); P1: zone-c (echo "c")."""
     a, b, c = Switchable("a"), Switchable("b"), Switchable("c")
-    health_check = {"timeout": "1s", "interval": "0.05s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    # one failed check takes a host out: the timeout must never be what fails it, however loaded the machine
+    health_check = {"timeout": "10s", "interval": "0.05s", "unhealthy_threshold": 1, "healthy_threshold": 1,
                     "http_health_check": {"path": "/"}}
     with a.backend, b.backend, c.backend:
         port_c = c.backend.port
@@ -225,7 +227,8 @@ def test_proxy_fails_over_between_localities_and_priorities_on_health_checks(tmp
 @pytest.mark.integration
 def test_proxy_outlier_ejection_moves_a_priority_to_the_next_and_back(tmp_path: Path):
     local, remote = Switchable("local", failing=True), Switchable("remote")
-    outlier = {"consecutive_5xx": 2, "interval": "0.1s", "base_ejection_time": "0.5s",
+    # the ejection must outlast the ten requests that check it, however loaded the machine
+    outlier = {"consecutive_5xx": 2, "interval": "0.1s", "base_ejection_time": "3s",
                "max_ejection_percent": 100}
     with local.backend, remote.backend:
         cluster = cluster_data([

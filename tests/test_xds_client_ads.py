@@ -47,7 +47,7 @@ def _get(port: int, path: str = "/") -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+async def _until(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await asyncio.to_thread(predicate):
@@ -153,8 +153,10 @@ def test_ads_programs_the_proxy_nacks_bad_updates_and_survives_the_control_plane
                 assert _served_by(listen_port) == "v1"
 
                 # a request in flight when routes and endpoints change completes on what it started with
+                sent = proxy.stats()["cluster.reviews.upstream_rq_total"]
                 slow = asyncio.ensure_future(asyncio.to_thread(_get, listen_port, "/delay/800"))
-                await asyncio.sleep(0.3)
+                # routed (on the first routes) once it went upstream
+                await _until(lambda: proxy.stats()["cluster.reviews.upstream_rq_total"] == sent + 1)
                 ads.publish(ROUTE_TYPE, "r1b", [route_config("9080", "reviews", "during")])
                 ads.publish(ENDPOINT_TYPE, "e1b", [assignment("reviews", v1.server_address[1], v2.server_address[1])])
                 status, headers, body = await slow
