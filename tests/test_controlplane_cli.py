@@ -902,6 +902,24 @@ def test_proxy_config_clusters_names_the_destination_rule_that_applies(
     assert rows[("ratings.default.svc.cluster.local", "9080", "outbound")][-1] == "EDS"  # no rule: empty
 
 
+def test_proxy_config_clusters_says_which_rule_tls_is_not_applied(
+        fake: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    from tulle.controlplane.model import MeshSnapshot, ProxyIdentity, Resource, Service, ServicePort
+    from tulle.controlplane.translate.translate import CLUSTER_TYPE, translate
+
+    rule = Resource("DestinationRule", "networking.istio.io/v1", "reviews", "default", spec={
+        "host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}})
+    services = [Service("reviews.default.svc.cluster.local", "default", [ServicePort("http", 9080, "HTTP")])]
+    translated = translate(MeshSnapshot([rule], services, []), ProxyIdentity(REVIEWS_V2, "default"))
+    fake.on("GET", f"/debug/config/{REVIEWS_V2}", (200, {"resources": [
+        json_format.MessageToDict(cluster) for cluster in translated[CLUSTER_TYPE].values()]}))
+    code, out, _ = run(capsys, fake, "proxy-config", "clusters", REVIEWS_V2)
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "Not applied: outbound|9080||reviews.default.svc.cluster.local: DestinationRule reviews.default: "
+        "tls (mode ISTIO_MUTUAL): no transport socket yet, this cluster's traffic is plaintext")
+
+
 # --- register -------------------------------------------------------------------------------
 
 

@@ -274,3 +274,15 @@ def test_clusters_record_the_destination_rule_that_shaped_them() -> None:
     assert built[f"outbound|80|v1|{HOST}"]["metadata"] == {
         "filter_metadata": {"istio": {"config": config, "subset": "v1"}}}
     assert "metadata" not in default_cluster()  # no rule, no metadata
+
+
+def test_clusters_record_tls_their_rule_sets_and_tulle_does_not_apply_yet() -> None:
+    """`proxy-config clusters` says which clusters stay plaintext although their rule asks for TLS."""
+    built = clusters({"tls": {"mode": "ISTIO_MUTUAL"}}, subsets=[
+        {"name": "v1", "labels": {"version": "v1"}},
+        {"name": "plain", "labels": {"version": "v2"}, "trafficPolicy": {"tls": {"mode": "DISABLE"}}}])
+    note = ["tls (mode ISTIO_MUTUAL): no transport socket yet, this cluster's traffic is plaintext"]
+    assert built[f"outbound|80||{HOST}"]["metadata"]["filter_metadata"]["tulle"] == {"not_applied": note}
+    assert built[f"outbound|80|v1|{HOST}"]["metadata"]["filter_metadata"]["tulle"] == {"not_applied": note}
+    assert "tulle" not in built[f"outbound|80|plain|{HOST}"]["metadata"]["filter_metadata"]  # DISABLE: nothing
+    assert "transport_socket" not in built[f"outbound|80||{HOST}"]  # indeed not applied

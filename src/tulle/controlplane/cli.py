@@ -875,7 +875,19 @@ def run_proxy_config(args: argparse.Namespace, client: ControlPlaneClient) -> in
         print(f"No {args.type} for proxy {proxy_id}.", file=sys.stderr)
         return 0
     sys.stdout.write(render_table(headers, rows))
+    for note in not_applied_notes(resources):
+        print(note)
     return 0
+
+
+def not_applied_notes(resources: list[dict[str, Any]]) -> list[str]:
+    """One line per cluster whose DestinationRule sets what Tulle accepts but does not act on yet."""
+    notes = []
+    for resource in resources:
+        for what in _path(resource, "metadata", "filterMetadata", "tulle", "not_applied") or ():
+            rule = _istio_config(resource)
+            notes.append(f"Not applied: {_field(resource, 'name')}: DestinationRule {rule}: {what}")
+    return sorted(notes)
 
 
 def _field(message: Any, name: str) -> Any:

@@ -245,7 +245,20 @@ def build_outbound_cluster(scope: ProxyScope, plan: ClusterPlan) -> dict[str, An
     apply_load_balancer(cluster, plan, scope.options.proxy_lacks)
     if plan.rule is not None:
         cluster["metadata"] = {"filter_metadata": {"istio": destination_rule_metadata(plan.rule, plan.subset)}}
+        not_applied = not_applied_policy(policy)
+        if not_applied:
+            cluster["metadata"]["filter_metadata"]["tulle"] = {"not_applied": not_applied}
     return cluster
+
+
+def not_applied_policy(policy: dict[str, Any]) -> list[str]:
+    """What of the cluster's effective traffic policy is accepted but not acted on yet, for
+    `tulle proxy-config clusters` to show beside the warning `apply` gave (TUL0001)."""
+    tls = policy.get("tls") or {}
+    mode = tls.get("mode", "DISABLE")  # Istio's ClientTLSSettings default
+    if mode == "DISABLE":
+        return []
+    return [f"tls (mode {mode}): no transport socket yet, this cluster's traffic is plaintext"]
 
 
 def destination_rule_metadata(rule: Resource, subset: str) -> dict[str, Any]:
