@@ -115,22 +115,11 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                                               CANARY % {"v1": 80, "v2": 20}, "application/yaml")
             assert sorted(applied["created"]) == ["DestinationRule default/reviews", "VirtualService default/reviews"]
 
-            bootstrap = {
-                "node": {"id": f"sidecar~{CLIENT_IP}~productpage-v1.default~default.svc.cluster.local",
-                         "cluster": "productpage.default",
-                         "metadata": {"TULLE_AGENT": True, "NAMESPACE": "default",
-                                      "LABELS": {"app": "productpage", "version": "v1"},
-                                      "UPSTREAMS": {"reviews:9080": UPSTREAM_PORT}}},
-                "dynamic_resources": {
-                    "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                                   "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                    "cds_config": {"ads": {}, "resource_api_version": "V3"},
-                    "lds_config": {"ads": {}, "resource_api_version": "V3"}},
-                "static_resources": {"clusters": [{
-                    "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                    "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]}}]},
-            }
+            bootstrap = _sidecar_bootstrap(
+                f"sidecar~{CLIENT_IP}~productpage-v1.default~default.svc.cluster.local", xds_port,
+                "productpage.default", {"TULLE_AGENT": True, "NAMESPACE": "default",
+                                        "LABELS": {"app": "productpage", "version": "v1"},
+                                        "UPSTREAMS": {"reviews:9080": UPSTREAM_PORT}})
             with ProxyProcess(bootstrap, tmp_path):
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
@@ -495,10 +484,12 @@ def _get_host(address: str, host: str) -> str:
         return response.headers.get("x-served-by", "-")
 
 
-def _sidecar_bootstrap(node_id: str, xds_port: int) -> dict[str, Any]:
+def _sidecar_bootstrap(node_id: str, xds_port: int, cluster: str = "app.default",
+                       metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Tulle sidecar's bootstrap: listeners and clusters over ADS from the control plane at ``xds_port``."""
     return {
-        "node": {"id": node_id, "cluster": "app.default",
-                 "metadata": {"TULLE_AGENT": True, "NAMESPACE": "default", "LABELS": {"app": "app"}}},
+        "node": {"id": node_id, "cluster": cluster,
+                 "metadata": metadata or {"TULLE_AGENT": True, "NAMESPACE": "default", "LABELS": {"app": "app"}}},
         "dynamic_resources": {
             "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
