@@ -154,6 +154,18 @@ MESSAGE_CLASSES = {
 # --- state of the world ------------------------------------------------------------------------
 
 
+
+async def assert_eds_nacked(client: Any, cache: SnapshotCache, message: str) -> None:
+    """After a split EDS update was answered: node n1's EDS is NACKED with ``message``, once the
+    server has read every answer (a CDS request, answered after them, is the probe)."""
+    await client.request(types.CLUSTER)
+    assert (await client.read()).type_url == types.CLUSTER
+    status = cache.node_status("n1")
+    assert status is not None
+    eds = status.types()[types.ENDPOINT]
+    assert eds.sync_state == "NACKED" and eds.last_nack is not None
+    assert eds.last_nack.message == message
+
 def test_sotw_initial_push_of_all_four_types() -> None:
     async def test(cache: SnapshotCache, channel: grpc.aio.Channel) -> None:
         snapshot = make_snapshot()
@@ -727,13 +739,7 @@ def test_a_nack_of_one_part_of_a_split_update_is_the_update_s() -> None:
         await client.nack(parts[0], "c000: bad endpoint", names)
         for part in parts[1:]:
             await client.ack(part, names)
-        await client.request(types.CLUSTER)  # probe
-        assert (await client.read()).type_url == types.CLUSTER
-        status = cache.node_status("n1")
-        assert status is not None
-        eds = status.types()[types.ENDPOINT]
-        assert eds.sync_state == "NACKED" and eds.last_nack is not None
-        assert eds.last_nack.message == "c000: bad endpoint"
+        await assert_eds_nacked(client, cache, "c000: bad endpoint")
 
     run(test, split_bytes=1500)
 
@@ -1069,13 +1075,7 @@ def test_delta_updates_are_split_and_the_last_answer_settles_them() -> None:
         assert len(parts) > 1 and [name for part in parts for name in names_in(part)] == names
         await client.request(types.ENDPOINT, nonce=parts[0].nonce, error="c000 rejected")
         await client.ack(parts[-1])
-        await client.request(types.CLUSTER)  # probe
-        assert (await client.read()).type_url == types.CLUSTER
-        status = cache.node_status("n1")
-        assert status is not None
-        eds = status.types()[types.ENDPOINT]
-        assert eds.sync_state == "NACKED" and eds.last_nack is not None
-        assert eds.last_nack.message == "c000 rejected"
+        await assert_eds_nacked(client, cache, "c000 rejected")
 
     run(test, split_bytes=1500)
 
