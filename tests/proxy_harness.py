@@ -175,3 +175,21 @@ class ProxyProcess:
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
+
+
+def ads_sidecar_bootstrap(node_id: str, xds_port: int, cluster: str = "app.default",
+                          metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Tulle sidecar's bootstrap: listeners and clusters over ADS from the control plane at ``xds_port``."""
+    return {
+        "node": {"id": node_id, "cluster": cluster,
+                 "metadata": metadata or {"TULLE_AGENT": True, "NAMESPACE": "default", "LABELS": {"app": "app"}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "static_resources": {"clusters": [{
+            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]}}]},
+    }

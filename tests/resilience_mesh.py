@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Headers, Message, Reader, encode_request, read_response
-from proxy_harness import ProxyProcess, loopback_ip
+from proxy_harness import ProxyProcess, ads_sidecar_bootstrap, loopback_ip
 
 NAMESPACE = "default"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -118,24 +118,9 @@ class Mesh:
     def start_client(self, upstreams: dict[str, int]) -> None:
         """``upstreams``: "service:port" -> the local port the client's app uses for it."""
         self.upstreams = dict(upstreams)
-        node = {
-            "id": self.node_id,
-            "cluster": f"client.{NAMESPACE}",
-            "metadata": {"TULLE_AGENT": True, "NAMESPACE": NAMESPACE, "LABELS": {"app": "client"},
-                         "UPSTREAMS": self.upstreams},
-        }
-        bootstrap = {
-            "node": node,
-            "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "cds_config": {"ads": {}, "resource_api_version": "V3"},
-                "lds_config": {"ads": {}, "resource_api_version": "V3"}},
-            "static_resources": {"clusters": [{
-                "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.xds_port}}}}]}]}}]},
-        }
+        bootstrap = ads_sidecar_bootstrap(
+            self.node_id, self.xds_port, f"client.{NAMESPACE}",
+            {"TULLE_AGENT": True, "NAMESPACE": NAMESPACE, "LABELS": {"app": "client"}, "UPSTREAMS": self.upstreams})
         self.proxy = ProxyProcess(bootstrap, self.tmp_path)
         self.proxy.__enter__()
 

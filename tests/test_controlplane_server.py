@@ -22,7 +22,7 @@ import grpc
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
-from proxy_harness import ProxyProcess, free_port, loopback_ip
+from proxy_harness import ProxyProcess, ads_sidecar_bootstrap, free_port, loopback_ip
 from tulle.controlplane.api_token import TokenError
 from tulle.controlplane.model import Resource
 from tulle.controlplane.server import ControlPlane, proxy_identity
@@ -115,7 +115,7 @@ def test_istio_canary_reaches_a_tulle_proxy_and_shifts_traffic(tmp_path: Path) -
                                               CANARY % {"v1": 80, "v2": 20}, "application/yaml")
             assert sorted(applied["created"]) == ["DestinationRule default/reviews", "VirtualService default/reviews"]
 
-            bootstrap = _sidecar_bootstrap(
+            bootstrap = ads_sidecar_bootstrap(
                 f"sidecar~{CLIENT_IP}~productpage-v1.default~default.svc.cluster.local", xds_port,
                 "productpage.default", {"TULLE_AGENT": True, "NAMESPACE": "default",
                                         "LABELS": {"app": "productpage", "version": "v1"},
@@ -484,24 +484,6 @@ def _get_host(address: str, host: str) -> str:
         return response.headers.get("x-served-by", "-")
 
 
-def _sidecar_bootstrap(node_id: str, xds_port: int, cluster: str = "app.default",
-                       metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A Tulle sidecar's bootstrap: listeners and clusters over ADS from the control plane at ``xds_port``."""
-    return {
-        "node": {"id": node_id, "cluster": cluster,
-                 "metadata": metadata or {"TULLE_AGENT": True, "NAMESPACE": "default", "LABELS": {"app": "app"}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
-        "static_resources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]}}]},
-    }
-
-
 async def _connected(control_plane: ControlPlane, node_id: str) -> NodeStatus:
     deadline = time.monotonic() + 60
     while (status := control_plane.cache.node_status(node_id)) is None or not status.types():
@@ -546,7 +528,7 @@ def test_ten_thousand_service_entries_reach_proxies(tmp_path: Path) -> None:
         try:
             # One proxy connected when the ServiceEntries arrive (the push), one joining afterwards
             # (its first update holds every route configuration at once).
-            with ProxyProcess(_sidecar_bootstrap(node_ids[0], xds_port), tmp_path) as connected:
+            with ProxyProcess(ads_sidecar_bootstrap(node_ids[0], xds_port), tmp_path) as connected:
                 status = await _connected(control_plane, node_ids[0])
                 streams = set(status.streams)
                 # Straight into the store: the API's validation of 10,000 documents is issue 8 item 4.
@@ -554,7 +536,7 @@ def test_ten_thousand_service_entries_reach_proxies(tmp_path: Path) -> None:
                 await _serves_every_route(connected, ips[0])
                 assert set(status.streams) == streams  # one stream all along: no reconnect loop
 
-                with ProxyProcess(_sidecar_bootstrap(node_ids[1], xds_port), tmp_path) as joining:
+                with ProxyProcess(ads_sidecar_bootstrap(node_ids[1], xds_port), tmp_path) as joining:
                     joined = await _connected(control_plane, node_ids[1])
                     await _serves_every_route(joining, ips[1])
                     routes = joined.types()[ROUTE_TYPE]
