@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import cython
+
 # RFC 9110 section 7.6.1 plus the ones every proxy strips (Envoy does the same).
 HOP_BY_HOP = frozenset(
     {
@@ -33,7 +35,8 @@ _ABSENT = object()
 
 
 class HeaderMap:
-    __slots__ = ("_items", "wire", "wire_index", "wire_sets")
+    if not cython.compiled:
+        __slots__ = ("_items", "wire", "wire_index", "wire_sets")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
