@@ -15,6 +15,7 @@ import sys
 
 # Module names, in no particular order. Adding a module here is all setup.py needs to build it.
 MODULES: tuple[str, ...] = (
+    "tulle.filters.http.base",
     "tulle.http.headers",
 )
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+import cython
+
 if TYPE_CHECKING:
     from tulle.filters.network.http_connection_manager.connection_manager import ActiveStream
     from tulle.http.headers import HeaderMap
@@ -23,7 +25,8 @@ STOP = 1
 class HttpFilter:
     """Base with pass-through defaults; filters override what they need."""
 
-    __slots__ = ("stream",)
+    if not cython.compiled:
+        __slots__ = ("stream",)
 
     def __init__(self, stream: ActiveStream) -> None:
         self.stream = stream
