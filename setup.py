@@ -16,6 +16,15 @@ from setuptools import setup
 ROOT = pathlib.Path(__file__).parent
 SRC = ROOT / "src"
 
+# C sources and include directories that a ``.pyx`` module needs beside its own source (paths
+# relative to the repository root). Compiled with -O2 like the Cython output.
+C_LIBRARIES: dict[str, dict[str, list[str]]] = {
+    "tulle.http.http1_parser": {
+        "sources": ["vendor/llhttp/src/api.c", "vendor/llhttp/src/http.c", "vendor/llhttp/src/llhttp.c"],
+        "include_dirs": ["vendor/llhttp/include"],
+    },
+}
+
 
 def compiled_modules() -> tuple[str, ...]:
     namespace: dict = {}
@@ -36,10 +45,16 @@ def extensions() -> list:
 
     modules = []
     for name in compiled_modules():
-        path = SRC / (name.replace(".", "/") + ".py")
+        # A .pyx (a C binding) wins over a .py of the same name: the .py is then its pure-Python peer.
+        path = SRC / (name.replace(".", "/") + ".pyx")
         if not path.exists():
-            path = path.with_suffix(".pyx")
-        modules.append(Extension(name, [str(path.relative_to(ROOT))]))
+            path = path.with_suffix(".py")
+        extra = C_LIBRARIES.get(name, {})
+        modules.append(Extension(
+            name, [str(path.relative_to(ROOT)), *extra.get("sources", [])],
+            include_dirs=list(extra.get("include_dirs", [])),
+            extra_compile_args=["-O2"],
+        ))
     return cythonize(
         modules,
         language_level=3,

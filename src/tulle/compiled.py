@@ -17,6 +17,7 @@ import sys
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.http.headers",
+    "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"
