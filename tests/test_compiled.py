@@ -234,3 +234,30 @@ def test_build_refuses_what_is_not_a_checkout(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tulle.compiled", "build", "--root", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not a source checkout" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_python_m_build_makes_a_wheel_with_the_extensions_and_no_generated_c(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", str(compiled.SOURCE_ROOT), str(checkout)], check=True)
+    dist = tmp_path / "dist"
+    env = pure_env(False)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "-o", str(dist), str(checkout)], env=env,
+                   check=True, capture_output=True)
+    [wheel] = dist.glob("tulle-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in compiled.MODULES:
+        path = name.replace(".", "/")
+        assert any(entry.startswith(path + ".") and entry.endswith(tuple(EXTENSION_SUFFIXES)) for entry in names), name
+        assert path + ".py" in names  # the pure peer ships too: TULLE_PURE_PYTHON works on an installed wheel
+    assert not [entry for entry in names if entry.endswith(".c")]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
+                   check=True, capture_output=True)
+    out = subprocess.run([str(venv / "bin" / "python"), "-m", "tulle.compiled"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"{len(compiled.MODULES)}/{len(compiled.MODULES)} modules compiled" in out
