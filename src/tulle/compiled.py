@@ -33,6 +33,9 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.http.headers",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
+    "tulle.router.header_mutation",
+    "tulle.router.matchers",
+    "tulle.router.route_table",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"
@@ -136,8 +139,9 @@ def orphan_extensions(root: Path = SOURCE_ROOT) -> list[Path]:
     still import them instead of the .py, so a build removes them."""
     package = Path(root) / "src" / "tulle"
     wanted = {path for name in manifest(root) for path in extension_files(root, name)}
-    return sorted(path for suffix in EXTENSION_SUFFIXES for path in package.rglob("*" + suffix)
-                  if path not in wanted)
+    # a set: "x.cpython-311-x86_64-linux-gnu.so" also ends with ".so", another of the suffixes
+    return sorted({path for suffix in EXTENSION_SUFFIXES for path in package.rglob("*" + suffix)
+                   if path not in wanted})
 
 
 def read_stamp(stamp: Path) -> dict[str, str]:
