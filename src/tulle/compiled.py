@@ -36,6 +36,7 @@ MODULES: tuple[str, ...] = (
     "tulle.router.header_mutation",
     "tulle.router.matchers",
     "tulle.router.route_table",
+    "tulle.upstream.host",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"
