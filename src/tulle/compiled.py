@@ -37,6 +37,7 @@ MODULES: tuple[str, ...] = (
     "tulle.router.matchers",
     "tulle.router.route_table",
     "tulle.upstream.host",
+    "tulle.upstream.load_balancer",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import cython
 import xxhash
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import message
@@ -361,7 +362,8 @@ HostPicker = Callable[..., Host]
 class _HostSource:
     """One host list a request can be sent to: a priority's healthy, degraded or (panic) all hosts."""
 
-    __slots__ = ("pick", "panic", "hosts")
+    if not cython.compiled:
+        __slots__ = ("pick", "panic", "hosts")
 
     def __init__(self, pick: HostPicker, panic: bool, hosts: list[Host]) -> None:
         self.pick = pick
@@ -552,7 +554,8 @@ def edf_schedule(hosts: Sequence[Host]) -> list[Host]:
 class _EdfScheduler:
     """Live EDF: an entry's next deadline uses its weight at the time it is re-queued."""
 
-    __slots__ = ("_heap", "_order", "_weight_of")
+    if not cython.compiled:
+        __slots__ = ("_heap", "_order", "_weight_of")
 
     def __init__(self, entries: Sequence[Any], weight_of: Callable[[Any], float]) -> None:
         self._weight_of = weight_of
