@@ -36,6 +36,7 @@ MODULES: tuple[str, ...] = (
     "tulle.router.header_mutation",
     "tulle.router.matchers",
     "tulle.router.route_table",
+    "tulle.upstream.cluster_manager",
     "tulle.upstream.host",
     "tulle.upstream.load_balancer",
 )
