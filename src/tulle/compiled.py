@@ -45,6 +45,7 @@ MODULES: tuple[str, ...] = (
     "tulle.upstream.cluster_manager",
     "tulle.upstream.host",
     "tulle.upstream.load_balancer",
+    "tulle.upstream.outlier_detection",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"
