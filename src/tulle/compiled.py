@@ -149,7 +149,7 @@ def orphan_extensions(root: Path = SOURCE_ROOT) -> list[Path]:
     still import them instead of the .py, so a build removes them."""
     package = Path(root) / "src" / "tulle"
     wanted = {path for name in manifest(root) for path in extension_files(root, name)}
-    # a set: "x.cpython-311-x86_64-linux-gnu.so" also ends with ".so", another of the suffixes
+    # a set: "x.cpython-311-x86_64-linux-gnu.so" also matches "*.so"
     return sorted({path for suffix in EXTENSION_SUFFIXES for path in package.rglob("*" + suffix)
                    if path not in wanted})
 
