@@ -5,6 +5,10 @@
 cdef object _MASK64
 
 
+cdef class LoadBalancerContext:
+    cdef public object hash_key
+
+
 cdef class _HostSource:
     cdef public object pick
     cdef public bint panic

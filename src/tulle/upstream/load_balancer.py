@@ -67,11 +67,27 @@ LOCALITY_SCHEDULE_LIMIT = 1 << 12
 _MASK64 = (1 << 64) - 1
 
 
-@dataclass(slots=True)
 class LoadBalancerContext:
-    """Per-request input to host selection; ``hash_key`` drives RING_HASH and MAGLEV."""
+    """Per-request input to host selection; ``hash_key`` drives RING_HASH and MAGLEV.
 
-    hash_key: int | None = None
+    A plain class rather than a dataclass: the router makes one per request on hash-policy
+    routes, and a compiled cdef class is built without a Python-level ``__init__`` call."""
+
+    if not cython.compiled:
+        __slots__ = ("hash_key",)
+
+    def __init__(self, hash_key: int | None = None) -> None:
+        self.hash_key = hash_key
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoadBalancerContext):
+            return NotImplemented
+        return self.hash_key == other.hash_key
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"LoadBalancerContext(hash_key={self.hash_key!r})"
 
 
 # --- hashing ------------------------------------------------------------------
