@@ -2,6 +2,8 @@
 # Per request: LoadBalancer.choose_host (a table lookup, the panic counter, then the source's
 # picker). Everything else runs when membership or health changes.
 
+from tulle.upstream.host cimport Host
+
 cdef object _MASK64
 
 

@@ -605,6 +605,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
             return self._n_choices_picker(hosts, settings.choice_count)
         bias = settings.active_request_bias
 
+        @cython.locals(host=Host)
         def dynamic_weight(host: Host) -> float:
             if bias == 0.0:
                 return host.weight
@@ -619,6 +620,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
         rand = self.rng.random
 
         if choice_count == 2:
+            @cython.locals(first=Host, second=Host)
             def pick_of_two() -> Host:
                 first = hosts[int(rand() * size)]
                 second = hosts[int(rand() * size)]
@@ -626,6 +628,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
 
             return pick_of_two
 
+        @cython.locals(best=Host, candidate=Host)
         def pick_of_n() -> Host:
             best = hosts[int(rand() * size)]
             for _ in range(choice_count - 1):
