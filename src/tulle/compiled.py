@@ -38,6 +38,7 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.network.local_ratelimit.filter",
     "tulle.http.headers",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
+    "tulle.router.hash_policy",
     "tulle.router.header_mutation",
     "tulle.router.matchers",
     "tulle.router.route_table",
