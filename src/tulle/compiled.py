@@ -31,8 +31,22 @@ from pathlib import Path
 # Module names, in no particular order. Adding a module here is all setup.py needs to build it.
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
+    "tulle.filters.http.fault.config",
+    "tulle.filters.http.fault.filter",
+    "tulle.filters.http.local_ratelimit.config",
+    "tulle.filters.http.local_ratelimit.filter",
+    "tulle.filters.network.local_ratelimit.filter",
     "tulle.http.headers",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
+    "tulle.router.hash_policy",
+    "tulle.router.header_mutation",
+    "tulle.router.matchers",
+    "tulle.router.route_table",
+    "tulle.runtime.entry",
+    "tulle.upstream.cluster_manager",
+    "tulle.upstream.host",
+    "tulle.upstream.load_balancer",
+    "tulle.upstream.outlier_detection",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import cython
 import xxhash
 from google.protobuf import message
 
@@ -102,7 +103,10 @@ def _query_parameter_method(msg: message.Message, field: str) -> HashMethod:
 
 
 class HashPolicy:
-    __slots__ = ("_methods",)
+    """A route's hash_policy, compiled (a cdef class when compiled: hash_key runs per request)."""
+
+    if not cython.compiled:
+        __slots__ = ("_methods",)
 
     def __init__(self, methods: tuple[tuple[HashMethod, bool], ...]) -> None:
         self._methods = methods

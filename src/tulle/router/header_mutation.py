@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import cython
 from google.protobuf import message
 
 from tulle.config.errors import ConfigError, join
@@ -42,7 +43,8 @@ def _header_name(raw: str, field: str, verb: str) -> str:
 
 
 class _HeaderToAdd:
-    __slots__ = ("name", "value", "formatter", "action", "keep_empty")
+    if not cython.compiled:
+        __slots__ = ("name", "value", "formatter", "action", "keep_empty")
 
     def __init__(self, name: str, value: str, formatter: Any, action: int, keep_empty: bool) -> None:
         self.name = name
@@ -86,7 +88,8 @@ def _parse_option(option: message.Message, field: str) -> _HeaderToAdd:
 class HeaderMutation:
     """One level's header changes, compiled from the protos at config time."""
 
-    __slots__ = ("removes", "adds")
+    if not cython.compiled:
+        __slots__ = ("removes", "adds")
 
     def __init__(self, removes: tuple[str, ...], adds: tuple[_HeaderToAdd, ...]) -> None:
         self.removes = removes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cython
 from google.protobuf import message
 
 from tulle.config.errors import ConfigError, join
@@ -98,7 +99,8 @@ def require_header_safe(value: str, field: str) -> None:
 class Regex:
     """An RE2 regex compiled once; matching and replacing work on wire bytes."""
 
-    __slots__ = ("pattern", "groups", "_compiled")
+    if not cython.compiled:
+        __slots__ = ("pattern", "groups", "_compiled")
 
     def __init__(self, pattern: str, field: str, max_program_size: int = MAX_REGEX_PROGRAM_SIZE) -> None:
         if not pattern:
@@ -220,7 +222,8 @@ def compile_regex_matcher(msg: message.Message, field: str) -> Regex:
 class RegexRewrite:
     """envoy.type.matcher.v3.RegexMatchAndSubstitute, ready to apply."""
 
-    __slots__ = ("regex", "substitution")
+    if not cython.compiled:
+        __slots__ = ("regex", "substitution")
 
     def __init__(self, msg: message.Message, field: str) -> None:
         check_fields(msg, ("pattern", "substitution"), field)

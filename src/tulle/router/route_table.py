@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+import cython
 from google.protobuf import any_pb2, message
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
@@ -292,7 +293,8 @@ class _Redirect:
 class WeightedClusterEntry:
     """One entry of weighted_clusters with its own header mutations."""
 
-    __slots__ = ("name", "cluster_header", "weight", "request_mutation", "response_mutation", "host_rewrite")
+    if not cython.compiled:
+        __slots__ = ("name", "cluster_header", "weight", "request_mutation", "response_mutation", "host_rewrite")
 
     def __init__(self, msg: message.Message, field: str) -> None:
         check_fields(msg, _CLUSTER_WEIGHT_FIELDS, field)
@@ -345,17 +347,19 @@ def _path_predicate(kind: str, value: str, case_sensitive: bool) -> PathPredicat
 class Route:
     """One route, precomputed. ``kind`` is "cluster", "redirect" or "direct_response"."""
 
-    __slots__ = (
-        "name", "virtual_host_name", "kind", "is_redirect", "direct_response", "cluster_not_found_response_code",
-        "timeout", "timeout_header_value", "auto_host_rewrite", "hash_policy", "needs_query",
-        "plain_prefix", "_path_matches", "_header_matchers", "_query_matchers", "_matched_prefix_length",
-        "_cluster", "_cluster_header", "_weighted", "_total_weight", "_random_value_header",
-        "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite", "_host_rewrite", "_host_rewrite_header",
-        "_host_rewrite_path_regex", "_redirect", "_request_mutations", "_response_mutations",
-        "_filter_configs", "mirror_policies", "retry_policy", "stream_timeouts", "include_request_attempt_count",
-        "include_attempt_count_in_response", "retry_buffer_limit", "needs_attempts", "priority", "runtime_fraction",
-        "attempt_defaults", "fast_per_try", "expected_rq_timeout_value",
-    )
+    if not cython.compiled:
+        __slots__ = (
+            "name", "virtual_host_name", "kind", "is_redirect", "direct_response",
+            "cluster_not_found_response_code", "timeout", "timeout_header_value", "auto_host_rewrite",
+            "hash_policy", "needs_query", "plain_prefix", "_path_matches", "_header_matchers",
+            "_query_matchers", "_matched_prefix_length", "_cluster", "_cluster_header", "_weighted",
+            "_total_weight", "_random_value_header", "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite",
+            "_host_rewrite", "_host_rewrite_header", "_host_rewrite_path_regex", "_redirect",
+            "_request_mutations", "_response_mutations", "_filter_configs", "mirror_policies", "retry_policy",
+            "stream_timeouts", "include_request_attempt_count", "include_attempt_count_in_response",
+            "retry_buffer_limit", "needs_attempts", "priority", "runtime_fraction", "attempt_defaults",
+            "fast_per_try", "expected_rq_timeout_value",
+        )
 
     def __init__(
         self,
@@ -775,7 +779,8 @@ def _data_source(msg: message.Message, field: str, max_bytes: int) -> bytes:
 
 
 class VirtualHost:
-    __slots__ = ("name", "routes", "needs_query", "_entries")
+    if not cython.compiled:
+        __slots__ = ("name", "routes", "needs_query", "_entries")
 
     def __init__(self, name: str, routes: tuple[Route, ...]) -> None:
         self.name = name
@@ -810,7 +815,8 @@ class RuntimeFractionVirtualHost(VirtualHost):
     shared by all of its routes (Envoy's stream id), so two routes at 30% and 50% take 30% and 20%
     of the traffic: the traffic-shifting pattern. Other virtual hosts draw nothing."""
 
-    __slots__ = ()
+    if not cython.compiled:
+        __slots__ = ()
 
     def find(self, headers: HeaderMap) -> Route | None:
         full_path = headers.get(":path")

@@ -20,6 +20,8 @@ import math
 import random
 from typing import Any
 
+import cython
+
 from tulle.router.matchers import UINT64_MAX, simple_atoi
 
 _ASCII_SPACE = " \t\n\v\f\r"
@@ -34,7 +36,8 @@ _getrandbits = random.getrandbits
 class Fraction:
     """A FractionalPercent evaluated as Envoy's featureEnabled(): ``random % denominator < numerator``."""
 
-    __slots__ = ("numerator", "denominator", "always", "never")
+    if not cython.compiled:
+        __slots__ = ("numerator", "denominator", "always", "never")
 
     def __init__(self, numerator: int, denominator: int) -> None:
         self.numerator = numerator

@@ -26,6 +26,8 @@ DEFAULT_WARM_TIMEOUT = 10.0
 
 
 class ClusterManager:
+    """The worker's clusters by name (a cdef class when compiled: the router calls get per request)."""
+
     def __init__(self, clusters: dict[str, Cluster], stats: Store) -> None:
         self.clusters = clusters
         self._stats = stats

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import cython
 from envoy.config.core.v3 import health_check_pb2
 
 # Envoy's HealthFlag names as the admin /clusters endpoint prints them.
@@ -43,13 +44,16 @@ class Locality(NamedTuple):
 NO_LOCALITY = Locality()
 
 
+_HOST_STAT_NAMES = (
+    "cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success", "rq_error", "rq_active", "rq_timeout",
+)
+
+
 class HostStats:
     """Envoy's per-host stats (``/clusters`` prints them as ``<host>::cx_total::3``)."""
 
-    __slots__ = (
-        "cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success", "rq_error",
-        "rq_active", "rq_timeout",
-    )
+    if not cython.compiled:
+        __slots__ = _HOST_STAT_NAMES
 
     def __init__(self) -> None:
         self.cx_total = 0
@@ -62,7 +66,7 @@ class HostStats:
         self.rq_timeout = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in _HOST_STAT_NAMES}
 
 
 def format_address(ip: str, port: int) -> str:
@@ -77,7 +81,8 @@ class NoOutlierMonitor:
     method is cheaper than a None check plus the call it would guard in the common case.
     """
 
-    __slots__ = ()
+    if not cython.compiled:
+        __slots__ = ()
     success_rate = -1.0
     local_origin_success_rate = -1.0
 
@@ -107,12 +112,15 @@ def health_flags_for(health_status: int) -> str:
 
 
 class Host:
-    __slots__ = (
-        "ip", "port", "address_str", "hostname", "weight", "priority", "locality", "locality_weight",
-        "health_check_port", "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
-        "failed_active_hc", "degraded_active_hc", "active_hc_timeout", "failed_outlier_check",
-        "pending_dynamic_removal", "outlier",
-    )
+    """One endpoint of a cluster (a cdef class when compiled: the balancer reads it per request)."""
+
+    if not cython.compiled:
+        __slots__ = (
+            "ip", "port", "address_str", "hostname", "weight", "priority", "locality", "locality_weight",
+            "health_check_port", "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
+            "failed_active_hc", "degraded_active_hc", "active_hc_timeout", "failed_outlier_check",
+            "pending_dynamic_removal", "outlier",
+        )
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import cython
 import xxhash
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import message
@@ -66,11 +67,27 @@ LOCALITY_SCHEDULE_LIMIT = 1 << 12
 _MASK64 = (1 << 64) - 1
 
 
-@dataclass(slots=True)
 class LoadBalancerContext:
-    """Per-request input to host selection; ``hash_key`` drives RING_HASH and MAGLEV."""
+    """Per-request input to host selection; ``hash_key`` drives RING_HASH and MAGLEV.
 
-    hash_key: int | None = None
+    A plain class rather than a dataclass: the router makes one per request on hash-policy
+    routes, and a compiled cdef class is built without a Python-level ``__init__`` call."""
+
+    if not cython.compiled:
+        __slots__ = ("hash_key",)
+
+    def __init__(self, hash_key: int | None = None) -> None:
+        self.hash_key = hash_key
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoadBalancerContext):
+            return NotImplemented
+        return self.hash_key == other.hash_key
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"LoadBalancerContext(hash_key={self.hash_key!r})"
 
 
 # --- hashing ------------------------------------------------------------------
@@ -361,7 +378,8 @@ HostPicker = Callable[..., Host]
 class _HostSource:
     """One host list a request can be sent to: a priority's healthy, degraded or (panic) all hosts."""
 
-    __slots__ = ("pick", "panic", "hosts")
+    if not cython.compiled:
+        __slots__ = ("pick", "panic", "hosts")
 
     def __init__(self, pick: HostPicker, panic: bool, hosts: list[Host]) -> None:
         self.pick = pick
@@ -552,7 +570,8 @@ def edf_schedule(hosts: Sequence[Host]) -> list[Host]:
 class _EdfScheduler:
     """Live EDF: an entry's next deadline uses its weight at the time it is re-queued."""
 
-    __slots__ = ("_heap", "_order", "_weight_of")
+    if not cython.compiled:
+        __slots__ = ("_heap", "_order", "_weight_of")
 
     def __init__(self, entries: Sequence[Any], weight_of: Callable[[Any], float]) -> None:
         self._weight_of = weight_of
@@ -586,6 +605,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
             return self._n_choices_picker(hosts, settings.choice_count)
         bias = settings.active_request_bias
 
+        @cython.locals(host=Host)
         def dynamic_weight(host: Host) -> float:
             if bias == 0.0:
                 return host.weight
@@ -600,6 +620,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
         rand = self.rng.random
 
         if choice_count == 2:
+            @cython.locals(first=Host, second=Host)
             def pick_of_two() -> Host:
                 first = hosts[int(rand() * size)]
                 second = hosts[int(rand() * size)]
@@ -607,6 +628,7 @@ class LeastRequestLoadBalancer(LoadBalancer):
 
             return pick_of_two
 
+        @cython.locals(best=Host, candidate=Host)
         def pick_of_n() -> Host:
             best = hosts[int(rand() * size)]
             for _ in range(choice_count - 1):

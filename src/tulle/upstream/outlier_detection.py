@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cython
 from envoy.config.cluster.v3 import outlier_detection_pb2
 from google.protobuf import message
 
@@ -189,13 +190,14 @@ class HostOutlierMonitor:
     one call with no branch on the configuration.
     """
 
-    __slots__ = (
-        "host", "detector", "config", "attached", "consecutive_5xx", "consecutive_gateway_failure",
-        "consecutive_local_origin_failure", "num_ejections", "eject_time_backoff", "last_ejection_time",
-        "last_unejection_time", "jitter", "external_total", "external_success", "local_total", "local_success",
-        "external_window", "local_window", "success_rate", "local_origin_success_rate",
-        "put_connect_success", "put_connect_success_final", "put_local_origin_failure",
-    )
+    if not cython.compiled:
+        __slots__ = (
+            "host", "detector", "config", "attached", "consecutive_5xx", "consecutive_gateway_failure",
+            "consecutive_local_origin_failure", "num_ejections", "eject_time_backoff", "last_ejection_time",
+            "last_unejection_time", "jitter", "external_total", "external_success", "local_total", "local_success",
+            "external_window", "local_window", "success_rate", "local_origin_success_rate",
+            "put_connect_success", "put_connect_success_final", "put_local_origin_failure",
+        )
 
     def __init__(self, host: Host, detector: OutlierDetector) -> None:
         self.host = host

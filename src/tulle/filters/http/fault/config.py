@@ -26,6 +26,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import cython
 from google.protobuf import message
 
 from tulle.config.errors import ConfigError, join
@@ -219,14 +220,18 @@ def _random_uint64() -> int:
 
 
 class FaultFactory:
+    """A cdef class when compiled: create_filter runs per request stream."""
+
     name = "envoy.filters.http.fault"
     encodes = False
-    # The key of this filter's typed_per_filter_config entries; the connection manager sets it
-    # to the name the filter has in http_filters (Envoy looks per-route configs up by that name).
-    config_name = "envoy.filters.http.fault"
+    if not cython.compiled:
+        __slots__ = ("settings", "stats", "buffer_limit", "random_value", "skippable", "config_name")
 
     def __init__(self, proto: Any, field: str, hcm: Any, *,
                  random_value: Callable[[], int] | None = None) -> None:
+        # The key of this filter's typed_per_filter_config entries; the connection manager sets it
+        # to the name the filter has in http_filters (Envoy looks per-route configs up by that name).
+        self.config_name = "envoy.filters.http.fault"
         self.settings = FaultSettings(proto, field, hcm.ctx.runtime)
         self.stats = FaultStats(hcm.ctx.stats, hcm.stat_prefix)
         self.buffer_limit: int = hcm.buffer_limit

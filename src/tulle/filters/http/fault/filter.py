@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+import cython
+
 from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
 from tulle.http.headers import HeaderMap
@@ -63,7 +65,8 @@ def is_grpc_request(headers: HeaderMap) -> bool:
 
 
 class FaultFilter(HttpFilter):
-    __slots__ = ("factory", "settings", "timer", "fault_active", "held", "held_bytes", "read_paused")
+    if not cython.compiled:
+        __slots__ = ("factory", "settings", "timer", "fault_active", "held", "held_bytes", "read_paused")
 
     def __init__(self, stream: Any, factory: FaultFactory) -> None:
         self.stream = stream

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import cython
+
 from tulle.config.errors import ConfigError, join
 from tulle.config.support import check_fields
 from tulle.filters.http.local_ratelimit.filter import FILTER_NAME, LocalRateLimitFilter
@@ -129,12 +131,16 @@ def parse_per_route_config(proto: Any, field: str) -> RateLimitSettings:
 
 
 class LocalRateLimitFactory:
+    """A cdef class when compiled: create_filter runs per request stream."""
+
     name = FILTER_NAME
-    # The key of this filter's typed_per_filter_config entries; the connection manager may set
-    # it to the name the filter has in http_filters (Envoy looks per-route configs up by that name).
-    config_name = FILTER_NAME
+    if not cython.compiled:
+        __slots__ = ("settings", "encodes", "config_name")
 
     def __init__(self, proto: Any, field: str, hcm: Any) -> None:
+        # The key of this filter's typed_per_filter_config entries; the connection manager may set
+        # it to the name the filter has in http_filters (Envoy looks per-route configs up by that name).
+        self.config_name = FILTER_NAME
         self.settings = RateLimitSettings(proto, field, hcm.ctx, per_route=False)
         # encode_headers only adds x-ratelimit-*: without them the response path skips this filter
         self.encodes = self.settings.x_ratelimit_headers

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import cython
+
 from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
 from tulle.http.headers import HeaderMap
@@ -30,7 +32,8 @@ _BODY = LOCAL_RATE_LIMITED.encode()
 
 
 class LocalRateLimitFilter(HttpFilter):
-    __slots__ = ("factory", "headers_bucket")
+    if not cython.compiled:
+        __slots__ = ("factory", "headers_bucket")
 
     def __init__(self, stream: Any, factory: LocalRateLimitFactory) -> None:
         self.stream = stream

@@ -17,6 +17,8 @@ import mmap
 import time
 from typing import TYPE_CHECKING
 
+import cython
+
 if TYPE_CHECKING:
     from tulle.runtime import RuntimeFlag
     from tulle.server.context import DownstreamConnection
@@ -42,7 +44,8 @@ def envoy_reset_seconds(fill_rate: float) -> int:
 class TokenBucket:
     """One process's bucket: plain attributes, no locking (a worker is single-threaded)."""
 
-    __slots__ = ("max_tokens", "fill_rate", "tokens", "last_fill", "empty_reset_seconds", "__weakref__")
+    if not cython.compiled:
+        __slots__ = ("max_tokens", "fill_rate", "tokens", "last_fill", "empty_reset_seconds", "__weakref__")
 
     def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval: float) -> None:
         self.max_tokens = max_tokens

@@ -1,0 +1,13 @@
+# C-level declarations for filter.py (Cython pure-Python mode; see tulle/compiled.py).
+# TokenBucket.consume runs per request for the HTTP local rate limit filter (and per connection
+# for the network one). `_monotonic` stays a plain module global: tests replace it.
+
+cdef class TokenBucket:
+    cdef public object max_tokens
+    cdef public double fill_rate
+    cdef public double tokens
+    cdef public double last_fill
+    cdef public object empty_reset_seconds
+    cdef object __weakref__
+    @cython.locals(now=double, tokens=double)
+    cpdef bint consume(self) except -1
