@@ -33,6 +33,9 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.http.headers",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
+    "tulle.upstream.cluster_stats",
+    "tulle.upstream.http_pool",
+    "tulle.upstream.resource_manager",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"

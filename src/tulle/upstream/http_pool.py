@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+import cython
 import httptools
 
 from tulle import stream_info as flags
@@ -90,13 +91,17 @@ class ConnectError(Exception):
         self.reason = reason
 
 
-class Http1ClientConnection(asyncio.Protocol):
-    __slots__ = (
-        "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
-        "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-        "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource", "expired",
-        "age_timer",
-    )
+class Http1ClientConnection:
+    """An asyncio.Protocol by its methods (compiled, this is a cdef class, which cannot inherit from
+    asyncio.Protocol; the event loop only calls the methods)."""
+
+    if not cython.compiled:  # compiled, the fields come from http_pool.pxd
+        __slots__ = (
+            "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
+            "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
+            "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource", "expired",
+            "age_timer",
+        )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
         self.pool = pool
@@ -189,6 +194,7 @@ class Http1ClientConnection(asyncio.Protocol):
             self.callbacks.on_upstream_resume_writing()
 
     # --- llhttp callbacks ----------------------------------------------
+    @cython.locals(status=cython.int, end=cython.Py_ssize_t, first=cython.Py_ssize_t, head=bytes, block=bytes)
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         self.status = status
@@ -312,6 +318,12 @@ class Http1ClientConnection(asyncio.Protocol):
 
 class HttpConnectionPool:
     """HTTP/1.1 connections to one host: idle ones (LIFO) and the requests waiting for one (FIFO)."""
+
+    if not cython.compiled:  # compiled, the fields come from http_pool.pxd
+        __slots__ = (
+            "cluster", "host", "loop", "idle", "all", "closing", "pending", "connecting", "_serve_scheduled",
+            "stats_rx", "stats_tx", "_idle_timer",
+        )
 
     def __init__(self, cluster: Cluster, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.cluster = cluster
