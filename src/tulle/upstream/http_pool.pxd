@@ -1,17 +1,13 @@
 # C-level declarations for http_pool.py (Cython pure-Python mode; see tulle/compiled.py).
-# Http1ClientConnection is a cdef class registered as an asyncio.Protocol (a cdef class cannot
-# inherit from a Python class). The transport and httptools call its protocol and parser
-# callbacks as Python methods (def); what the pool and the router call per request is cpdef.
+# Http1ClientConnection is a cdef class that is an asyncio.Protocol by its methods (a cdef class cannot
+# inherit from a Python class). The transport and the ResponseParser call its protocol and
+# parser callbacks as Python methods (def); what the pool and the router call per request is cpdef.
 # The callbacks (UpstreamCallbacks, PoolCallbacks: the router's UpstreamRequest, the shadow's
 # request, test recorders), the cluster and the host are typed object.
 
 cimport cython
 
 from tulle.upstream.resource_manager cimport Resource, ResourceManager
-
-cdef object _CONTENT_LENGTH
-cdef object _TRANSFER_ENCODING
-
 
 cdef class HttpConnectionPool
 
@@ -23,12 +19,10 @@ cdef class Http1ClientConnection:
     cdef public object callbacks
     cdef public bint is_head
     cdef public int status
-    cdef public bytes head_buf
     cdef public bint headers_sent
     cdef public bint close_delimited
     cdef public bint response_done
     cdef public bint ended
-    cdef public bint head_keep_alive
     cdef public Py_ssize_t requests
     cdef public bint closed
     cdef public double idle_since
