@@ -373,6 +373,99 @@ def test_malformed_response_is_a_protocol_error() -> None:
     run_with_upstream(answer_each(b"HTTP/1.1 abc nonsense\r\n\r\n"), test)
 
 
+def test_a_response_head_over_the_limit_is_a_protocol_error() -> None:
+    # Envoy's max_response_headers_kb (60 KiB): the head is refused before it completes
+    from tulle.upstream.http_pool import MAX_RESPONSE_HEAD_BYTES
+
+    head = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * MAX_RESPONSE_HEAD_BYTES
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(head)  # never finished: the limit alone ends it
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def test(up: Upstream) -> None:
+        conn = await up.pool.connect()
+        recorder = await up.exchange(conn)
+        assert recorder.reset == ("UPE", "protocol error: response headers too large")
+        assert recorder.header_events == 0
+        assert up.stat("upstream_cx_protocol_error") == 1
+        assert up.pool.take_idle() is None
+
+    run_with_upstream(script, test)
+
+
+def test_a_response_head_just_under_the_limit_is_accepted() -> None:
+    from tulle.upstream.http_pool import MAX_RESPONSE_HEAD_BYTES
+
+    start = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: "
+    response = start + b"a" * (MAX_RESPONSE_HEAD_BYTES - len(start) - 4) + b"\r\n\r\nok"
+
+    async def test(up: Upstream) -> None:
+        recorder = await up.exchange(await up.pool.connect())
+        assert (recorder.reset, recorder.status, recorder.body) == (None, 200, b"ok")
+        assert recorder.headers is not None and len(recorder.headers.get("x-big") or "") > 60000
+
+    run_with_upstream(answer_each(response), test)
+
+
+def test_an_unrequested_upgrade_is_a_protocol_error() -> None:
+    response = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nxx"
+
+    async def test(up: Upstream) -> None:
+        recorder = await up.exchange(await up.pool.connect())
+        assert recorder.reset is not None and recorder.reset[0] == "UPE"
+        assert recorder.header_events == 0
+        assert up.stat("upstream_cx_protocol_error") == 1
+
+    run_with_upstream(answer_each(response), test)
+
+
+def test_interim_then_final_response_to_head_completes_on_the_final_head() -> None:
+    response = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
+
+    async def test(up: Upstream) -> None:
+        conn = await up.pool.connect()
+        head = await up.exchange(conn, b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n", is_head=True)
+        assert (head.header_events, head.status, head.ended, head.body) == (1, 200, True, b"")
+        assert up.pool.take_idle() is conn
+
+    run_with_upstream(answer_each(response), test)
+
+
+def test_head_response_with_connection_close_is_not_reused() -> None:
+    response = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 100\r\n\r\n"
+
+    async def test(up: Upstream) -> None:
+        conn = await up.pool.connect()
+        head = await up.exchange(conn, b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n", is_head=True)
+        assert (head.status, head.ended) == (200, True)
+        assert up.pool.take_idle() is None
+
+    run_with_upstream(answer_each(response), test)
+
+
+def test_response_head_split_over_reads_is_parsed_whole() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        for piece in (b"HTTP/1.1 200 OK\r\ncontent-", b"length: 5\r\nx-a: b", b"\r\n\r", b"\nhel", b"lo"):
+            writer.write(piece)
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def test(up: Upstream) -> None:
+        conn = await up.pool.connect()
+        recorder = await up.exchange(conn)
+        assert (recorder.status, recorder.body, recorder.reset) == (200, b"hello", None)
+        assert recorder.headers is not None and recorder.headers.get("x-a") == "b"
+        assert up.pool.take_idle() is conn
+
+    run_with_upstream(script, test)
+
+
 def test_slow_upstream_reader_pauses_the_writer() -> None:
     release = asyncio.Event()
     total = 64 * 1024 * 1024  # more than loopback socket buffers absorb

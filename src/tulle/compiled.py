@@ -35,6 +35,8 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.fault.filter",
     "tulle.filters.http.local_ratelimit.config",
     "tulle.filters.http.local_ratelimit.filter",
+    "tulle.filters.http.router.filter",
+    "tulle.filters.http.router.upstream_request",
     "tulle.filters.network.local_ratelimit.filter",
     "tulle.http.headers",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
@@ -44,9 +46,12 @@ MODULES: tuple[str, ...] = (
     "tulle.router.route_table",
     "tulle.runtime.entry",
     "tulle.upstream.cluster_manager",
+    "tulle.upstream.cluster_stats",
     "tulle.upstream.host",
+    "tulle.upstream.http_pool",
     "tulle.upstream.load_balancer",
     "tulle.upstream.outlier_detection",
+    "tulle.upstream.resource_manager",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"

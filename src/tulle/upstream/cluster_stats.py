@@ -7,6 +7,8 @@ and then cached by code.
 
 from __future__ import annotations
 
+import cython
+
 from tulle.stats.store import Counter, Gauge, Histogram, Store
 
 COUNTERS = (
@@ -34,9 +36,10 @@ HISTOGRAMS = ("upstream_rq_time", "upstream_cx_length_ms", "upstream_cx_connect_
 
 
 class ClusterStats:
-    __slots__ = (
-        *COUNTERS, *GAUGES, *HISTOGRAMS, "prefix", "_store", "_by_code", "_by_class",
-    )
+    if not cython.compiled:  # compiled, the fields come from cluster_stats.pxd
+        __slots__ = (
+            *COUNTERS, *GAUGES, *HISTOGRAMS, "prefix", "_store", "_by_code", "_by_class",
+        )
 
     upstream_cx_total: Counter
     upstream_cx_http1_total: Counter

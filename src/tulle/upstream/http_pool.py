@@ -6,8 +6,11 @@ used (warmest) connection is reused and the rest can age out on the idle
 timeout. Reusing an idle connection is synchronous: no coroutine, no task,
 no ``connect()`` on the fast path.
 
-Keep-alive is decided from llhttp inside ``on_message_complete``: read later,
-``should_keep_alive()`` reports False and reuse would silently die.
+Responses are parsed by :class:`tulle.http.http1_parser.ResponseParser` (llhttp called from C
+when compiled): one ``on_response_head`` per response head, whose header block becomes the
+``HeaderMap`` as bytes (``HeaderMap.from_wire``), and ``on_message_complete(keep_alive)`` with
+llhttp's keep-alive decision for the message. A response to HEAD ends with its head
+(``expect_no_body``); 1xx interim responses are swallowed.
 
 The router asks for a connection with :meth:`HttpConnectionPool.acquire`, which applies the
 cluster's circuit breakers (:mod:`tulle.upstream.resource_manager`) as Envoy's connection pool
@@ -21,15 +24,15 @@ pending request of the pool, as in Envoy.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httptools
+import cython
 
 from tulle import stream_info as flags
 from tulle.http.headers import HeaderMap
+from tulle.http.http1_parser import ParserError, ParserUpgrade, ResponseParser
 
 if TYPE_CHECKING:
     from tulle.upstream.cluster import Cluster
@@ -41,24 +44,6 @@ if TYPE_CHECKING:
 MAX_RESPONSE_HEAD_BYTES = 60 * 1024
 # Envoy's reset reason when a circuit breaker refuses a request (Http::StreamResetReason::Overflow)
 OVERFLOW = "overflow"
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
-_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I)
-
-
-def parse_head_slowly(head: bytes) -> list[tuple[str, str]]:
-    """Header lines of a head with bare-LF endings or obs-folds (RFC 9112: fold into one SP)."""
-    items: list[tuple[str, str]] = []
-    for raw_line in head.split(b"\n")[1:]:
-        line = raw_line.rstrip(b"\r")
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t") and items:
-            name, value = items[-1]
-            items[-1] = (name, f"{value} {line.strip().decode('latin-1')}")
-            continue
-        name, _, value = line.partition(b":")
-        items.append((name.decode("latin-1").lower(), value.strip(b" \t").decode("latin-1")))
-    return items
 
 
 class UpstreamCallbacks(Protocol):
@@ -90,27 +75,28 @@ class ConnectError(Exception):
         self.reason = reason
 
 
-class Http1ClientConnection(asyncio.Protocol):
-    __slots__ = (
-        "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
-        "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-        "response_done", "ended", "head_keep_alive", "head_buf", "rq_resource", "cx_resource", "expired",
-        "age_timer",
-    )
+class Http1ClientConnection:
+    """An asyncio.Protocol by its methods (compiled, this is a cdef class, which cannot inherit from
+    asyncio.Protocol; the event loop only calls the methods)."""
+
+    if not cython.compiled:  # compiled, the fields come from http_pool.pxd
+        __slots__ = (
+            "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
+            "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
+            "response_done", "ended", "rq_resource", "cx_resource", "expired", "age_timer",
+        )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = ResponseParser(self, MAX_RESPONSE_HEAD_BYTES)
         self.callbacks: UpstreamCallbacks | None = None
         self.is_head = False
         self.status = 0
-        self.head_buf = b""  # the response head, kept as bytes until llhttp says it is complete
         self.headers_sent = False
         self.close_delimited = False
         self.response_done = True
         self.ended = True  # the end of the response was delivered to callbacks
-        self.head_keep_alive = False
         self.requests = 0
         self.closed = False
         self.idle_since = 0.0
@@ -139,23 +125,17 @@ class Http1ClientConnection(asyncio.Protocol):
             self.close()
             return
         callbacks = self.callbacks
-        if not self.headers_sent:
-            head = self.head_buf + data if self.head_buf else data
-            if len(head) > MAX_RESPONSE_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD_BYTES) < 0:
-                self._protocol_error("protocol error: response headers too large")
-                return
-            self.head_buf = head
         callbacks.on_upstream_read_begin()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except ParserError as exc:  # not HTTP/1.1, or a head over MAX_RESPONSE_HEAD_BYTES
             self._protocol_error(f"protocol error: {exc}")
+        except ParserUpgrade:  # a 101 (we never ask for an upgrade): what follows is not HTTP
+            self._protocol_error("protocol error: unexpected upgrade")
+        except Exception as exc:  # raised by our callbacks: the exchange is lost, as a codec error
+            self._protocol_error(f"protocol error: callback failed: {exc!r}")
         finally:
             callbacks.on_upstream_read_end()
-        if self.is_head and self.headers_sent and not self.response_done:
-            # llhttp cannot be told a response answers HEAD; the head alone completes it.
-            self.parser = httptools.HttpResponseParser(self)
-            self._complete(keep_alive=self.head_keep_alive)
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close
@@ -188,43 +168,24 @@ class Http1ClientConnection(asyncio.Protocol):
         if self.callbacks is not None:
             self.callbacks.on_upstream_resume_writing()
 
-    # --- llhttp callbacks ----------------------------------------------
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+    # --- ResponseParser callbacks --------------------------------------
+    def on_response_head(self, status: int, http10: bool, block: bytes, content_length: str | None,
+                         transfer_encoding: str | None, keep_alive: bool) -> None:
         self.status = status
-        head = self.head_buf
-        end = head.find(b"\r\n\r\n")
         if 100 <= status < 200:
-            # interim response (we answered Expect ourselves): swallow it, keep what follows
-            self.head_buf = head[end + 4:] if end >= 0 else head[head.find(b"\n\n") + 2:]
-            return
-        self.head_buf = b""
-        first = head.find(b"\r\n")
-        block = head[first:end] if 0 <= first <= end else b""
-        if end < 0 or b"\r\n " in block or b"\r\n\t" in block:
-            items = parse_head_slowly(head)
-            items.insert(0, (":status", str(status)))
-            headers = HeaderMap.of(items)
-            content_length = headers.get("content-length")
-            chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
-        else:
-            # the usual case: keep the block as bytes; the encoder passes it through
-            match = _CONTENT_LENGTH.search(block)
-            content_length = match.group(1).decode("latin-1") if match else None
-            match = _TRANSFER_ENCODING.search(block)
-            transfer_encoding = match.group(1).decode("latin-1") if match else None
-            chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
-            headers = HeaderMap.from_wire(
-                [(":status", str(status))], block,
-                {"content-length": content_length, "transfer-encoding": transfer_encoding},
-            )
+            return  # interim response (we answered Expect ourselves): swallow it
+        headers = HeaderMap.from_wire(
+            [(":status", str(status))], block,
+            {"content-length": content_length, "transfer-encoding": transfer_encoding},
+        )
         self.headers_sent = True
         if self.is_head:
-            self.head_keep_alive = self.parser.should_keep_alive()
-            end_stream = True
+            end_stream = True  # the parser was told (expect_no_body): the head ends the response
         else:
-            end_stream = status in (204, 304) or (content_length is not None and content_length.strip() == "0")
-            self.close_delimited = content_length is None and not chunked and not end_stream
+            end_stream = status == 204 or status == 304 or (
+                content_length is not None and content_length.strip() == "0")
+            self.close_delimited = (content_length is None and not end_stream and (
+                transfer_encoding is None or "chunked" not in transfer_encoding.lower()))
         self.ended = end_stream
         self.callbacks.on_upstream_headers(status, headers, end_stream)  # type: ignore[union-attr]
 
@@ -233,12 +194,10 @@ class Http1ClientConnection(asyncio.Protocol):
         if callbacks is not None:
             callbacks.on_upstream_data(body, False)
 
-    def on_message_complete(self) -> None:
+    def on_message_complete(self, keep_alive: bool) -> None:
         if 100 <= self.status < 200:
             return
-        if self.is_head:
-            return  # completed in data_received
-        self._complete(keep_alive=self.parser.should_keep_alive())
+        self._complete(keep_alive)
 
     # --- driving -------------------------------------------------------
     def _complete(self, keep_alive: bool) -> None:
@@ -256,11 +215,12 @@ class Http1ClientConnection(asyncio.Protocol):
         self.callbacks = callbacks
         self.is_head = is_head
         self.headers_sent = False
-        self.head_buf = b""
         self.close_delimited = False
         self.response_done = False
         self.ended = False
         self.requests += 1
+        if is_head:
+            self.parser.expect_no_body()
         self.pool.stats_tx.value += len(head)
         self.transport.write(head)  # type: ignore[union-attr]
 
@@ -312,6 +272,12 @@ class Http1ClientConnection(asyncio.Protocol):
 
 class HttpConnectionPool:
     """HTTP/1.1 connections to one host: idle ones (LIFO) and the requests waiting for one (FIFO)."""
+
+    if not cython.compiled:  # compiled, the fields come from http_pool.pxd
+        __slots__ = (
+            "cluster", "host", "loop", "idle", "all", "closing", "pending", "connecting", "_serve_scheduled",
+            "stats_rx", "stats_tx", "_idle_timer",
+        )
 
     def __init__(self, cluster: Cluster, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.cluster = cluster

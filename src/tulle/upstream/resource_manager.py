@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cython
 from envoy.config.cluster.v3 import circuit_breaker_pb2
 
 from tulle.config.errors import ConfigError, join
@@ -262,7 +263,8 @@ class Resource:
     """One counted resource (Envoy's ResourceLimit): ``can_create``/``inc``/``dec``, plus
     :meth:`try_acquire`, the check and the increment as one step."""
 
-    __slots__ = ("limit", "_cells", "_index")
+    if not cython.compiled:  # compiled, the fields come from resource_manager.pxd
+        __slots__ = ("limit", "_cells", "_index")
 
     def __init__(self, limit: int, cells: Any, index: int) -> None:
         self.limit = limit
@@ -299,7 +301,8 @@ class Resource:
 class SharedResource(Resource):
     """A resource whose count is in the :class:`SharedSlab`: every change holds the slab's lock."""
 
-    __slots__ = ("_acquire", "_release")
+    if not cython.compiled:  # compiled, the fields come from resource_manager.pxd
+        __slots__ = ("_acquire", "_release")
 
     def __init__(self, limit: int, cells: Any, index: int, slab: SharedSlab) -> None:
         super().__init__(limit, cells, index)
@@ -338,7 +341,8 @@ class RetryResource:
     """Envoy's RetryBudgetImpl: with a retry budget the limit is ``budget_percent`` of the active
     plus pending requests, but never below ``min_retry_concurrency``; without one, ``max_retries``."""
 
-    __slots__ = ("retries", "budget_percent", "min_retry_concurrency", "_requests", "_pending")
+    if not cython.compiled:  # compiled, the fields come from resource_manager.pxd
+        __slots__ = ("retries", "budget_percent", "min_retry_concurrency", "_requests", "_pending")
 
     def __init__(self, retries: Resource, thresholds: Thresholds, requests: Resource, pending: Resource) -> None:
         self.retries = retries
@@ -378,10 +382,11 @@ class RetryResource:
 class ResourceManager:
     """One cluster's resources at one priority (Envoy's ResourceManagerImpl)."""
 
-    __slots__ = (
-        "priority", "thresholds", "connections", "pending_requests", "requests", "retries",
-        "max_connections_per_host", "shared",
-    )
+    if not cython.compiled:  # compiled, the fields come from resource_manager.pxd
+        __slots__ = (
+            "priority", "thresholds", "connections", "pending_requests", "requests", "retries",
+            "max_connections_per_host", "shared",
+        )
 
     def __init__(self, priority: int, thresholds: Thresholds, cells: Any, slab: SharedSlab | None) -> None:
         base = priority * _RESOURCES

@@ -23,6 +23,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import cython
+
 from tulle import stream_info as flags
 from tulle.filters.http.base import STOP, HttpFilter
 from tulle.filters.http.router.attempts import Attempts
@@ -58,11 +60,12 @@ _RESET_FLAGS = frozenset({
 
 
 class RouterFilter(HttpFilter):
-    __slots__ = (
-        "factory", "route", "cluster", "weighted_entry", "head", "is_head", "chunked", "upstream",
-        "paused_downstream", "request_ended", "response_started", "timeout_at", "attempts", "framing", "shadows",
-        "per_try_at",
-    )
+    if not cython.compiled:  # compiled, the fields come from filter.pxd
+        __slots__ = (
+            "factory", "route", "cluster", "weighted_entry", "head", "is_head", "chunked", "upstream",
+            "paused_downstream", "request_ended", "response_started", "timeout_at", "attempts", "framing",
+            "shadows", "per_try_at",
+        )
 
     def __init__(self, stream: Any, factory: RouterFactory) -> None:
         self.stream = stream

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import cython
+
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.upstream.http_pool import Http1ClientConnection, pool_for
@@ -25,10 +27,11 @@ _monotonic = time.monotonic
 
 
 class UpstreamRequest:
-    __slots__ = (
-        "router", "downstream", "host", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
-        "draining", "cluster_stats",
-    )
+    if not cython.compiled:  # compiled, the fields come from upstream_request.pxd
+        __slots__ = (
+            "router", "downstream", "host", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
+            "draining", "cluster_stats",
+        )
 
     def __init__(self, router: RouterFilter, host: Any, cluster: Any, loop: Any,
                  pending: list[bytes] | None = None, pending_bytes: int = 0) -> None:

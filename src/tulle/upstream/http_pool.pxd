@@ -1,0 +1,81 @@
+# C-level declarations for http_pool.py (Cython pure-Python mode; see tulle/compiled.py).
+# Http1ClientConnection is a cdef class that is an asyncio.Protocol by its methods (a cdef class cannot
+# inherit from a Python class). The transport and the ResponseParser call its protocol and
+# parser callbacks as Python methods (def); what the pool and the router call per request is cpdef.
+# The callbacks (UpstreamCallbacks, PoolCallbacks: the router's UpstreamRequest, the shadow's
+# request, test recorders), the cluster and the host are typed object.
+
+cimport cython
+
+from tulle.upstream.resource_manager cimport Resource, ResourceManager
+
+cdef class HttpConnectionPool
+
+
+cdef class Http1ClientConnection:
+    cdef public HttpConnectionPool pool
+    cdef public object transport
+    cdef public object parser
+    cdef public object callbacks
+    cdef public bint is_head
+    cdef public int status
+    cdef public bint headers_sent
+    cdef public bint close_delimited
+    cdef public bint response_done
+    cdef public bint ended
+    cdef public Py_ssize_t requests
+    cdef public bint closed
+    cdef public double idle_since
+    cdef public double created
+    cdef public str local_reason
+    cdef public Resource rq_resource
+    cdef public Resource cx_resource
+    cdef public bint expired
+    cdef public object age_timer
+
+    cpdef _complete(self, bint keep_alive)
+    cpdef start_request(self, callbacks, bytes head, bint is_head)
+    cpdef write(self, data)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef _end_request(self)
+    cpdef _reset(self, str flag, str reason)
+    cpdef _protocol_error(self, str reason)
+    cpdef abort(self, str reason=*)
+    cpdef close(self, str reason=*)
+
+
+cdef class HttpConnectionPool:
+    cdef public object cluster
+    cdef public object host
+    cdef public object loop
+    cdef public list idle
+    cdef public set all
+    cdef public bint closing
+    cdef public object pending          # deque[(PoolCallbacks, ResourceManager)]
+    cdef public Py_ssize_t connecting
+    cdef public bint _serve_scheduled
+    cdef public object stats_rx
+    cdef public object stats_tx
+    cdef public object _idle_timer
+
+    @cython.locals(conn=Http1ClientConnection, requests=Resource)
+    cpdef Http1ClientConnection acquire(self, callbacks, ResourceManager manager)
+    cpdef _enqueue(self, callbacks, ResourceManager manager)
+    cpdef bint cancel(self, callbacks) except -1
+    @cython.locals(manager=ResourceManager, requests=Resource)
+    cpdef bint _attach_oldest(self, Http1ClientConnection conn) except -1
+    cpdef _schedule_serve(self)
+    @cython.locals(conn=Http1ClientConnection)
+    cpdef _serve_pending(self)
+    cpdef _purge_pending(self, str flag, str reason)
+    cpdef _create_connections(self, ResourceManager manager)
+    @cython.locals(conn=Http1ClientConnection)
+    cpdef Http1ClientConnection take_idle(self)
+    cpdef release(self, Http1ClientConnection conn, bint keep_alive)
+    cpdef _connection_aged(self, Http1ClientConnection conn)
+    cpdef on_connection_closed(self, Http1ClientConnection conn, bint remote)
+    cpdef drain(self)
+
+
+cpdef HttpConnectionPool pool_for(host, cluster, loop)
