@@ -17,6 +17,8 @@ import sys
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.http.headers",
+    "tulle.stats.store",
+    "tulle.stream_info",
 )
 
 PURE_PYTHON_ENV = "TULLE_PURE_PYTHON"
