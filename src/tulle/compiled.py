@@ -17,6 +17,7 @@ import sys
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.http.headers",
+    "tulle.http.http1",
     "tulle.stats.store",
     "tulle.stream_info",
 )
