@@ -187,6 +187,74 @@ def read_machine_cpu() -> tuple[int, int]:
     return parse_proc_stat_totals(Path("/proc/stat").read_text())
 
 
+# ---------------------------------------------------------------- CPU pinning
+
+
+@dataclass(frozen=True)
+class CpuLayout:
+    """Which CPUs the load generator (wrk/h2load and this driver), the origin and the proxy under test run on."""
+
+    load: tuple[int, ...]
+    origin: tuple[int, ...]
+    proxy: tuple[int, ...]
+
+    def describe(self) -> str:
+        def cpus(values: tuple[int, ...]) -> str:
+            return ("CPU " if len(values) == 1 else "CPUs ") + ",".join(map(str, values))
+
+        if self.load == self.origin:
+            return f"load generator + origin on {cpus(self.load)}, proxy under test alone on {cpus(self.proxy)}"
+        return (f"load generator on {cpus(self.load)}, origin on {cpus(self.origin)}, "
+                f"proxy under test alone on {cpus(self.proxy)}")
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"load": list(self.load), "origin": list(self.origin), "proxy": list(self.proxy)}
+
+
+def pinned_layout(available: Iterable[int]) -> CpuLayout:
+    """Split the CPUs this process may use: the proxy gets one of its own, always.
+
+    2 CPUs: load generator and origin share the first, the proxy has the second (the issue's pinned
+    setup). 3 or more: the proxy gets the last, the origin the one before it, and the load generator
+    up to two of the rest (wrk -t1/-t2), so that nothing shares a core with anything else.
+    """
+    cpus = sorted(set(available))
+    if len(cpus) < 2:
+        raise BenchError(f"--pinned needs at least 2 CPUs, this process may use {len(cpus)}")
+    if len(cpus) == 2:
+        return CpuLayout(load=(cpus[0],), origin=(cpus[0],), proxy=(cpus[1],))
+    rest = cpus[:-2]
+    return CpuLayout(load=tuple(rest[:2]), origin=(cpus[-2],), proxy=(cpus[-1],))
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def tree_affinity(root_pid: int) -> dict[int, frozenset[int]]:
+    """The CPU mask of every thread of ``root_pid``'s process tree (threads that vanish are skipped)."""
+    masks: dict[int, frozenset[int]] = {}
+    for pid in process_tree(root_pid):
+        for tid in thread_ids(pid):
+            with contextlib.suppress(OSError):
+                masks[tid] = frozenset(os.sched_getaffinity(tid))
+    return masks
+
+
+def assert_pinned(root_pid: int, cpus: Iterable[int], name: str) -> None:
+    """Every thread of the tree may run only on ``cpus`` (a worker that reset its mask would spoil the run)."""
+    allowed = frozenset(cpus)
+    masks = tree_affinity(root_pid)
+    if not masks:
+        raise BenchError(f"{name}: no process found to check its CPU pinning")
+    strays = {tid: sorted(mask) for tid, mask in masks.items() if not mask <= allowed}
+    if strays:
+        raise BenchError(f"{name}: threads not pinned to CPUs {sorted(allowed)}: {strays}")
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -219,8 +287,16 @@ class Supervisor:
         self.work_dir = work_dir
         self.processes: list[ManagedProcess] = []
 
-    def start(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> ManagedProcess:
+    def start(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None,
+              cpus: Iterable[int] | None = None) -> ManagedProcess:
+        """Start ``argv`` in its own session; ``cpus`` pins it before exec (its children inherit the mask)."""
         log_path = self.work_dir / f"{name}.log"
+        pinned = frozenset(cpus) if cpus is not None else None
+
+        def pin() -> None:
+            if pinned is not None:
+                os.sched_setaffinity(0, pinned)
+
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 argv,
@@ -230,6 +306,7 @@ class Supervisor:
                 start_new_session=True,
                 env=dict(env) if env is not None else None,
                 cwd=self.work_dir,
+                preexec_fn=pin if pinned is not None else None,
             )
         process = ManagedProcess(name, argv, popen, log_path)
         self.processes.append(process)

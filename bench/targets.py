@@ -11,8 +11,10 @@ from pathlib import Path
 from harness import (
     REPO_DIR,
     BenchError,
+    CpuLayout,
     ManagedProcess,
     Supervisor,
+    assert_pinned,
     check_serves_bodies,
     http_get,
     render_config,
@@ -75,9 +77,11 @@ class Target:
 class Bench:
     """Owns the temp dir, the origin and the proxies for one benchmark run."""
 
-    def __init__(self, work_dir: Path, supervisor: Supervisor, ports: list[int]) -> None:
+    def __init__(self, work_dir: Path, supervisor: Supervisor, ports: list[int],
+                 layout: CpuLayout | None = None) -> None:
         self.work_dir = work_dir
         self.supervisor = supervisor
+        self.layout = layout  # None: nothing is pinned
         self._ports = list(ports)
         self.origin_port = self._next_port()
         self.origin: ManagedProcess | None = None
@@ -100,8 +104,11 @@ class Bench:
             self.work_dir / "origin.conf",
             {"TMP": self.work_dir, "ORIGIN_PORT": self.origin_port, "ORIGIN_WORKERS": workers},
         )
-        self.origin = self.supervisor.start("origin", _nginx_argv(self.work_dir, config))
+        cpus = self.layout.origin if self.layout else None
+        self.origin = self.supervisor.start("origin", _nginx_argv(self.work_dir, config), cpus=cpus)
         wait_for_port(self.origin_port, self.origin)
+        if cpus is not None:
+            assert_pinned(self.origin.pid, cpus, "origin")
         check_serves_bodies(self.origin_port, self.bodies, "origin")
         return self.origin
 
@@ -124,9 +131,13 @@ class Bench:
                 self._configure_tulle(target, mode=TULLE_MODES[key])
             else:
                 raise BenchError(f"unknown target {key!r}")
-            target.process = self.supervisor.start(key, [*(command_prefix or []), *target.command])
+            cpus = self.layout.proxy if self.layout else None
+            target.process = self.supervisor.start(key, [*(command_prefix or []), *target.command], cpus=cpus)
             wait_for_port(target.port, target.process, timeout_seconds=30.0)
             check_serves_bodies(target.port, self.bodies, target.label)
+            if cpus is not None:
+                # after the first requests: workers and their threads exist by now
+                assert_pinned(target.process.pid, cpus, target.label)
         except BenchError as exc:
             reason = str(exc)
             if target.process is not None:

@@ -85,10 +85,10 @@ class WrkRun:
     output: str
 
 
-def run_wrk(supervisor: Supervisor, name: str, argv: list[str]) -> WrkRun:
+def run_wrk(supervisor: Supervisor, name: str, argv: list[str], *, cpus: tuple[int, ...] | None = None) -> WrkRun:
     """Run wrk to completion under the supervisor, so an interrupted run leaves no wrk behind."""
     started_at = time.time()
-    process = supervisor.start(name, argv)
+    process = supervisor.start(name, argv, cpus=cpus)
     try:
         process.popen.wait()
     finally:

@@ -71,7 +71,7 @@ class FakeBackend:
     def listeners(self) -> list[dict[str, Any]]:
         return [{"name": "ingress", "address": "0.0.0.0:10000"}]
 
-    def server_info(self) -> dict[str, Any]:
+    async def server_info(self) -> dict[str, Any]:
         return {"version": "tulle/0.1.0", "state": "LIVE", "node": {"id": "n"}}
 
     def ready(self) -> bool:

@@ -139,7 +139,7 @@ def test_config_dump_resource_and_mask() -> None:
 def test_json_endpoints() -> None:
     backend = FakeBackend()
     info = call(backend, "GET", "/server_info")
-    assert info.content_type == "application/json" and json.loads(info.body) == backend.server_info()
+    assert info.content_type == "application/json" and json.loads(info.body) == asyncio.run(backend.server_info())
     clusters = json.loads(call(backend, "GET", "/clusters?format=json").body)
     assert clusters["cluster_statuses"][0]["name"] == "foo"
     assert "foo::127.0.0.1:8080::rq_total::4" in call(backend, "GET", "/clusters").body

@@ -17,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from harness import (  # noqa: E402
     CLOCK_TICKS_PER_SECOND,
     BenchError,
+    CpuLayout,
     CpuSnapshot,
     Supervisor,
+    assert_pinned,
     check_serves_bodies,
     cpu_seconds_between,
     ephemeral_port_range,
@@ -26,9 +28,11 @@ from harness import (  # noqa: E402
     parse_stat_cpu_ticks,
     parse_status_memory_kib,
     pick_free_ports,
+    pinned_layout,
     process_tree,
     read_memory_kib,
     render_template,
+    tree_affinity,
     wait_for_port,
 )
 
@@ -152,3 +156,55 @@ def test_body_check_accepts_exact_bodies_and_refuses_others(local_server) -> Non
         check_serves_bodies(port, {"/1k": served[:-1]}, "server")
     with pytest.raises(BenchError, match="status 404"):
         check_serves_bodies(port, {"/16k": served}, "server")
+
+
+def test_pinned_layout_on_two_cpus_shares_the_load_core_and_gives_the_proxy_its_own() -> None:
+    layout = pinned_layout([3, 5])
+    assert layout == CpuLayout(load=(3,), origin=(3,), proxy=(5,))
+    assert layout.describe() == "load generator + origin on CPU 3, proxy under test alone on CPU 5"
+
+
+@pytest.mark.parametrize(("cpus", "load", "origin", "proxy"), [
+    (range(3), (0,), (1,), (2,)),
+    (range(4), (0, 1), (2,), (3,)),
+    (range(16), (0, 1), (14,), (15,)),
+])
+def test_pinned_layout_on_more_cpus_dedicates_a_core_to_each(cpus, load, origin, proxy) -> None:
+    layout = pinned_layout(cpus)
+    assert (layout.load, layout.origin, layout.proxy) == (load, origin, proxy)
+    assert not set(layout.proxy) & (set(layout.load) | set(layout.origin))
+    assert "proxy under test alone on CPU" in layout.describe()
+
+
+def test_pinned_layout_needs_two_cpus() -> None:
+    with pytest.raises(BenchError, match="at least 2 CPUs"):
+        pinned_layout([0])
+
+
+def test_a_pinned_process_tree_runs_only_on_its_cpus(tmp_path: Path) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    supervisor = Supervisor(tmp_path)
+    # a child forked after the start inherits the mask
+    process = supervisor.start("pinned", ["sh", "-c", "sleep 300 & echo $! > child.pid; wait"], cpus=[cpu])
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "child.pid").exists() or not (tmp_path / "child.pid").read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        masks = tree_affinity(process.pid)
+        assert int((tmp_path / "child.pid").read_text()) in masks
+        assert set(masks.values()) == {frozenset({cpu})}
+        assert_pinned(process.pid, [cpu], "pinned")
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell a stray thread")
+def test_an_unpinned_process_is_reported(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path)
+    process = supervisor.start("free", ["sleep", "300"])
+    try:
+        with pytest.raises(BenchError, match="not pinned"):
+            assert_pinned(process.pid, [min(os.sched_getaffinity(0))], "free")
+    finally:
+        supervisor.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,11 +12,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from run_matrix import (  # noqa: E402
     Cell,
+    LatencyCell,
     compute_ratios,
+    describe_compiled,
     fill_added_latency,
+    fill_added_latency_open_loop,
+    issue_targets,
+    latency_ratios,
+    latency_ratios_table,
+    latency_table,
     parse_args,
     ratios_table,
     results_table,
+    targets_table,
 )
 
 
@@ -121,3 +130,87 @@ def test_a_quiet_cell_is_measured_once(monkeypatch: pytest.MonkeyPatch) -> None:
     kept = run_matrix.measure_cell_on_quiet_machine(None, None, "1k", 32, parse_args([]))
     assert calls == [1]
     assert kept.attempts == 1
+
+
+def open_loop(target: str, *, p50: float, p99: float, p999: float, rss_kib: int | None = None) -> LatencyCell:
+    return LatencyCell(target, requests=10_000, requests_per_s=1_000.0,
+                       latency_us={"p50": p50, "p99": p99, "p99.9": p999, "max": p999 * 2},
+                       cpu_us_per_request=None if target == "direct" else 20.0, rss_kib=rss_kib)
+
+
+def test_open_loop_added_latency_is_per_hop_over_direct_and_compared_with_nginx() -> None:
+    direct = open_loop("direct", p50=100, p99=300, p999=900)
+    nginx = open_loop("nginx", p50=160, p99=420, p999=1_000)
+    haproxy = open_loop("haproxy", p50=150, p99=380, p999=950)
+    tulle = open_loop("tulle", p50=190, p99=600, p999=2_000, rss_kib=30 * 1024)
+    cells = [direct, nginx, haproxy, tulle]
+    fill_added_latency_open_loop(cells)
+    assert direct.added_us == {}
+    assert nginx.added_us == {"p50": 60, "p99": 120, "p99.9": 100}
+    assert tulle.added_us == {"p50": 90, "p99": 300, "p99.9": 1_100}
+    rows = {row["pair"]: row for row in latency_ratios(cells)}
+    assert rows["tulle HTTP / nginx HTTP"]["added_p50"] == pytest.approx(90 / 60)
+    assert rows["tulle HTTP / nginx HTTP"]["added_p99"] == pytest.approx(300 / 120)
+    assert rows["tulle HTTP / HAProxy HTTP"]["added_p50"] == pytest.approx(90 / 50)
+    assert "1.50×" in latency_ratios_table(latency_ratios(cells))
+    targets = {row["target"]: row for row in issue_targets([], cells)}
+    assert targets["tulle/nginx added p50 at a fixed rate"]["met"] is True  # 1.5x is the limit, inclusive
+    assert targets["tulle RSS MiB (largest)"]["value"] == pytest.approx(30.0)
+
+
+def test_open_loop_without_direct_has_no_added_latency() -> None:
+    nginx = open_loop("nginx", p50=160, p99=420, p999=1_000)
+    fill_added_latency_open_loop([nginx, LatencyCell("direct", status="failed", reason="h2load exited")])
+    assert nginx.added_us == {}
+    assert latency_ratios([nginx]) == []
+
+
+def test_latency_table_rows_have_the_header_columns_and_pending_tulle() -> None:
+    cells = [open_loop("direct", p50=100, p99=300, p999=900), open_loop("nginx", p50=160, p99=420, p999=1_000),
+             LatencyCell("tulle", status="skipped", reason="tulle HTTP not available")]
+    fill_added_latency_open_loop(cells)
+    lines = latency_table(cells).splitlines()
+    assert len(lines) == 2 + len(cells)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "+60" in lines[3] and "+120" in lines[3]
+    assert "| tulle HTTP | pending |" in lines[4]
+
+
+def test_issue_targets_are_judged_against_their_thresholds() -> None:
+    cells = [
+        measured("nginx", rps=50_000, p50=500, p99=1_000, cpu=16.0),
+        measured("tulle", rps=45_000, p50=500, p99=1_000, cpu=21.0),  # 0.90x req/s, 1.31x CPU
+        measured("tulle_resilience", rps=44_000, p50=500, p99=1_000, cpu=22.0),  # 1.048x tulle's CPU
+        measured("haproxy_tcp", rps=40_000, p50=500, p99=1_000, cpu=10.0),
+        measured("tulle_tcp", rps=39_000, p50=500, p99=1_000, cpu=12.0),
+        measured("nginx", rps=20_000, p50=500, p99=1_000, cpu=30.0, body="16k"),
+        measured("tulle", rps=17_000, p50=500, p99=1_000, cpu=40.0, body="16k"),  # 0.85x < 0.9x
+    ]
+    cells[1].rss_kib = 41 * 1024
+    rows = {row["target"]: row for row in issue_targets(cells, [])}
+    assert rows["tulle/nginx req/s, 1k c32"]["met"] is True
+    assert rows["tulle/nginx CPU per request, 1k c32"]["met"] is False
+    assert rows["idle resilience/plain tulle CPU per request, 1k c32"]["met"] is True
+    assert rows["tulle L4/HAProxy L4 req/s, 1k c32"]["met"] is False
+    assert rows["tulle/nginx req/s, 16k c32"]["met"] is False
+    assert rows["idle resilience/plain tulle CPU per request, 16k c32"]["met"] is None  # not measured
+    assert "tulle/nginx CPU per request, 16k c32" not in rows  # the issue sets no CPU target for 16 KiB
+    assert rows["tulle RSS MiB (largest)"]["met"] is False
+    table = targets_table(list(rows.values()))
+    assert "| tulle/nginx CPU per request, 1k c32 | 1.31× | ≤ 1.25× | missed |" in table
+    assert "| tulle RSS MiB (largest) | 41.00 | ≤ 40 | missed |" in table
+    assert "not measured" in table
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pinned needs two CPUs")
+def test_pinned_and_latency_options() -> None:
+    args = parse_args(["--pinned", "--latency", "--quick"])
+    assert args.layout is not None and args.latency
+    assert args.threads == len(args.layout.load)
+    assert args.latency_requests == 10_000
+    assert parse_args([]).layout is None and parse_args([]).latency_requests == 30_000
+
+
+def test_compiled_status_names_the_modules_left_pure() -> None:
+    assert describe_compiled({"a": True, "b": True}) == "2 of 2 modules"
+    assert describe_compiled({"a": True, "c": False, "b": False}) == "1 of 3 modules (pure Python: b, c)"

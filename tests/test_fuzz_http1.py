@@ -14,10 +14,16 @@ The regression cases at the end pin Envoy's answers to the classics (Envoy's HTT
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import http.client
 import os
+import random
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -601,6 +607,28 @@ def test_pipelined_good_then_bad_answers_in_order_then_closes(fuzz_proxy: FuzzPr
     assert result.proxy_closed_first
 
 
+@pytest.mark.parametrize("queued", [2, 3, 5])
+def test_after_pipelined_requests_the_connection_still_reads(fuzz_proxy: FuzzProxy, queued: int) -> None:
+    # Found by the slow fuzz run: with three or more requests in one segment, reading was paused once per
+    # queued request but resumed once, so the connection stopped reading for good (no answer, no close).
+    with socket.create_connection(("127.0.0.1", fuzz_proxy.port), timeout=CLOSE_DEADLINE_SECONDS) as sock:
+        sock.sendall(b"".join(build(b"GET /queued-%d HTTP/1.1" % i, [HOST]) for i in range(queued)))
+        data = b""
+        while data.count(b"x-served-by: " + BACKEND_LABEL.encode()) < queued:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        answered = parse_responses(data)
+        assert [response.status for response in answered] == [200] * queued and answered[-1].complete
+        sock.sendall(build(b"GET /after HTTP/1.1", [HOST]))
+        data = b""
+        while not (responses := parse_responses(data)) or not responses[-1].complete:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert responses[0].status == 200 and responses[0].header(b"x-served-by") == BACKEND_LABEL.encode()
+
+
 def test_h2_preface_on_http1_listener_gets_an_http1_error(fuzz_proxy: FuzzProxy) -> None:
     reply = single_local_reply(fuzz_proxy, H2_PREFACE + H2_SETTINGS_FRAME)
     assert 400 <= reply.status < 600
@@ -608,3 +636,393 @@ def test_h2_preface_on_http1_listener_gets_an_http1_error(fuzz_proxy: FuzzProxy)
 
 def test_proxy_survives_the_regression_cases(fuzz_proxy: FuzzProxy) -> None:
     fuzz_proxy.assert_healthy()
+
+
+# --- the slow suite: >= 200,000 inputs against the compiled codec ----------------------------------
+#
+# Hypothesis draws ~300 examples a second here at best, and every example waits for the proxy's
+# silence; 200k of them would take hours. This generator makes the same shapes (and plain mutations
+# of valid requests) from a seeded ``random.Random``, and many inputs share a connection: each
+# input is followed on the wire by a sentinel request (``GET /fuzz-sentinel/<n>``); once the
+# sentinel's echo has arrived as the last of complete responses, the proxy has consumed the input,
+# answered everything in order and kept the connection, so the next input follows on it. Otherwise
+# the proxy must close (after a protocol error reply), or, when it waits for bytes that never come,
+# close after our half-close. Clients run in parallel on asyncio; the backend is a separate process.
+
+SLOW_INPUTS = int(os.environ.get("TULLE_FUZZ_INPUTS", "200000"))
+SLOW_SEED = int(os.environ.get("TULLE_FUZZ_SEED", "20261207"))
+SLOW_CLIENTS = 48  # connections in flight at once
+SLOW_SETTLE_SECONDS = 0.3  # silence before the client half-closes (many clients wait at once)
+SLOW_HEALTH_EVERY = 20_000
+SENTINEL_PATH = b"/fuzz-sentinel/"
+
+
+class FastMalformed:
+    """Malformed HTTP/1.1 from a seeded ``random.Random``: the shapes of the strategies above."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        shapes = [
+            (self.bad_request_line, 10), (self.bad_header, 14), (self.odd_line_endings, 8),
+            (self.with_nul_bytes, 5), (self.framing_conflict, 8), (self.bad_chunked_body, 8),
+            (self.oversized_headers, 0.5), (self.too_many_headers, 1), (self.truncated, 6),
+            (self.binary, 6), (self.h2_preface, 1), (self.mutated, 25), (self.pipelined, 4),
+            (self.valid, 3),
+        ]
+        self.shapes = [shape for shape, _ in shapes]
+        self.weights = [weight for _, weight in shapes]
+
+    def __call__(self) -> bytes:
+        return self.rng.choices(self.shapes, self.weights)[0]()
+
+    def text(self, size: int) -> bytes:
+        return bytes(self.rng.randrange(0x20, 0x7f) for _ in range(self.rng.randrange(size + 1))).strip()
+
+    def binary_bytes(self, low: int, high: int) -> bytes:
+        return self.rng.randbytes(self.rng.randint(low, high))
+
+    def path(self) -> bytes:
+        parts = [self.rng.choice([b"a", b"fuzz", b"x.y", b"%41", b"~t", b"q?x=1", b""])
+                 for _ in range(self.rng.randrange(5))]
+        return _join_path(parts)
+
+    def valid(self) -> bytes:
+        rng = self.rng
+        method = rng.choice(METHODS)
+        headers = [HOST] + [rng.choice([b"X-Fuzz", b"Accept", b"User-Agent", b"X-Trace-Id"]) + b": " + self.text(20)
+                            for _ in range(rng.randrange(4))]
+        body = self.binary_bytes(0, 48) if method in (b"POST", b"PUT", b"PATCH") else b""
+        if body and rng.random() < 0.5:
+            headers.append(b"Transfer-Encoding: chunked")
+            body = chunked(body, rng.randint(1, 16))
+        elif body or method == b"POST":
+            headers.append(b"Content-Length: %d" % len(body))
+        return build(method + b" " + self.path() + b" HTTP/1.1", headers, body)
+
+    def bad_request_line(self) -> bytes:
+        rng = self.rng
+        method, target, version = b"GET", b"/", b"HTTP/1.1"
+        part = rng.choice(["method", "target", "version", "shape"])
+        if part == "method":
+            method = (rng.choice([b"get", b"G ET", b"GET\x00", b"", b"FOO", b"PRI", b"GE\x7fT"])
+                      if rng.random() < 0.5 else self.binary_bytes(1, 10))
+        elif part == "target":
+            target = (rng.choice([b"", b"/a b", b"/\x00", b"/\x7f", b"/\r", b"a/b", b"/%zz", b"*"])
+                      if rng.random() < 0.5 else self.binary_bytes(0, 16))
+        elif part == "version":
+            version = rng.choice([b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1", b"http/1.1", b"HTTP/11.1",
+                                  b"HTTP/1.1x", b"", b"HTTP/a.b", b"HTTPS/1.1", b"HTTP/1.1 x", b"HTTP/1.0"])
+        else:
+            return build(rng.choice([b"  ", b"\t", b"", b" \x00 "]).join([method, target, version]), [HOST])
+        return build(b" ".join([method, target, version]), [HOST])
+
+    def bad_header(self) -> bytes:
+        rng = self.rng
+        name = rng.choice([b"X-Bad", b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection"])
+        value = self.text(20)
+        flaw = rng.choice(["name_separator", "name_control", "value_control", "no_colon", "space_before_colon",
+                           "empty_name", "obs_fold", "binary"])
+        if flaw == "name_separator":
+            at = rng.randint(0, len(name))
+            line = name[:at] + bytes([rng.choice(SEPARATORS)]) + name[at:] + b": " + value
+        elif flaw == "name_control":
+            line = name + bytes([rng.choice(CONTROLS)]) + b": " + value
+        elif flaw == "value_control":
+            at = rng.randint(0, len(value))
+            line = name + b": " + value[:at] + bytes([rng.choice(CONTROLS)]) + value[at:]
+        elif flaw == "no_colon":
+            line = name + b" " + value
+        elif flaw == "space_before_colon":
+            line = name + b" : " + value
+        elif flaw == "empty_name":
+            line = b": " + value
+        elif flaw == "obs_fold":
+            line = name + b": " + value + b"\r\n folded"
+        else:
+            line = self.binary_bytes(1, 40).replace(b"\r\n", b"")
+        return build(b"GET /bad-header HTTP/1.1", [HOST, line] if name != b"Host" else [line])
+
+    def odd_line_endings(self) -> bytes:
+        lines = self.valid().split(b"\r\n")
+        endings = [self.rng.choice([b"\r\n", b"\n", b"\r", b"\n\r", b"\r\r\n"]) for _ in lines[:-1]]
+        return b"".join(line + ending for line, ending in zip(lines, endings, strict=False)) + lines[-1]
+
+    def with_nul_bytes(self) -> bytes:
+        request = bytearray(self.valid())
+        for _ in range(self.rng.randint(1, 3)):
+            request.insert(self.rng.randint(0, len(request)), 0)
+        return bytes(request)
+
+    def framing_conflict(self) -> bytes:
+        rng = self.rng
+        body = rng.choice([b"0\r\n\r\n", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b""])
+        smuggled = rng.choice([b"", b"GET /smuggled HTTP/1.1\r\nHost: fuzz.test\r\n\r\n"])
+        return build(b"POST /framing HTTP/1.1", [HOST, *rng.choice(FRAMING_CONFLICTS)], body + smuggled)
+
+    def bad_chunked_body(self) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.5:
+            size = rng.choice([b"zz", b"-1", b"", b"0x5", b"fffffffffffffffffffff", b"5 5", b"+5", b"\t5", b"5\x00"])
+        else:
+            size = self.binary_bytes(1, 6).replace(b"\r", b"").replace(b"\n", b"") or b"g"
+        tail = rng.choice([b"\r\nhello\r\n0\r\n\r\n", b"\r\nhelloXX0\r\n\r\n", b"\r\n", b"\nhello\n0\n\n"])
+        return build(b"POST /chunks HTTP/1.1", [HOST, b"Transfer-Encoding: chunked"], size + tail)
+
+    def oversized_headers(self) -> bytes:
+        rng = self.rng
+        total = rng.randint(MAX_HEADERS_BYTES + 1, MAX_HEADERS_BYTES + 12 * 1024)
+        where = rng.choice(["value", "url", "spread"])
+        if where == "value":
+            return build(b"GET / HTTP/1.1", [HOST, b"X-Big: " + b"v" * total])
+        if where == "url":
+            return build(b"GET /" + b"u" * total + b" HTTP/1.1", [HOST])
+        return build(b"GET / HTTP/1.1", [HOST] + [b"X-Spread-%d: %s" % (i, b"s" * 2000) for i in range(total // 2000 + 1)])
+
+    def too_many_headers(self) -> bytes:
+        count = self.rng.randint(MAX_HEADERS_COUNT + 1, MAX_HEADERS_COUNT + 60)
+        return build(b"GET / HTTP/1.1", [HOST] + [b"X-N-%d: v" % i for i in range(count)])
+
+    def truncated(self) -> bytes:
+        request = self.valid()
+        return request[:self.rng.randint(1, len(request) - 1)]
+
+    def binary(self) -> bytes:
+        return self.binary_bytes(1, 256)
+
+    def h2_preface(self) -> bytes:
+        return H2_PREFACE + (H2_SETTINGS_FRAME if self.rng.random() < 0.5 else b"")
+
+    def mutated(self) -> bytes:
+        rng = self.rng
+        request = bytearray(self.valid())
+        for _ in range(rng.randint(1, 4)):
+            if not request:
+                break
+            at = rng.randrange(len(request))
+            operation = rng.choice(["flip", "insert", "delete", "truncate", "duplicate", "swap_byte"])
+            if operation == "flip":
+                request[at] ^= 1 << rng.randrange(8)
+            elif operation == "insert":
+                request[at:at] = self.binary_bytes(1, 8)
+            elif operation == "delete":
+                del request[at:at + rng.randint(1, 8)]
+            elif operation == "truncate":
+                del request[at:]
+            elif operation == "duplicate":
+                request[at:at] = request[at:at + rng.randint(1, 16)]
+            else:
+                request[at] = rng.choice(b"\r\n\x00 :\t\x7f\xff")
+        return bytes(request) or b"\r\n"
+
+    def pipelined(self) -> bytes:
+        return self.valid() + self.rng.choice([self.valid, self.bad_header, self.bad_request_line])()
+
+
+def sentinel(number: int) -> tuple[bytes, bytes]:
+    """The request that follows each input, and the bytes of its echo that show it was answered."""
+    marker = SENTINEL_PATH + b"%d" % number
+    return build(b"GET " + marker + b" HTTP/1.1", [HOST]), b'"' + marker + b'"'
+
+
+def answered_through(segment: bytes, marker: bytes) -> bool:
+    """The sentinel's echo is in ``segment`` and every response there is complete, the last ending it."""
+    if marker not in segment:
+        return False
+    responses = parse_responses(segment)
+    last = responses[-1]
+    last_start = responses[-2].end if len(responses) > 1 else 0
+    return (all(response.complete for response in responses) and last.end == len(segment)
+            and last.header(b"x-served-by") == BACKEND_LABEL.encode() and marker in segment[last_start:])
+
+
+@dataclass
+class SlowRun:
+    inputs: int = 0
+    connections: int = 0
+    reused: int = 0  # inputs answered on a kept connection (the sentinel came back)
+    proxy_closed: int = 0  # connections the proxy closed on its own
+    half_closed: int = 0  # connections where the client had to half-close first
+    left_open: int = 0  # kept connections the client closed when the inputs ran out
+
+
+@contextlib.contextmanager
+def _after(history: collections.deque[tuple[bytes, bytes]]) -> Iterator[None]:
+    """A failure's message names the inputs that came before it on the same connection."""
+    try:
+        yield
+    except AssertionError as failure:
+        earlier = "".join(f"\n  earlier input {sent[:400]!r}\n    -> {answer[:200]!r}" for sent, answer in history)
+        raise AssertionError(f"{failure}\nafter, on the same connection:{earlier or ' nothing'}") from None
+
+
+async def fuzz_connection(fuzz: FuzzProxy, generate: FastMalformed, run: SlowRun, budget: list[int]) -> None:
+    """Inputs on one connection until the proxy closes it; raises AssertionError on a violation."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", fuzz.port)
+    run.connections += 1
+    sent = bytearray()  # since the last answered sentinel: the context of a failure
+    history: collections.deque[tuple[bytes, bytes]] = collections.deque(maxlen=4)  # earlier inputs, answers
+    data = bytearray()
+    segment_start = 0
+    try:
+        while budget[0] > 0:
+            budget[0] -= 1
+            run.inputs += 1
+            payload = generate()
+            request, marker = sentinel(run.inputs)
+            sent[:] = payload
+            writer.write(payload + request)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            half_closed = finished = False
+            bytes_before_half_close = 0
+            deadline = time.monotonic() + CLOSE_DEADLINE_SECONDS
+            while True:
+                waiting_for_close = half_closed or ANNOUNCED_CLOSE.search(data, segment_start) is not None
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536),
+                                                   timeout if waiting_for_close else min(SLOW_SETTLE_SECONDS, timeout))
+                except TimeoutError:
+                    if waiting_for_close:
+                        break
+                    with contextlib.suppress(OSError):
+                        writer.write_eof()
+                    half_closed = True
+                    bytes_before_half_close = len(data) - segment_start
+                    deadline = time.monotonic() + CLOSE_DEADLINE_SECONDS
+                    continue
+                except ConnectionError:
+                    finished = True
+                    break
+                if not chunk:
+                    finished = True
+                    break
+                data += chunk
+                if not waiting_for_close and answered_through(bytes(data[segment_start:]), marker):
+                    break
+            segment = bytes(data[segment_start:])
+            if finished or half_closed or not answered_through(segment, marker):
+                # the connection is over: judge its last segment as one exchange
+                if not half_closed:
+                    bytes_before_half_close = len(segment)
+                result = Exchange(segment, proxy_closed_first=finished and not half_closed, finished=finished,
+                                  bytes_before_half_close=bytes_before_half_close)
+                with _after(history):
+                    assert_acceptable(fuzz, bytes(sent) + request, result)
+                run.half_closed += half_closed
+                run.proxy_closed += finished and not half_closed
+                return
+            # kept alive: everything answered, in order, the sentinel last; no protocol error on the way
+            with _after(history):
+                assert_acceptable(fuzz, bytes(sent) + request, Exchange(segment, proxy_closed_first=False,
+                                                                        finished=True, bytes_before_half_close=0))
+            history.append((bytes(sent) + request, segment))
+            run.reused += 1
+            segment_start = len(data)
+            if segment_start > 1 << 20:
+                del data[:segment_start]
+                segment_start = 0
+        run.left_open += 1
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def fuzz_many(fuzz: FuzzProxy, inputs: int, seed: int, run: SlowRun) -> None:
+    budget = [inputs]
+
+    async def client(index: int) -> None:
+        generate = FastMalformed(random.Random(seed * 1000 + index))
+        while budget[0] > 0:
+            await fuzz_connection(fuzz, generate, run, budget)
+
+    await asyncio.gather(*(client(index) for index in range(SLOW_CLIENTS)))
+
+
+def loaded_extension_files(pid: int) -> set[str]:
+    """Paths of the shared objects mapped into process ``pid``."""
+    paths = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(".so"):
+            paths.add(fields[5])
+    return paths
+
+
+def compiled_modules_loaded(pid: int) -> dict[str, bool]:
+    """Each module of ``tulle.compiled.MODULES``: is its extension module mapped into ``pid``?"""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from tulle.compiled import MODULES
+
+    mapped = loaded_extension_files(pid)
+    return {name: any(path.endswith("/" + name.replace(".", "/") + suffix)
+                      for path in mapped for suffix in EXTENSION_SUFFIXES) for name in MODULES}
+
+
+@pytest.fixture
+def slow_fuzz_proxy(tmp_path: Path) -> Iterator[FuzzProxy]:
+    backend_port = free_port()
+    backend = subprocess.Popen([sys.executable, "-m", "tulle.samples.echo_server", "--port", str(backend_port),
+                                "--name", BACKEND_LABEL], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        port = free_port()
+        bootstrap = {"static_resources": {
+            "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER))],
+            "clusters": [static_cluster(CLUSTER, [backend_port])],
+        }}
+        with ProxyProcess(bootstrap, tmp_path, concurrency=CONCURRENCY) as proxy:
+            assert proxy.process is not None
+            workers = child_pids(proxy.process.pid)
+            assert len(workers) == CONCURRENCY - 1
+            fuzz = FuzzProxy(proxy, port, workers)
+            deadline = time.monotonic() + 30
+            while True:  # the backend is a separate process: wait until it answers through the proxy
+                try:
+                    fuzz.assert_healthy()
+                    break
+                except (AssertionError, OSError):
+                    if time.monotonic() > deadline or backend.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+            yield fuzz
+    finally:
+        backend.terminate()
+        backend.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_hundreds_of_thousands_of_malformed_inputs_against_the_compiled_codec(slow_fuzz_proxy: FuzzProxy) -> None:
+    from tulle.compiled import pure_python_requested
+
+    fuzz = slow_fuzz_proxy
+    assert fuzz.proxy.process is not None
+    pids = [fuzz.proxy.process.pid, *fuzz.workers]
+    errors_before = fuzz.stat(f"http.{STAT_PREFIX}.downstream_rq_4xx") + fuzz.stat(f"http.{STAT_PREFIX}.downstream_rq_5xx")
+    run = SlowRun()
+    started = time.monotonic()
+    done = 0
+    while done < SLOW_INPUTS:
+        batch = min(SLOW_HEALTH_EVERY, SLOW_INPUTS - done)
+        asyncio.run(fuzz_many(fuzz, batch, SLOW_SEED + done, run))
+        done += batch
+        fuzz.assert_healthy()
+    elapsed = time.monotonic() - started
+    print(f"\n{run.inputs} malformed inputs in {elapsed:.0f} s ({run.inputs / elapsed:.0f}/s) over {run.connections} "
+          f"connections: {run.reused} answered on a kept connection, {run.proxy_closed} closed by the proxy, "
+          f"{run.half_closed} closed after our half-close, {run.left_open} left open at the end; "
+          f"{fuzz.error_replies_seen} error replies seen")
+    assert run.inputs >= SLOW_INPUTS
+    assert run.connections == run.proxy_closed + run.half_closed + run.left_open
+    errors_after = fuzz.stat(f"http.{STAT_PREFIX}.downstream_rq_4xx") + fuzz.stat(f"http.{STAT_PREFIX}.downstream_rq_5xx")
+    assert errors_after - errors_before >= fuzz.error_replies_seen > 0
+    # the codec under test is the compiled one: its extension modules are mapped into the proxy and every
+    # worker (under TULLE_PURE_PYTHON=1 the same run covers the pure sources, and none may be mapped)
+    expected = not pure_python_requested()
+    for pid in pids:
+        assert compiled_modules_loaded(pid) == dict.fromkeys(compiled_modules_loaded(pid), expected), (
+            f"process {pid} of the proxy: {compiled_modules_loaded(pid)}, expected compiled={expected}")

@@ -38,8 +38,10 @@ class AdminBackend(Protocol):
     def listeners(self) -> list[dict[str, Any]]:
         """``[{"name": str, "address": "ip:port"}]`` with the bound (not configured) port."""
 
-    def server_info(self) -> dict[str, Any]:
-        """Envoy's ``envoy.admin.v3.ServerInfo`` as JSON."""
+    async def server_info(self) -> dict[str, Any]:
+        """Envoy's ``envoy.admin.v3.ServerInfo`` as JSON, plus Tulle's ``compiled_hot_path``: whether
+        each worker runs the compiled modules (``{"pure_python": bool, "workers": [{"worker": int,
+        "pid": int, "modules": {name: "compiled" | "pure"}}]}``, see ``tulle.compiled``)."""
 
     def ready(self) -> bool:
         """True once every listener and cluster is initialized."""

@@ -200,7 +200,7 @@ class AdminHandlers:
         return "DRAINING" if self.backend.healthcheck_failed() else "LIVE"
 
     async def _server_info(self, params: QueryParams, method: str) -> AdminResponse:
-        return AdminResponse(200, _pretty_json(self.backend.server_info()), JSON)
+        return AdminResponse(200, _pretty_json(await self.backend.server_info()), JSON)
 
     async def _stats(self, params: QueryParams, method: str) -> AdminResponse:
         fmt = params.get("format", "text")

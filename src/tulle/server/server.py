@@ -24,6 +24,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from tulle import __version__
+from tulle.compiled import build_info, pure_python_requested, summary
 from tulle.config.errors import ConfigError
 from tulle.config.loader import load_bootstrap
 from tulle.server.context import ServerState
@@ -189,7 +190,7 @@ class ProxyServer:
             loop.add_signal_handler(sig, self.stopped.set)
         for listener in self.worker.listeners:
             log.info("listener %s on %s:%s", listener.name, listener.ip, listener.port)
-        log.info("tulle proxy %s started with %d worker(s)", __version__, self.concurrency)
+        log.info("tulle proxy %s started with %d worker(s); %s", __version__, self.concurrency, summary())
         release_freed_memory()
         await self.stopped.wait()
         await self._shutdown()
@@ -331,6 +332,9 @@ class ProxyServer:
         if op == "runtime":
             self.worker.runtime.install(request["layers"])
             return True
+        if op == "build_info":
+            return {"worker": self.state.worker_index, "pid": os.getpid(),
+                    "modules": build_info()["modules"]}
         if op == "log_level":
             set_log_level(request.get("name"), request["level"])
             return True
@@ -443,7 +447,7 @@ class AdminBackendImpl:
         return [{"name": listener.name, "address": f"{listener.ip}:{listener.port}"}
                 for listener in self.server.worker.listeners]
 
-    def server_info(self) -> dict[str, Any]:
+    async def server_info(self) -> dict[str, Any]:
         server = self.server
         uptime = int(time.time() - server.state.start_time)
         return {
@@ -457,6 +461,11 @@ class AdminBackendImpl:
             "node": _message_dict(server.bootstrap.node),
             "uptime_current_epoch": f"{uptime}s",
             "uptime_all_epochs": f"{uptime}s",
+            # not Envoy's: which build of the hot path each worker runs (see tulle.compiled)
+            "compiled_hot_path": {
+                "pure_python": pure_python_requested(),
+                "workers": sorted(await server.broadcast("build_info"), key=lambda w: w["worker"]),
+            },
         }
 
     def ready(self) -> bool:

@@ -630,8 +630,10 @@ class HttpConnection(asyncio.Protocol):
             if expect:
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             stream.dispatch()
-        else:
-            self.read_disable(True)  # pipelined: hold further input until this one's turn
+        elif len(self.streams) == 2:
+            # pipelined: hold further input until the queue has drained to one stream (once per queue:
+            # read_disable is counted, and it is re-enabled once, when the last queued stream starts)
+            self.read_disable(True)
 
     def on_body(self, body: bytes) -> None:
         stream = self.parsing
