@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+import cython
 import httptools
 
 from tulle import stream_info as flags
@@ -100,13 +101,14 @@ def _check_authority(authority: str) -> None:
 class ActiveStream:
     """One request/response exchange and its filter chain."""
 
-    __slots__ = (
-        "connection", "config", "headers", "info", "filters", "decode_index", "request_complete",
-        "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
-        "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
-        "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
-        "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
-    )
+    if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
+        __slots__ = (
+            "connection", "config", "headers", "info", "filters", "decode_index", "request_complete",
+            "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
+            "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
+            "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
+            "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
+        )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
         self.connection = connection
@@ -367,13 +369,16 @@ class ActiveStream:
         self.deadline_callback = None
 
 
-class HttpConnection(asyncio.Protocol):
-    __slots__ = (
-        "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
-        "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
-        "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-        "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed", "head_started",
-    )
+class HttpConnection:
+    """An ``asyncio.Protocol`` (duck-typed: compiled, a cdef class cannot derive from a Python class)."""
+
+    if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
+        __slots__ = (
+            "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
+            "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
+            "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
+            "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed", "head_started",
+        )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
         self.config = config
@@ -478,6 +483,9 @@ class HttpConnection(asyncio.Protocol):
         on_close = self.downstream.on_close
         if on_close is not None:
             on_close()
+
+    def eof_received(self) -> bool | None:
+        return None  # asyncio.Protocol's default: the transport closes itself
 
     def pause_writing(self) -> None:
         # The client reads slower than the upstream sends: stop reading the upstream.
