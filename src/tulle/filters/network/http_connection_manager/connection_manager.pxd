@@ -1,6 +1,7 @@
 # C-level declarations for connection_manager.py (Cython pure-Python mode; see tulle/compiled.py).
 # The filter chain is called through HttpFilter's cpdef methods (C calls for compiled filters);
-# the llhttp callbacks (on_url, on_header, ...) stay Python methods: httptools calls them as such.
+# The request parser (tulle.http.http1_parser) calls on_request_head, on_body and
+# on_message_complete through their Python entry points: once per head, body piece and request end.
 
 from tulle.filters.http.base cimport HttpFilter
 from tulle.http.headers cimport HeaderMap
@@ -86,10 +87,6 @@ cdef class HttpConnection:
     cdef public object loop
     cdef public object streams           # deque[ActiveStream]
     cdef public ActiveStream parsing
-    cdef public bytes url
-    cdef public list header_list
-    cdef public Py_ssize_t header_bytes
-    cdef public bint in_head
     cdef public double head_started
     cdef public bint parse_failed
     cdef public Py_ssize_t read_disabled
@@ -108,6 +105,18 @@ cdef class HttpConnection:
     cdef public list out
 
     cpdef double loop_time(self)
+    @cython.locals(parser=object)
+    cpdef data_received(self, data)
+    @cython.locals(config=object, head_started=double, authority=object, content_length=object,
+                   chunked=bint, connection_tokens=str, expect=bint, upgrade=object, request_id_seen=bint,
+                   forwarded_proto_seen=bint, envoy_seen=bint, items=list, item=tuple, name=str,
+                   scheme_end=Py_ssize_t, after=str, slash=Py_ssize_t, info=StreamInfo, headers=HeaderMap,
+                   stream=ActiveStream, stats=object, error=tuple)
+    cpdef on_request_head(self, str method, str target, bint http10, list fields)
+    @cython.locals(stream=ActiveStream)
+    cpdef on_body(self, body)
+    @cython.locals(stream=ActiveStream)
+    cpdef on_message_complete(self, bint keep_alive)
     cdef _prepare_request(self, ActiveStream stream, HeaderMap headers, bint request_id_seen,
                           bint forwarded_proto_seen)
     cpdef bint should_close_after(self, ActiveStream stream)

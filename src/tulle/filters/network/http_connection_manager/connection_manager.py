@@ -1,6 +1,7 @@
 """The HTTP/1.1 connection manager: one ``asyncio.Protocol`` per downstream connection.
 
-llhttp (via httptools) parses; each request becomes an :class:`ActiveStream`
+llhttp parses (``tulle.http.http1_parser``: one call per request head, body piece and
+request end); each request becomes an :class:`ActiveStream`
 that runs the HTTP filter chain (router last). Pipelined requests are parsed
 as they arrive but dispatched one at a time, answered in order, and reading is
 paused while one is queued so a client cannot make us buffer without bound.
@@ -20,12 +21,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import cython
-import httptools
 
 from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
+from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
 from tulle.overload.state import bernoulli
 from tulle.stream_info import StreamInfo
@@ -61,14 +62,16 @@ class CodecError(Exception):
 
 
 class HeadersTooLarge(CodecError):
-    """The request head is over max_request_headers_kb (or max_headers_count): 431."""
+    """The request head is over max_request_headers_kb (or max_headers_count): 431.
+    (The request parser enforces both and reports them as ``ParserError``s with these details.)"""
 
     status = 431
     details = "http1.headers_too_large"
 
 
 class UnsupportedTransferCoding(CodecError):
-    """A transfer coding other than exactly "chunked": Envoy's codec answers 501."""
+    """A transfer coding other than exactly "chunked": Envoy's codec answers 501.
+    (The request parser refuses it and reports a ``ParserError`` with these details.)"""
 
     status = 501
     details = "http1.invalid_transfer_encoding"
@@ -374,24 +377,21 @@ class HttpConnection:
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
         __slots__ = (
-            "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
-            "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
+            "config", "downstream", "transport", "parser", "loop", "streams", "parsing",
+            "read_disabled", "close_when_done", "closed",
             "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-            "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed", "head_started",
+            "remote_str", "local_str", "write_paused", "corked", "out", "parse_failed", "head_started",
         )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
         self.config = config
         self.downstream = downstream
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # max_request_headers_kb and max_headers_count are enforced by the parser (431)
+        self.parser = RequestParser(self, config.max_request_headers_bytes, config.max_headers_count)
         self.loop = config.loop()
         self.streams: deque[ActiveStream] = deque()  # [0] is dispatched; the rest wait in order
         self.parsing: ActiveStream | None = None
-        self.url = b""
-        self.header_list: list[tuple[str, str]] = []
-        self.header_bytes = 0
-        self.in_head = False
         # monotonic time of the first byte of a request head still incomplete after a read (0: none):
         # where Envoy's stream for it started, and its head timeouts with it
         self.head_started = 0.0
@@ -436,26 +436,23 @@ class HttpConnection:
             return  # after a malformed request nothing more is parsed; the connection is closing
         self.stats_rx.value += len(data)
         self.last_activity = self.loop.time()
+        parser = self.parser
         try:
-            self.parser.feed_data(data)
-            if self.in_head:
-                # llhttp buffers a header until it is complete: bound the head per read instead of
-                # counting in every header callback (the callbacks are the hot path).
-                if not self.header_bytes:
-                    self._head_pending()
-                self.header_bytes += len(data)
-                if self.header_bytes > self.config.max_request_headers_bytes:
-                    raise HeadersTooLarge
-        except HeadersTooLarge as exc:
+            parser.feed_data(data)
+        except ParserUpgrade as exc:
+            self._after_upgrade(data, exc.offset)
+            return
+        except ParserError as exc:  # not HTTP/1.1 (400), a head over the limits (431), a coding (501)
             self.protocol_error(exc.status, exc.details)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, exc)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__  # raised in one of our callbacks, wrapped by httptools
-            if isinstance(cause, CodecError):
-                self.protocol_error(cause.status, cause.details)
-            else:
-                self.protocol_error(400, CodecError.details)  # llhttp refused the input
+            return
+        except CodecError as exc:  # refused by on_request_head
+            self.protocol_error(exc.status, exc.details)
+            return
+        except Exception:  # noqa: BLE001 - a failure in the filter chain while parsing: as a codec error
+            self.protocol_error(400, CodecError.details)
+            return
+        if not self.head_started and parser.in_head:
+            self._head_pending()  # a head that spans reads: once, at the end of the read it began in
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -506,34 +503,13 @@ class HttpConnection:
                 if resume is not None:
                     resume()
 
-    # --- llhttp callbacks ----------------------------------------------
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.header_list = []
-        self.header_bytes = 0
-        self.in_head = True
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name, value))  # decoded in one pass at on_headers_complete
-
-    def on_headers_complete(self) -> None:
+    # --- request parser callbacks (tulle.http.http1_parser) ------------
+    def on_request_head(self, method: str, target: str, http10: bool, fields: list[tuple[str, str]]) -> None:
+        """A complete request head: names lower-case, within max_request_headers_kb and
+        max_headers_count, any transfer coding exactly "chunked" (the parser checked). ``http10``:
+        Envoy treats every version but 1.1 (0.9, 1.0, 2.0 spoken as text) as HTTP/1.0."""
         config = self.config
-        self.in_head = False
         head_started = self.head_started
-        raw = self.header_list
-        if len(raw) > config.max_headers_count:
-            raise HeadersTooLarge("http1.too_many_headers")
-        if sum(len(name) + len(value) for name, value in raw) + len(self.url) > config.max_request_headers_bytes:
-            raise HeadersTooLarge
-        parser = self.parser
-        method = parser.get_method().decode("latin-1")
-        target = self.url.decode("latin-1")
-        # Envoy treats every version but 1.1 (0.9, 1.0, 2.0 spoken as text) as HTTP/1.0
-        http10 = parser.get_http_version() != "1.1"
-        items = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
         authority = None
         content_length = None
         chunked = False
@@ -541,8 +517,10 @@ class HttpConnection:
         expect = False
         upgrade = None
         request_id_seen = forwarded_proto_seen = envoy_seen = False
-        rest = []
-        for item in items:
+        # the HeaderMap's items, adopted as they are: the pseudo-headers, then every field but Host
+        # and "Expect: 100-continue" (answered here); :path and :authority are set once known
+        items = [(":method", method), None, None, (":scheme", "http")]
+        for item in fields:
             name = item[0]
             if name[0] == "x":
                 if name == "x-request-id":
@@ -561,8 +539,6 @@ class HttpConnection:
             if name == "content-length":
                 content_length = item[1]
             elif name == "transfer-encoding":
-                if item[1].strip().lower() != "chunked":
-                    raise UnsupportedTransferCoding
                 chunked = True
             elif name == "connection":
                 connection_tokens = item[1].lower()
@@ -572,7 +548,7 @@ class HttpConnection:
                     continue
             elif name == "upgrade":
                 upgrade = item[1].lower()
-            rest.append(item)
+            items.append(item)
         if target[:1] != "/" and target != "*":
             # absolute-form (a forward-proxy request) takes the authority from the URL
             scheme_end = target.find("://")
@@ -591,8 +567,9 @@ class HttpConnection:
             if not self.streams:
                 _start_stream_at(info, head_started)  # a head that took several reads: its first byte
         info.protocol = "HTTP/1.0" if http10 else "HTTP/1.1"
-        headers = HeaderMap.of([(":method", method), (":path", target), (":authority", authority or ""),
-                                (":scheme", "http")] + rest)
+        items[1] = (":path", target)
+        items[2] = (":authority", authority or "")
+        headers = HeaderMap.of(items)
         stream = ActiveStream(self, headers, info)
         info.request_headers = headers
         stream.is_head = method == "HEAD"
@@ -602,9 +579,10 @@ class HttpConnection:
         stream.expect_continue = expect
         self.parsing = stream
         self.streams.append(stream)
-        self.config.stats.downstream_rq_total.value += 1
-        self.config.stats.downstream_rq_http1_total.value += 1
-        self.config.stats.downstream_rq_active.value += 1
+        stats = config.stats
+        stats.downstream_rq_total.value += 1
+        stats.downstream_rq_http1_total.value += 1
+        stats.downstream_rq_active.value += 1
 
         error = None
         if http10 and not config.accept_http_10:
@@ -657,14 +635,14 @@ class HttpConnection:
                 stream.pending_body = []
             stream.pending_body.append(body)
 
-    def on_message_complete(self) -> None:
+    def on_message_complete(self, keep_alive: bool) -> None:
         stream = self.parsing
         self.parsing = None
         if stream is None:
             return
         stream.request_complete = True
         stream.info.last_downstream_rx_monotonic = _monotonic()
-        if not self.parser.should_keep_alive():
+        if not keep_alive:
             stream.keep_alive = False
         if stream.done:
             return
@@ -752,7 +730,7 @@ class HttpConnection:
                 self.read_disable(False)
             nxt.dispatch()
         if not streams:
-            if self.in_head:
+            if self.parser.in_head:
                 # the next request's head was read meanwhile: Envoy's codec makes its stream now
                 self.head_started = _monotonic()
                 self.watch_deadline(self._next_deadline())
@@ -850,11 +828,11 @@ class HttpConnection:
             stats.downstream_rq_max_duration_reached.value += 1
             stream.send_local_reply("", status=408, body=b"downstream duration timeout", details="max_duration_timeout")
 
-    def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
         stream = self.streams[-1] if self.streams else None
         if stream is not None and stream.upgrade_h2c and not self.closed:
-            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.parser = httptools.HttpRequestParser(self)
+            config = self.config
+            self.parser = RequestParser(self, config.max_request_headers_bytes, config.max_headers_count)
             rest = data[offset:]
             if rest:
                 self.data_received(rest)
