@@ -32,6 +32,7 @@ from pathlib import Path
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
     "tulle.filters.network.http_connection_manager.connection_manager",
+    "tulle.filters.network.http_connection_manager.stats",
     "tulle.http.headers",
     "tulle.http.http1",
     "tulle.http.http1_parser",

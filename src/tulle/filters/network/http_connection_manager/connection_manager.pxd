@@ -4,6 +4,7 @@
 # on_message_complete through their Python entry points: once per head, body piece and request end.
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.network.http_connection_manager.stats cimport HcmStats
 from tulle.http.headers cimport HeaderMap
 from tulle.stats.store cimport Counter
 from tulle.stream_info cimport StreamInfo
@@ -111,7 +112,7 @@ cdef class HttpConnection:
                    chunked=bint, connection_tokens=str, expect=bint, upgrade=object, request_id_seen=bint,
                    forwarded_proto_seen=bint, envoy_seen=bint, items=list, item=tuple, name=str,
                    scheme_end=Py_ssize_t, after=str, slash=Py_ssize_t, info=StreamInfo, headers=HeaderMap,
-                   stream=ActiveStream, stats=object, error=tuple)
+                   stream=ActiveStream, stats=HcmStats, error=tuple)
     cpdef on_request_head(self, str method, str target, bint http10, list fields)
     @cython.locals(stream=ActiveStream)
     cpdef on_body(self, body)
@@ -122,7 +123,7 @@ cdef class HttpConnection:
     cpdef bint should_close_after(self, ActiveStream stream)
     @cython.locals(nxt=ActiveStream, idle=double)
     cpdef stream_finished(self, ActiveStream stream, bint reset=*)
-    @cython.locals(info=StreamInfo)
+    @cython.locals(info=StreamInfo, stats=HcmStats)
     cdef _finalize(self, ActiveStream stream)
     @cython.locals(stream=ActiveStream)
     cpdef protocol_error(self, long status, str details)
