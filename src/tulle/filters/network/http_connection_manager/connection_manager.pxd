@@ -1,10 +1,14 @@
 # C-level declarations for connection_manager.py (Cython pure-Python mode; see tulle/compiled.py).
 # The filter chain is called through HttpFilter's cpdef methods (C calls for compiled filters);
+# Locals of cpdef methods are typed with @cython.locals in the .py: Cython (3.3) ignores
+# @cython.locals on a cpdef method of a cdef class in a .pxd (it honours it on cdef methods and
+# module-level functions).
 # The request parser (tulle.http.http1_parser) calls on_request_head, on_body and
 # on_message_complete through their Python entry points: once per head, body piece and request end.
 
 from tulle.filters.http.base cimport HttpFilter
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
+from tulle.http cimport http1
 from tulle.http.headers cimport HeaderMap
 from tulle.stats.store cimport Counter
 from tulle.stream_info cimport StreamInfo
@@ -56,27 +60,19 @@ cdef class ActiveStream:
     cdef public double duration_deadline
 
     cpdef get_route(self)
-    @cython.locals(connection=HttpConnection, now=double)
     cpdef _apply_route_timeouts(self, timeouts)
     cpdef clear_route_cache(self)
     cpdef set_deadline(self, double deadline, callback)
     cpdef read_disable(self, bint disable)
     cpdef continue_decoding(self)
-    @cython.locals(connection=HttpConnection, now=double, span=double, filters=list, pending=list,
-                   index=Py_ssize_t, last=bint)
     cpdef dispatch(self)
     @cython.locals(filters=list, index=Py_ssize_t, flt=HttpFilter)
     cdef _decode_headers_from(self, Py_ssize_t start)
-    @cython.locals(flt=HttpFilter)
     cpdef decode_data(self, data, bint end_stream)
-    @cython.locals(flt=HttpFilter, info=StreamInfo, connection=HttpConnection, status=long,
-                   counter=Counter, close=bint, no_body_status=bint, transformation=long)
     cpdef encode_headers(self, HeaderMap headers, bint end_stream)
-    @cython.locals(flt=HttpFilter, connection=HttpConnection)
     cpdef encode_data(self, data, bint end_stream)
     cdef _response_done(self)
     cpdef reset(self, str flag)
-    @cython.locals(flt=HttpFilter)
     cpdef destroy(self)
 
 
@@ -106,26 +102,16 @@ cdef class HttpConnection:
     cdef public list out
 
     cpdef double loop_time(self)
-    @cython.locals(parser=object)
     cpdef data_received(self, data)
-    @cython.locals(config=object, head_started=double, authority=object, content_length=object,
-                   chunked=bint, connection_tokens=str, expect=bint, upgrade=object, request_id_seen=bint,
-                   forwarded_proto_seen=bint, envoy_seen=bint, items=list, item=tuple, name=str,
-                   scheme_end=Py_ssize_t, after=str, slash=Py_ssize_t, info=StreamInfo, headers=HeaderMap,
-                   stream=ActiveStream, stats=HcmStats, error=tuple)
     cpdef on_request_head(self, str method, str target, bint http10, list fields)
-    @cython.locals(stream=ActiveStream)
     cpdef on_body(self, body)
-    @cython.locals(stream=ActiveStream)
     cpdef on_message_complete(self, bint keep_alive)
     cdef _prepare_request(self, ActiveStream stream, HeaderMap headers, bint request_id_seen,
                           bint forwarded_proto_seen)
     cpdef bint should_close_after(self, ActiveStream stream)
-    @cython.locals(nxt=ActiveStream, idle=double)
     cpdef stream_finished(self, ActiveStream stream, bint reset=*)
     @cython.locals(info=StreamInfo, stats=HcmStats)
     cdef _finalize(self, ActiveStream stream)
-    @cython.locals(stream=ActiveStream)
     cpdef protocol_error(self, long status, str details)
     @cython.locals(info=StreamInfo, headers=HeaderMap, stream=ActiveStream)
     cdef ActiveStream _stream_without_head(self)

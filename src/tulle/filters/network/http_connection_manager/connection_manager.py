@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING
 import cython
 
 from tulle import stream_info as flags
-from tulle.filters.http.base import CONTINUE
+from tulle.filters.http.base import CONTINUE, HttpFilter
+from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
 from tulle.overload.state import bernoulli
+from tulle.stats.store import Counter
 from tulle.stream_info import StreamInfo
 
 if TYPE_CHECKING:
-    from tulle.filters.http.base import HttpFilter
     from tulle.filters.network.http_connection_manager.config import HcmConfig
     from tulle.server.context import DownstreamConnection
 
@@ -155,6 +156,7 @@ class ActiveStream:
                     self._apply_route_timeouts(self.route.stream_timeouts)
         return self.route
 
+    @cython.locals(now=cython.double)
     def _apply_route_timeouts(self, timeouts) -> None:  # noqa: ANN001 - router.stream_timeouts.StreamTimeouts
         """The route's idle_timeout / max_stream_duration replace the HCM's for this stream
         (Envoy's refreshIdleTimeout / refreshDurationTimeout); both count from the stream start."""
@@ -190,6 +192,8 @@ class ActiveStream:
         self._decode_headers_from(self.decode_index)
 
     # --- request path --------------------------------------------------
+    @cython.locals(now=cython.double, span=cython.double, filters=list, pending=list, index=cython.Py_ssize_t,
+                   last=cython.bint)
     def dispatch(self) -> None:
         if self.error_reply is not None:
             # a malformed or refused request: answered in its turn, then the connection closes
@@ -235,6 +239,7 @@ class ActiveStream:
             if filters[index].decode_headers(self.headers, end_stream) != CONTINUE or self.done:
                 return
 
+    @cython.locals(flt=HttpFilter)
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         # Every filter but the router passes data through unless it overrides decode_data.
         for flt in self.filters:
@@ -242,6 +247,8 @@ class ActiveStream:
                 return
 
     # --- response path -------------------------------------------------
+    @cython.locals(flt=HttpFilter, info=StreamInfo, status=cython.long, counter=Counter, close=cython.bint,
+                   no_body_status=cython.bint, transformation=cython.long)
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         config = self.config
         if config.encoder_filters:
@@ -255,7 +262,8 @@ class ActiveStream:
         info.response_code = status
         info.response_headers = headers
         connection = self.connection
-        connection.stats_rq_by_class[status // 100 if 1 <= status // 100 <= 5 else 5].value += 1
+        counter = connection.stats_rq_by_class[status // 100 if 1 <= status // 100 <= 5 else 5]
+        counter.value += 1
 
         transformation = config.server_header_transformation
         if transformation == 0:  # OVERWRITE
@@ -296,6 +304,7 @@ class ActiveStream:
         if end_stream:
             self._response_done()
 
+    @cython.locals(flt=HttpFilter)
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.done:
             return
@@ -362,6 +371,7 @@ class ActiveStream:
         self.keep_alive = False
         self.connection.stream_finished(self, reset=True)
 
+    @cython.locals(flt=HttpFilter)
     def destroy(self) -> None:
         filters = self.filters
         for flt in filters:
@@ -504,6 +514,10 @@ class HttpConnection:
                     resume()
 
     # --- request parser callbacks (tulle.http.http1_parser) ------------
+    @cython.locals(head_started=cython.double, chunked=cython.bint, connection_tokens=str, expect=cython.bint,
+                   request_id_seen=cython.bint, forwarded_proto_seen=cython.bint, envoy_seen=cython.bint, items=list,
+                   item=tuple, name=str, scheme_end=cython.Py_ssize_t, after=str, slash=cython.Py_ssize_t,
+                   info=StreamInfo, headers=HeaderMap, stream=ActiveStream, stats=HcmStats, error=tuple)
     def on_request_head(self, method: str, target: str, http10: bool, fields: list[tuple[str, str]]) -> None:
         """A complete request head: names lower-case, within max_request_headers_kb and
         max_headers_count, any transfer coding exactly "chunked" (the parser checked). ``http10``:
@@ -702,6 +716,7 @@ class HttpConnection:
             return True
         return False
 
+    @cython.locals(nxt=ActiveStream, idle=cython.double)
     def stream_finished(self, stream: ActiveStream, reset: bool = False) -> None:
         if stream.done:
             return
@@ -759,6 +774,7 @@ class HttpConnection:
             except Exception:  # noqa: BLE001 - a broken log line must never take the request down
                 config.stats.access_log_errors.value += 1
 
+    @cython.locals(stream=ActiveStream)
     def protocol_error(self, status: int, details: str) -> None:
         """Malformed input: nothing after it is read; earlier pipelined requests are still
         answered in order, then ``status``, then the connection closes (as Envoy does)."""
