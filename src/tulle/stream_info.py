@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import cython
+
 # Envoy response flags (short form, as in %RESPONSE_FLAGS%).
 NO_ROUTE_FOUND = "NR"
 NO_HEALTHY_UPSTREAM = "UH"
@@ -35,14 +37,15 @@ UPSTREAM_MAX_STREAM_DURATION_REACHED = "UMSDR"
 class StreamInfo:
     """Filled in by the connection manager, router and tcp_proxy as a stream progresses."""
 
-    __slots__ = (
-        "start_time", "start_monotonic", "end_monotonic", "first_upstream_rx_monotonic",
-        "protocol", "request_headers", "response_headers", "response_code", "response_code_details",
-        "response_flags", "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
-        "upstream_local_address", "downstream_remote_address", "downstream_local_address",
-        "route_name", "request_id", "connection_termination_details", "filter_state",
-        "last_downstream_rx_monotonic", "health_check",
-    )
+    if not cython.compiled:
+        __slots__ = (
+            "start_time", "start_monotonic", "end_monotonic", "first_upstream_rx_monotonic",
+            "protocol", "request_headers", "response_headers", "response_code", "response_code_details",
+            "response_flags", "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
+            "upstream_local_address", "downstream_remote_address", "downstream_local_address",
+            "route_name", "request_id", "connection_termination_details", "filter_state",
+            "last_downstream_rx_monotonic", "health_check",
+        )
 
     def __init__(self, downstream_remote_address: str = "", downstream_local_address: str = "") -> None:
         self.start_time = time.time()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
+import cython
+
 # Envoy's default histogram bucket bounds (milliseconds for *_time stats).
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
@@ -18,7 +20,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 
 class Counter:
-    __slots__ = ("name", "value")
+    if not cython.compiled:
+        __slots__ = ("name", "value")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -32,7 +35,8 @@ class Gauge:
     """``per_worker=False`` marks a process-wide value that every worker sets alike
     (server.live, membership_total): summed across workers it would be multiplied."""
 
-    __slots__ = ("name", "value", "per_worker")
+    if not cython.compiled:
+        __slots__ = ("name", "value", "per_worker")
 
     def __init__(self, name: str, per_worker: bool = True) -> None:
         self.name = name
@@ -65,7 +69,8 @@ class TextReadout:
 class Histogram:
     """Cumulative fixed-bucket histogram (Prometheus style) plus sum and count."""
 
-    __slots__ = ("name", "buckets", "counts", "sum", "count")
+    if not cython.compiled:
+        __slots__ = ("name", "buckets", "counts", "sum", "count")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
         self.name = name

@@ -19,9 +19,9 @@ from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.extensions import registry
 from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.runtime import configuring
 from tulle.server.context import DownstreamConnection, FactoryContext
-from tulle.stats.store import Store
 
 HCM = hcm_pb2.HttpConnectionManager
 
@@ -48,36 +48,6 @@ ENVOY_CONTROL_HEADERS = (
     "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-upstream-stream-duration-ms",
     "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-hedge-on-per-try-timeout",
 )
-
-
-class HcmStats:
-    """``http.<stat_prefix>.*`` stats, attributes for the hot path."""
-
-    COUNTERS = (
-        "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
-        "downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_rx_bytes_total",
-        "downstream_cx_tx_bytes_total", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
-        "downstream_cx_drain_close", "downstream_rq_total", "downstream_rq_http1_total",
-        "downstream_rq_completed", "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
-        "downstream_rq_header_timeout",
-        "downstream_rq_idle_timeout", "downstream_rq_too_large",
-        "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
-        "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
-        "rq_reset_after_downstream_response_started", "access_log_errors",
-        "downstream_rq_overload_close", "downstream_cx_overload_disable_keepalive",
-        "downstream_rq_max_duration_reached",
-    )
-    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
-
-    def __init__(self, store: Store, prefix: str) -> None:
-        base = f"http.{prefix}."
-        store.bind(self, base, counters=self.COUNTERS, gauges=self.GAUGES,
-                   histograms=("downstream_rq_time", "downstream_cx_length_ms"))
-        # index by status // 100 (1..5); index 0 unused
-        self.rq_by_class = [store.counter(base + "downstream_rq_5xx")] + [
-            store.counter(f"{base}downstream_rq_{n}xx") for n in range(1, 6)
-        ]
-
 
 
 class HcmConfig:

@@ -1,6 +1,7 @@
 """The HTTP/1.1 connection manager: one ``asyncio.Protocol`` per downstream connection.
 
-llhttp (via httptools) parses; each request becomes an :class:`ActiveStream`
+llhttp parses (``tulle.http.http1_parser``: one call per request head, body piece and
+request end); each request becomes an :class:`ActiveStream`
 that runs the HTTP filter chain (router last). Pipelined requests are parsed
 as they arrive but dispatched one at a time, answered in order, and reading is
 paused while one is queued so a client cannot make us buffer without bound.
@@ -19,18 +20,20 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-import httptools
+import cython
 
 from tulle import stream_info as flags
-from tulle.filters.http.base import CONTINUE
+from tulle.filters.http.base import CONTINUE, HttpFilter
+from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
+from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
 from tulle.overload.state import bernoulli
+from tulle.stats.store import Counter
 from tulle.stream_info import StreamInfo
 
 if TYPE_CHECKING:
-    from tulle.filters.http.base import HttpFilter
     from tulle.filters.network.http_connection_manager.config import HcmConfig
     from tulle.server.context import DownstreamConnection
 
@@ -60,14 +63,16 @@ class CodecError(Exception):
 
 
 class HeadersTooLarge(CodecError):
-    """The request head is over max_request_headers_kb (or max_headers_count): 431."""
+    """The request head is over max_request_headers_kb (or max_headers_count): 431.
+    (The request parser enforces both and reports them as ``ParserError``s with these details.)"""
 
     status = 431
     details = "http1.headers_too_large"
 
 
 class UnsupportedTransferCoding(CodecError):
-    """A transfer coding other than exactly "chunked": Envoy's codec answers 501."""
+    """A transfer coding other than exactly "chunked": Envoy's codec answers 501.
+    (The request parser refuses it and reports a ``ParserError`` with these details.)"""
 
     status = 501
     details = "http1.invalid_transfer_encoding"
@@ -100,13 +105,14 @@ def _check_authority(authority: str) -> None:
 class ActiveStream:
     """One request/response exchange and its filter chain."""
 
-    __slots__ = (
-        "connection", "config", "headers", "info", "filters", "decode_index", "request_complete",
-        "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
-        "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
-        "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
-        "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
-    )
+    if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
+        __slots__ = (
+            "connection", "config", "headers", "info", "filters", "decode_index", "request_complete",
+            "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
+            "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
+            "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
+            "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
+        )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
         self.connection = connection
@@ -150,6 +156,7 @@ class ActiveStream:
                     self._apply_route_timeouts(self.route.stream_timeouts)
         return self.route
 
+    @cython.locals(now=cython.double)
     def _apply_route_timeouts(self, timeouts) -> None:  # noqa: ANN001 - router.stream_timeouts.StreamTimeouts
         """The route's idle_timeout / max_stream_duration replace the HCM's for this stream
         (Envoy's refreshIdleTimeout / refreshDurationTimeout); both count from the stream start."""
@@ -185,6 +192,8 @@ class ActiveStream:
         self._decode_headers_from(self.decode_index)
 
     # --- request path --------------------------------------------------
+    @cython.locals(now=cython.double, span=cython.double, filters=list, pending=list, index=cython.Py_ssize_t,
+                   last=cython.bint)
     def dispatch(self) -> None:
         if self.error_reply is not None:
             # a malformed or refused request: answered in its turn, then the connection closes
@@ -230,6 +239,7 @@ class ActiveStream:
             if filters[index].decode_headers(self.headers, end_stream) != CONTINUE or self.done:
                 return
 
+    @cython.locals(flt=HttpFilter)
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         # Every filter but the router passes data through unless it overrides decode_data.
         for flt in self.filters:
@@ -237,6 +247,8 @@ class ActiveStream:
                 return
 
     # --- response path -------------------------------------------------
+    @cython.locals(flt=HttpFilter, info=StreamInfo, status=cython.long, counter=Counter, close=cython.bint,
+                   no_body_status=cython.bint, transformation=cython.long)
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         config = self.config
         if config.encoder_filters:
@@ -250,7 +262,8 @@ class ActiveStream:
         info.response_code = status
         info.response_headers = headers
         connection = self.connection
-        connection.stats_rq_by_class[status // 100 if 1 <= status // 100 <= 5 else 5].value += 1
+        counter = connection.stats_rq_by_class[status // 100 if 1 <= status // 100 <= 5 else 5]
+        counter.value += 1
 
         transformation = config.server_header_transformation
         if transformation == 0:  # OVERWRITE
@@ -291,6 +304,7 @@ class ActiveStream:
         if end_stream:
             self._response_done()
 
+    @cython.locals(flt=HttpFilter)
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.done:
             return
@@ -357,6 +371,7 @@ class ActiveStream:
         self.keep_alive = False
         self.connection.stream_finished(self, reset=True)
 
+    @cython.locals(flt=HttpFilter)
     def destroy(self) -> None:
         filters = self.filters
         for flt in filters:
@@ -367,26 +382,26 @@ class ActiveStream:
         self.deadline_callback = None
 
 
-class HttpConnection(asyncio.Protocol):
-    __slots__ = (
-        "config", "downstream", "transport", "parser", "loop", "streams", "parsing", "url",
-        "header_list", "header_bytes", "read_disabled", "close_when_done", "closed",
-        "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
-        "remote_str", "local_str", "write_paused", "corked", "out", "in_head", "parse_failed", "head_started",
-    )
+class HttpConnection:
+    """An ``asyncio.Protocol`` (duck-typed: compiled, a cdef class cannot derive from a Python class)."""
+
+    if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
+        __slots__ = (
+            "config", "downstream", "transport", "parser", "loop", "streams", "parsing",
+            "read_disabled", "close_when_done", "closed",
+            "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
+            "remote_str", "local_str", "write_paused", "corked", "out", "parse_failed", "head_started",
+        )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
         self.config = config
         self.downstream = downstream
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # max_request_headers_kb and max_headers_count are enforced by the parser (431)
+        self.parser = RequestParser(self, config.max_request_headers_bytes, config.max_headers_count)
         self.loop = config.loop()
         self.streams: deque[ActiveStream] = deque()  # [0] is dispatched; the rest wait in order
         self.parsing: ActiveStream | None = None
-        self.url = b""
-        self.header_list: list[tuple[str, str]] = []
-        self.header_bytes = 0
-        self.in_head = False
         # monotonic time of the first byte of a request head still incomplete after a read (0: none):
         # where Envoy's stream for it started, and its head timeouts with it
         self.head_started = 0.0
@@ -431,26 +446,23 @@ class HttpConnection(asyncio.Protocol):
             return  # after a malformed request nothing more is parsed; the connection is closing
         self.stats_rx.value += len(data)
         self.last_activity = self.loop.time()
+        parser = self.parser
         try:
-            self.parser.feed_data(data)
-            if self.in_head:
-                # llhttp buffers a header until it is complete: bound the head per read instead of
-                # counting in every header callback (the callbacks are the hot path).
-                if not self.header_bytes:
-                    self._head_pending()
-                self.header_bytes += len(data)
-                if self.header_bytes > self.config.max_request_headers_bytes:
-                    raise HeadersTooLarge
-        except HeadersTooLarge as exc:
+            parser.feed_data(data)
+        except ParserUpgrade as exc:
+            self._after_upgrade(data, exc.offset)
+            return
+        except ParserError as exc:  # not HTTP/1.1 (400), a head over the limits (431), a coding (501)
             self.protocol_error(exc.status, exc.details)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, exc)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__  # raised in one of our callbacks, wrapped by httptools
-            if isinstance(cause, CodecError):
-                self.protocol_error(cause.status, cause.details)
-            else:
-                self.protocol_error(400, CodecError.details)  # llhttp refused the input
+            return
+        except CodecError as exc:  # refused by on_request_head
+            self.protocol_error(exc.status, exc.details)
+            return
+        except Exception:  # noqa: BLE001 - a failure in the filter chain while parsing: as a codec error
+            self.protocol_error(400, CodecError.details)
+            return
+        if not self.head_started and parser.in_head:
+            self._head_pending()  # a head that spans reads: once, at the end of the read it began in
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -479,6 +491,9 @@ class HttpConnection(asyncio.Protocol):
         if on_close is not None:
             on_close()
 
+    def eof_received(self) -> bool | None:
+        return None  # asyncio.Protocol's default: the transport closes itself
+
     def pause_writing(self) -> None:
         # The client reads slower than the upstream sends: stop reading the upstream.
         self.write_paused = True
@@ -498,34 +513,17 @@ class HttpConnection(asyncio.Protocol):
                 if resume is not None:
                     resume()
 
-    # --- llhttp callbacks ----------------------------------------------
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.header_list = []
-        self.header_bytes = 0
-        self.in_head = True
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name, value))  # decoded in one pass at on_headers_complete
-
-    def on_headers_complete(self) -> None:
+    # --- request parser callbacks (tulle.http.http1_parser) ------------
+    @cython.locals(head_started=cython.double, chunked=cython.bint, connection_tokens=str, expect=cython.bint,
+                   request_id_seen=cython.bint, forwarded_proto_seen=cython.bint, envoy_seen=cython.bint, items=list,
+                   item=tuple, name=str, scheme_end=cython.Py_ssize_t, after=str, slash=cython.Py_ssize_t,
+                   info=StreamInfo, headers=HeaderMap, stream=ActiveStream, stats=HcmStats, error=tuple)
+    def on_request_head(self, method: str, target: str, http10: bool, fields: list[tuple[str, str]]) -> None:
+        """A complete request head: names lower-case, within max_request_headers_kb and
+        max_headers_count, any transfer coding exactly "chunked" (the parser checked). ``http10``:
+        Envoy treats every version but 1.1 (0.9, 1.0, 2.0 spoken as text) as HTTP/1.0."""
         config = self.config
-        self.in_head = False
         head_started = self.head_started
-        raw = self.header_list
-        if len(raw) > config.max_headers_count:
-            raise HeadersTooLarge("http1.too_many_headers")
-        if sum(len(name) + len(value) for name, value in raw) + len(self.url) > config.max_request_headers_bytes:
-            raise HeadersTooLarge
-        parser = self.parser
-        method = parser.get_method().decode("latin-1")
-        target = self.url.decode("latin-1")
-        # Envoy treats every version but 1.1 (0.9, 1.0, 2.0 spoken as text) as HTTP/1.0
-        http10 = parser.get_http_version() != "1.1"
-        items = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
         authority = None
         content_length = None
         chunked = False
@@ -533,8 +531,10 @@ class HttpConnection(asyncio.Protocol):
         expect = False
         upgrade = None
         request_id_seen = forwarded_proto_seen = envoy_seen = False
-        rest = []
-        for item in items:
+        # the HeaderMap's items, adopted as they are: the pseudo-headers, then every field but Host
+        # and "Expect: 100-continue" (answered here); :path and :authority are set once known
+        items = [(":method", method), None, None, (":scheme", "http")]
+        for item in fields:
             name = item[0]
             if name[0] == "x":
                 if name == "x-request-id":
@@ -553,8 +553,6 @@ class HttpConnection(asyncio.Protocol):
             if name == "content-length":
                 content_length = item[1]
             elif name == "transfer-encoding":
-                if item[1].strip().lower() != "chunked":
-                    raise UnsupportedTransferCoding
                 chunked = True
             elif name == "connection":
                 connection_tokens = item[1].lower()
@@ -564,7 +562,7 @@ class HttpConnection(asyncio.Protocol):
                     continue
             elif name == "upgrade":
                 upgrade = item[1].lower()
-            rest.append(item)
+            items.append(item)
         if target[:1] != "/" and target != "*":
             # absolute-form (a forward-proxy request) takes the authority from the URL
             scheme_end = target.find("://")
@@ -583,8 +581,9 @@ class HttpConnection(asyncio.Protocol):
             if not self.streams:
                 _start_stream_at(info, head_started)  # a head that took several reads: its first byte
         info.protocol = "HTTP/1.0" if http10 else "HTTP/1.1"
-        headers = HeaderMap.of([(":method", method), (":path", target), (":authority", authority or ""),
-                                (":scheme", "http")] + rest)
+        items[1] = (":path", target)
+        items[2] = (":authority", authority or "")
+        headers = HeaderMap.of(items)
         stream = ActiveStream(self, headers, info)
         info.request_headers = headers
         stream.is_head = method == "HEAD"
@@ -594,9 +593,10 @@ class HttpConnection(asyncio.Protocol):
         stream.expect_continue = expect
         self.parsing = stream
         self.streams.append(stream)
-        self.config.stats.downstream_rq_total.value += 1
-        self.config.stats.downstream_rq_http1_total.value += 1
-        self.config.stats.downstream_rq_active.value += 1
+        stats = config.stats
+        stats.downstream_rq_total.value += 1
+        stats.downstream_rq_http1_total.value += 1
+        stats.downstream_rq_active.value += 1
 
         error = None
         if http10 and not config.accept_http_10:
@@ -649,14 +649,14 @@ class HttpConnection(asyncio.Protocol):
                 stream.pending_body = []
             stream.pending_body.append(body)
 
-    def on_message_complete(self) -> None:
+    def on_message_complete(self, keep_alive: bool) -> None:
         stream = self.parsing
         self.parsing = None
         if stream is None:
             return
         stream.request_complete = True
         stream.info.last_downstream_rx_monotonic = _monotonic()
-        if not self.parser.should_keep_alive():
+        if not keep_alive:
             stream.keep_alive = False
         if stream.done:
             return
@@ -716,6 +716,7 @@ class HttpConnection(asyncio.Protocol):
             return True
         return False
 
+    @cython.locals(nxt=ActiveStream, idle=cython.double)
     def stream_finished(self, stream: ActiveStream, reset: bool = False) -> None:
         if stream.done:
             return
@@ -744,7 +745,7 @@ class HttpConnection(asyncio.Protocol):
                 self.read_disable(False)
             nxt.dispatch()
         if not streams:
-            if self.in_head:
+            if self.parser.in_head:
                 # the next request's head was read meanwhile: Envoy's codec makes its stream now
                 self.head_started = _monotonic()
                 self.watch_deadline(self._next_deadline())
@@ -773,6 +774,7 @@ class HttpConnection(asyncio.Protocol):
             except Exception:  # noqa: BLE001 - a broken log line must never take the request down
                 config.stats.access_log_errors.value += 1
 
+    @cython.locals(stream=ActiveStream)
     def protocol_error(self, status: int, details: str) -> None:
         """Malformed input: nothing after it is read; earlier pipelined requests are still
         answered in order, then ``status``, then the connection closes (as Envoy does)."""
@@ -842,11 +844,11 @@ class HttpConnection(asyncio.Protocol):
             stats.downstream_rq_max_duration_reached.value += 1
             stream.send_local_reply("", status=408, body=b"downstream duration timeout", details="max_duration_timeout")
 
-    def _after_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
         stream = self.streams[-1] if self.streams else None
         if stream is not None and stream.upgrade_h2c and not self.closed:
-            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.parser = httptools.HttpRequestParser(self)
+            config = self.config
+            self.parser = RequestParser(self, config.max_request_headers_bytes, config.max_headers_count)
             rest = data[offset:]
             if rest:
                 self.data_received(rest)

@@ -1,0 +1,28 @@
+# C-level declarations for store.py (Cython pure-Python mode; see tulle/compiled.py).
+# Compiled callers bump ``.value`` as a C field; Python code (admin, snapshots, tests) reads and
+# writes the same fields as ordinary attributes. A Python subclass may override ``value`` with a
+# property (resource_manager's _LiveGauge): only Python-level access (snapshot) sees it, so the store
+# reads stats untyped.
+
+cdef class Counter:
+    cdef public object name
+    cdef public long long value
+    cpdef inc(self, long long amount=*)
+
+
+cdef class Gauge:
+    cdef public object name
+    cdef public long long value
+    cdef public bint per_worker
+    cpdef inc(self, long long amount=*)
+    cpdef dec(self, long long amount=*)
+    cpdef set(self, long long value)
+
+
+cdef class Histogram:
+    cdef public object name
+    cdef public object buckets       # tuple of bounds
+    cdef public list counts
+    cdef public double sum
+    cdef public long long count
+    cpdef record(self, double value)
