@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import urllib.request
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -80,14 +81,13 @@ def test_without_the_switch_a_fresh_interpreter_loads_the_extensions() -> None:
 
 def test_both_builds_expose_the_same_names() -> None:
     # a name only the .py defines would make the pure run test something the compiled run cannot reach
-    # (its own public names: imported modules, classes and functions from elsewhere are not its API)
+    # (its own public classes and functions: what it imports from elsewhere is not its API)
     code = textwrap.dedent("""
-        import json, importlib, types, tulle.compiled as c
+        import json, importlib, tulle.compiled as c
         def own(name):
             module = importlib.import_module(name)
             return sorted(key for key, value in vars(module).items() if not key.startswith("_")
-                          and not isinstance(value, types.ModuleType)
-                          and getattr(value, "__module__", name) == name)
+                          and callable(value) and getattr(value, "__module__", None) == name)
         print(json.dumps({name: own(name) for name in c.MODULES}))
     """)
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=pure_env(pure), capture_output=True,
@@ -255,9 +255,15 @@ def test_python_m_build_makes_a_wheel_with_the_extensions_and_no_generated_c(tmp
         assert path + ".py" in names  # the pure peer ships too: TULLE_PURE_PYTHON works on an installed wheel
     assert not [entry for entry in names if entry.endswith(".c")]
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
-                   check=True, capture_output=True)
-    out = subprocess.run([str(venv / "bin" / "python"), "-m", "tulle.compiled"], cwd=tmp_path, env=env,
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)], check=True,
+                   capture_output=True)
+    # the dependencies come from this run's environment, after the wheel's own site-packages (a plain
+    # path in a .pth: the editable install's own .pth there is not read, so the wheel's tulle is imported)
+    [site] = (venv / "lib").glob("python*/site-packages")
+    (site / "tulle_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    code = "import tulle, tulle.compiled as c; print(tulle.__file__); c.main([])"
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0].startswith(str(site))
     assert f"{len(compiled.MODULES)}/{len(compiled.MODULES)} modules compiled" in out
