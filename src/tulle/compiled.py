@@ -31,6 +31,7 @@ from pathlib import Path
 # Module names, in no particular order. Adding a module here is all setup.py needs to build it.
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
+    "tulle.filters.http.router.config",
     "tulle.filters.http.router.filter",
     "tulle.filters.http.router.upstream_request",
     "tulle.http.headers",

@@ -1,13 +1,14 @@
 # C-level declarations for upstream_request.py (Cython pure-Python mode; see tulle/compiled.py).
 # The router, the connection, the host and the cluster are typed object: the attempt is also
-# driven by fakes in its unit tests, and the pool's callbacks interface (UpstreamCallbacks,
-# PoolCallbacks) is duck-typed (shadow requests and test recorders implement it too). The
-# router holds its attempt as an UpstreamRequest and calls it at C level.
+# driven by fakes in its unit tests. It is a cdef UpstreamCallbacks, so its connection calls it at
+# C level. The router holds its attempt as an UpstreamRequest and calls it at C level.
+
+from tulle.upstream.http_pool cimport UpstreamCallbacks
 
 cdef object _monotonic
 
 
-cdef class UpstreamRequest:
+cdef class UpstreamRequest(UpstreamCallbacks):
     cdef public object router       # RouterFilter | None (None once given up)
     cdef public object downstream
     cdef public object host
