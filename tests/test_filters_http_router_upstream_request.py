@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from tulle.filters.http.router.config import RouterFactory
+from tulle.filters.http.router.filter import RouterFilter
 from tulle.filters.http.router.upstream_request import UpstreamRequest
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
@@ -68,14 +70,18 @@ class FakeStream:
         self.connection = FakeDownstream()
 
 
-class FakeFactory:
-    buffer_limit = 10
+def small_buffer_factory() -> RouterFactory:
+    factory = RouterFactory.__new__(RouterFactory)  # only what an attempt reads: the buffer limit
+    factory.buffer_limit = 10
+    return factory
 
 
-class FakeRouter:
+class FakeRouter(RouterFilter):
+    """A router (the attempt's callbacks into it are typed) that records what its attempt tells it."""
+
     def __init__(self, chunked: bool = False, request_ended: bool = True) -> None:
         self.stream = FakeStream()
-        self.factory = FakeFactory()
+        self.factory = small_buffer_factory()
         self.head = b"POST / HTTP/1.1\r\n\r\n"
         self.is_head = False
         self.chunked = chunked

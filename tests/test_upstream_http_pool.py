@@ -23,12 +23,18 @@ from tulle.config.loader import parse_message
 from tulle.http.headers import HeaderMap
 from tulle.stats.store import Store
 from tulle.upstream.cluster_manager import ClusterManager
-from tulle.upstream.http_pool import ConnectError, Http1ClientConnection, HttpConnectionPool, pool_for
+from tulle.upstream.http_pool import (
+    ConnectError,
+    Http1ClientConnection,
+    HttpConnectionPool,
+    UpstreamCallbacks,
+    pool_for,
+)
 
 ServerScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class Recorder:
+class Recorder(UpstreamCallbacks):
     """UpstreamCallbacks that remember what the connection told them."""
 
     def __init__(self) -> None:

@@ -35,6 +35,7 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.fault.filter",
     "tulle.filters.http.local_ratelimit.config",
     "tulle.filters.http.local_ratelimit.filter",
+    "tulle.filters.http.router.config",
     "tulle.filters.http.router.filter",
     "tulle.filters.http.router.upstream_request",
     "tulle.filters.network.http_connection_manager.connection_manager",

@@ -2,8 +2,9 @@
 # Http1ClientConnection is a cdef class that is an asyncio.Protocol by its methods (a cdef class cannot
 # inherit from a Python class). The transport and the ResponseParser call its protocol and
 # parser callbacks as Python methods (def); what the pool and the router call per request is cpdef.
-# The callbacks (UpstreamCallbacks, PoolCallbacks: the router's UpstreamRequest, the shadow's
-# request, test recorders), the cluster and the host are typed object.
+# A connection's callbacks subclass UpstreamCallbacks (the router's UpstreamRequest is a cdef
+# subclass: called at C level; a shadow request or a test recorder is a Python subclass). The
+# PoolCallbacks (duck-typed), the cluster and the host are typed object.
 
 cimport cython
 
@@ -12,11 +13,21 @@ from tulle.upstream.resource_manager cimport Resource, ResourceManager
 cdef class HttpConnectionPool
 
 
+cdef class UpstreamCallbacks:
+    cpdef on_upstream_headers(self, int status, headers, bint end_stream)
+    cpdef on_upstream_data(self, data, bint end_stream)
+    cpdef on_upstream_reset(self, str flag, str reason)
+    cpdef on_upstream_pause_writing(self)
+    cpdef on_upstream_resume_writing(self)
+    cpdef on_upstream_read_begin(self)
+    cpdef on_upstream_read_end(self)
+
+
 cdef class Http1ClientConnection:
     cdef public HttpConnectionPool pool
     cdef public object transport
     cdef public object parser
-    cdef public object callbacks
+    cdef public UpstreamCallbacks callbacks
     cdef public bint is_head
     cdef public int status
     cdef public bint headers_sent
@@ -33,12 +44,14 @@ cdef class Http1ClientConnection:
     cdef public bint expired
     cdef public object age_timer
 
+    @cython.locals(callbacks=UpstreamCallbacks)
     cpdef _complete(self, bint keep_alive)
     cpdef start_request(self, callbacks, bytes head, bint is_head)
     cpdef write(self, data)
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef _end_request(self)
+    @cython.locals(callbacks=UpstreamCallbacks)
     cpdef _reset(self, str flag, str reason)
     cpdef _protocol_error(self, str reason)
     cpdef abort(self, str reason=*)

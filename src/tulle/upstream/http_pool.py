@@ -46,16 +46,34 @@ MAX_RESPONSE_HEAD_BYTES = 60 * 1024
 OVERFLOW = "overflow"
 
 
-class UpstreamCallbacks(Protocol):
-    """Implemented by the router's upstream request."""
+class UpstreamCallbacks:
+    """What a connection reports its response to: the base of the router's upstream request and of
+    a shadow request, which override every method. A base class rather than a Protocol so that,
+    compiled, the connection calls the router's at C level (it is a cdef class; see http_pool.pxd)."""
 
-    def on_upstream_headers(self, status: int, headers: HeaderMap, end_stream: bool) -> None: ...
-    def on_upstream_data(self, data: bytes, end_stream: bool) -> None: ...
-    def on_upstream_reset(self, flag: str, reason: str) -> None: ...
-    def on_upstream_pause_writing(self) -> None: ...
-    def on_upstream_read_begin(self) -> None: ...
-    def on_upstream_read_end(self) -> None: ...
-    def on_upstream_resume_writing(self) -> None: ...
+    if not cython.compiled:
+        __slots__ = ()
+
+    def on_upstream_headers(self, status: int, headers: HeaderMap, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_upstream_reset(self, flag: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def on_upstream_pause_writing(self) -> None:
+        """The upstream reads the request body slower than it is sent."""
+
+    def on_upstream_resume_writing(self) -> None:
+        """The upstream caught up."""
+
+    def on_upstream_read_begin(self) -> None:
+        """Before the connection delivers what one read brought (cork the downstream)."""
+
+    def on_upstream_read_end(self) -> None:
+        """After it (uncork)."""
 
 
 class PoolCallbacks(Protocol):
@@ -118,6 +136,7 @@ class Http1ClientConnection:
         if cluster.tcp_keepalive is not None:
             cluster.tcp_keepalive.apply(transport.get_extra_info("socket"))
 
+    @cython.locals(callbacks=UpstreamCallbacks)
     def data_received(self, data: bytes) -> None:
         self.pool.stats_rx.value += len(data)
         if self.callbacks is None:
@@ -140,6 +159,7 @@ class Http1ClientConnection:
     def eof_received(self) -> bool | None:
         return None  # let the transport close
 
+    @cython.locals(callbacks=UpstreamCallbacks)
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._end_request()
@@ -189,6 +209,7 @@ class Http1ClientConnection:
         self.ended = end_stream
         self.callbacks.on_upstream_headers(status, headers, end_stream)  # type: ignore[union-attr]
 
+    @cython.locals(callbacks=UpstreamCallbacks)
     def on_body(self, body: bytes) -> None:
         callbacks = self.callbacks
         if callbacks is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import cython
+
 from tulle.config.errors import UnsupportedFeature, join
 from tulle.config.support import check_fields
 from tulle.filters.http.router.filter import RouterFilter
@@ -14,6 +16,10 @@ from tulle.stats.store import Counter
 class RouterFactory:
     name = "envoy.filters.http.router"
     encodes = False
+
+    if not cython.compiled:  # compiled, the fields come from config.pxd
+        __slots__ = ("suppress_envoy_headers", "respect_expected_rq_timeout", "hcm", "stats", "cluster_manager",
+                     "buffer_limit", "random", "_store", "_retried", "config_name")
 
     def __init__(self, proto: Any, field: str, hcm: Any) -> None:
         check_fields(proto, ("dynamic_stats", "suppress_envoy_headers", "start_child_span",

@@ -2,16 +2,18 @@
 # RouterFilter is a cdef subclass of HttpFilter: the connection manager calls decode_headers /
 # decode_data / on_destroy at C level. Its current attempt is an UpstreamRequest (C-level calls
 # and attribute reads); the attempt calls back into the router through the cpdef on_attempt_*
-# methods. Route, cluster, host, factory, Attempts and the shadows stay Python objects (object):
+# methods; its factory's settings are C attributes. Route, cluster, host, Attempts and the
+# shadows stay Python objects (object):
 # only the fields the per-request path reads are C types. What runs only on retries, timeouts,
 # local answers and errors stays def (ordinary Python methods of the compiled class).
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.http.router.config cimport RouterFactory
 from tulle.filters.http.router.upstream_request cimport UpstreamRequest
 
 
 cdef class RouterFilter(HttpFilter):
-    cdef public object factory
+    cdef public RouterFactory factory
     cdef public object route
     cdef public object cluster
     cdef public object weighted_entry

@@ -31,7 +31,7 @@ from tulle import stream_info as flags
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.router.route_table import port_start
-from tulle.upstream.http_pool import Http1ClientConnection, pool_for
+from tulle.upstream.http_pool import Http1ClientConnection, UpstreamCallbacks, pool_for
 
 if TYPE_CHECKING:
     from tulle.filters.http.router.config import RouterFactory
@@ -114,7 +114,7 @@ def cancel_shadows(shadows: list[ShadowRequest]) -> None:
         shadow.cancel()
 
 
-class ShadowRequest:
+class ShadowRequest(UpstreamCallbacks):
     """One mirrored request; implements the callbacks the connection pool expects."""
 
     __slots__ = (

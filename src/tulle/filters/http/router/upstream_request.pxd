@@ -1,14 +1,16 @@
 # C-level declarations for upstream_request.py (Cython pure-Python mode; see tulle/compiled.py).
-# The router, the connection, the host and the cluster are typed object: the attempt is also
-# driven by fakes in its unit tests, and the pool's callbacks interface (UpstreamCallbacks,
-# PoolCallbacks) is duck-typed (shadow requests and test recorders implement it too). The
-# router holds its attempt as an UpstreamRequest and calls it at C level.
+# The attempt and its router call each other at C level (filter.pxd and this file cimport each
+# other); it is a cdef UpstreamCallbacks, so its connection calls it at C level too. The connection,
+# its pool, the host and the cluster are typed object: the unit tests drive the attempt with fakes.
+
+from tulle.filters.http.router.filter cimport RouterFilter
+from tulle.upstream.http_pool cimport UpstreamCallbacks
 
 cdef object _monotonic
 
 
-cdef class UpstreamRequest:
-    cdef public object router       # RouterFilter | None (None once given up)
+cdef class UpstreamRequest(UpstreamCallbacks):
+    cdef public RouterFilter router   # None once given up
     cdef public object downstream
     cdef public object host
     cdef public object conn         # Http1ClientConnection | None
@@ -23,8 +25,8 @@ cdef class UpstreamRequest:
     cpdef on_pool_ready(self, conn)
     cpdef on_pool_failure(self, str flag, str reason)
     cpdef _pool_ready(self, conn)
-    cpdef send(self, data, bint end_stream, router)
-    cpdef _end(self, conn, router)
+    cpdef send(self, data, bint end_stream, RouterFilter router)
+    cpdef _end(self, conn, RouterFilter router)
     cpdef on_upstream_headers(self, int status, headers, bint end_stream)
     cpdef on_upstream_data(self, data, bint end_stream)
     cpdef on_upstream_reset(self, str flag, str reason)

@@ -18,7 +18,7 @@ import cython
 
 from tulle.http import http1
 from tulle.http.headers import HeaderMap
-from tulle.upstream.http_pool import Http1ClientConnection, pool_for
+from tulle.upstream.http_pool import Http1ClientConnection, UpstreamCallbacks, pool_for
 
 if TYPE_CHECKING:
     from tulle.filters.http.router.filter import RouterFilter
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _monotonic = time.monotonic
 
 
-class UpstreamRequest:
+class UpstreamRequest(UpstreamCallbacks):
     if not cython.compiled:  # compiled, the fields come from upstream_request.pxd
         __slots__ = (
             "router", "downstream", "host", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
