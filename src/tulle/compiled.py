@@ -31,6 +31,7 @@ from pathlib import Path
 # Module names, in no particular order. Adding a module here is all setup.py needs to build it.
 MODULES: tuple[str, ...] = (
     "tulle.filters.http.base",
+    "tulle.filters.network.http_connection_manager.config",
     "tulle.filters.network.http_connection_manager.connection_manager",
     "tulle.filters.network.http_connection_manager.stats",
     "tulle.http.headers",

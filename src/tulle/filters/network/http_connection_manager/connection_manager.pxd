@@ -7,6 +7,7 @@
 # on_message_complete through their Python entry points: once per head, body piece and request end.
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.network.http_connection_manager.config cimport HcmConfig
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
 from tulle.http cimport http1
 from tulle.http.headers cimport HeaderMap
@@ -31,7 +32,7 @@ cdef class HttpConnection
 
 cdef class ActiveStream:
     cdef public HttpConnection connection
-    cdef public object config            # HcmConfig
+    cdef public HcmConfig config
     cdef public HeaderMap headers
     cdef public StreamInfo info
     cdef public list filters             # [HttpFilter]
@@ -77,7 +78,7 @@ cdef class ActiveStream:
 
 
 cdef class HttpConnection:
-    cdef public object config            # HcmConfig
+    cdef public HcmConfig config
     cdef public object downstream
     cdef public object transport
     cdef public object parser
