@@ -260,3 +260,10 @@ def test_router_settings_are_honoured() -> None:
               "typed_config": {**ROUTER["typed_config"], "suppress_envoy_headers": True}}
     config = build(document(http_filters=[router]))
     assert config.filter_factories[-1].suppress_envoy_headers is True
+
+
+def test_the_loaded_module_is_the_compiled_one_unless_pure_python_is_requested() -> None:
+    from tulle import compiled
+
+    assert "tulle.filters.network.http_connection_manager.config" in compiled.MODULES
+    assert compiled.is_compiled("tulle.filters.network.http_connection_manager.config") == (not compiled.pure_python_requested())

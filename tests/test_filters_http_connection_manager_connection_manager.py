@@ -640,3 +640,10 @@ def test_stats_count_responses_by_class(tmp_path: Path, echo_port: int) -> None:
     assert stats["http.ingress.downstream_rq_completed"] == 5
     assert stats["http.ingress.downstream_cx_total"] == 1
     assert stats["http.ingress.downstream_cx_active"] == 1
+
+
+def test_the_loaded_module_is_the_compiled_one_unless_pure_python_is_requested() -> None:
+    from tulle import compiled
+
+    assert "tulle.filters.network.http_connection_manager.connection_manager" in compiled.MODULES
+    assert compiled.is_compiled("tulle.filters.network.http_connection_manager.connection_manager") == (not compiled.pure_python_requested())

@@ -48,3 +48,10 @@ def test_a_stat_that_is_not_one_of_its_names_is_refused() -> None:
     stats = HcmStats(Store(), "ingress")
     with pytest.raises(AttributeError):
         stats.no_such_stat = 1  # type: ignore[attr-defined]
+
+
+def test_the_loaded_module_is_the_compiled_one_unless_pure_python_is_requested() -> None:
+    from tulle import compiled
+
+    assert "tulle.filters.network.http_connection_manager.stats" in compiled.MODULES
+    assert compiled.is_compiled("tulle.filters.network.http_connection_manager.stats") == (not compiled.pure_python_requested())

@@ -38,6 +38,7 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.router.config",
     "tulle.filters.http.router.filter",
     "tulle.filters.http.router.upstream_request",
+    "tulle.filters.network.http_connection_manager.config",
     "tulle.filters.network.http_connection_manager.connection_manager",
     "tulle.filters.network.http_connection_manager.stats",
     "tulle.filters.network.local_ratelimit.filter",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import cython
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
@@ -18,10 +19,13 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.extensions import registry
-from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
 from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.runtime import configuring
 from tulle.server.context import DownstreamConnection, FactoryContext
+
+if TYPE_CHECKING:
+    # imported when a connection is made: compiled, the connection manager cimports this module
+    from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
 
 HCM = hcm_pb2.HttpConnectionManager
 
@@ -51,7 +55,22 @@ ENVOY_CONTROL_HEADERS = (
 
 
 class HcmConfig:
-    """Everything an HttpConnection reads, resolved at config time."""
+    """Everything an HttpConnection reads, resolved at config time (compiled: a cdef class whose
+    fields are declared in config.pxd, read by the connection manager at C level)."""
+
+    if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
+        __slots__ = (
+            "ctx", "server_state", "stat_prefix", "stats", "cluster_manager", "idle_timeout",
+            "max_headers_count", "accept_http_10", "default_host_for_http_10",
+            "max_request_headers_bytes", "stream_idle_timeout", "request_timeout",
+            "max_stream_duration", "request_headers_timeout", "stream_timeout_span", "head_timeout",
+            "head_timeout_kind", "server_name", "server_header_transformation", "use_remote_address",
+            "skip_xff_append", "via", "generate_request_id", "preserve_external_request_id",
+            "always_set_request_id_in_response", "merge_slashes", "strip_envoy_headers", "buffer_limit",
+            "connections", "overload", "filter_factories", "strip_port", "listener_port",
+            "normalize_host", "route_config_name", "rds_field", "rds_config_source", "route_table",
+            "encoder_filters", "skippable_filters", "access_loggers", "__weakref__"
+        )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
         check_fields(proto, SUPPORTED, field)
@@ -224,6 +243,8 @@ class HttpConnectionManagerFactory:
         self.config = HcmConfig(proto, field, ctx, listener_port)
 
     def create_protocol(self, connection: DownstreamConnection) -> HttpConnection:
+        from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
+
         return HttpConnection(self.config, connection)
 
     def drain(self) -> None:

@@ -1,12 +1,13 @@
 # C-level declarations for connection_manager.py (Cython pure-Python mode; see tulle/compiled.py).
 # The filter chain is called through HttpFilter's cpdef methods (C calls for compiled filters);
-# Locals of cpdef methods are typed with @cython.locals in the .py: Cython (3.3) ignores
-# @cython.locals on a cpdef method of a cdef class in a .pxd (it honours it on cdef methods and
-# module-level functions).
+# Locals of methods are typed with @cython.locals in the .py: Cython (3.3.2) ignored
+# @cython.locals in this .pxd on the methods of these cdef classes (cpdef always, cdef here too),
+# while it honours it on module-level functions.
 # The request parser (tulle.http.http1_parser) calls on_request_head, on_body and
 # on_message_complete through their Python entry points: once per head, body piece and request end.
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.network.http_connection_manager.config cimport HcmConfig
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
 from tulle.http cimport http1
 from tulle.http.headers cimport HeaderMap
@@ -31,7 +32,7 @@ cdef class HttpConnection
 
 cdef class ActiveStream:
     cdef public HttpConnection connection
-    cdef public object config            # HcmConfig
+    cdef public HcmConfig config
     cdef public HeaderMap headers
     cdef public StreamInfo info
     cdef public list filters             # [HttpFilter]
@@ -66,7 +67,6 @@ cdef class ActiveStream:
     cpdef read_disable(self, bint disable)
     cpdef continue_decoding(self)
     cpdef dispatch(self)
-    @cython.locals(filters=list, index=Py_ssize_t, flt=HttpFilter)
     cdef _decode_headers_from(self, Py_ssize_t start)
     cpdef decode_data(self, data, bint end_stream)
     cpdef encode_headers(self, HeaderMap headers, bint end_stream)
@@ -77,7 +77,7 @@ cdef class ActiveStream:
 
 
 cdef class HttpConnection:
-    cdef public object config            # HcmConfig
+    cdef public HcmConfig config
     cdef public object downstream
     cdef public object transport
     cdef public object parser
@@ -110,7 +110,6 @@ cdef class HttpConnection:
                           bint forwarded_proto_seen)
     cpdef bint should_close_after(self, ActiveStream stream)
     cpdef stream_finished(self, ActiveStream stream, bint reset=*)
-    @cython.locals(info=StreamInfo, stats=HcmStats)
     cdef _finalize(self, ActiveStream stream)
     cpdef protocol_error(self, long status, str details)
     @cython.locals(info=StreamInfo, headers=HeaderMap, stream=ActiveStream)
@@ -126,7 +125,6 @@ cdef class HttpConnection:
     cpdef drain(self)
     cpdef watch_deadline(self, double deadline)
     cdef _arm_timer(self, double when)
-    @cython.locals(stream=ActiveStream, candidates=list)
     cdef double _next_deadline(self) except? -1.0
 
 

@@ -231,12 +231,14 @@ class ActiveStream:
         elif self.request_complete and not self.end_stream_at_headers:
             self.decode_data(b"", True)
 
+    @cython.locals(filters=list, end_stream=cython.bint, index=cython.Py_ssize_t, flt=HttpFilter)
     def _decode_headers_from(self, start: int) -> None:
         filters = self.filters
         end_stream = self.end_stream_at_headers
         for index in range(start, len(filters)):
             self.decode_index = index
-            if filters[index].decode_headers(self.headers, end_stream) != CONTINUE or self.done:
+            flt = filters[index]
+            if flt.decode_headers(self.headers, end_stream) != CONTINUE or self.done:
                 return
 
     @cython.locals(flt=HttpFilter)
@@ -755,6 +757,7 @@ class HttpConnection:
             if self.timer is None or (idle and self.timer_when > self.last_activity + idle):
                 self._arm_timer(self._next_deadline())
 
+    @cython.locals(info=StreamInfo, stats=HcmStats)
     def _finalize(self, stream: ActiveStream) -> None:
         stream.done = True
         stream.destroy()
@@ -920,6 +923,7 @@ class HttpConnection:
             self.timer_when = when
             self.timer = self.loop.call_at(when, self._on_timer)
 
+    @cython.locals(stream=ActiveStream, candidates=list)
     def _next_deadline(self) -> float:
         config = self.config
         candidates = []
