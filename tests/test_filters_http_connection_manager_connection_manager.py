@@ -8,6 +8,7 @@ and the HCM timeouts. Upstream-side behaviour lives in the router and pool tests
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import uuid
@@ -60,6 +61,22 @@ def test_request_id_is_a_version_4_uuid() -> None:
         parsed = uuid.UUID(value)
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_request_id_is_getrandbits_128_with_version_and_variant_set() -> None:
+    state = random.getstate()
+    try:
+        random.seed(20261207)
+        ids = [request_id() for _ in range(50)]
+        random.seed(20261207)
+        expected = []
+        for _ in range(50):
+            value = random.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
+            value = value & ~(0xC000 << 48) | (0x8000 << 48)
+            expected.append(str(uuid.UUID(int=value)))
+    finally:
+        random.setstate(state)
+    assert ids == expected
 
 
 def test_request_id_randomness_reaches_every_free_nibble() -> None:

@@ -22,7 +22,6 @@ cdef set _valid_authorities
 cdef Py_ssize_t _VALID_AUTHORITIES_MAX
 cdef Py_ssize_t _CACHED_AUTHORITY_MAX_LEN
 
-@cython.locals(value=object, h=str)
 cpdef str request_id()
 
 cdef _check_authority(str authority)
