@@ -77,3 +77,12 @@ def test_text_readouts_are_snapshotted_and_merged_from_the_process_that_sets_the
     # whichever worker answers first, the value set by the one that owns it wins
     for snapshots in ([child.snapshot(), main.snapshot()], [main.snapshot(), child.snapshot()]):
         assert merge(snapshots)["text_readouts"] == {"cluster_manager.cds.version_text": "v7"}
+
+
+def test_a_gauge_holds_envoys_uint64_values() -> None:
+    # the xDS `version` gauge is a 64-bit hash of the version text: a C long would overflow (compiled)
+    gauge = Gauge("control_plane.version")
+    gauge.set(2**64 - 1)
+    gauge.inc()
+    gauge.dec(2)
+    assert gauge.value == 2**64 - 2

@@ -12,11 +12,12 @@ cdef class Counter:
 
 cdef class Gauge:
     cdef public object name
-    cdef public long long value
+    # a Python int, not a C one: some gauges are Envoy's uint64 hashes (xDS `version`)
+    cdef public object value
     cdef public bint per_worker
-    cpdef inc(self, long long amount=*)
-    cpdef dec(self, long long amount=*)
-    cpdef set(self, long long value)
+    cpdef inc(self, amount=*)
+    cpdef dec(self, amount=*)
+    cpdef set(self, value)
 
 
 cdef class Histogram:
