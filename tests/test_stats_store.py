@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tulle.stats.store import DEFAULT_BUCKETS, Histogram, Store, merge
+from tulle.stats.store import DEFAULT_BUCKETS, Gauge, Histogram, Store, merge
 
 
 def test_store_returns_the_same_stat_for_a_name() -> None:
