@@ -107,6 +107,8 @@ cdef class HttpConnection:
     cpdef on_message_complete(self, bint keep_alive)
     cdef _prepare_request(self, ActiveStream stream, HeaderMap headers, bint request_id_seen,
                           bint forwarded_proto_seen)
+    cpdef bint encode_response_head(self, ActiveStream stream, long status, HeaderMap headers, bint end_stream) except -1
+    cpdef encode_response_body(self, ActiveStream stream, data, bint end_stream)
     cpdef bint should_close_after(self, ActiveStream stream)
     cpdef stream_finished(self, ActiveStream stream, bint reset=*)
     cdef _finalize(self, ActiveStream stream)

@@ -255,8 +255,8 @@ class ActiveStream:
                 return
 
     # --- response path -------------------------------------------------
-    @cython.locals(flt=HttpFilter, info=StreamInfo, status=cython.long, counter=Counter, close=cython.bint,
-                   no_body_status=cython.bint, transformation=cython.long)
+    @cython.locals(flt=HttpFilter, info=StreamInfo, status=cython.long, counter=Counter,
+                   transformation=cython.long)
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         config = self.config
         if config.encoder_filters:
@@ -284,32 +284,7 @@ class ActiveStream:
             previous = headers.get("via")
             headers.set("via", f"{previous}, {config.via}" if previous else config.via)
 
-        close = connection.should_close_after(self)
-        if close:
-            self.keep_alive = False
-        no_body_status = status in (204, 304) or status < 200
-        if self.is_head or no_body_status:
-            # The head describes a body that is not sent: keep the upstream's length as is.
-            length = headers.get("content-length")
-            framing = http1.content_length_line(int(length)) if length and length.isdigit() else b""
-            end_stream = True
-        elif end_stream:
-            framing = b"content-length: 0\r\n"
-        else:
-            length = headers.get("content-length")
-            if length is not None and length.isdigit():
-                framing = http1.content_length_line(int(length))
-            elif self.http10:
-                framing = b""
-                self.close_delimited = True
-                self.keep_alive = False
-                close = True
-            else:
-                framing = http1.CHUNKED
-                self.chunked_response = True
-        head = http1.encode_response_head(status, headers, framing, close)
-        connection.write(head)  # %BYTES_SENT% counts body bytes only, as in Envoy
-        if end_stream:
+        if connection.encode_response_head(self, status, headers, end_stream):
             self._response_done()
 
     @cython.locals(flt=HttpFilter)
@@ -320,16 +295,10 @@ class ActiveStream:
             for flt in reversed(self.filters):
                 if flt.encode_data(data, end_stream) != CONTINUE:
                     return
-        connection = self.connection
         if data:
             self.info.bytes_sent += len(data)
-            if self.chunked_response:
-                connection.write(http1.chunk(data))
-            else:
-                connection.write(data)
+        self.connection.encode_response_body(self, data, end_stream)
         if end_stream:
-            if self.chunked_response:
-                connection.write(http1.LAST_CHUNK)
             self._response_done()
 
     def send_local_reply(self, flag: str, *, status: int = 0, body: bytes | None = None,
@@ -709,6 +678,47 @@ class HttpConnection:
             headers.set("via", f"{previous}, {config.via}" if previous else config.via)
 
     # --- stream lifecycle ----------------------------------------------
+    # --- the codec's half of a response (the seam for a second codec: an HTTP/2 connection frames
+    # the same stream's response as HEADERS and DATA frames; ActiveStream and the filters stay as they are)
+    @cython.locals(close=cython.bint, no_body_status=cython.bint)
+    def encode_response_head(self, stream: ActiveStream, status: int, headers: HeaderMap, end_stream: bool) -> bool:
+        """Frame and write the response head; True when the response ends with it (HEAD, 204, 304, 1xx
+        or end_stream). Picks content-length, chunked or close-delimited framing for the body."""
+        close = self.should_close_after(stream)
+        if close:
+            stream.keep_alive = False
+        no_body_status = status in (204, 304) or status < 200
+        if stream.is_head or no_body_status:
+            # The head describes a body that is not sent: keep the upstream's length as is.
+            length = headers.get("content-length")
+            framing = http1.content_length_line(int(length)) if length and length.isdigit() else b""
+            end_stream = True
+        elif end_stream:
+            framing = b"content-length: 0\r\n"
+        else:
+            length = headers.get("content-length")
+            if length is not None and length.isdigit():
+                framing = http1.content_length_line(int(length))
+            elif stream.http10:
+                framing = b""
+                stream.close_delimited = True
+                stream.keep_alive = False
+                close = True
+            else:
+                framing = http1.CHUNKED
+                stream.chunked_response = True
+        self.write(http1.encode_response_head(status, headers, framing, close))  # %BYTES_SENT%: body bytes only
+        return end_stream
+
+    def encode_response_body(self, stream: ActiveStream, data: bytes, end_stream: bool) -> None:
+        if stream.chunked_response:
+            if data:
+                self.write(http1.chunk(data))
+            if end_stream:
+                self.write(http1.LAST_CHUNK)
+        elif data:
+            self.write(data)
+
     def should_close_after(self, stream: ActiveStream) -> bool:
         if self.close_when_done or not stream.keep_alive:
             return True
