@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import asdict, dataclass
 
-from harness import BenchError, Supervisor
+from harness import BenchError, Supervisor, run_to_completion
 
 PERCENTILES = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9))
 _FINISHED = re.compile(r"finished in ([0-9.]+)(us|ms|s), ([0-9.]+) req/s")
@@ -140,16 +139,7 @@ class H2loadRun:
 
 def run_h2load(supervisor: Supervisor, name: str, argv: list[str], log_file: str, *,
                cpus: tuple[int, ...] | None = None) -> H2loadRun:
-    started_at = time.time()
-    process = supervisor.start(name, argv, cpus=cpus)
-    try:
-        process.popen.wait()
-    finally:
-        supervisor.stop(process)
-    finished_at = time.time()
-    output = process.log_path.read_text(errors="replace")
-    if process.popen.returncode != 0:
-        raise BenchError(f"h2load exited with status {process.popen.returncode}: {output.strip()[-300:]}")
+    output, started_at, finished_at = run_to_completion(supervisor, "h2load", name, argv, cpus=cpus)
     summary = parse_summary(output)
     try:
         with open(log_file, encoding="ascii", errors="replace") as handle:

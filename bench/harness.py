@@ -331,6 +331,23 @@ class Supervisor:
             self.stop(process)
 
 
+def run_to_completion(supervisor: Supervisor, tool: str, name: str, argv: list[str], *,
+                      cpus: tuple[int, ...] | None = None) -> tuple[str, float, float]:
+    """Run a load generator (wrk, h2load) to its end under the supervisor, so an interrupted run leaves
+    none behind: its output, start and end times; a non-zero exit is a BenchError naming the tool."""
+    started_at = time.time()
+    process = supervisor.start(name, argv, cpus=cpus)
+    try:
+        process.popen.wait()
+    finally:
+        supervisor.stop(process)
+    finished_at = time.time()
+    output = process.log_path.read_text(errors="replace")
+    if process.popen.returncode != 0:
+        raise BenchError(f"{tool} exited with status {process.popen.returncode}: {output.strip()[-300:]}")
+    return output, started_at, finished_at
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
-from harness import BenchError, Supervisor
+from harness import BenchError, Supervisor, run_to_completion
 
 _TIME_UNITS_US = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0, "m": 60_000_000.0, "h": 3_600_000_000.0}
 _TIME_VALUE = re.compile(r"^([0-9]*\.?[0-9]+)(us|ms|s|m|h)$")
@@ -87,15 +86,6 @@ class WrkRun:
 
 def run_wrk(supervisor: Supervisor, name: str, argv: list[str], *, cpus: tuple[int, ...] | None = None) -> WrkRun:
     """Run wrk to completion under the supervisor, so an interrupted run leaves no wrk behind."""
-    started_at = time.time()
-    process = supervisor.start(name, argv, cpus=cpus)
-    try:
-        process.popen.wait()
-    finally:
-        supervisor.stop(process)
-    finished_at = time.time()
-    output = process.log_path.read_text(errors="replace")
-    if process.popen.returncode != 0:
-        raise BenchError(f"wrk exited with status {process.popen.returncode}: {output.strip()[-300:]}")
+    output, started_at, finished_at = run_to_completion(supervisor, "wrk", name, argv, cpus=cpus)
     return WrkRun(parse_wrk_output(output), started_at, finished_at, output)
 

@@ -57,7 +57,28 @@ def _headers_too_large(what: str) -> ParserError:
     return ParserError(f"{what} headers too large", 431, "http1.headers_too_large")
 
 
-class RequestParser:
+class _Forwarding:
+    """What both parsers do with httptools' body and end callbacks: forward them to the protocol, and
+    remember an exception the protocol raised so that feed_data re-raises it as itself."""
+
+    __slots__ = ()
+
+    def on_body(self, body: bytes) -> None:
+        try:
+            self.protocol.on_body(body)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _message_complete(self) -> None:
+        try:
+            self.protocol.on_message_complete(self.parser.should_keep_alive())
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+class RequestParser(_Forwarding):
     """Parses requests for ``protocol`` (see the module docstring)."""
 
     __slots__ = ("protocol", "max_head_bytes", "max_headers", "in_head", "parser", "url", "raw",
@@ -132,26 +153,15 @@ class RequestParser:
             self.error = exc
             raise
 
-    def on_body(self, body: bytes) -> None:
-        try:
-            self.protocol.on_body(body)
-        except BaseException as exc:
-            self.error = exc
-            raise
-
     def on_message_complete(self) -> None:
-        try:
-            self.protocol.on_message_complete(self.parser.should_keep_alive())
-        except BaseException as exc:
-            self.error = exc
-            raise
+        self._message_complete()
 
 
 # ResponseParser phases: where the next byte fed belongs
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
 
-class ResponseParser:
+class ResponseParser(_Forwarding):
     """Parses responses for ``protocol`` (see the module docstring).
 
     httptools reports no positions, so this finds them itself to cut each head out of the stream:
@@ -323,18 +333,7 @@ class ResponseParser:
             self.error = exc
             raise
 
-    def on_body(self, body: bytes) -> None:
-        try:
-            self.protocol.on_body(body)
-        except BaseException as exc:
-            self.error = exc
-            raise
-
     def on_message_complete(self) -> None:
         self.completed = True
         self.phase = _HEAD
-        try:
-            self.protocol.on_message_complete(self.parser.should_keep_alive())
-        except BaseException as exc:
-            self.error = exc
-            raise
+        self._message_complete()
