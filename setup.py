@@ -47,6 +47,11 @@ def compiled_modules() -> tuple[str, ...]:
 class BuildExt(build_ext):
     """build_ext that says what a machine needs when the C compilation fails."""
 
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:  # one compiler per CPU: ~30 modules build in half the time on 2 cores
+            self.parallel = os.cpu_count() or 1
+
     def run(self) -> None:
         headers = pathlib.Path(sysconfig.get_paths()["include"]) / "Python.h"
         if self.extensions and not headers.is_file():
