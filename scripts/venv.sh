@@ -46,6 +46,8 @@ ensure_venv() {
   if ! .venv/bin/python -c "import $imports" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
     touch .venv/.installed
+    # that install compiled every extension from these sources: record them instead of building twice
+    tulle_pure_python || .venv/bin/python -m tulle.compiled build --just-installed --stamp .venv/compiled-sources.json
   fi
   # Rebuild the extensions whose sources changed since the last build (a content digest per file,
   # kept in .venv): the tests and the demo must never load a missing or stale extension.

@@ -267,3 +267,14 @@ def test_python_m_build_makes_a_wheel_with_the_extensions_and_no_generated_c(tmp
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith(str(site))
     assert f"{len(compiled.MODULES)}/{len(compiled.MODULES)} modules compiled" in out
+
+
+def test_just_installed_records_without_building_unless_an_extension_is_missing(tmp_path: Path) -> None:
+    root = fake_checkout(tmp_path)
+    stamp = root / ".venv" / "compiled-sources.json"
+    assert compiled.record_build(root, stamp, log=lambda _: None) is True and builds(root) == 1  # none yet
+    (root / "src" / "tulle" / "hot.py").write_text("value = 3\n")
+    subprocess.run([sys.executable, "setup.py"], cwd=root, check=True)  # what pip install -e did
+    assert compiled.record_build(root, stamp, log=lambda _: None) is False and builds(root) == 2
+    assert compiled.changed_sources(root, compiled.read_stamp(stamp)) == []
+    assert compiled.sync_build(root, stamp, log=lambda _: None) is False and builds(root) == 2

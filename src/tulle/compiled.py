@@ -225,6 +225,20 @@ def sync_build(root: Path = SOURCE_ROOT, stamp: Path | None = None, *,
     return True
 
 
+def record_build(root: Path = SOURCE_ROOT, stamp: Path | None = None, *,
+                 log: Callable[[str], object] = print) -> bool:
+    """After ``pip install -e .`` (which has just compiled every extension from the current sources),
+    record their digests without building again; builds when an extension is missing after all.
+    Returns True when it built."""
+    root = Path(root)
+    stamp = Path(stamp) if stamp is not None else root / ".venv" / "compiled-sources.json"
+    if missing_extensions(root):
+        return sync_build(root, stamp, log=log)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"digest": source_digest(root), "files": file_digests(root)}, indent=1) + "\n")
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -235,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("--root", type=Path, default=SOURCE_ROOT)
     build = sub.add_parser("build", help="rebuild the extensions in place if their sources changed")
     build.add_argument("--root", type=Path, default=SOURCE_ROOT)
+    build.add_argument("--just-installed", action="store_true", help="pip install -e has just built "
+                       "every extension: record the sources' digests without building again")
     build.add_argument("--stamp", type=Path, help="where the last build's digests are kept "
                        "(default: .venv/compiled-sources.json in the checkout)")
     args = parser.parse_args(argv)
@@ -246,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tulle: {args.root} is not a source checkout (no setup.py)", file=sys.stderr)
             return 2
         try:
-            sync_build(args.root, args.stamp, log=lambda text: print(text, file=sys.stderr))
+            build_now = record_build if args.just_installed else sync_build
+            build_now(args.root, args.stamp, log=lambda text: print(text, file=sys.stderr))
         except (subprocess.CalledProcessError, RuntimeError) as exc:
             print(f"tulle: building the compiled hot path failed: {exc}", file=sys.stderr)
             return 1
