@@ -125,6 +125,46 @@ def test_wire_and_decoded_maps_encode_the_same_headers() -> None:
     assert encoded[0] == encoded[1]
 
 
+NEAR_MISSES = [("tx", "1"), ("upgradeS", "2"), ("Upgrade-X", "3"), ("connections", "4"), ("x-content-length", "5"),
+               ("content-lengthx", "6"), ("trailers", "7"), ("keep-alive-x", "8"), ("proxy-authorizatio", "9"),
+               ("Proxy-Authenticate-Info", "10"), ("hostname", "11"), ("te-x", "12")]
+
+
+def test_names_like_hop_by_hop_ones_are_forwarded() -> None:
+    """Only the exact hop-by-hop names go, in any case; a name that merely starts like one, or has
+    the same length, stays (the compiled encoders compare by length and bytes)."""
+    hop = [("TE", "trailers"), ("Upgrade", "h2c"), ("KEEP-ALIVE", "5"), ("Proxy-Authorization", "x")]
+    head = http1.encode_request_head(request_headers(NEAR_MISSES + hop), b"")
+    _, pairs = parse_head(head)
+    assert [pair for pair in pairs if pair[0] not in ("host", "accept", "x-after")] == [
+        (name.lower(), value) for name, value in NEAR_MISSES]
+    block = b"".join(b"\r\n%s: %s" % (n.encode(), v.encode()) for n, v in NEAR_MISSES + hop)
+    wire = HeaderMap.from_wire([(":status", "200")], block, {})
+    _, pairs = parse_head(http1.encode_response_head(200, wire, b"", close=False))
+    assert pairs == [(name.lower(), value) for name, value in NEAR_MISSES]
+
+
+def test_latin1_values_round_trip_byte_for_byte() -> None:
+    """obs-text (bytes 0x80-0xff) in a value is forwarded unchanged, set() or passed through."""
+    value = "caf\xe9 \xff"
+    head = http1.encode_request_head(request_headers([("x-name", value)]), b"")
+    assert b"\r\nx-name: caf\xe9 \xff\r\n" in head
+    wire = HeaderMap.from_wire([(":status", "200")], b"\r\nX-Up: \xe9t\xe9\r\nServer: a", {})
+    wire.set("server", value)
+    head = http1.encode_response_head(200, wire, b"", close=False)
+    assert head == b"HTTP/1.1 200 OK\r\nX-Up: \xe9t\xe9\r\nserver: caf\xe9 \xff\r\n\r\n"
+
+
+def test_wire_head_with_no_header_lines() -> None:
+    wire = HeaderMap.from_wire([(":status", "204")], b"", {})
+    assert http1.encode_response_head(204, wire, b"", close=True) == (
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+    wire = HeaderMap.from_wire([(":status", "200")], b"", {})
+    wire.set("x-envoy-upstream-service-time", "7")
+    assert http1.encode_response_head(200, wire, b"content-length: 0\r\n", close=False) == (
+        b"HTTP/1.1 200 OK\r\nx-envoy-upstream-service-time: 7\r\ncontent-length: 0\r\n\r\n")
+
+
 @pytest.mark.parametrize("code, reason", [(200, "OK"), (404, "Not Found"), (426, "Upgrade Required"),
                                           (431, "Request Header Fields Too Large"), (504, "Gateway Timeout")])
 def test_status_lines(code: int, reason: str) -> None:

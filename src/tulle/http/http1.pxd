@@ -1,6 +1,14 @@
 # C-level declarations for http1.py (Cython pure-Python mode; see tulle/compiled.py).
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memcmp, memcpy
+
 from tulle.http.headers cimport HeaderMap
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 cdef dict _STATUS_LINES
 cdef list _date_cache
@@ -13,10 +21,18 @@ cpdef str http_date()
 @cython.locals(name=str, value=str, lines=list)
 cpdef bytes encode_request_head(HeaderMap headers, bytes body_framing)
 
+cdef const char* _ascii(str text, Py_ssize_t* size) except? NULL
+cdef bint _is_hop_by_hop(const char* name, Py_ssize_t length, bint folded) noexcept
+@cython.locals(item=tuple, name=str, value=str, method=str, path=str, authority=str)
+cdef object _encode_request_head_ascii(list items, bytes body_framing)
+
 cdef object _strip_pattern(tuple overwritten)
 
 @cython.locals(name=str, value=str, lines=list, sets=dict)
 cpdef bytes encode_response_head(long status, HeaderMap headers, bytes body_framing, bint close)
+
+cdef bint _overwritten(const char* name, Py_ssize_t length, dict sets) except -1
+cdef object _encode_wire_response_head(bytes line, bytes wire, dict sets, bytes body_framing, bytes tail)
 
 cpdef bytes content_length_line(long long length)
 cpdef bytes chunk(data)

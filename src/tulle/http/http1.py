@@ -10,6 +10,8 @@ import re
 import time
 from email.utils import formatdate
 
+import cython
+
 from tulle.http.headers import HOP_BY_HOP, HeaderMap
 
 REASONS: dict[int, str] = {
@@ -55,6 +57,10 @@ def encode_request_head(headers: HeaderMap, body_framing: bytes) -> bytes:
     ``body_framing`` is b"" (no body), b"content-length: N\\r\\n" or
     b"transfer-encoding: chunked\\r\\n", decided by the caller.
     """
+    if cython.compiled and headers.wire is None:
+        head = _encode_request_head_ascii(headers._items, body_framing)
+        if head is not None:
+            return head
     method = path = authority = ""
     lines = []
     for name, value in headers:
@@ -71,6 +77,124 @@ def encode_request_head(headers: HeaderMap, body_framing: bytes) -> bytes:
         lines.append(f"{name}: {value}\r\n")
     head = f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n{''.join(lines)}"
     return head.encode("latin-1") + body_framing + b"\r\n"
+
+
+# --- compiled only: heads assembled in one C buffer ------------------------------------------------
+if not cython.compiled:  # C functions cimported by http1.pxd; only the compiled branches call them
+    PyUnicode_IS_ASCII = PyUnicode_AsUTF8AndSize = memcmp = memcpy = PyMem_Malloc = PyMem_Free = None
+    PyBytes_AS_STRING = PyBytes_GET_SIZE = PyBytes_FromStringAndSize = None
+# Names and values are str holding latin-1; an ASCII str's bytes are its UTF-8 buffer, which CPython
+# keeps inside the object, so these copy them without encoding. A head with any non-ASCII character
+# (rare: obs-text) returns None and takes the general path above.
+
+def _ascii(text: str, size: cython.p_Py_ssize_t) -> cython.p_const_char:
+    """The bytes of an ASCII ``text`` (NULL when it is not ASCII)."""
+    if not PyUnicode_IS_ASCII(text):
+        return cython.NULL
+    return PyUnicode_AsUTF8AndSize(text, size)
+
+
+def _is_hop_by_hop(name: cython.p_const_char, length: cython.Py_ssize_t, folded: cython.bint) -> cython.bint:
+    """``name`` is one of HOP_BY_HOP or content-length (``folded``: already lower case)."""
+    lower = cython.declare(cython.char[20])
+    i = cython.declare(cython.Py_ssize_t)
+    c = cython.declare(cython.char)
+    if length != 2 and length != 7 and length != 10 and not 14 <= length <= 19:
+        return False
+    for i in range(length):
+        c = name[i]
+        if not folded and 65 <= c <= 90:
+            c += 32
+        lower[i] = c
+    if length == 2:
+        return memcmp(lower, b"te", 2) == 0
+    if length == 7:
+        return memcmp(lower, b"upgrade", 7) == 0 or memcmp(lower, b"trailer", 7) == 0
+    if length == 10:
+        return memcmp(lower, b"connection", 10) == 0 or memcmp(lower, b"keep-alive", 10) == 0
+    if length == 14:
+        return memcmp(lower, b"content-length", 14) == 0
+    if length == 16:
+        return memcmp(lower, b"proxy-connection", 16) == 0
+    if length == 17:
+        return memcmp(lower, b"transfer-encoding", 17) == 0
+    if length == 18:
+        return memcmp(lower, b"proxy-authenticate", 18) == 0
+    if length == 19:
+        return memcmp(lower, b"proxy-authorization", 19) == 0
+    return False
+
+
+def _encode_request_head_ascii(items: list, body_framing: bytes) -> object:
+    method = path = authority = ""
+    size = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(body_framing) + 32)
+    count = cython.declare(cython.Py_ssize_t, len(items))
+    i = cython.declare(cython.Py_ssize_t)
+    pos = cython.declare(cython.Py_ssize_t, 0)
+    for i in range(count):
+        item = cython.cast(tuple, items[i])
+        name = cython.cast(str, item[0])
+        value = cython.cast(str, item[1])
+        if not PyUnicode_IS_ASCII(name) or not PyUnicode_IS_ASCII(value):
+            return None
+        size += len(name) + len(value) + 4
+        if name[0] == ":":
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                path = value
+            elif name == ":authority":
+                authority = value
+    out = cython.declare(cython.p_char, cython.cast(cython.p_char, PyMem_Malloc(size)))
+    n = cython.declare(cython.Py_ssize_t, 0)
+    data = cython.declare(cython.p_const_char)
+    if out == cython.NULL:
+        raise MemoryError()
+    try:
+        data = _ascii(method, cython.address(n))
+        memcpy(out + pos, data, n)
+        pos += n
+        out[pos] = 32
+        pos += 1
+        data = _ascii(path, cython.address(n))
+        memcpy(out + pos, data, n)
+        pos += n
+        memcpy(out + pos, b" HTTP/1.1\r\nhost: ", 17)
+        pos += 17
+        data = _ascii(authority, cython.address(n))
+        memcpy(out + pos, data, n)
+        pos += n
+        out[pos] = 13
+        out[pos + 1] = 10
+        pos += 2
+        for i in range(count):
+            item = cython.cast(tuple, items[i])
+            name = cython.cast(str, item[0])
+            data = _ascii(name, cython.address(n))
+            if n == 0 or data[0] == 58:  # ':' pseudo-headers are the request line
+                continue
+            if _is_hop_by_hop(data, n, True) or (n == 4 and memcmp(data, b"host", 4) == 0):
+                continue
+            memcpy(out + pos, data, n)
+            pos += n
+            out[pos] = 58
+            out[pos + 1] = 32
+            pos += 2
+            data = _ascii(cython.cast(str, item[1]), cython.address(n))
+            memcpy(out + pos, data, n)
+            pos += n
+            out[pos] = 13
+            out[pos + 1] = 10
+            pos += 2
+        n = PyBytes_GET_SIZE(body_framing)
+        memcpy(out + pos, PyBytes_AS_STRING(body_framing), n)
+        pos += n
+        out[pos] = 13
+        out[pos + 1] = 10
+        pos += 2
+        return PyBytes_FromStringAndSize(out, pos)
+    finally:
+        PyMem_Free(out)
 
 
 # Lines an HTTP/1 proxy never forwards, plus the framing it decides itself.
@@ -96,6 +220,10 @@ def encode_response_head(status: int, headers: HeaderMap, body_framing: bytes, c
     if wire is not None:
         # Pass the upstream's header block through, minus hop-by-hop and overwritten lines.
         sets = headers.wire_sets
+        if cython.compiled:
+            head = _encode_wire_response_head(status_line(status), wire, sets, body_framing, tail)
+            if head is not None:
+                return head
         if sets:
             block = _strip_pattern(tuple(sets)).sub(b"", wire)
             block += "".join([f"\r\n{name}: {value}" for name, value in sets.items()]).encode("latin-1")
@@ -108,6 +236,93 @@ def encode_response_head(status: int, headers: HeaderMap, body_framing: bytes, c
             continue
         lines.append(f"{name}: {value}\r\n")
     return status_line(status) + "".join(lines).encode("latin-1") + body_framing + tail
+
+
+def _overwritten(name: cython.p_const_char, length: cython.Py_ssize_t, sets: dict) -> cython.bint:
+    """A wire line's name (any case) is one of the names set() anew (lower case, ASCII)."""
+    n = cython.declare(cython.Py_ssize_t, 0)
+    other = cython.declare(cython.p_const_char)
+    i = cython.declare(cython.Py_ssize_t)
+    c = cython.declare(cython.char)
+    for key in sets:
+        other = _ascii(cython.cast(str, key), cython.address(n))
+        if n != length:
+            continue
+        for i in range(length):
+            c = name[i]
+            if 65 <= c <= 90:
+                c += 32
+            if c != other[i]:
+                break
+        else:
+            return True
+    return False
+
+
+def _encode_wire_response_head(line: bytes, wire: bytes, sets: dict, body_framing: bytes, tail: bytes) -> object:
+    """status line + the upstream's block minus hop-by-hop and overwritten lines + the set()s +
+    framing + tail, in one pass over the block (the compiled peer of the _strip_pattern path).
+    None when a set() name or value is not ASCII."""
+    n = cython.declare(cython.Py_ssize_t, 0)
+    data = cython.declare(cython.p_const_char)
+    size = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(line) + PyBytes_GET_SIZE(wire)
+                          + PyBytes_GET_SIZE(body_framing) + PyBytes_GET_SIZE(tail) + 2)
+    if sets:
+        for key, value in sets.items():
+            if not PyUnicode_IS_ASCII(key) or not PyUnicode_IS_ASCII(value):
+                return None
+            size += len(key) + len(value) + 4
+    out = cython.declare(cython.p_char, cython.cast(cython.p_char, PyMem_Malloc(size)))
+    if out == cython.NULL:
+        raise MemoryError()
+    src = cython.declare(cython.p_const_char, PyBytes_AS_STRING(wire))
+    end = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(wire))
+    start = cython.declare(cython.Py_ssize_t, 0)
+    stop = cython.declare(cython.Py_ssize_t)
+    name_end = cython.declare(cython.Py_ssize_t)
+    pos = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(line) - 2)  # the block begins with its own CRLF
+    try:
+        memcpy(out, PyBytes_AS_STRING(line), pos)
+        while start < end:  # each line is "\r\nname: value"
+            stop = start + 2
+            while stop < end and src[stop] != 13:
+                stop += 1
+            name_end = start + 2
+            while name_end < stop and src[name_end] != 58:
+                name_end += 1
+            while name_end > start + 2 and (src[name_end - 1] == 32 or src[name_end - 1] == 9):
+                name_end -= 1
+            if not (_is_hop_by_hop(src + start + 2, name_end - start - 2, False)
+                    or (sets and _overwritten(src + start + 2, name_end - start - 2, sets))):
+                memcpy(out + pos, src + start, stop - start)
+                pos += stop - start
+            start = stop
+        if sets:
+            for key, value in sets.items():
+                out[pos] = 13
+                out[pos + 1] = 10
+                pos += 2
+                data = _ascii(cython.cast(str, key), cython.address(n))
+                memcpy(out + pos, data, n)
+                pos += n
+                out[pos] = 58
+                out[pos + 1] = 32
+                pos += 2
+                data = _ascii(cython.cast(str, value), cython.address(n))
+                memcpy(out + pos, data, n)
+                pos += n
+        out[pos] = 13
+        out[pos + 1] = 10
+        pos += 2
+        n = PyBytes_GET_SIZE(body_framing)
+        memcpy(out + pos, PyBytes_AS_STRING(body_framing), n)
+        pos += n
+        n = PyBytes_GET_SIZE(tail)
+        memcpy(out + pos, PyBytes_AS_STRING(tail), n)
+        pos += n
+        return PyBytes_FromStringAndSize(out, pos)
+    finally:
+        PyMem_Free(out)
 
 
 def content_length_line(length: int) -> bytes:

@@ -6,6 +6,8 @@
 # The request parser (tulle.http.http1_parser) calls on_request_head, on_body and
 # on_message_complete through their Python entry points: once per head, body piece and request end.
 
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+
 from tulle.filters.http.base cimport HttpFilter
 from tulle.filters.network.http_connection_manager.config cimport HcmConfig
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
@@ -23,6 +25,8 @@ cdef Py_ssize_t _VALID_AUTHORITIES_MAX
 cdef Py_ssize_t _CACHED_AUTHORITY_MAX_LEN
 
 cpdef str request_id()
+cdef const char* _HEX_DIGITS
+cdef str _uuid_text(unsigned long long high, unsigned long long low)
 
 cdef _check_authority(str authority)
 

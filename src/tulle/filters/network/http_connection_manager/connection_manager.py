@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 _getrandbits = random.getrandbits
 _monotonic = time.monotonic
+_HEX_DIGITS = b"0123456789abcdef"
 
 
 @cython.locals(low=cython.ulonglong, high=cython.ulonglong)
@@ -51,8 +52,34 @@ def request_id() -> str:
     high = _getrandbits(64)
     high = high & 0xFFFFFFFFFFFF0FFF | 0x4000  # version 4
     low = low & 0x3FFFFFFFFFFFFFFF | 0x8000000000000000  # variant RFC 4122
+    if cython.compiled:
+        return _uuid_text(high, low)
     return (f"{high >> 32:08x}-{(high >> 16) & 0xFFFF:04x}-{high & 0xFFFF:04x}-"
             f"{low >> 48:04x}-{low & 0xFFFFFFFFFFFF:012x}")
+
+
+if not cython.compiled:  # cimported by connection_manager.pxd; only the compiled branch calls it
+    PyUnicode_DecodeLatin1 = None
+
+
+def _uuid_text(high: int, low: int) -> str:
+    """Compiled only: the 8-4-4-4-12 hex form written into a C buffer (no format calls)."""
+    text = cython.declare(cython.char[36])
+    i = cython.declare(cython.int)
+    for i in range(35, 18, -1):  # low: 4-12, dash at 23
+        if i == 23:
+            text[i] = 45
+            continue
+        text[i] = _HEX_DIGITS[low & 15]
+        low >>= 4
+    text[18] = 45
+    for i in range(17, -1, -1):  # high: 8-4-4, dashes at 8 and 13
+        if i == 8 or i == 13:
+            text[i] = 45
+            continue
+        text[i] = _HEX_DIGITS[high & 15]
+        high >>= 4
+    return PyUnicode_DecodeLatin1(text, 36, cython.NULL)
 
 
 class CodecError(Exception):
