@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from tulle.stats.store import DEFAULT_BUCKETS, Gauge, Histogram, Store, merge
 
 
@@ -35,6 +37,19 @@ def test_histogram_buckets_sum_count_and_quantiles() -> None:
     assert hist.quantile(0.5) == 5
     assert hist.quantile(1.0) == 300000
     assert Histogram("empty").quantile(0.5) is None
+
+
+def test_histogram_bucket_edges_are_bisect_left() -> None:
+    """A value equal to a bound counts in that bound's bucket (Prometheus' le); above the last bound
+    in the overflow slot; for the default bounds and custom ones (the compiled search is in C)."""
+    for bounds in (DEFAULT_BUCKETS, (1.0,), (), (0.25, 0.5, 2.0, 8.0)):
+        hist = Histogram("edges", bounds)
+        values = [-1.0, 0.0, float("inf"), *bounds, *(b + 1e-9 for b in bounds), *(b - 1e-9 for b in bounds)]
+        expected = [0] * (len(bounds) + 1)
+        for value in values:
+            hist.record(value)
+            expected[bisect.bisect_left(bounds, value)] += 1
+        assert hist.counts == expected, bounds
 
 
 def test_merge_sums_workers() -> None:

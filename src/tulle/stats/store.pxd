@@ -4,6 +4,9 @@
 # property (resource_manager's _LiveGauge): only Python-level access (snapshot) sees it, so the store
 # reads stats untyped.
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+
+
 cdef class Counter:
     cdef public object name
     cdef public long long value
@@ -26,4 +29,7 @@ cdef class Histogram:
     cdef public list counts
     cdef public double sum
     cdef public long long count
+    cdef double* _bounds
+    cdef Py_ssize_t _nbounds
+    @cython.locals(low=Py_ssize_t, high=Py_ssize_t, middle=Py_ssize_t)
     cpdef record(self, double value)

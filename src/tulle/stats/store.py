@@ -19,6 +19,10 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 
 
+if not cython.compiled:  # cimported by store.pxd; only compiled branches call them
+    PyMem_Malloc = PyMem_Free = None
+
+
 class Counter:
     if not cython.compiled:
         __slots__ = ("name", "value")
@@ -74,13 +78,35 @@ class Histogram:
 
     def __init__(self, name: str, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
         self.name = name
-        self.buckets = buckets
+        self.buckets = tuple(buckets)
         self.counts = [0] * (len(buckets) + 1)  # last slot: above the largest bound
         self.sum = 0.0
         self.count = 0
+        if cython.compiled:  # the bounds as C doubles, searched without a Python call per record
+            self._nbounds = len(self.buckets)
+            self._bounds = cython.cast(cython.p_double, PyMem_Malloc((self._nbounds + 1) * cython.sizeof(cython.double)))
+            if self._bounds == cython.NULL:
+                raise MemoryError()
+            for i in range(self._nbounds):
+                self._bounds[i] = self.buckets[i]
+
+    def __dealloc__(self) -> None:
+        if cython.compiled:
+            PyMem_Free(self._bounds)
 
     def record(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        if cython.compiled:  # bisect_left over the C bounds
+            low = 0
+            high = self._nbounds
+            while low < high:
+                middle = (low + high) >> 1
+                if self._bounds[middle] < value:
+                    low = middle + 1
+                else:
+                    high = middle
+            self.counts[low] += 1
+        else:
+            self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1
 
