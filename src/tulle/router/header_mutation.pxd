@@ -15,7 +15,6 @@ cdef class _HeaderToAdd:
 cdef class HeaderMutation:
     cdef public tuple removes
     cdef public tuple adds
-    @cython.locals(entry=_HeaderToAdd, action=long, overwrites=list, appends=list)
     cpdef apply(self, HeaderMap headers, info)
 
 

@@ -113,6 +113,7 @@ class HeaderMutation:
             return None
         return cls(removes, adds)
 
+    @cython.locals(entry="_HeaderToAdd", action=cython.long, overwrites=list, appends=list)
     def apply(self, headers: HeaderMap, info: StreamInfo | None) -> None:
         for name in self.removes:
             headers.remove(name)

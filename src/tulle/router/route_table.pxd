@@ -76,10 +76,12 @@ cdef class Route:
     cpdef bint matches_beyond_path(self, HeaderMap headers, dict query) except -1
     cpdef tuple select_cluster(self, HeaderMap headers, random_value)
     cpdef cluster_name(self, HeaderMap headers, random_value)
-    @cython.locals(entry=WeightedClusterEntry, values=list)
     cdef WeightedClusterEntry _pick_weighted(self, HeaderMap headers, random_value)
     cpdef hash_key(self, HeaderMap headers, remote_ip)
     cdef WeightedClusterEntry _weighted_entry(self, cluster_name, WeightedClusterEntry weighted_entry)
+    cpdef finalize_request_headers(self, HeaderMap headers, info, cluster_name, WeightedClusterEntry weighted_entry,
+                                   bint insert_envoy_original_path)
+    cpdef finalize_response_headers(self, HeaderMap headers, info, cluster_name, WeightedClusterEntry weighted_entry)
     cpdef str _rewritten_path(self, str path, str prefix_rewrite, regex_rewrite)
 
 
@@ -88,12 +90,10 @@ cdef class VirtualHost:
     cdef public tuple routes
     cdef public bint needs_query
     cdef public tuple _entries
-    @cython.locals(full_path=str, path=str, query=dict, prefix=str, route=Route)
     cpdef Route find(self, HeaderMap headers)
 
 
 cdef class RuntimeFractionVirtualHost(VirtualHost):
-    @cython.locals(full_path=str, path=str, query=dict, prefix=str, route=Route)
     cpdef Route find(self, HeaderMap headers)
 
 
@@ -111,8 +111,5 @@ cdef class RouteTable:
     cdef public bint _ignore_port
 
     cpdef normalize_host(self, HeaderMap headers)
-    @cython.locals(host=str, colon=Py_ssize_t, length=Py_ssize_t, suffix_length=Py_ssize_t,
-                   prefix_length=Py_ssize_t, table=dict, vhost=VirtualHost)
     cpdef VirtualHost select_virtual_host(self, HeaderMap headers)
-    @cython.locals(vhost=VirtualHost)
     cpdef Route find(self, HeaderMap headers)

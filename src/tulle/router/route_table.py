@@ -621,6 +621,7 @@ class Route:
     def cluster_name(self, headers: HeaderMap, random_value: int) -> str | None:
         return self.select_cluster(headers, random_value)[0]
 
+    @cython.locals(entry="WeightedClusterEntry", values=list)
     def _pick_weighted(self, headers: HeaderMap, random_value: int) -> WeightedClusterEntry:
         if self._random_value_header:
             # Envoy uses the header only when it has exactly one value that parses as uint64.
@@ -668,6 +669,11 @@ class Route:
         Pass the chosen ``cluster_name`` (or the ``weighted_entry`` from select_cluster)
         so a weighted cluster's own header mutations run first, as in Envoy.
         """
+        self.finalize_request_headers(headers, info, cluster_name, weighted_entry, insert_envoy_original_path)
+
+    def finalize_request_headers(self, headers: HeaderMap, info: StreamInfo | None, cluster_name: str | None,
+                                 weighted_entry: WeightedClusterEntry | None, insert_envoy_original_path: bool) -> None:
+        """finalize_request with positional arguments: the router's per-request call, made at C level."""
         if self.kind != "cluster":
             return  # Envoy forwards nothing for redirects and direct responses
         entry = self._weighted_entry(cluster_name, weighted_entry)
@@ -711,6 +717,11 @@ class Route:
 
         Also for redirects and direct responses (Envoy finalizes those local replies too).
         """
+        self.finalize_response_headers(headers, info, cluster_name, weighted_entry)
+
+    def finalize_response_headers(self, headers: HeaderMap, info: StreamInfo | None, cluster_name: str | None,
+                                  weighted_entry: WeightedClusterEntry | None) -> None:
+        """finalize_response with positional arguments (the router's call)."""
         entry = self._weighted_entry(cluster_name, weighted_entry)
         if entry is not None and entry.response_mutation is not None:
             entry.response_mutation.apply(headers, info)
@@ -793,6 +804,7 @@ class VirtualHost:
             for route in routes
         )
 
+    @cython.locals(full_path=str, path=str, query=dict, prefix=str, route="Route")
     def find(self, headers: HeaderMap) -> Route | None:
         full_path = headers.get(":path")
         if full_path is None:
@@ -818,6 +830,7 @@ class RuntimeFractionVirtualHost(VirtualHost):
     if not cython.compiled:
         __slots__ = ()
 
+    @cython.locals(full_path=str, path=str, query=dict, prefix=str, route="Route")
     def find(self, headers: HeaderMap) -> Route | None:
         full_path = headers.get(":path")
         if full_path is None:
@@ -972,6 +985,8 @@ class RouteTable:
             if stripped != host:
                 headers.set(":authority", stripped)
 
+    @cython.locals(host=str, colon=cython.Py_ssize_t, length=cython.Py_ssize_t, suffix_length=cython.Py_ssize_t,
+                   prefix_length=cython.Py_ssize_t, table=dict, vhost="VirtualHost")
     def select_virtual_host(self, headers: HeaderMap) -> VirtualHost | None:
         if self._only_default:
             return self._default
@@ -1001,6 +1016,7 @@ class RouteTable:
                     return vhost
         return self._default
 
+    @cython.locals(vhost="VirtualHost")
     def find(self, headers: HeaderMap) -> Route | None:
         vhost = self.select_virtual_host(headers)
         return None if vhost is None else vhost.find(headers)

@@ -31,5 +31,4 @@ cdef class Histogram:
     cdef public long long count
     cdef double* _bounds
     cdef Py_ssize_t _nbounds
-    @cython.locals(low=Py_ssize_t, high=Py_ssize_t, middle=Py_ssize_t)
     cpdef record(self, double value)

@@ -94,6 +94,7 @@ class Histogram:
         if cython.compiled:
             PyMem_Free(self._bounds)
 
+    @cython.locals(low=cython.Py_ssize_t, high=cython.Py_ssize_t, middle=cython.Py_ssize_t)
     def record(self, value: float) -> None:
         if cython.compiled:  # bisect_left over the C bounds
             low = 0

@@ -44,14 +44,12 @@ cdef class Http1ClientConnection:
     cdef public bint expired
     cdef public object age_timer
 
-    @cython.locals(callbacks=UpstreamCallbacks)
     cpdef _complete(self, bint keep_alive)
     cpdef start_request(self, callbacks, bytes head, bint is_head)
     cpdef write(self, data)
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef _end_request(self)
-    @cython.locals(callbacks=UpstreamCallbacks)
     cpdef _reset(self, str flag, str reason)
     cpdef _protocol_error(self, str reason)
     cpdef abort(self, str reason=*)
@@ -72,18 +70,14 @@ cdef class HttpConnectionPool:
     cdef public object stats_tx
     cdef public object _idle_timer
 
-    @cython.locals(conn=Http1ClientConnection, requests=Resource)
     cpdef Http1ClientConnection acquire(self, callbacks, ResourceManager manager)
     cpdef _enqueue(self, callbacks, ResourceManager manager)
     cpdef bint cancel(self, callbacks) except -1
-    @cython.locals(manager=ResourceManager, requests=Resource)
     cpdef bint _attach_oldest(self, Http1ClientConnection conn) except -1
     cpdef _schedule_serve(self)
-    @cython.locals(conn=Http1ClientConnection)
     cpdef _serve_pending(self)
     cpdef _purge_pending(self, str flag, str reason)
     cpdef _create_connections(self, ResourceManager manager)
-    @cython.locals(conn=Http1ClientConnection)
     cpdef Http1ClientConnection take_idle(self)
     cpdef release(self, Http1ClientConnection conn, bint keep_alive)
     cpdef _connection_aged(self, Http1ClientConnection conn)

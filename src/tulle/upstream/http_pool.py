@@ -221,6 +221,7 @@ class Http1ClientConnection:
         self._complete(keep_alive)
 
     # --- driving -------------------------------------------------------
+    @cython.locals(callbacks="UpstreamCallbacks")
     def _complete(self, keep_alive: bool) -> None:
         callbacks = self.callbacks
         self.response_done = True
@@ -264,6 +265,7 @@ class Http1ClientConnection:
             self.rq_resource = None
             resource.dec()
 
+    @cython.locals(callbacks="UpstreamCallbacks")
     def _reset(self, flag: str, reason: str) -> None:
         self._end_request()
         callbacks = self.callbacks
@@ -317,6 +319,7 @@ class HttpConnectionPool:
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # --- requests ------------------------------------------------------
+    @cython.locals(conn="Http1ClientConnection", requests="Resource")
     def acquire(self, callbacks: PoolCallbacks, manager: ResourceManager) -> Http1ClientConnection | None:
         """A connection for one request now, or None: then the request either waits for
         ``callbacks.on_pool_ready`` / ``on_pool_failure`` or was refused (``on_pool_failure``
@@ -362,6 +365,7 @@ class HttpConnectionPool:
                 return True
         return False
 
+    @cython.locals(manager="ResourceManager", requests="Resource")
     def _attach_oldest(self, conn: Http1ClientConnection) -> bool:
         """Hand ``conn`` to the oldest pending request that ``max_requests`` admits."""
         pending = self.pending
@@ -386,6 +390,7 @@ class HttpConnectionPool:
             self._serve_scheduled = True
             self.loop.call_soon(self._serve_pending)
 
+    @cython.locals(conn="Http1ClientConnection")
     def _serve_pending(self) -> None:
         self._serve_scheduled = False
         idle = self.idle
@@ -440,6 +445,7 @@ class HttpConnectionPool:
         if not (self.pending and self._attach_oldest(conn)):
             self.release(conn, True)
 
+    @cython.locals(conn="Http1ClientConnection")
     def take_idle(self) -> Http1ClientConnection | None:
         """An idle connection, bypassing the circuit breakers and the queue (prefer :meth:`acquire`)."""
         idle = self.idle

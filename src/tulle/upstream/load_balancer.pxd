@@ -25,7 +25,6 @@ cdef class LoadBalancer:
     cdef public list _table
     cdef public _HostSource _direct
     cdef public object _panic_counter
-    @cython.locals(source=_HostSource)
     cpdef choose_host(self, context=*)
 
 
@@ -42,7 +41,6 @@ cdef class RandomLoadBalancer(LoadBalancer):
 
 
 cdef class _HashingLoadBalancer(LoadBalancer):
-    @cython.locals(source=_HostSource)
     cpdef choose_host(self, context=*)
 
 

@@ -502,6 +502,7 @@ class LoadBalancer:
     def _build_picker(self, hosts: list[Host]) -> HostPicker:
         raise NotImplementedError
 
+    @cython.locals(source="_HostSource")
     def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
         """Pick a host; None when there is none to pick (the caller counts upstream_cx_none_healthy)."""
         source = self._direct
@@ -696,6 +697,7 @@ class _HashingLoadBalancer(LoadBalancer):
     def _build_weighted_picker(self, hosts: list[Host], weights: Sequence[float] | None) -> HostPicker:
         raise NotImplementedError
 
+    @cython.locals(source="_HostSource")
     def choose_host(self, context: LoadBalancerContext | None = None) -> Host | None:
         key = context.hash_key if context is not None else None
         hash_value = self.rng.getrandbits(64) if key is None else key & _MASK64

@@ -8,13 +8,15 @@
 # local answers and errors stays def (ordinary Python methods of the compiled class).
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.http.router.config cimport RouterFactory
+from tulle.filters.http.router.upstream_request cimport UpstreamRequest
 from tulle.filters.network.http_connection_manager.connection_manager cimport ActiveStream
+from tulle.filters.network.http_connection_manager.stats cimport HcmStats
+from tulle.http cimport http1
 from tulle.http.headers cimport HeaderMap
 from tulle.router.route_table cimport Route
 from tulle.stream_info cimport StreamInfo
 from tulle.upstream.host cimport Host
-from tulle.filters.http.router.config cimport RouterFactory
-from tulle.filters.http.router.upstream_request cimport UpstreamRequest
 
 
 cdef class RouterFilter(HttpFilter):
@@ -35,12 +37,10 @@ cdef class RouterFilter(HttpFilter):
     cdef public bytes framing
     cdef public object shadows      # list[ShadowRequest] | None
 
-    @cython.locals(stream=ActiveStream, route=Route, host=Host, info=StreamInfo)
     cpdef int decode_headers(self, headers, bint end_stream) except? -1
     cpdef int decode_data(self, data, bint end_stream) except? -1
     cpdef _on_request_complete(self)
     cpdef on_attempt_ready(self, UpstreamRequest upstream)
-    @cython.locals(stream=ActiveStream, host=Host, info=StreamInfo)
     cpdef on_attempt_headers(self, UpstreamRequest upstream, int status, headers, bint end_stream)
     cpdef on_attempt_data(self, UpstreamRequest upstream, data, bint end_stream)
     cpdef on_attempt_reset(self, UpstreamRequest upstream, str flag, str reason)

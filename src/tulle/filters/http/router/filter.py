@@ -87,6 +87,8 @@ class RouterFilter(HttpFilter):
         self.shadows: list[Any] | None = None  # mirror requests still waiting for the body
 
     # --- request path --------------------------------------------------
+    @cython.locals(stream="ActiveStream", route="Route", host="Host", info="StreamInfo", stats="HcmStats",
+                   method=str)
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> int:
         stream = self.stream
         factory = self.factory
@@ -105,8 +107,9 @@ class RouterFilter(HttpFilter):
         # a filter before the router that needed the weighted pick (fault's upstream_cluster) drew it
         state = stream.info.filter_state
         random_value = state.get(WEIGHTED_CLUSTER_RANDOM_VALUE) if state else None
-        cluster_name, self.weighted_entry = route.select_cluster(
-            headers, _getrandbits(32) if random_value is None else random_value)
+        if random_value is None:  # drawn only where a weighted pick uses it
+            random_value = _getrandbits(32) if route._weighted else 0
+        cluster_name, self.weighted_entry = route.select_cluster(headers, random_value)
         cluster = factory.cluster_manager.get(cluster_name) if cluster_name else None
         info = stream.info
         if cluster is None:
@@ -134,8 +137,8 @@ class RouterFilter(HttpFilter):
             self._reply(flags.NO_HEALTHY_UPSTREAM)
             return STOP
         info.upstream_host = host.address_str
-        route.finalize_request(headers, info, cluster_name, weighted_entry=self.weighted_entry,
-                               insert_envoy_original_path=not factory.suppress_envoy_headers)
+        route.finalize_request_headers(headers, info, cluster_name, self.weighted_entry,
+                                       not factory.suppress_envoy_headers)
         if route.auto_host_rewrite and host.hostname:
             headers.set(":authority", host.hostname)
         if attempts is None:
@@ -147,7 +150,7 @@ class RouterFilter(HttpFilter):
                     headers._items.append((EXPECTED_RQ_TIMEOUT_MS, expected))
         else:
             self._attempt_headers(headers, attempts, first=True)
-        method = headers.method
+        method = headers.get(":method") or ""
         self.is_head = method == "HEAD"
         if end_stream:
             framing = b"content-length: 0\r\n" if method in _METHODS_WITH_BODY else b""
@@ -329,6 +332,7 @@ class RouterFilter(HttpFilter):
             attempts.idle_timeout = attempts.per_try_idle_timeout
             attempts.last_rx = now
 
+    @cython.locals(stream="ActiveStream", host="Host", info="StreamInfo", route="Route")
     def on_attempt_headers(self, upstream: UpstreamRequest, status: int, headers: HeaderMap,
                            end_stream: bool) -> None:
         stream = self.stream
@@ -382,7 +386,8 @@ class RouterFilter(HttpFilter):
             host.stats.rq_error += 1
         else:
             host.stats.rq_success += 1
-        self.route.finalize_response(headers, info, cluster.name, weighted_entry=self.weighted_entry)
+        route = self.route
+        route.finalize_response_headers(headers, info, cluster.name, self.weighted_entry)
         if not self.factory.suppress_envoy_headers:
             headers.set("x-envoy-upstream-service-time", str(int((now - upstream.started_at) * 1000)))
         if end_stream:

@@ -840,6 +840,7 @@ class HttpConnection:
         if self.streams[0] is stream:
             stream.dispatch()  # replaces anything the stream had started upstream
 
+    @cython.locals(info="StreamInfo", headers="HeaderMap", stream="ActiveStream")
     def _stream_without_head(self) -> ActiveStream:
         """A stream for a request whose head never became one (malformed, or cut off by a timeout):
         Envoy's codec created the stream on the request's first byte, so it counts as a request."""
@@ -865,6 +866,7 @@ class HttpConnection:
         if head_timeout and not self.streams:
             self.watch_deadline(self.last_activity + head_timeout)
 
+    @cython.locals(stream="ActiveStream", started=cython.double)
     def _head_timed_out(self) -> None:
         """The shortest head timeout ran out before the head was complete: 408 as Envoy's stream
         answers it (remote not complete), then the connection closes; nothing more is read."""

@@ -9,5 +9,4 @@ cdef class TokenBucket:
     cdef public double last_fill
     cdef public object empty_reset_seconds
     cdef object __weakref__
-    @cython.locals(now=double, tokens=double)
     cpdef bint consume(self) except -1

@@ -54,6 +54,7 @@ class TokenBucket:
         self.last_fill = _monotonic()
         self.empty_reset_seconds = envoy_reset_seconds(self.fill_rate)
 
+    @cython.locals(now=cython.double, tokens=cython.double)
     def consume(self) -> bool:
         """Take one token if there is a whole one."""
         now = _monotonic()
