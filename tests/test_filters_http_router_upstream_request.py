@@ -13,9 +13,12 @@ from tulle.http.headers import HeaderMap
 from tulle.stats.store import Store
 from tulle.upstream.cluster_stats import ClusterStats
 from tulle.upstream.host import Host
+from tulle.upstream.http_pool import Http1ClientConnection
 
 
-class FakeConn:
+class FakeConn(Http1ClientConnection):
+    """A pooled connection (the attempt holds it as the real class) that records what it is told."""
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.aborted = ""

@@ -207,6 +207,19 @@ def test_chunks_and_last_chunk_parse_as_a_chunked_body() -> None:
     assert complete == [True]
 
 
+@pytest.mark.parametrize("value, line", [
+    ("0", b"content-length: 0\r\n"), ("1024", b"content-length: 1024\r\n"), ("007", b"content-length: 7\r\n"),
+    ("000", b"content-length: 0\r\n"), ("18446744073709551615", b"content-length: 18446744073709551615\r\n"),
+    ("9" * 45, b"content-length: " + b"9" * 45 + b"\r\n"),
+    ("", None), (None, None), ("12a", None), (" 12", None), ("-1", None), ("1.5", None), ("\u0663", None),
+    ("\xb2", None),
+])
+def test_content_length_framing(value: str | None, line: bytes | None) -> None:
+    """A Content-Length of ASCII digits frames the forwarded message (canonical digits); anything else
+    does not (the caller chunks or closes), and never raises."""
+    assert http1.content_length_framing(value) == line
+
+
 def test_content_length_line() -> None:
     assert http1.content_length_line(0) == b"content-length: 0\r\n"
     assert http1.content_length_line(123456789) == b"content-length: 123456789\r\n"

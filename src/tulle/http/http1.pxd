@@ -34,5 +34,7 @@ cpdef bytes encode_response_head(long status, HeaderMap headers, bytes body_fram
 cdef bint _overwritten(const char* name, Py_ssize_t length, dict sets) except -1
 cdef object _encode_wire_response_head(bytes line, bytes wire, dict sets, bytes body_framing, bytes tail)
 
-cpdef bytes content_length_line(long long length)
+cpdef bytes content_length_line(length)
+cpdef content_length_framing(value)
+cdef object _content_length_framing(str value)
 cpdef bytes chunk(data)

@@ -329,6 +329,42 @@ def content_length_line(length: int) -> bytes:
     return b"content-length: %d\r\n" % length
 
 
+def content_length_framing(value: str | None) -> bytes | None:
+    """``content-length: N\\r\\n`` for a Content-Length value of ASCII digits (N in canonical form,
+    without leading zeros); None when there is no value or it is not a plain decimal number."""
+    if value is None:
+        return None
+    if cython.compiled:  # the digits copied straight into the line, no int in between
+        return _content_length_framing(value)
+    if value.isascii() and value.isdigit():
+        return content_length_line(int(value))
+    return None
+
+
+def _content_length_framing(value: str) -> object:
+    line = cython.declare(cython.char[64])
+    size = cython.declare(cython.Py_ssize_t, 0)
+    i = cython.declare(cython.Py_ssize_t)
+    start = cython.declare(cython.Py_ssize_t, 0)
+    if not PyUnicode_IS_ASCII(value):
+        return None
+    digits = cython.declare(cython.p_const_char, PyUnicode_AsUTF8AndSize(value, cython.address(size)))
+    if size == 0:
+        return None
+    for i in range(size):
+        if not 48 <= digits[i] <= 57:
+            return None
+    while start < size - 1 and digits[start] == 48:  # "007" -> "7", "0" stays
+        start += 1
+    if size - start > 40:
+        return content_length_line(int(value))
+    memcpy(line, b"content-length: ", 16)
+    memcpy(line + 16, digits + start, size - start)
+    line[16 + size - start] = 13
+    line[17 + size - start] = 10
+    return PyBytes_FromStringAndSize(line, 18 + size - start)
+
+
 CHUNKED = b"transfer-encoding: chunked\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 

@@ -155,10 +155,8 @@ class RouterFilter(HttpFilter):
         if end_stream:
             framing = b"content-length: 0\r\n" if method in _METHODS_WITH_BODY else b""
         else:
-            length = headers.get("content-length")
-            if length is not None and length.isdigit():
-                framing = http1.content_length_line(int(length))
-            else:
+            framing = http1.content_length_framing(headers.get("content-length"))
+            if framing is None:
                 framing = http1.CHUNKED
                 self.chunked = True
         self.head = http1.encode_request_head(headers, framing)

@@ -181,7 +181,7 @@ class UpstreamRequest(UpstreamCallbacks):
             self.host.stats.rq_active -= 1
         if success:
             self.conn = None
-            cluster.stats.upstream_rq_time.record((_monotonic() - self.started_at) * 1000)
+            self.cluster_stats.upstream_rq_time.record((_monotonic() - self.started_at) * 1000)
 
     def reset(self, cluster: Any, reason: str) -> None:
         """Give the attempt up and detach it: its connection's state is unknown, so it is closed,

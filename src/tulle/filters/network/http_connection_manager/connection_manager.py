@@ -717,23 +717,21 @@ class HttpConnection:
         no_body_status = status in (204, 304) or status < 200
         if stream.is_head or no_body_status:
             # The head describes a body that is not sent: keep the upstream's length as is.
-            length = headers.get("content-length")
-            framing = http1.content_length_line(int(length)) if length and length.isdigit() else b""
+            framing = http1.content_length_framing(headers.get("content-length")) or b""
             end_stream = True
         elif end_stream:
             framing = b"content-length: 0\r\n"
         else:
-            length = headers.get("content-length")
-            if length is not None and length.isdigit():
-                framing = http1.content_length_line(int(length))
-            elif stream.http10:
-                framing = b""
-                stream.close_delimited = True
-                stream.keep_alive = False
-                close = True
-            else:
-                framing = http1.CHUNKED
-                stream.chunked_response = True
+            framing = http1.content_length_framing(headers.get("content-length"))
+            if framing is None:
+                if stream.http10:
+                    framing = b""
+                    stream.close_delimited = True
+                    stream.keep_alive = False
+                    close = True
+                else:
+                    framing = http1.CHUNKED
+                    stream.chunked_response = True
         self.write(http1.encode_response_head(status, headers, framing, close))  # %BYTES_SENT%: body bytes only
         return end_stream
 
