@@ -63,6 +63,20 @@ def test_validate_does_not_bind(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert validate(capsys, path)[0] == 0
 
 
+def test_proxy_does_not_load_the_control_plane_or_the_agent(tmp_path: Path) -> None:
+    """A proxy runs beside every workload: its process holds the data plane only (RSS), while the
+    other commands still get their parsers."""
+    path = write(tmp_path, valid_config())
+    probe = ("import sys; from tulle.cli import main; code = main(['proxy', '-c', sys.argv[1], '--mode', 'validate']); "
+             "print(code, sorted({m for m in sys.modules if m.startswith(('tulle.controlplane', 'tulle.sidecar'))}))")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
+    help_text = subprocess.run([str(TULLE), "--help"], capture_output=True, text=True, timeout=60).stdout
+    for command in ("control-plane", "sidecar", "apply", "proxy-status"):
+        assert command in help_text, command
+
+
 def test_json_bootstrap_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, json.dumps(valid_config()), "bootstrap.json")
     assert validate(capsys, path)[0] == 0
