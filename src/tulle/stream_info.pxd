@@ -1,5 +1,8 @@
 # C-level declarations for stream_info.py (Cython pure-Python mode; see tulle/compiled.py).
 
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+
 cdef class StreamInfo:
     cdef public double start_time
     cdef public double start_monotonic

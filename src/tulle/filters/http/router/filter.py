@@ -330,7 +330,8 @@ class RouterFilter(HttpFilter):
             attempts.idle_timeout = attempts.per_try_idle_timeout
             attempts.last_rx = now
 
-    @cython.locals(stream="ActiveStream", host="Host", info="StreamInfo", route="Route")
+    @cython.locals(stream="ActiveStream", host="Host", info="StreamInfo", route="Route", now=cython.double,
+                   service_ms=cython.longlong)
     def on_attempt_headers(self, upstream: UpstreamRequest, status: int, headers: HeaderMap,
                            end_stream: bool) -> None:
         stream = self.stream
@@ -387,7 +388,8 @@ class RouterFilter(HttpFilter):
         route = self.route
         route.finalize_response_headers(headers, info, cluster.name, self.weighted_entry)
         if not self.factory.suppress_envoy_headers:
-            headers.set("x-envoy-upstream-service-time", str(int((now - upstream.started_at) * 1000)))
+            service_ms = int((now - upstream.started_at) * 1000)
+            headers.set("x-envoy-upstream-service-time", str(service_ms))
         if end_stream:
             upstream.finish(cluster, success=True)
             if self.paused_downstream:
