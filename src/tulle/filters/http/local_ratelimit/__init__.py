@@ -4,3 +4,5 @@
 configs) into :class:`~tulle.filters.http.local_ratelimit.config.RateLimitSettings`;
 ``filter`` takes a token per request and answers 429 ``local_rate_limited`` without one.
 """
+
+FILTER_NAME = "envoy.filters.http.local_ratelimit"

@@ -23,7 +23,8 @@ import cython
 
 from tulle.config.errors import ConfigError, join
 from tulle.config.support import check_fields
-from tulle.filters.http.local_ratelimit.filter import FILTER_NAME, LocalRateLimitFilter
+from tulle.filters.http.local_ratelimit import FILTER_NAME
+from tulle.filters.http.local_ratelimit.filter import LocalRateLimitFilter  # only a class: filter imports us
 from tulle.filters.network.http_connection_manager.config import building_route_table
 from tulle.filters.network.local_ratelimit.config import parse_token_bucket
 from tulle.router.header_mutation import HeaderMutation
@@ -59,7 +60,8 @@ def _runtime_fraction(owner: Any, name: str, field: str, runtime: Runtime) -> Fr
 class RateLimitStats:
     """``<stat_prefix>.http_local_rate_limit.*`` (Envoy's names: no ``http.`` in front)."""
 
-    __slots__ = ("enabled", "enforced", "rate_limited", "ok")
+    if not cython.compiled:  # compiled, the fields come from config.pxd
+        __slots__ = ("enabled", "enforced", "rate_limited", "ok")
 
     def __init__(self, store: Store, stat_prefix: str) -> None:
         base = f"{stat_prefix}.http_local_rate_limit."
@@ -72,10 +74,11 @@ class RateLimitStats:
 class RateLimitSettings:
     """One LocalRateLimit, compiled: everything the filter reads per request."""
 
-    __slots__ = (
-        "stats", "bucket", "status", "enabled", "enforced", "response_headers", "request_headers",
-        "x_ratelimit_headers",
-    )
+    if not cython.compiled:  # compiled, the fields come from config.pxd
+        __slots__ = (
+            "stats", "bucket", "status", "enabled", "enforced", "response_headers", "request_headers",
+            "x_ratelimit_headers",
+        )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, *, per_route: bool) -> None:
         check_fields(proto, SUPPORTED_FIELDS, field, ignored=IGNORED_FIELDS)

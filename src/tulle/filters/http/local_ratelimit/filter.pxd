@@ -3,6 +3,9 @@
 # the bucket has a token the request costs no Python-level call here.
 
 from tulle.filters.http.base cimport HttpFilter
+from tulle.filters.http.local_ratelimit.config cimport RateLimitSettings, RateLimitStats
+from tulle.filters.network.local_ratelimit.filter cimport TokenBucket
+from tulle.runtime.entry cimport Fraction
 
 
 cdef class LocalRateLimitFilter(HttpFilter):

@@ -21,12 +21,14 @@ import cython
 
 from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
+from tulle.filters.http.local_ratelimit import FILTER_NAME
+from tulle.filters.network.local_ratelimit.filter import TokenBucket
 from tulle.http.headers import HeaderMap
+from tulle.runtime.entry import Fraction
 
 if TYPE_CHECKING:
     from tulle.filters.http.local_ratelimit.config import LocalRateLimitFactory, RateLimitSettings
 
-FILTER_NAME = "envoy.filters.http.local_ratelimit"
 LOCAL_RATE_LIMITED = "local_rate_limited"  # Envoy's body and response code details, verbatim
 _BODY = LOCAL_RATE_LIMITED.encode()
 
@@ -57,9 +59,13 @@ class LocalRateLimitFilter(HttpFilter):
                 return per_route
         return factory.settings
 
+    @cython.locals(settings="RateLimitSettings", stats="RateLimitStats", hit=cython.bint)
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> int:
         settings = self.settings()
-        if not settings.enabled.hit():
+        enabled = settings.enabled
+        # the common kinds called at C level (a runtime-keyed fraction or a shared bucket: a Python call)
+        hit = cython.cast(Fraction, enabled).hit() if type(enabled) is Fraction else enabled.hit()
+        if not hit:
             return CONTINUE
         stats = settings.stats
         stats.enabled.value += 1
@@ -69,7 +75,8 @@ class LocalRateLimitFilter(HttpFilter):
             return CONTINUE
         if settings.x_ratelimit_headers:
             self.headers_bucket = bucket
-        if bucket.consume():
+        hit = cython.cast(TokenBucket, bucket).consume() if type(bucket) is TokenBucket else bucket.consume()
+        if hit:
             stats.ok.value += 1
             return CONTINUE
         stats.rate_limited.value += 1
