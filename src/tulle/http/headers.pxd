@@ -14,3 +14,6 @@ cdef class HeaderMap:
     cpdef set(self, str name, str value)
     cpdef set_default(self, str name, str value)
     cpdef int remove(self, str name)
+
+
+cpdef HeaderMap wire_headers(list pseudo, bytes block, dict index)

@@ -57,14 +57,7 @@ class HeaderMap:
         ``index`` holds the values (or None when absent) of the headers that can be read
         without decoding; pseudo-headers are always indexed.
         """
-        headers = cls.__new__(cls)
-        headers._items = pseudo
-        headers.wire = block
-        for name, value in pseudo:
-            index[name] = value
-        headers.wire_index = index
-        headers.wire_sets = None
-        return headers
+        return wire_headers(pseudo, block, index)
 
     def _decode(self) -> None:
         """Leave wire form: decode the block into items and apply the recorded set()s."""
@@ -191,3 +184,15 @@ class HeaderMap:
         if self.wire is not None:
             self._decode()
         return f"HeaderMap({self._items!r})"
+
+
+def wire_headers(pseudo: list[tuple[str, str]], block: bytes, index: dict[str, str | None]) -> HeaderMap:
+    """HeaderMap.from_wire as a function: the codecs' per-response call, made at C level."""
+    headers = HeaderMap.__new__(HeaderMap)
+    headers._items = pseudo
+    headers.wire = block
+    for name, value in pseudo:
+        index[name] = value
+    headers.wire_index = index
+    headers.wire_sets = None
+    return headers

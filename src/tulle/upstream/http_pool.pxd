@@ -8,7 +8,10 @@
 
 cimport cython
 
+from tulle.http.headers cimport wire_headers
 from tulle.upstream.resource_manager cimport Resource, ResourceManager
+
+cdef list _STATUS_TEXT
 
 cdef class HttpConnectionPool
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cython
 
 from tulle import stream_info as flags
-from tulle.http.headers import HeaderMap
+from tulle.http.headers import HeaderMap, wire_headers
 from tulle.http.http1_parser import ParserError, ParserUpgrade, ResponseParser
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 # Envoy's default max_response_headers_kb
 MAX_RESPONSE_HEAD_BYTES = 60 * 1024
+_STATUS_TEXT = [str(code) for code in range(600)]  # the :status of a response, made once per code
 # Envoy's reset reason when a circuit breaker refuses a request (Http::StreamResetReason::Overflow)
 OVERFLOW = "overflow"
 
@@ -194,8 +195,8 @@ class Http1ClientConnection:
         self.status = status
         if 100 <= status < 200:
             return  # interim response (we answered Expect ourselves): swallow it
-        headers = HeaderMap.from_wire(
-            [(":status", str(status))], block,
+        headers = wire_headers(
+            [(":status", _STATUS_TEXT[status] if 200 <= status < 600 else str(status))], block,
             {"content-length": content_length, "transfer-encoding": transfer_encoding},
         )
         self.headers_sent = True

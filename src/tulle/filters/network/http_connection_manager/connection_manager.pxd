@@ -26,6 +26,7 @@ cdef Py_ssize_t _CACHED_AUTHORITY_MAX_LEN
 
 cpdef str request_id()
 cdef const char* _HEX_DIGITS
+cdef dict _STATUS_CODES
 cdef str _uuid_text(unsigned long long high, unsigned long long low)
 
 cdef _check_authority(str authority)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 _getrandbits = random.getrandbits
 _monotonic = time.monotonic
 _HEX_DIGITS = b"0123456789abcdef"
+_STATUS_CODES = {str(code): code for code in range(100, 600)}  # :status text -> int without parsing
 
 
 @cython.locals(low=cython.ulonglong, high=cython.ulonglong)
@@ -293,7 +294,7 @@ class ActiveStream:
         self.response_started = True
         info = self.info
         status_text = headers.get(":status") or "200"
-        status = int(status_text)
+        status = _STATUS_CODES.get(status_text) or int(status_text)
         info.response_code = status
         info.response_headers = headers
         connection = self.connection
