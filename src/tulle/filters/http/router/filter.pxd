@@ -2,10 +2,11 @@
 # RouterFilter is a cdef subclass of HttpFilter: the connection manager calls decode_headers /
 # decode_data / on_destroy at C level. Its current attempt is an UpstreamRequest (C-level calls
 # and attribute reads); the attempt calls back into the router through the cpdef on_attempt_*
-# methods; its factory's settings are C attributes. Route, cluster, host, Attempts and the
-# shadows stay Python objects (object):
-# only the fields the per-request path reads are C types. What runs only on retries, timeouts,
-# local answers and errors stays def (ordinary Python methods of the compiled class).
+# methods; its factory's settings are C attributes. The stream, route, host and stream info are
+# C types inside decode_headers and on_attempt_headers (their @cython.locals, on the .py methods:
+# Cython ignores method-level locals in a .pxd); the cluster, Attempts and the shadows stay Python
+# objects. What runs only on retries, timeouts, local answers and errors stays def (ordinary Python
+# methods of the compiled class).
 
 from tulle.filters.http.base cimport HttpFilter
 from tulle.filters.http.router.config cimport RouterFactory
