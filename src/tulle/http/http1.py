@@ -125,12 +125,30 @@ def _is_hop_by_hop(name: cython.p_const_char, length: cython.Py_ssize_t, folded:
     return False
 
 
+def _put(out: cython.p_char, pos: cython.Py_ssize_t, data: cython.p_const_char, n: cython.Py_ssize_t) -> int:
+    """Copy ``n`` bytes to ``out`` at ``pos``; the position after them."""
+    memcpy(out + pos, data, n)
+    return pos + n
+
+
+def _put_text(out: cython.p_char, pos: cython.Py_ssize_t, text: str) -> int:
+    """An ASCII ``text`` (the caller checked) at ``pos``."""
+    n = cython.declare(cython.Py_ssize_t, 0)
+    data = cython.declare(cython.p_const_char, _ascii(text, cython.address(n)))
+    return _put(out, pos, data, n)
+
+
+def _put_bytes(out: cython.p_char, pos: cython.Py_ssize_t, data: bytes) -> int:
+    return _put(out, pos, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
 def _encode_request_head_ascii(items: list, body_framing: bytes) -> object:
     method = path = authority = ""
     size = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(body_framing) + 32)
     count = cython.declare(cython.Py_ssize_t, len(items))
     i = cython.declare(cython.Py_ssize_t)
     pos = cython.declare(cython.Py_ssize_t, 0)
+    n = cython.declare(cython.Py_ssize_t, 0)
     for i in range(count):
         item = cython.cast(tuple, items[i])
         name = cython.cast(str, item[0])
@@ -146,52 +164,28 @@ def _encode_request_head_ascii(items: list, body_framing: bytes) -> object:
             elif name == ":authority":
                 authority = value
     out = cython.declare(cython.p_char, cython.cast(cython.p_char, PyMem_Malloc(size)))
-    n = cython.declare(cython.Py_ssize_t, 0)
-    data = cython.declare(cython.p_const_char)
     if out == cython.NULL:
         raise MemoryError()
     try:
-        data = _ascii(method, cython.address(n))
-        memcpy(out + pos, data, n)
-        pos += n
-        out[pos] = 32
-        pos += 1
-        data = _ascii(path, cython.address(n))
-        memcpy(out + pos, data, n)
-        pos += n
-        memcpy(out + pos, b" HTTP/1.1\r\nhost: ", 17)
-        pos += 17
-        data = _ascii(authority, cython.address(n))
-        memcpy(out + pos, data, n)
-        pos += n
-        out[pos] = 13
-        out[pos + 1] = 10
-        pos += 2
+        pos = _put_text(out, pos, method)
+        pos = _put(out, pos, b" ", 1)
+        pos = _put_text(out, pos, path)
+        pos = _put(out, pos, b" HTTP/1.1\r\nhost: ", 17)
+        pos = _put_text(out, pos, authority)
+        pos = _put(out, pos, b"\r\n", 2)
         for i in range(count):
             item = cython.cast(tuple, items[i])
-            name = cython.cast(str, item[0])
-            data = _ascii(name, cython.address(n))
+            data = cython.declare(cython.p_const_char, _ascii(cython.cast(str, item[0]), cython.address(n)))
             if n == 0 or data[0] == 58:  # ':' pseudo-headers are the request line
                 continue
             if _is_hop_by_hop(data, n, True) or (n == 4 and memcmp(data, b"host", 4) == 0):
                 continue
-            memcpy(out + pos, data, n)
-            pos += n
-            out[pos] = 58
-            out[pos + 1] = 32
-            pos += 2
-            data = _ascii(cython.cast(str, item[1]), cython.address(n))
-            memcpy(out + pos, data, n)
-            pos += n
-            out[pos] = 13
-            out[pos + 1] = 10
-            pos += 2
-        n = PyBytes_GET_SIZE(body_framing)
-        memcpy(out + pos, PyBytes_AS_STRING(body_framing), n)
-        pos += n
-        out[pos] = 13
-        out[pos + 1] = 10
-        pos += 2
+            pos = _put(out, pos, data, n)
+            pos = _put(out, pos, b": ", 2)
+            pos = _put_text(out, pos, cython.cast(str, item[1]))
+            pos = _put(out, pos, b"\r\n", 2)
+        pos = _put_bytes(out, pos, body_framing)
+        pos = _put(out, pos, b"\r\n", 2)
         return PyBytes_FromStringAndSize(out, pos)
     finally:
         PyMem_Free(out)
@@ -263,8 +257,6 @@ def _encode_wire_response_head(line: bytes, wire: bytes, sets: dict, body_framin
     """status line + the upstream's block minus hop-by-hop and overwritten lines + the set()s +
     framing + tail, in one pass over the block (the compiled peer of the _strip_pattern path).
     None when a set() name or value is not ASCII."""
-    n = cython.declare(cython.Py_ssize_t, 0)
-    data = cython.declare(cython.p_const_char)
     size = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(line) + PyBytes_GET_SIZE(wire)
                           + PyBytes_GET_SIZE(body_framing) + PyBytes_GET_SIZE(tail) + 2)
     if sets:
@@ -280,9 +272,9 @@ def _encode_wire_response_head(line: bytes, wire: bytes, sets: dict, body_framin
     start = cython.declare(cython.Py_ssize_t, 0)
     stop = cython.declare(cython.Py_ssize_t)
     name_end = cython.declare(cython.Py_ssize_t)
-    pos = cython.declare(cython.Py_ssize_t, PyBytes_GET_SIZE(line) - 2)  # the block begins with its own CRLF
+    pos = cython.declare(cython.Py_ssize_t)
     try:
-        memcpy(out, PyBytes_AS_STRING(line), pos)
+        pos = _put(out, 0, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line) - 2)  # the block brings its CRLF
         while start < end:  # each line is "\r\nname: value"
             stop = start + 2
             while stop < end and src[stop] != 13:
@@ -294,32 +286,17 @@ def _encode_wire_response_head(line: bytes, wire: bytes, sets: dict, body_framin
                 name_end -= 1
             if not (_is_hop_by_hop(src + start + 2, name_end - start - 2, False)
                     or (sets and _overwritten(src + start + 2, name_end - start - 2, sets))):
-                memcpy(out + pos, src + start, stop - start)
-                pos += stop - start
+                pos = _put(out, pos, src + start, stop - start)
             start = stop
         if sets:
             for key, value in sets.items():
-                out[pos] = 13
-                out[pos + 1] = 10
-                pos += 2
-                data = _ascii(cython.cast(str, key), cython.address(n))
-                memcpy(out + pos, data, n)
-                pos += n
-                out[pos] = 58
-                out[pos + 1] = 32
-                pos += 2
-                data = _ascii(cython.cast(str, value), cython.address(n))
-                memcpy(out + pos, data, n)
-                pos += n
-        out[pos] = 13
-        out[pos + 1] = 10
-        pos += 2
-        n = PyBytes_GET_SIZE(body_framing)
-        memcpy(out + pos, PyBytes_AS_STRING(body_framing), n)
-        pos += n
-        n = PyBytes_GET_SIZE(tail)
-        memcpy(out + pos, PyBytes_AS_STRING(tail), n)
-        pos += n
+                pos = _put(out, pos, b"\r\n", 2)
+                pos = _put_text(out, pos, cython.cast(str, key))
+                pos = _put(out, pos, b": ", 2)
+                pos = _put_text(out, pos, cython.cast(str, value))
+        pos = _put(out, pos, b"\r\n", 2)
+        pos = _put_bytes(out, pos, body_framing)
+        pos = _put_bytes(out, pos, tail)
         return PyBytes_FromStringAndSize(out, pos)
     finally:
         PyMem_Free(out)
