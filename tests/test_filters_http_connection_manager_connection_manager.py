@@ -8,7 +8,7 @@ and the HCM timeouts. Upstream-side behaviour lives in the router and pool tests
 
 from __future__ import annotations
 
-import random
+import os
 import re
 import threading
 import uuid
@@ -63,20 +63,22 @@ def test_request_id_is_a_version_4_uuid() -> None:
         assert parsed.variant == uuid.RFC_4122
 
 
-def test_request_id_is_getrandbits_128_with_version_and_variant_set() -> None:
-    state = random.getstate()
-    try:
-        random.seed(20261207)
-        ids = [request_id() for _ in range(50)]
-        random.seed(20261207)
-        expected = []
-        for _ in range(50):
-            value = random.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
-            value = value & ~(0xC000 << 48) | (0x8000 << 48)
-            expected.append(str(uuid.UUID(int=value)))
-    finally:
-        random.setstate(state)
-    assert ids == expected
+def test_request_ids_of_a_forked_worker_differ_from_its_parents() -> None:
+    """Workers are forked: each reseeds the generator, so no two processes repeat a sequence."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running the parent's cleanup
+        try:
+            os.write(write_end, ",".join(request_id() for _ in range(20)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parent_ids = [request_id() for _ in range(20)]
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = pipe.read().decode().split(",")
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 20 and all(UUID4.match(value) for value in child_ids)
+    assert not set(child_ids) & set(parent_ids)
 
 
 def test_request_id_randomness_reaches_every_free_nibble() -> None:

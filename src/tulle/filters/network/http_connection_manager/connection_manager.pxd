@@ -12,6 +12,7 @@ from tulle.filters.http.base cimport HttpFilter
 from tulle.filters.network.http_connection_manager.config cimport HcmConfig
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
 from tulle.http cimport http1
+from tulle.http.codec_callbacks cimport ParserCallbacks
 from tulle.http.headers cimport HeaderMap
 from tulle.stats.store cimport Counter
 from tulle.stream_info cimport StreamInfo
@@ -25,6 +26,8 @@ cdef Py_ssize_t _VALID_AUTHORITIES_MAX
 cdef Py_ssize_t _CACHED_AUTHORITY_MAX_LEN
 
 cpdef str request_id()
+cdef unsigned long long _random_state
+cdef unsigned long long _next_random64() noexcept
 cdef const char* _HEX_DIGITS
 cdef dict _STATUS_CODES
 cdef str _uuid_text(unsigned long long high, unsigned long long low)
@@ -80,7 +83,7 @@ cdef class ActiveStream:
     cpdef destroy(self)
 
 
-cdef class HttpConnection:
+cdef class HttpConnection(ParserCallbacks):
     cdef public HcmConfig config
     cdef public object downstream
     cdef public object transport

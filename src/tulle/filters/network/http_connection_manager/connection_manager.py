@@ -14,6 +14,7 @@ request costs no timer operations in the common case.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -26,6 +27,7 @@ from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE, HttpFilter
 from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.http import http1
+from tulle.http.codec_callbacks import ParserCallbacks
 from tulle.http.headers import HeaderMap
 from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
@@ -47,16 +49,47 @@ _STATUS_CODES = {str(code): code for code in range(100, 600)}  # :status text ->
 def request_id() -> str:
     """A version-4 UUID string. Request ids need uniqueness, not secrecy: no syscall per request.
 
-    The 128 bits of ``getrandbits(128)`` taken as two 64-bit halves (it fills the low half first),
-    so that compiled they are C integers formatted straight into the string."""
-    low = _getrandbits(64)
-    high = _getrandbits(64)
+    122 random bits from a per-process generator seeded from the OS (again in every forked child);
+    compiled it is a splitmix64 in C formatted straight into the string, uncompiled ``random``'s."""
+    if cython.compiled:
+        high = _next_random64()
+        low = _next_random64()
+    else:
+        high = _getrandbits(64)
+        low = _getrandbits(64)
     high = high & 0xFFFFFFFFFFFF0FFF | 0x4000  # version 4
     low = low & 0x3FFFFFFFFFFFFFFF | 0x8000000000000000  # variant RFC 4122
     if cython.compiled:
         return _uuid_text(high, low)
     return (f"{high >> 32:08x}-{(high >> 16) & 0xFFFF:04x}-{high & 0xFFFF:04x}-"
             f"{low >> 48:04x}-{low & 0xFFFFFFFFFFFF:012x}")
+
+
+@cython.locals(mixed=cython.ulonglong, golden=cython.ulonglong, mix1=cython.ulonglong, mix2=cython.ulonglong)
+def _next_random64() -> int:
+    """Compiled only: splitmix64 (Steele, Lea and Flood), a 2^64-period generator that passes BigCrush;
+    the constants are C integers so that the arithmetic wraps modulo 2^64."""
+    global _random_state
+    golden = 0x9E3779B97F4A7C15
+    mix1 = 0xBF58476D1CE4E5B9
+    mix2 = 0x94D049BB133111EB
+    _random_state += golden
+    mixed = _random_state
+    mixed = (mixed ^ (mixed >> 30)) * mix1
+    mixed = (mixed ^ (mixed >> 27)) * mix2
+    return mixed ^ (mixed >> 31)
+
+
+def _seed_request_ids() -> None:
+    """The generator's state from the OS: at import, and in a forked child (a worker must not
+    repeat its parent's or a sibling's ids)."""
+    global _random_state
+    _random_state = int.from_bytes(os.urandom(8), "little")
+
+
+_random_state = 0
+_seed_request_ids()
+os.register_at_fork(after_in_child=_seed_request_ids)
 
 
 if not cython.compiled:  # cimported by connection_manager.pxd; only the compiled branch calls it
@@ -387,7 +420,7 @@ class ActiveStream:
         self.deadline_callback = None
 
 
-class HttpConnection:
+class HttpConnection(ParserCallbacks):
     """An ``asyncio.Protocol`` (duck-typed: compiled, a cdef class cannot derive from a Python class)."""
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
