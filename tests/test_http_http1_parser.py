@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tulle.http.http1_parser as loaded
+from tulle.http.codec_callbacks import ParserCallbacks
 
 PURE_PATH = pathlib.Path(loaded.__file__).with_name("http1_parser.py")
 
@@ -77,6 +78,28 @@ def response_parser(impl, max_head_bytes=60 * 1024):
 def feed_all(parser, pieces):
     for piece in pieces:
         parser.feed_data(piece)
+
+
+class CallbacksRecorder(Recorder, ParserCallbacks):
+    """The same recorder as a ParserCallbacks (what the connections are): the compiled parser calls it
+    through the C-level interface, whose dispatch reaches these Python overrides."""
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_parser_callbacks_protocol_sees_what_any_protocol_sees(impl):
+    requests = [b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                b"GET / HTTP/1.0\r\nX-One: 1\r\n\r\n"]
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nServer: s\r\n\r\nabc",
+                 b"HTTP/1.1 204 No Content\r\n\r\n"]
+    seen = []
+    for recorder_class in (Recorder, CallbacksRecorder):
+        request_recorder, response_recorder = recorder_class(), recorder_class()
+        feed_all(impl.RequestParser(request_recorder, 60 * 1024, 100), requests)
+        feed_all(impl.ResponseParser(response_recorder, 60 * 1024), responses)
+        seen.append((request_recorder.events, response_recorder.events))
+    assert seen[0] == seen[1]
+    assert [event[0] for event in seen[1][0]] == ["request", "body", "end", "request", "end"]
+    assert [event[0] for event in seen[1][1]] == ["response", "body", "end", "response", "end"]
 
 
 BENCH_REQUEST = b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"

@@ -42,6 +42,7 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.network.http_connection_manager.connection_manager",
     "tulle.filters.network.http_connection_manager.stats",
     "tulle.filters.network.local_ratelimit.filter",
+    "tulle.http.codec_callbacks",
     "tulle.http.headers",
     "tulle.http.http1",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer

@@ -22,9 +22,9 @@ cpdef str http_date()
 cpdef bytes encode_request_head(HeaderMap headers, bytes body_framing)
 
 cdef const char* _ascii(str text, Py_ssize_t* size) except? NULL
-cdef inline Py_ssize_t _put(char* out, Py_ssize_t pos, const char* data, Py_ssize_t n) noexcept
-cdef inline Py_ssize_t _put_text(char* out, Py_ssize_t pos, str text) except -1
-cdef inline Py_ssize_t _put_bytes(char* out, Py_ssize_t pos, bytes data) noexcept
+cdef Py_ssize_t _put(char* out, Py_ssize_t pos, const char* data, Py_ssize_t n) noexcept
+cdef Py_ssize_t _put_text(char* out, Py_ssize_t pos, str text) except -1
+cdef Py_ssize_t _put_bytes(char* out, Py_ssize_t pos, bytes data) noexcept
 cdef bint _is_hop_by_hop(const char* name, Py_ssize_t length, bint folded) noexcept
 @cython.locals(item=tuple, name=str, value=str, method=str, path=str, authority=str)
 cdef object _encode_request_head_ascii(list items, bytes body_framing)

@@ -15,6 +15,8 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr
 
+from tulle.http.codec_callbacks cimport ParserCallbacks
+
 
 cdef extern from "llhttp.h":
     ctypedef struct llhttp_t:
@@ -145,6 +147,7 @@ cdef str _lower_name(const char* name, Py_ssize_t length):
 cdef class _Parser:
     cdef llhttp_t parser
     cdef object protocol
+    cdef ParserCallbacks callbacks  # the protocol when it is one (C-level calls), else None
     cdef Py_ssize_t max_head_bytes
     # the data being fed (valid during feed_data only) and the stream offset of its first byte
     cdef object data
@@ -250,7 +253,10 @@ cdef class _Parser:
                             self._head_complete(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
                     elif self.event == EV_COMPLETE:
                         self.event = EV_NONE
-                        self.protocol.on_message_complete(self.keep_alive)
+                        if self.callbacks is not None:
+                            self.callbacks.on_message_complete(self.keep_alive)
+                        else:
+                            self.protocol.on_message_complete(self.keep_alive)
                     continue
                 if err == HPE_PAUSED_UPGRADE:
                     pos = self.parser.error_pos - self.buf
@@ -327,7 +333,10 @@ cdef int _cb_body(llhttp_t* parser, const char* at, size_t length) noexcept:
     else:
         body = PyBytes_FromStringAndSize(at, length)
     try:
-        self.protocol.on_body(body)
+        if self.callbacks is not None:
+            self.callbacks.on_body(body)
+        else:
+            self.protocol.on_body(body)
     except BaseException as exc:
         self.error = exc
         return HPE_USER
@@ -364,6 +373,7 @@ cdef class RequestParser(_Parser):
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes, Py_ssize_t max_headers):
         self.protocol = protocol
+        self.callbacks = protocol if isinstance(protocol, ParserCallbacks) else None
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
         llhttp_init(&self.parser, HTTP_REQUEST, &_settings)
@@ -409,12 +419,13 @@ cdef class RequestParser(_Parser):
             headers.append((_lower_name(head + spans[i], name_len), PyUnicode_DecodeLatin1(value, value_len, NULL)))
         if parser.upgrade:
             parser.flags |= F_SKIPBODY  # as httptools: what follows an Upgrade/CONNECT head is not HTTP
-        self.protocol.on_request_head(
-            _method_name(parser.method),
-            PyUnicode_DecodeLatin1(head + self.url_start, self.url_end - self.url_start, NULL),
-            not (parser.http_major == 1 and parser.http_minor == 1),
-            headers,
-        )
+        method = _method_name(parser.method)
+        target = PyUnicode_DecodeLatin1(head + self.url_start, self.url_end - self.url_start, NULL)
+        http10 = not (parser.http_major == 1 and parser.http_minor == 1)
+        if self.callbacks is not None:
+            self.callbacks.on_request_head(method, target, http10, headers)
+        else:
+            self.protocol.on_request_head(method, target, http10, headers)
         return 0
 
 
@@ -427,6 +438,7 @@ cdef class ResponseParser(_Parser):
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes):
         self.protocol = protocol
+        self.callbacks = protocol if isinstance(protocol, ParserCallbacks) else None
         self.max_head_bytes = max_head_bytes
         llhttp_init(&self.parser, HTTP_RESPONSE, &_settings)
         self.parser.data = <void*>self
@@ -476,12 +488,11 @@ cdef class ResponseParser(_Parser):
         if self.no_body and not (100 <= status < 200):
             self.no_body = False
             parser.flags |= F_SKIPBODY
-        self.protocol.on_response_head(
-            status,
-            not (parser.http_major == 1 and parser.http_minor == 1),
-            PyBytes_FromStringAndSize(head + block_start, block_end - block_start),
-            content_length,
-            transfer_encoding,
-            llhttp_should_keep_alive(parser) != 0,
-        )
+        http10 = not (parser.http_major == 1 and parser.http_minor == 1)
+        block = PyBytes_FromStringAndSize(head + block_start, block_end - block_start)
+        keep_alive = llhttp_should_keep_alive(parser) != 0
+        if self.callbacks is not None:
+            self.callbacks.on_response_head(status, http10, block, content_length, transfer_encoding, keep_alive)
+        else:
+            self.protocol.on_response_head(status, http10, block, content_length, transfer_encoding, keep_alive)
         return 0

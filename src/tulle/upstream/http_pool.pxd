@@ -1,13 +1,15 @@
 # C-level declarations for http_pool.py (Cython pure-Python mode; see tulle/compiled.py).
 # Http1ClientConnection is a cdef class that is an asyncio.Protocol by its methods (a cdef class cannot
-# inherit from a Python class). The transport and the ResponseParser call its protocol and
-# parser callbacks as Python methods (def); what the pool and the router call per request is cpdef.
+# inherit from a Python class). The transport calls its protocol methods through Python; the
+# ResponseParser calls its parser callbacks (ParserCallbacks, cpdef) and the pool and the router what
+# they call per request (cpdef) at C level.
 # A connection's callbacks subclass UpstreamCallbacks (the router's UpstreamRequest is a cdef
 # subclass: called at C level; a shadow request or a test recorder is a Python subclass). The
 # PoolCallbacks (duck-typed), the cluster and the host are typed object.
 
 cimport cython
 
+from tulle.http.codec_callbacks cimport ParserCallbacks
 from tulle.http.headers cimport wire_headers
 from tulle.upstream.resource_manager cimport Resource, ResourceManager
 
@@ -26,7 +28,7 @@ cdef class UpstreamCallbacks:
     cpdef on_upstream_read_end(self)
 
 
-cdef class Http1ClientConnection:
+cdef class Http1ClientConnection(ParserCallbacks):
     cdef public HttpConnectionPool pool
     cdef public object transport
     cdef public object parser
@@ -47,6 +49,10 @@ cdef class Http1ClientConnection:
     cdef public bint expired
     cdef public object age_timer
 
+    cpdef on_response_head(self, int status, bint http10, bytes block, content_length, transfer_encoding,
+                           bint keep_alive)
+    cpdef on_body(self, body)
+    cpdef on_message_complete(self, bint keep_alive)
     cpdef _complete(self, bint keep_alive)
     cpdef start_request(self, callbacks, bytes head, bint is_head)
     cpdef write(self, data)
