@@ -6,7 +6,7 @@
 from tulle.filters.http.router.filter cimport RouterFilter
 from tulle.upstream.cluster_stats cimport ClusterStats
 from tulle.upstream.host cimport Host
-from tulle.upstream.http_pool cimport Http1ClientConnection, UpstreamCallbacks
+from tulle.upstream.http_pool cimport Http1ClientConnection, UpstreamCallbacks, pool_for
 
 cdef object _monotonic
 

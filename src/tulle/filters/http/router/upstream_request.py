@@ -33,6 +33,7 @@ class UpstreamRequest(UpstreamCallbacks):
             "draining", "cluster_stats",
         )
 
+    @cython.locals(router="RouterFilter", host="Host")
     def __init__(self, router: RouterFilter, host: Any, cluster: Any, loop: Any,
                  pending: list[bytes] | None = None, pending_bytes: int = 0) -> None:
         """Start the attempt: it becomes the router's current one, then asks the pool for a

@@ -45,7 +45,8 @@ _HEX_DIGITS = b"0123456789abcdef"
 _STATUS_CODES = {str(code): code for code in range(100, 600)}  # :status text -> int without parsing
 
 
-@cython.locals(low=cython.ulonglong, high=cython.ulonglong)
+@cython.locals(low=cython.ulonglong, high=cython.ulonglong, high_mask=cython.ulonglong, low_mask=cython.ulonglong,
+               variant=cython.ulonglong)
 def request_id() -> str:
     """A version-4 UUID string. Request ids need uniqueness, not secrecy: no syscall per request.
 
@@ -57,8 +58,11 @@ def request_id() -> str:
     else:
         high = _getrandbits(64)
         low = _getrandbits(64)
-    high = high & 0xFFFFFFFFFFFF0FFF | 0x4000  # version 4
-    low = low & 0x3FFFFFFFFFFFFFFF | 0x8000000000000000  # variant RFC 4122
+    high_mask = 0xFFFFFFFFFFFF0FFF  # C integers: the bit operations stay in C
+    low_mask = 0x3FFFFFFFFFFFFFFF
+    variant = 0x8000000000000000
+    high = high & high_mask | 0x4000  # version 4
+    low = low & low_mask | variant  # variant RFC 4122
     if cython.compiled:
         return _uuid_text(high, low)
     return (f"{high >> 32:08x}-{(high >> 16) & 0xFFFF:04x}-{high & 0xFFFF:04x}-"
