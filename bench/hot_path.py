@@ -70,6 +70,9 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.sent += 1
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        self.sent += 1
+
     def set_write_buffer_limits(self, high: int, low: int) -> None:
         pass
 
