@@ -2,7 +2,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 
 from tulle.http.headers cimport HeaderMap
 
@@ -25,7 +25,8 @@ cdef const char* _ascii(str text, Py_ssize_t* size) except? NULL
 cdef Py_ssize_t _put(char* out, Py_ssize_t pos, const char* data, Py_ssize_t n) noexcept
 cdef Py_ssize_t _put_text(char* out, Py_ssize_t pos, str text) except -1
 cdef Py_ssize_t _put_bytes(char* out, Py_ssize_t pos, bytes data) noexcept
-cdef bint _is_hop_by_hop(const char* name, Py_ssize_t length, bint folded) noexcept
+cdef bint _name_is(const char* name, Py_ssize_t length, const char* lower, Py_ssize_t lower_length) noexcept
+cdef bint _is_hop_by_hop(const char* name, Py_ssize_t length) noexcept
 @cython.locals(item=tuple, name=str, value=str, method=str, path=str, authority=str)
 cdef object _encode_request_head_ascii(list items, bytes body_framing)
 

@@ -81,7 +81,7 @@ def encode_request_head(headers: HeaderMap, body_framing: bytes) -> bytes:
 
 # --- compiled only: heads assembled in one C buffer ------------------------------------------------
 if not cython.compiled:  # C functions cimported by http1.pxd; only the compiled branches call them
-    PyUnicode_IS_ASCII = PyUnicode_AsUTF8AndSize = memcmp = memcpy = PyMem_Malloc = PyMem_Free = None
+    PyUnicode_IS_ASCII = PyUnicode_AsUTF8AndSize = memcpy = PyMem_Malloc = PyMem_Free = None
     PyBytes_AS_STRING = PyBytes_GET_SIZE = PyBytes_FromStringAndSize = None
 # Names and values are str holding latin-1; an ASCII str's bytes are its UTF-8 buffer, which CPython
 # keeps inside the object, so these copy them without encoding. A head with any non-ASCII character
@@ -94,34 +94,40 @@ def _ascii(text: str, size: cython.p_Py_ssize_t) -> cython.p_const_char:
     return PyUnicode_AsUTF8AndSize(text, size)
 
 
-def _is_hop_by_hop(name: cython.p_const_char, length: cython.Py_ssize_t, folded: cython.bint) -> cython.bint:
-    """``name`` is one of HOP_BY_HOP or content-length (``folded``: already lower case)."""
-    lower = cython.declare(cython.char[20])
+def _name_is(name: cython.p_const_char, length: cython.Py_ssize_t, lower: cython.p_const_char,
+             lower_length: cython.Py_ssize_t) -> cython.bint:
+    """ASCII case-insensitive ``name == lower`` (``lower`` is lower case); the llhttp binding uses it too."""
     i = cython.declare(cython.Py_ssize_t)
     c = cython.declare(cython.char)
-    if length != 2 and length != 7 and length != 10 and not 14 <= length <= 19:
+    if length != lower_length:
         return False
     for i in range(length):
         c = name[i]
-        if not folded and 65 <= c <= 90:
+        if 65 <= c <= 90:
             c += 32
-        lower[i] = c
+        if c != lower[i]:
+            return False
+    return True
+
+
+def _is_hop_by_hop(name: cython.p_const_char, length: cython.Py_ssize_t) -> cython.bint:
+    """``name`` (any case) is one of HOP_BY_HOP or content-length."""
     if length == 2:
-        return memcmp(lower, b"te", 2) == 0
+        return _name_is(name, length, b"te", 2)
     if length == 7:
-        return memcmp(lower, b"upgrade", 7) == 0 or memcmp(lower, b"trailer", 7) == 0
+        return _name_is(name, length, b"upgrade", 7) or _name_is(name, length, b"trailer", 7)
     if length == 10:
-        return memcmp(lower, b"connection", 10) == 0 or memcmp(lower, b"keep-alive", 10) == 0
+        return _name_is(name, length, b"connection", 10) or _name_is(name, length, b"keep-alive", 10)
     if length == 14:
-        return memcmp(lower, b"content-length", 14) == 0
+        return _name_is(name, length, b"content-length", 14)
     if length == 16:
-        return memcmp(lower, b"proxy-connection", 16) == 0
+        return _name_is(name, length, b"proxy-connection", 16)
     if length == 17:
-        return memcmp(lower, b"transfer-encoding", 17) == 0
+        return _name_is(name, length, b"transfer-encoding", 17)
     if length == 18:
-        return memcmp(lower, b"proxy-authenticate", 18) == 0
+        return _name_is(name, length, b"proxy-authenticate", 18)
     if length == 19:
-        return memcmp(lower, b"proxy-authorization", 19) == 0
+        return _name_is(name, length, b"proxy-authorization", 19)
     return False
 
 
@@ -178,7 +184,7 @@ def _encode_request_head_ascii(items: list, body_framing: bytes) -> object:
             data = cython.declare(cython.p_const_char, _ascii(cython.cast(str, item[0]), cython.address(n)))
             if n == 0 or data[0] == 58:  # ':' pseudo-headers are the request line
                 continue
-            if _is_hop_by_hop(data, n, True) or (n == 4 and memcmp(data, b"host", 4) == 0):
+            if _is_hop_by_hop(data, n) or _name_is(data, n, b"host", 4):
                 continue
             pos = _put(out, pos, data, n)
             pos = _put(out, pos, b": ", 2)
@@ -236,19 +242,9 @@ def _overwritten(name: cython.p_const_char, length: cython.Py_ssize_t, sets: dic
     """A wire line's name (any case) is one of the names set() anew (lower case, ASCII)."""
     n = cython.declare(cython.Py_ssize_t, 0)
     other = cython.declare(cython.p_const_char)
-    i = cython.declare(cython.Py_ssize_t)
-    c = cython.declare(cython.char)
     for key in sets:
         other = _ascii(cython.cast(str, key), cython.address(n))
-        if n != length:
-            continue
-        for i in range(length):
-            c = name[i]
-            if 65 <= c <= 90:
-                c += 32
-            if c != other[i]:
-                break
-        else:
+        if _name_is(name, length, other, n):
             return True
     return False
 
@@ -284,7 +280,7 @@ def _encode_wire_response_head(line: bytes, wire: bytes, sets: dict, body_framin
                 name_end += 1
             while name_end > start + 2 and (src[name_end - 1] == 32 or src[name_end - 1] == 9):
                 name_end -= 1
-            if not (_is_hop_by_hop(src + start + 2, name_end - start - 2, False)
+            if not (_is_hop_by_hop(src + start + 2, name_end - start - 2)
                     or (sets and _overwritten(src + start + 2, name_end - start - 2, sets))):
                 pos = _put(out, pos, src + start, stop - start)
             start = stop

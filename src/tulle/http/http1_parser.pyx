@@ -15,7 +15,8 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr
 
-from tulle.http.codec_callbacks cimport ParserCallbacks
+from tulle.http.codec_callbacks cimport ParserCallbacks, ProtocolCallbacks
+from tulle.http.http1 cimport _name_is
 
 
 cdef extern from "llhttp.h":
@@ -116,21 +117,6 @@ cdef inline bint _is_ws(char c) noexcept:
     return c == b' ' or c == b'\t'
 
 
-cdef bint _name_is(const char* name, Py_ssize_t length, const char* lower, Py_ssize_t lower_length) noexcept:
-    """ASCII case-insensitive ``name == lower`` (``lower`` is lower case)."""
-    cdef Py_ssize_t i
-    cdef char c
-    if length != lower_length:
-        return False
-    for i in range(length):
-        c = name[i]
-        if b'A' <= c <= b'Z':
-            c = c + 32
-        if c != lower[i]:
-            return False
-    return True
-
-
 cdef str _lower_name(const char* name, Py_ssize_t length):
     """A header name (an ASCII token: llhttp refuses anything else) as a lower-case str."""
     cdef char buf[64]
@@ -146,8 +132,7 @@ cdef str _lower_name(const char* name, Py_ssize_t length):
 
 cdef class _Parser:
     cdef llhttp_t parser
-    cdef object protocol
-    cdef ParserCallbacks callbacks  # the protocol when it is one (C-level calls), else None
+    cdef ParserCallbacks protocol  # the protocol given, or a ProtocolCallbacks around it
     cdef Py_ssize_t max_head_bytes
     # the data being fed (valid during feed_data only) and the stream offset of its first byte
     cdef object data
@@ -253,10 +238,7 @@ cdef class _Parser:
                             self._head_complete(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
                     elif self.event == EV_COMPLETE:
                         self.event = EV_NONE
-                        if self.callbacks is not None:
-                            self.callbacks.on_message_complete(self.keep_alive)
-                        else:
-                            self.protocol.on_message_complete(self.keep_alive)
+                        self.protocol.on_message_complete(self.keep_alive)
                     continue
                 if err == HPE_PAUSED_UPGRADE:
                     pos = self.parser.error_pos - self.buf
@@ -333,10 +315,7 @@ cdef int _cb_body(llhttp_t* parser, const char* at, size_t length) noexcept:
     else:
         body = PyBytes_FromStringAndSize(at, length)
     try:
-        if self.callbacks is not None:
-            self.callbacks.on_body(body)
-        else:
-            self.protocol.on_body(body)
+        self.protocol.on_body(body)
     except BaseException as exc:
         self.error = exc
         return HPE_USER
@@ -372,8 +351,7 @@ cdef class RequestParser(_Parser):
     cdef Py_ssize_t head_bytes
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes, Py_ssize_t max_headers):
-        self.protocol = protocol
-        self.callbacks = protocol if isinstance(protocol, ParserCallbacks) else None
+        self.protocol = protocol if isinstance(protocol, ParserCallbacks) else ProtocolCallbacks(protocol)
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
         llhttp_init(&self.parser, HTTP_REQUEST, &_settings)
@@ -422,10 +400,7 @@ cdef class RequestParser(_Parser):
         method = _method_name(parser.method)
         target = PyUnicode_DecodeLatin1(head + self.url_start, self.url_end - self.url_start, NULL)
         http10 = not (parser.http_major == 1 and parser.http_minor == 1)
-        if self.callbacks is not None:
-            self.callbacks.on_request_head(method, target, http10, headers)
-        else:
-            self.protocol.on_request_head(method, target, http10, headers)
+        self.protocol.on_request_head(method, target, http10, headers)
         return 0
 
 
@@ -437,8 +412,7 @@ cdef class ResponseParser(_Parser):
     cdef bint no_body
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes):
-        self.protocol = protocol
-        self.callbacks = protocol if isinstance(protocol, ParserCallbacks) else None
+        self.protocol = protocol if isinstance(protocol, ParserCallbacks) else ProtocolCallbacks(protocol)
         self.max_head_bytes = max_head_bytes
         llhttp_init(&self.parser, HTTP_RESPONSE, &_settings)
         self.parser.data = <void*>self
@@ -491,8 +465,5 @@ cdef class ResponseParser(_Parser):
         http10 = not (parser.http_major == 1 and parser.http_minor == 1)
         block = PyBytes_FromStringAndSize(head + block_start, block_end - block_start)
         keep_alive = llhttp_should_keep_alive(parser) != 0
-        if self.callbacks is not None:
-            self.callbacks.on_response_head(status, http10, block, content_length, transfer_encoding, keep_alive)
-        else:
-            self.protocol.on_response_head(status, http10, block, content_length, transfer_encoding, keep_alive)
+        self.protocol.on_response_head(status, http10, block, content_length, transfer_encoding, keep_alive)
         return 0
