@@ -21,9 +21,9 @@ from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError
 ROOT = pathlib.Path(__file__).parent
 SRC = ROOT / "src"
 
-NEEDS = ("a C compiler and the Python headers for this interpreter "
-         f"({sysconfig.get_paths()['include']}/Python.h); on Debian/Ubuntu: "
-         "sudo apt-get install build-essential python3-dev")
+NEEDS = ("a C compiler, the Python headers for this interpreter "
+         f"({sysconfig.get_paths()['include']}/Python.h) and libnghttp2's (nghttp2/nghttp2.h); on Debian/Ubuntu: "
+         "sudo apt-get install build-essential python3-dev libnghttp2-dev")
 PURE = "TULLE_PURE_PYTHON=1 pip install . installs Tulle without compiling (the same code, slower)"
 
 # C sources and include directories that a ``.pyx`` module needs beside its own source (paths
@@ -33,6 +33,8 @@ C_LIBRARIES: dict[str, dict[str, list[str]]] = {
         "sources": ["vendor/llhttp/src/api.c", "vendor/llhttp/src/http.c", "vendor/llhttp/src/llhttp.c"],
         "include_dirs": ["vendor/llhttp/include"],
     },
+    # the distribution's libnghttp2 (security updates come with the OS): libnghttp2-dev to build
+    "tulle.http.http2_codec": {"libraries": ["nghttp2"]},
 }
 
 
@@ -85,6 +87,7 @@ def extensions() -> list:
         modules.append(Extension(
             name, [str(path.relative_to(ROOT)), *extra.get("sources", [])],
             include_dirs=list(extra.get("include_dirs", [])),
+            libraries=list(extra.get("libraries", [])),
             extra_compile_args=["-O2"],
         ))
     return cythonize(

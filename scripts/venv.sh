@@ -7,12 +7,14 @@
 
 tulle_pure_python() { [ -n "${TULLE_PURE_PYTHON:-}" ] && [ "$TULLE_PURE_PYTHON" != 0 ]; }
 
-# A C compiler and the headers of the Python in use; installed with apt-get when missing.
+# A C compiler, the headers of the Python in use and libnghttp2's; installed with apt-get when missing.
 ensure_build_tools() {
   local include packages=()
   include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   command -v "${CC:-cc}" >/dev/null 2>&1 || packages+=(build-essential)
   [ -f "$include/Python.h" ] || packages+=(python3-dev)
+  # libnghttp2 (HTTP/2 framing, called from the compiled layer): the distribution's, with its security updates
+  [ -f /usr/include/nghttp2/nghttp2.h ] || packages+=(libnghttp2-dev)
   [ "${#packages[@]}" -eq 0 ] && return 0
   local advice="install ${packages[*]} (Debian/Ubuntu), or run with TULLE_PURE_PYTHON=1 to skip compiling"
   echo "tulle: compiling the hot path needs a C compiler (${CC:-cc}) and $include/Python.h:" \
@@ -31,7 +33,7 @@ ensure_build_tools() {
      || ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null; then
     echo "tulle: apt-get failed: $advice" >&2; return 1
   fi
-  if ! command -v "${CC:-cc}" >/dev/null 2>&1 || [ ! -f "$include/Python.h" ]; then
+  if ! command -v "${CC:-cc}" >/dev/null 2>&1 || [ ! -f "$include/Python.h" ] || [ ! -f /usr/include/nghttp2/nghttp2.h ]; then
     # e.g. a Python built from source or by pyenv without its headers: python3-dev is the system's
     echo "tulle: still no C compiler or no $include/Python.h after installing ${packages[*]};" \
          "install the headers of $(command -v python3), or run with TULLE_PURE_PYTHON=1" >&2

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tulle.http.http1_parser as loaded
-from tulle.http.codec_callbacks import ParserCallbacks
+from tulle.http.codec_callbacks import CodecCallbacks
 
 PURE_PATH = pathlib.Path(loaded.__file__).with_name("http1_parser.py")
 
@@ -80,8 +80,8 @@ def feed_all(parser, pieces):
         parser.feed_data(piece)
 
 
-class CallbacksRecorder(Recorder, ParserCallbacks):
-    """The same recorder as a ParserCallbacks (what the connections are): the compiled parser calls it
+class CallbacksRecorder(Recorder, CodecCallbacks):
+    """The same recorder as a CodecCallbacks (what the connections are): the compiled parser calls it
     through the C-level interface, whose dispatch reaches these Python overrides."""
 
 

@@ -1,9 +1,12 @@
-"""What an HTTP/1 parser calls back: the interface between the codec and the connection it feeds.
+"""What a codec calls back: the interface between a codec and the connection it feeds.
 
-The downstream connection (``HttpConnection``, requests) and the upstream one
-(``Http1ClientConnection``, responses) derive from ``ParserCallbacks``, so the compiled llhttp
-binding calls them at C level. Any other object with these methods works too: the binding wraps it
-in ``ProtocolCallbacks`` (the pure parser calls whatever it is given).
+The HTTP/1 parser (llhttp) calls ``on_request_head``/``on_response_head``, ``on_body`` and
+``on_message_complete``; an HTTP/2 session (libnghttp2) calls the ``on_h2_*`` methods. One base
+class for both because, compiled, the connections are cdef classes (single inheritance): the
+downstream connections (``HttpConnection``, ``Http2Connection``) and the upstream ones
+(``Http1ClientConnection``) derive from ``CodecCallbacks``, so the compiled bindings call them at
+C level. Any other object with the HTTP/1 methods works with the HTTP/1 parser too: the binding
+wraps it in ``ProtocolCallbacks`` (the pure parser calls whatever it is given).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import cython
 
 
-class ParserCallbacks:
+class CodecCallbacks:
     if not cython.compiled:
         __slots__ = ()
 
@@ -32,9 +35,30 @@ class ParserCallbacks:
     def on_message_complete(self, keep_alive: bool) -> None:
         raise NotImplementedError
 
+    # --- an HTTP/2 session's (tulle.http.http2_codec); stream ids are the peer's or ours
+    def on_h2_headers(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
+        """A complete header block (request or response headers, or trailers), validated by nghttp2."""
+        raise NotImplementedError
 
-class ProtocolCallbacks(ParserCallbacks):
-    """Any object with the four methods, as ParserCallbacks: each call forwarded through Python."""
+    def on_h2_headers_too_large(self, stream_id: int) -> None:
+        """A header block over the size or count limit: the session resets the stream."""
+        raise NotImplementedError
+
+    def on_h2_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """A DATA chunk, or (``data`` empty, ``end_stream``) the end of the stream's DATA."""
+        raise NotImplementedError
+
+    def on_h2_stream_close(self, stream_id: int, error_code: int) -> None:
+        """The stream is closed both ways (``error_code`` 0) or was reset."""
+        raise NotImplementedError
+
+    def on_h2_goaway(self, last_stream_id: int, error_code: int) -> None:
+        """The peer sent GOAWAY: streams above ``last_stream_id`` were not processed."""
+        raise NotImplementedError
+
+
+class ProtocolCallbacks(CodecCallbacks):
+    """Any object with the four methods, as CodecCallbacks: each call forwarded through Python."""
 
     if not cython.compiled:
         __slots__ = ("protocol",)
@@ -54,3 +78,4 @@ class ProtocolCallbacks(ParserCallbacks):
 
     def on_message_complete(self, keep_alive: bool) -> None:
         self.protocol.on_message_complete(keep_alive)
+

@@ -15,7 +15,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr
 
-from tulle.http.codec_callbacks cimport ParserCallbacks, ProtocolCallbacks
+from tulle.http.codec_callbacks cimport CodecCallbacks, ProtocolCallbacks
 from tulle.http.http1 cimport _name_is
 
 
@@ -132,7 +132,7 @@ cdef str _lower_name(const char* name, Py_ssize_t length):
 
 cdef class _Parser:
     cdef llhttp_t parser
-    cdef ParserCallbacks protocol  # the protocol given, or a ProtocolCallbacks around it
+    cdef CodecCallbacks protocol  # the protocol given, or a ProtocolCallbacks around it
     cdef Py_ssize_t max_head_bytes
     # the data being fed (valid during feed_data only) and the stream offset of its first byte
     cdef object data
@@ -351,7 +351,7 @@ cdef class RequestParser(_Parser):
     cdef Py_ssize_t head_bytes
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes, Py_ssize_t max_headers):
-        self.protocol = protocol if isinstance(protocol, ParserCallbacks) else ProtocolCallbacks(protocol)
+        self.protocol = protocol if isinstance(protocol, CodecCallbacks) else ProtocolCallbacks(protocol)
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
         llhttp_init(&self.parser, HTTP_REQUEST, &_settings)
@@ -412,7 +412,7 @@ cdef class ResponseParser(_Parser):
     cdef bint no_body
 
     def __init__(self, protocol, Py_ssize_t max_head_bytes):
-        self.protocol = protocol if isinstance(protocol, ParserCallbacks) else ProtocolCallbacks(protocol)
+        self.protocol = protocol if isinstance(protocol, CodecCallbacks) else ProtocolCallbacks(protocol)
         self.max_head_bytes = max_head_bytes
         llhttp_init(&self.parser, HTTP_RESPONSE, &_settings)
         self.parser.data = <void*>self

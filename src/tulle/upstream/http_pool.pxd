@@ -1,7 +1,7 @@
 # C-level declarations for http_pool.py (Cython pure-Python mode; see tulle/compiled.py).
 # Http1ClientConnection is a cdef class that is an asyncio.Protocol by its methods (a cdef class cannot
 # inherit from a Python class). The transport calls its protocol methods through Python; the
-# ResponseParser calls its parser callbacks (ParserCallbacks, cpdef) and the pool and the router what
+# ResponseParser calls its parser callbacks (CodecCallbacks, cpdef) and the pool and the router what
 # they call per request (cpdef) at C level.
 # A connection's callbacks subclass UpstreamCallbacks (the router's UpstreamRequest is a cdef
 # subclass: called at C level; a shadow request or a test recorder is a Python subclass). The
@@ -9,7 +9,7 @@
 
 cimport cython
 
-from tulle.http.codec_callbacks cimport ParserCallbacks
+from tulle.http.codec_callbacks cimport CodecCallbacks
 from tulle.http.headers cimport wire_headers
 from tulle.upstream.resource_manager cimport Resource, ResourceManager
 
@@ -28,7 +28,7 @@ cdef class UpstreamCallbacks:
     cpdef on_upstream_read_end(self)
 
 
-cdef class Http1ClientConnection(ParserCallbacks):
+cdef class Http1ClientConnection(CodecCallbacks):
     cdef public HttpConnectionPool pool
     cdef public object transport
     cdef public object parser

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cython
 
 from tulle import stream_info as flags
-from tulle.http.codec_callbacks import ParserCallbacks
+from tulle.http.codec_callbacks import CodecCallbacks
 from tulle.http.headers import HeaderMap, wire_headers
 from tulle.http.http1_parser import ParserError, ParserUpgrade, ResponseParser
 
@@ -95,7 +95,7 @@ class ConnectError(Exception):
         self.reason = reason
 
 
-class Http1ClientConnection(ParserCallbacks):
+class Http1ClientConnection(CodecCallbacks):
     """An asyncio.Protocol by its methods (compiled, this is a cdef class, which cannot inherit from
     asyncio.Protocol; the event loop only calls the methods)."""
 

@@ -1,0 +1,64 @@
+"""Envoy's ``config.core.v3.Http2ProtocolOptions``, validated once at config time.
+
+The result is a plain dict of the settings an HTTP/2 session takes (``http2_codec.Http2Settings``),
+shared by the connection manager (downstream) and clusters (upstream). Envoy's defaults apply to
+what is unset; fields Tulle does not implement are refused by name, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tulle.config.errors import ConfigError, join
+from tulle.config.support import check_fields
+
+SUPPORTED = (
+    "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+    "hpack_table_size", "max_outbound_control_frames",
+)
+
+# Envoy's defaults (http2_protocol_options in protocol.proto)
+DEFAULT_MAX_CONCURRENT_STREAMS = 2147483647
+DEFAULT_WINDOW = 268435456  # 256 MiB: Envoy's initial stream and connection windows
+MIN_WINDOW, MAX_WINDOW = 65535, 2147483647
+DEFAULT_MAX_OUTBOUND_CONTROL_FRAMES = 1000
+# Envoy's limit on streams the peer may reset: rapid reset (CVE-2023-44487). nghttp2's token bucket
+# (burst, per second); Envoy's own counter is a premature-reset ratio with the same aim.
+RESET_BURST, RESET_RATE = 1000, 33
+
+
+def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, max_headers: int) -> dict[str, Any]:
+    """The session settings for ``options`` (an Http2ProtocolOptions, or None for Envoy's defaults)."""
+    settings: dict[str, Any] = {
+        "max_concurrent_streams": DEFAULT_MAX_CONCURRENT_STREAMS,
+        "initial_stream_window_size": DEFAULT_WINDOW,
+        "initial_connection_window_size": DEFAULT_WINDOW,
+        "max_header_bytes": max_header_bytes,
+        "max_headers": max_headers,
+        "max_outbound_ack": DEFAULT_MAX_OUTBOUND_CONTROL_FRAMES,
+        "reset_burst": RESET_BURST,
+        "reset_rate": RESET_RATE,
+        "hpack_table_size": 4096,
+    }
+    if options is None:
+        return settings
+    check_fields(options, SUPPORTED, field)
+    if options.HasField("max_concurrent_streams"):
+        value = options.max_concurrent_streams.value
+        if not 1 <= value <= DEFAULT_MAX_CONCURRENT_STREAMS:
+            raise ConfigError("must be between 1 and 2147483647", field=join(field, "max_concurrent_streams"))
+        settings["max_concurrent_streams"] = value
+    for name in ("initial_stream_window_size", "initial_connection_window_size"):
+        if options.HasField(name):
+            value = getattr(options, name).value
+            if not MIN_WINDOW <= value <= MAX_WINDOW:
+                raise ConfigError(f"must be between {MIN_WINDOW} and {MAX_WINDOW}", field=join(field, name))
+            settings[name] = value
+    if options.HasField("hpack_table_size"):
+        settings["hpack_table_size"] = options.hpack_table_size.value
+    if options.HasField("max_outbound_control_frames"):
+        value = options.max_outbound_control_frames.value
+        if value < 1:
+            raise ConfigError("must be at least 1", field=join(field, "max_outbound_control_frames"))
+        settings["max_outbound_ack"] = value
+    return settings
