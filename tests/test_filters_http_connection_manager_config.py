@@ -163,19 +163,61 @@ def test_factory_hands_each_connection_a_protocol() -> None:
 
     protocol = asyncio.run(make())
     assert isinstance(protocol, HttpConnection)
+    assert protocol.sniff == b""  # codec_type AUTO: the first bytes decide between HTTP/1 and HTTP/2
     factory.drain()  # no connection open: nothing to do, nothing raised
+
+
+def test_codec_type_http2_hands_each_connection_an_http2_protocol() -> None:
+    from tulle.filters.network.http_connection_manager.http2_connection import Http2Connection
+
+    ctx = FactoryContext(stats=Store(), cluster_manager=FakeClusterManager("backend"),  # type: ignore[arg-type]
+                         server=ServerState())
+    factory = HttpConnectionManagerFactory(
+        parse_message(document(codec_type="HTTP2"), hcm_pb2.HttpConnectionManager), FIELD, ctx)
+    connection = DownstreamConnection(("127.0.0.1", 5000), ("127.0.0.1", 10000), "ingress")
+
+    async def make() -> HttpConnection:
+        return factory.create_protocol(connection)
+
+    assert isinstance(asyncio.run(make()), Http2Connection)
+    assert factory.config.codec == "http2"
+
+
+def test_http2_protocol_options_become_session_settings() -> None:
+    config = build(document(max_request_headers_kb=8, http2_protocol_options={
+        "max_concurrent_streams": 50, "initial_stream_window_size": 65535,
+        "initial_connection_window_size": 1048576, "hpack_table_size": 0, "max_outbound_control_frames": 20}))
+    settings = config.http2_settings
+    assert (settings["max_concurrent_streams"], settings["initial_stream_window_size"],
+            settings["initial_connection_window_size"], settings["hpack_table_size"],
+            settings["max_outbound_ack"]) == (50, 65535, 1048576, 0, 20)
+    assert settings["max_header_bytes"] == 8 * 1024  # max_request_headers_kb applies to HTTP/2 too
+    defaults = build(document()).http2_settings
+    assert (defaults["max_concurrent_streams"], defaults["initial_stream_window_size"]) == (2147483647, 268435456)
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"initial_stream_window_size": 1000}, "initial_stream_window_size"),
+    ({"initial_connection_window_size": 2147483648}, "initial_connection_window_size"),
+    ({"max_concurrent_streams": 0}, "max_concurrent_streams"),
+    ({"max_outbound_control_frames": 0}, "max_outbound_control_frames"),
+])
+def test_out_of_range_http2_options_name_the_field(options: dict[str, Any], field: str) -> None:
+    error = refused(document(http2_protocol_options=options))
+    assert error.field == f"{FIELD}.http2_protocol_options.{field}"
 
 
 # --------------------------------------------------------------------------- refusals
 
 
 @pytest.mark.parametrize("overrides, field, feature", [
-    ({"codec_type": "HTTP2"}, "codec_type", "HTTP2"),
     ({"codec_type": "HTTP3"}, "codec_type", "HTTP3"),
     ({"normalize_path": True}, "normalize_path", "normalize_path"),
     ({"tracing": {}}, "tracing", f"{HCM_TYPE}.tracing"),
     ({"upgrade_configs": [{"upgrade_type": "websocket"}]}, "upgrade_configs", f"{HCM_TYPE}.upgrade_configs"),
-    ({"http2_protocol_options": {}}, "http2_protocol_options", f"{HCM_TYPE}.http2_protocol_options"),
+    ({"http2_protocol_options": {"allow_connect": True}}, "http2_protocol_options.allow_connect", "allow_connect"),
+    ({"http2_protocol_options": {"connection_keepalive": {"interval": "10s"}}},
+     "http2_protocol_options.connection_keepalive", "connection_keepalive"),
     ({"internal_address_config": {"unix_sockets": True}}, "internal_address_config", "internal_address_config"),
     ({"http_protocol_options": {"enable_trailers": True}}, "http_protocol_options.enable_trailers",
      "enable_trailers"),

@@ -40,12 +40,14 @@ MODULES: tuple[str, ...] = (
     "tulle.filters.http.router.upstream_request",
     "tulle.filters.network.http_connection_manager.config",
     "tulle.filters.network.http_connection_manager.connection_manager",
+    "tulle.filters.network.http_connection_manager.http2_connection",
     "tulle.filters.network.http_connection_manager.stats",
     "tulle.filters.network.local_ratelimit.filter",
     "tulle.http.codec_callbacks",
     "tulle.http.headers",
     "tulle.http.http1",
     "tulle.http.http1_parser",  # a .pyx binding of llhttp (vendor/llhttp); http1_parser.py is its pure peer
+    "tulle.http.http2_codec",  # a .pyx binding of libnghttp2 (Debian's libnghttp2-dev)
     "tulle.router.hash_policy",
     "tulle.router.header_mutation",
     "tulle.router.matchers",

@@ -20,6 +20,7 @@ from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.extensions import registry
 from tulle.filters.network.http_connection_manager.stats import HcmStats
+from tulle.http.http2_options import http2_settings
 from tulle.runtime import configuring
 from tulle.server.context import DownstreamConnection, FactoryContext
 
@@ -36,7 +37,7 @@ building_route_table: ContextVar[HcmConfig | None] = ContextVar("building_route_
 
 SUPPORTED = (
     "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "common_http_protocol_options",
-    "http_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
+    "http_protocol_options", "http2_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
     "stream_idle_timeout", "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "use_remote_address", "skip_xff_append", "via", "generate_request_id",
     "preserve_external_request_id", "always_set_request_id_in_response", "merge_slashes",
@@ -69,14 +70,14 @@ class HcmConfig:
             "always_set_request_id_in_response", "merge_slashes", "strip_envoy_headers", "buffer_limit",
             "connections", "overload", "filter_factories", "strip_port", "listener_port",
             "normalize_host", "route_config_name", "rds_field", "rds_config_source", "route_table",
-            "encoder_filters", "skippable_filters", "access_loggers", "__weakref__"
+            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "__weakref__"
         )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
         check_fields(proto, SUPPORTED, field)
-        if proto.codec_type not in (HCM.AUTO, HCM.HTTP1):
+        if proto.codec_type not in (HCM.AUTO, HCM.HTTP1, HCM.HTTP2):
             raise UnsupportedFeature(
-                f"codec_type {HCM.CodecType.Name(proto.codec_type)} (Tulle speaks HTTP/1.1 for now)",
+                f"codec_type {HCM.CodecType.Name(proto.codec_type)} (Tulle speaks HTTP/1.1 and HTTP/2)",
                 field=join(field, "codec_type"),
             )
         if proto.normalize_path.value:
@@ -110,6 +111,12 @@ class HcmConfig:
         self.accept_http_10 = http1_options.accept_http_10
         self.default_host_for_http_10 = http1_options.default_host_for_http_10
         self.max_request_headers_bytes = (proto.max_request_headers_kb.value or 60) * 1024
+        # AUTO (Envoy's default): HTTP/2 when a connection opens with the HTTP/2 preface, else HTTP/1
+        self.codec = {HCM.AUTO: "auto", HCM.HTTP1: "http1", HCM.HTTP2: "http2"}[proto.codec_type]
+        self.http2_settings = http2_settings(
+            proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None,
+            join(field, "http2_protocol_options"), max_header_bytes=self.max_request_headers_bytes,
+            max_headers=self.max_headers_count)
         self.stream_idle_timeout = (
             duration_seconds(proto.stream_idle_timeout) if proto.HasField("stream_idle_timeout") else 300.0
         )
@@ -243,6 +250,10 @@ class HttpConnectionManagerFactory:
         self.config = HcmConfig(proto, field, ctx, listener_port)
 
     def create_protocol(self, connection: DownstreamConnection) -> HttpConnection:
+        if self.config.codec == "http2":
+            from tulle.filters.network.http_connection_manager.http2_connection import Http2Connection
+
+            return Http2Connection(self.config, connection)
         from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
 
         return HttpConnection(self.config, connection)

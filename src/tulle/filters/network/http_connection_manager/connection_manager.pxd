@@ -12,7 +12,7 @@ from tulle.filters.http.base cimport HttpFilter
 from tulle.filters.network.http_connection_manager.config cimport HcmConfig
 from tulle.filters.network.http_connection_manager.stats cimport HcmStats
 from tulle.http cimport http1
-from tulle.http.codec_callbacks cimport ParserCallbacks
+from tulle.http.codec_callbacks cimport CodecCallbacks
 from tulle.http.headers cimport HeaderMap
 from tulle.stats.store cimport Counter
 from tulle.stream_info cimport StreamInfo
@@ -32,7 +32,7 @@ cdef const char* _HEX_DIGITS
 cdef dict _STATUS_CODES
 cdef str _uuid_text(unsigned long long high, unsigned long long low)
 
-cdef _check_authority(str authority)
+cpdef _check_authority(str authority)
 
 cdef class HttpConnection
 
@@ -66,6 +66,7 @@ cdef class ActiveStream:
     cdef public tuple error_reply        # (status, details, body) | None
     cdef public double idle_timeout
     cdef public double duration_deadline
+    cdef public int codec_stream_id
 
     cpdef get_route(self)
     cpdef _apply_route_timeouts(self, timeouts)
@@ -83,7 +84,7 @@ cdef class ActiveStream:
     cpdef destroy(self)
 
 
-cdef class HttpConnection(ParserCallbacks):
+cdef class HttpConnection(CodecCallbacks):
     cdef public HcmConfig config
     cdef public object downstream
     cdef public object transport
@@ -107,9 +108,14 @@ cdef class HttpConnection(ParserCallbacks):
     cdef public bint write_paused
     cdef public bint corked
     cdef public list out
+    cdef public bytes sniff
+    cdef public bint http1_counted
 
     cpdef double loop_time(self)
+    cdef _count_http1(self)
     cpdef data_received(self, data)
+    cdef bytes _sniff(self, bytes data)
+    cdef _hand_over_to_http2(self, bytes data)
     cpdef on_request_head(self, str method, str target, bint http10, list fields)
     cpdef on_body(self, body)
     cpdef on_message_complete(self, bint keep_alive)
@@ -129,10 +135,13 @@ cdef class HttpConnection(ParserCallbacks):
     cpdef uncork(self)
     cpdef close_transport(self)
     cpdef read_disable(self, bint disable)
+    cpdef stream_read_disable(self, ActiveStream stream, bint disable)
     cpdef drain(self)
     cpdef watch_deadline(self, double deadline)
     cdef _arm_timer(self, double when)
     cdef double _next_deadline(self) except? -1.0
+    cdef _stream_deadlines(self, ActiveStream stream, list candidates)
+    cdef _expire_stream(self, ActiveStream stream, double now)
 
 
 @cython.locals(started=double)

@@ -27,7 +27,7 @@ from tulle import stream_info as flags
 from tulle.filters.http.base import CONTINUE, HttpFilter
 from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.http import http1
-from tulle.http.codec_callbacks import ParserCallbacks
+from tulle.http.codec_callbacks import CodecCallbacks
 from tulle.http.headers import HeaderMap
 from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
@@ -167,6 +167,8 @@ _CACHED_AUTHORITY_MAX_LEN = 255
 
 
 def _check_authority(authority: str) -> None:
+    if authority in _valid_authorities:
+        return
     if _INVALID_AUTHORITY_CHAR(authority) is not None:
         raise InvalidAuthority
     if len(_valid_authorities) < _VALID_AUTHORITIES_MAX and len(authority) <= _CACHED_AUTHORITY_MAX_LEN:
@@ -182,7 +184,7 @@ class ActiveStream:
             "end_stream_at_headers", "response_started", "response_complete", "keep_alive", "is_head",
             "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
             "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
-            "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline",
+            "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline", "codec_stream_id",
         )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
@@ -215,6 +217,7 @@ class ActiveStream:
         # stream_idle_timeout, or the route's idle_timeout (0 = none)
         self.idle_timeout = self.config.stream_idle_timeout
         self.duration_deadline = 0.0  # max_stream_duration (HCM or route), loop time; 0 = none
+        self.codec_stream_id = 0  # the HTTP/2 stream's id (0 on HTTP/1)
 
     # --- for filters ---------------------------------------------------
     def get_route(self):  # noqa: ANN201 - Route | None
@@ -255,7 +258,9 @@ class ActiveStream:
             self.connection.watch_deadline(deadline)
 
     def read_disable(self, disable: bool) -> None:
-        self.connection.read_disable(disable)
+        """Stop (or resume) reading this stream's request: on HTTP/1 the connection's reading,
+        on HTTP/2 the stream's flow-control window."""
+        self.connection.stream_read_disable(self, disable)
 
     def continue_decoding(self) -> None:
         """A filter that returned STOP resumes the chain from the next filter."""
@@ -424,7 +429,7 @@ class ActiveStream:
         self.deadline_callback = None
 
 
-class HttpConnection(ParserCallbacks):
+class HttpConnection(CodecCallbacks):
     """An ``asyncio.Protocol`` (duck-typed: compiled, a cdef class cannot derive from a Python class)."""
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
@@ -433,6 +438,7 @@ class HttpConnection(ParserCallbacks):
             "read_disabled", "close_when_done", "closed",
             "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
             "remote_str", "local_str", "write_paused", "corked", "out", "parse_failed", "head_started",
+            "sniff", "http1_counted",
         )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
@@ -465,6 +471,9 @@ class HttpConnection(ParserCallbacks):
         # and body that arrive in one upstream read cost one syscall, as nginx's writev does.
         self.corked = False
         self.out: list[bytes] = []
+        # codec_type AUTO: the first bytes read so far, until they tell HTTP/2 from HTTP/1 (None: decided)
+        self.sniff: bytes | None = b"" if config.codec == "auto" else None
+        self.http1_counted = False  # downstream_cx_http1_* count this connection
 
     def loop_time(self) -> float:
         return self.loop.time()
@@ -476,14 +485,24 @@ class HttpConnection(ParserCallbacks):
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         stats = self.config.stats
         stats.downstream_cx_total.value += 1
-        stats.downstream_cx_http1_total.value += 1
         stats.downstream_cx_active.value += 1
-        stats.downstream_cx_http1_active.value += 1
+        if self.sniff is None:
+            self._count_http1()
         self.config.connections.add(self)
         self.last_activity = self.loop.time()
         self._arm_timer(self._next_deadline())
 
+    def _count_http1(self) -> None:
+        self.http1_counted = True
+        stats = self.config.stats
+        stats.downstream_cx_http1_total.value += 1
+        stats.downstream_cx_http1_active.value += 1
+
     def data_received(self, data: bytes) -> None:
+        if self.sniff is not None:
+            data = self._sniff(data)
+            if not data:
+                return  # HTTP/2 took the connection over, or too few bytes to tell yet
         if self.parse_failed:
             return  # after a malformed request nothing more is parsed; the connection is closing
         self.stats_rx.value += len(data)
@@ -506,13 +525,43 @@ class HttpConnection(ParserCallbacks):
         if not self.head_started and parser.in_head:
             self._head_pending()  # a head that spans reads: once, at the end of the read it began in
 
+    def _sniff(self, data: bytes) -> bytes:
+        """codec_type AUTO on a plaintext connection (Envoy's): HTTP/2 if the client's first bytes are
+        the HTTP/2 preface (prior knowledge), else HTTP/1. Returns the bytes for HTTP/1 (b"" if none)."""
+        from tulle.http.http2_codec import PREFACE
+
+        data = self.sniff + data
+        length = min(len(data), len(PREFACE))
+        if data[:length] == PREFACE[:length]:
+            if length < len(PREFACE):
+                self.sniff = data  # a prefix of the preface: wait for the rest
+                return b""
+            self._hand_over_to_http2(data)
+            return b""
+        self.sniff = None
+        self._count_http1()
+        return data
+
+    def _hand_over_to_http2(self, data: bytes) -> None:
+        from tulle.filters.network.http_connection_manager.http2_connection import Http2Connection
+
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.closed = True  # this HTTP/1 half is done; the connection's stats continue in HTTP/2's
+        self.config.connections.discard(self)
+        successor = Http2Connection(self.config, self.downstream)
+        self.transport.set_protocol(successor)  # type: ignore[union-attr]
+        successor.adopt(self.transport, data)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
         stats = self.config.stats
         stats.downstream_cx_active.value -= 1
-        stats.downstream_cx_http1_active.value -= 1
+        if self.http1_counted:
+            stats.downstream_cx_http1_active.value -= 1
         stats.downstream_cx_destroy.value += 1
         if self.close_when_done:
             stats.downstream_cx_destroy_local.value += 1
@@ -982,6 +1031,9 @@ class HttpConnection(ParserCallbacks):
             if self.read_disabled == 0:
                 self.transport.resume_reading()
 
+    def stream_read_disable(self, stream: ActiveStream, disable: bool) -> None:
+        self.read_disable(disable)  # HTTP/1: one stream reads at a time, so its connection's reading
+
     def drain(self) -> None:
         """Finish in-flight work, then close (Connection: close on the next response)."""
         self.close_when_done = True
@@ -1004,27 +1056,31 @@ class HttpConnection(ParserCallbacks):
             self.timer_when = when
             self.timer = self.loop.call_at(when, self._on_timer)
 
-    @cython.locals(stream=ActiveStream, candidates=list)
+    @cython.locals(candidates=list)
     def _next_deadline(self) -> float:
         config = self.config
         candidates = []
         if self.streams:
-            stream = self.streams[0]
-            if stream.deadline:
-                candidates.append(stream.deadline)
-            if stream.duration_deadline:
-                candidates.append(stream.duration_deadline)
-            if stream.idle_timeout:
-                candidates.append(max(stream.last_activity, self.last_activity) + stream.idle_timeout)
-            if config.request_timeout and not stream.request_complete:
-                candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
-                                  + config.request_timeout)
+            self._stream_deadlines(self.streams[0], candidates)
         elif self.head_started:
             if config.head_timeout:  # a head is arriving: its stream's clocks, not the idle timeout
                 candidates.append(self.head_started - _monotonic() + self.loop.time() + config.head_timeout)
         elif config.idle_timeout:
             candidates.append(self.last_activity + config.idle_timeout)
         return min(candidates) if candidates else 0.0
+
+    def _stream_deadlines(self, stream: ActiveStream, candidates: list[float]) -> None:
+        """Append when each of ``stream``'s timeouts would fire (loop time)."""
+        config = self.config
+        if stream.deadline:
+            candidates.append(stream.deadline)
+        if stream.duration_deadline:
+            candidates.append(stream.duration_deadline)
+        if stream.idle_timeout:
+            candidates.append(max(stream.last_activity, self.last_activity) + stream.idle_timeout)
+        if config.request_timeout and not stream.request_complete:
+            candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
+                              + config.request_timeout)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -1033,31 +1089,7 @@ class HttpConnection(ParserCallbacks):
         now = self.loop.time()
         config = self.config
         if self.streams:
-            stream = self.streams[0]
-            if stream.deadline and now >= stream.deadline:
-                callback = stream.deadline_callback
-                stream.deadline = 0.0
-                stream.deadline_callback = None
-                if callback is not None:
-                    callback()
-            elif config.request_timeout and not stream.request_complete and (
-                    _monotonic() - stream.info.start_monotonic >= config.request_timeout):
-                config.stats.downstream_rq_timeout.value += 1
-                stream.keep_alive = False
-                # Envoy's onRequestTimeout: 408 (the request is incomplete), no response flag
-                stream.send_local_reply("", status=408, body=b"request timeout", details="request_overall_timeout")
-            elif stream.duration_deadline and now >= stream.duration_deadline:
-                # max_stream_duration: Envoy answers 408 while the request arrives, else 504 (no flag)
-                config.stats.downstream_rq_max_duration_reached.value += 1
-                stream.keep_alive = False
-                stream.send_local_reply("", status=504 if stream.request_complete else 408,
-                                        body=b"downstream duration timeout", details="max_duration_timeout")
-            elif stream.idle_timeout and (
-                    now - max(stream.last_activity, self.last_activity) >= stream.idle_timeout):
-                config.stats.downstream_rq_idle_timeout.value += 1
-                stream.keep_alive = False
-                # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
-                stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=504 if stream.request_complete else 0)
+            self._expire_stream(self.streams[0], now)
         elif self.head_started:
             if config.head_timeout and _monotonic() - self.head_started >= config.head_timeout:
                 self._head_timed_out()
@@ -1068,6 +1100,34 @@ class HttpConnection(ParserCallbacks):
             self.close_transport()
             return
         self._arm_timer(self._next_deadline())
+
+    def _expire_stream(self, stream: ActiveStream, now: float) -> None:
+        """Whichever of ``stream``'s timeouts has run out fires (the route's first, as in Envoy)."""
+        config = self.config
+        if stream.deadline and now >= stream.deadline:
+            callback = stream.deadline_callback
+            stream.deadline = 0.0
+            stream.deadline_callback = None
+            if callback is not None:
+                callback()
+        elif config.request_timeout and not stream.request_complete and (
+                _monotonic() - stream.info.start_monotonic >= config.request_timeout):
+            config.stats.downstream_rq_timeout.value += 1
+            stream.keep_alive = False
+            # Envoy's onRequestTimeout: 408 (the request is incomplete), no response flag
+            stream.send_local_reply("", status=408, body=b"request timeout", details="request_overall_timeout")
+        elif stream.duration_deadline and now >= stream.duration_deadline:
+            # max_stream_duration: Envoy answers 408 while the request arrives, else 504 (no flag)
+            config.stats.downstream_rq_max_duration_reached.value += 1
+            stream.keep_alive = False
+            stream.send_local_reply("", status=504 if stream.request_complete else 408,
+                                    body=b"downstream duration timeout", details="max_duration_timeout")
+        elif stream.idle_timeout and (
+                now - max(stream.last_activity, self.last_activity) >= stream.idle_timeout):
+            config.stats.downstream_rq_idle_timeout.value += 1
+            stream.keep_alive = False
+            # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
+            stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=504 if stream.request_complete else 0)
 
 
 def _start_stream_at(info: StreamInfo, started: float) -> None:

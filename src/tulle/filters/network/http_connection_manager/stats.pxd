@@ -7,6 +7,7 @@ from tulle.stats.store cimport Counter, Gauge, Histogram
 cdef class HcmStats:
     cdef public Counter downstream_cx_total
     cdef public Counter downstream_cx_http1_total
+    cdef public Counter downstream_cx_http2_total
     cdef public Counter downstream_cx_destroy
     cdef public Counter downstream_cx_destroy_remote
     cdef public Counter downstream_cx_destroy_local
@@ -17,6 +18,7 @@ cdef class HcmStats:
     cdef public Counter downstream_cx_drain_close
     cdef public Counter downstream_rq_total
     cdef public Counter downstream_rq_http1_total
+    cdef public Counter downstream_rq_http2_total
     cdef public Counter downstream_rq_completed
     cdef public Counter downstream_rq_rx_reset
     cdef public Counter downstream_rq_tx_reset
@@ -38,6 +40,7 @@ cdef class HcmStats:
     cdef public Counter downstream_rq_max_duration_reached
     cdef public Gauge downstream_cx_active
     cdef public Gauge downstream_cx_http1_active
+    cdef public Gauge downstream_cx_http2_active
     cdef public Gauge downstream_rq_active
     cdef public Histogram downstream_rq_time
     cdef public Histogram downstream_cx_length_ms

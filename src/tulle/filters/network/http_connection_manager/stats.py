@@ -16,10 +16,10 @@ class HcmStats:
     """``http.<stat_prefix>.*`` stats, attributes for the hot path."""
 
     COUNTERS = (
-        "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
+        "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_http2_total", "downstream_cx_destroy",
         "downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_rx_bytes_total",
         "downstream_cx_tx_bytes_total", "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
-        "downstream_cx_drain_close", "downstream_rq_total", "downstream_rq_http1_total",
+        "downstream_cx_drain_close", "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
         "downstream_rq_completed", "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
         "downstream_rq_header_timeout",
         "downstream_rq_idle_timeout", "downstream_rq_too_large",
@@ -29,7 +29,8 @@ class HcmStats:
         "downstream_rq_overload_close", "downstream_cx_overload_disable_keepalive",
         "downstream_rq_max_duration_reached",
     )
-    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
+    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
+              "downstream_rq_active")
     HISTOGRAMS = ("downstream_rq_time", "downstream_cx_length_ms")
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd

@@ -1,0 +1,221 @@
+"""The HTTP/2 connection manager against a real proxy process on loopback: HTTP/2 clients (prior
+knowledge, h2c) through the shared filter chain and router to HTTP/1.1 upstreams."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.errors
+import pytest
+
+from backends import Client, RawBackend, echo_backend, http_proxy, never_answer, wait_until
+from h2_client import H2Client, H2Response
+from proxy_harness import simple_route, static_cluster
+from tulle.compiled import is_compiled
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    with echo_backend() as port:
+        yield port
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, echo_port: int) -> Iterator[tuple[object, int]]:
+    with http_proxy(tmp_path, simple_route("echo"), [static_cluster("echo", [echo_port])]) as running:
+        yield running
+
+
+def echoed(response) -> dict:  # noqa: ANN001
+    assert response.status == 200, response
+    return json.loads(response.body)
+
+
+def test_prior_knowledge_h2c_through_auto_codec(proxy: tuple[object, int]) -> None:
+    process, port = proxy
+    with H2Client(port) as client:
+        response = client.request("GET", "/hello?x=1", [("x-custom", "yes")])
+    request = echoed(response)
+    assert (request["method"], request["path"]) == ("GET", "/hello?x=1")
+    assert request["headers"]["host"] == "example.com"  # :authority becomes Host upstream
+    assert request["headers"]["x-custom"] == "yes"
+    assert "x-request-id" in request["headers"]
+    assert response.header("server") == "envoy"
+    # connection-specific headers of the HTTP/1 upstream's response never reach an HTTP/2 client
+    assert response.header("connection") is None and response.header("transfer-encoding") is None
+    stats = process.stats()
+    assert stats["http.ingress.downstream_cx_http2_total"] == 1
+    assert stats["http.ingress.downstream_rq_http2_total"] == 1
+    assert stats.get("http.ingress.downstream_cx_http1_total", 0) == 0
+
+
+def test_auto_codec_still_serves_http1_on_the_same_port(proxy: tuple[object, int]) -> None:
+    process, port = proxy
+    with Client(port) as client:
+        assert client.request("GET", "/one").status == 200
+    with H2Client(port) as client:
+        assert client.request("GET", "/two").status == 200
+    stats = process.stats()
+    assert stats["http.ingress.downstream_cx_http1_total"] == 1
+    assert stats["http.ingress.downstream_cx_http2_total"] == 1
+
+
+def test_preface_split_over_reads_is_still_http2(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    client = H2Client.__new__(H2Client)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+    raw.sendall(b"PRI * HT")  # AUTO must wait for the rest of the preface
+    H2Client.__init__(client, port)  # a second connection, complete; then finish the first
+    assert client.request("GET", "/").status == 200
+    client.close()
+    raw.sendall(b"TP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # rest + empty SETTINGS
+    raw.settimeout(15)
+    first = raw.recv(9)
+    assert first[3] == 0x4  # the server's SETTINGS frame: spoken to as HTTP/2
+    raw.close()
+
+
+def test_many_concurrent_streams_on_one_connection(proxy: tuple[object, int]) -> None:
+    process, port = proxy
+    with H2Client(port) as client:
+        streams = [client.send_request("GET", f"/stream/{i}") for i in range(25)]
+        paths = [echoed(client.wait(stream_id))["path"] for stream_id in streams]
+    assert paths == [f"/stream/{i}" for i in range(25)]
+    assert process.stats()["http.ingress.downstream_cx_http2_total"] == 1
+
+
+def test_request_body_without_length_goes_chunked_to_http1_upstream(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    body = bytes(range(256)) * 800  # 200 KiB: several DATA frames and window updates
+    with H2Client(port) as client:
+        response = client.request("POST", "/upload", body=body)
+    request = echoed(response)
+    assert request["body_length"] == len(body)
+    assert request["headers"].get("transfer-encoding") == "chunked"
+
+
+def test_request_body_with_content_length_keeps_it(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        response = client.request("PUT", "/put", [("content-length", "5")], body=b"abcde")
+    request = echoed(response)
+    assert request["headers"]["content-length"] == "5" and request["body_length"] == 5
+
+
+def test_cookie_crumbs_are_joined_for_http1(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        response = client.request("GET", "/", [("cookie", "a=1"), ("cookie", "b=2")])
+    assert echoed(response)["headers"]["cookie"] == "a=1; b=2"
+
+
+def test_head_response_has_no_body(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        response = client.request("HEAD", "/")
+    assert response.status == 200 and response.ended and response.body == b""
+
+
+def test_local_replies_are_http2_responses(tmp_path: Path, echo_port: int) -> None:
+    route = {"virtual_hosts": [{"name": "only", "domains": ["known.example"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]}
+    with http_proxy(tmp_path, route, [static_cluster("echo", [echo_port])]) as (process, port):
+        with H2Client(port) as client:
+            missing = client.request("GET", "/", authority="unknown.example")
+            ok = client.request("GET", "/", authority="known.example")
+        assert missing.status == 404 and ok.status == 200
+        assert process.stats()["http.ingress.no_route"] == 1
+
+
+def test_invalid_authority_is_refused_and_never_forwarded(proxy: tuple[object, int]) -> None:
+    process, port = proxy
+    with H2Client(port) as client:
+        response = client.request("GET", "/", authority="bad host")
+        assert client.request("GET", "/").status == 200  # only that stream is refused
+    # compiled, nghttp2's HTTP messaging checks reset the stream (PROTOCOL_ERROR), as under Envoy;
+    # uncompiled (h2 does not check authority characters) the connection manager answers 400
+    assert response.reset_code == h2.errors.ErrorCodes.PROTOCOL_ERROR or response.status == 400
+    assert process.stats()["cluster.echo.upstream_rq_total"] == 1
+
+
+def test_connect_is_refused_without_upgrade_config(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, [(":method", "CONNECT"), (":authority", "example.com:443")])
+        client.responses[stream_id] = H2Response(stream_id)
+        client.flush()
+        response = client.wait(stream_id)
+    assert response.status == 403, response
+
+
+def test_oversized_headers_reset_the_stream_not_the_connection(tmp_path: Path, echo_port: int) -> None:
+    with http_proxy(tmp_path, simple_route("echo"), [static_cluster("echo", [echo_port])],
+                    max_request_headers_kb=2) as (process, port):
+        with H2Client(port) as client:
+            big = client.wait(client.send_request("GET", "/", [("x-big", "y" * 4000)]))
+            after = client.request("GET", "/after")
+        assert big.reset_code is not None
+        assert after.status == 200
+        assert process.stats()["http.ingress.downstream_rq_too_large"] == 1
+
+
+def test_client_reset_cancels_the_upstream_request(tmp_path: Path) -> None:
+    with RawBackend(never_answer) as backend:
+        with http_proxy(tmp_path, simple_route("slow"), [static_cluster("slow", [backend.port])]) as (process, port):
+            with H2Client(port) as client:
+                stream_id = client.send_request("GET", "/slow")
+                wait_until(lambda: backend.requests)
+                client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                client.flush()
+                wait_until(lambda: process.stats().get("http.ingress.downstream_rq_rx_reset", 0) == 1)
+                assert client.ping()  # the connection lives on
+            wait_until(lambda: process.stats().get("cluster.slow.upstream_rq_active", 0) == 0)
+
+
+@pytest.mark.skipif(not is_compiled("tulle.http.http2_codec"),
+                    reason="nghttp2's rapid-reset limit; the uncompiled peer (h2) has none")
+def test_rapid_reset_closes_the_connection(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        for stream_id in range(1, 4001, 2):
+            client.conn.send_headers(stream_id, [(":method", "GET"), (":scheme", "http"),
+                                                 (":authority", "example.com"), (":path", "/")], end_stream=True)
+            client.conn.reset_stream(stream_id)
+        try:
+            client.flush()
+        except OSError:
+            pass  # closed while we were still writing: also an answer
+        client.read_until_closed()
+        assert client.closed
+        assert client.goaway is not None and client.goaway.error_code != 0
+
+
+def test_drain_sends_goaway_and_finishes_open_streams(tmp_path: Path, echo_port: int) -> None:
+    release = threading.Event()
+
+    def slow_then_answer(conn) -> None:  # noqa: ANN001
+        if conn.read_request() is None:
+            return
+        release.wait(15)
+        conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+
+    with RawBackend(slow_then_answer) as backend:
+        with http_proxy(tmp_path, simple_route("slow"), [static_cluster("slow", [backend.port])]) as (process, port):
+            with H2Client(port) as client:
+                stream_id = client.send_request("GET", "/in-flight")
+                wait_until(lambda: backend.requests)
+                status, _ = process.admin("POST", "/drain_listeners")
+                assert status == 200
+                while client.goaway is None and client.pump():
+                    pass
+                assert client.goaway is not None and client.goaway.error_code == 0
+                release.set()
+                response = client.wait(stream_id)
+                assert (response.status, response.body) == (200, b"done")  # nothing in flight is dropped
+                client.read_until_closed()
+                assert client.closed
