@@ -131,7 +131,7 @@ def test_bad_type_url_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_unsupported_feature_is_refused_with_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = valid_config()
-    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["codec_type"] = "HTTP2"
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["codec_type"] = "HTTP3"
     path = write(tmp_path, config)
     code, _, err = validate(capsys, path)
     assert code == 1

@@ -243,7 +243,9 @@ def fuzz_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzProxy]:
     backend = echo_server.start_in_thread(BACKEND_LABEL)
     port = free_port()
     bootstrap = {"static_resources": {
-        "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER))],
+        # codec_type HTTP1: the HTTP/1 codec is what is fuzzed (AUTO would hand an input that starts
+        # with the HTTP/2 preface to the HTTP/2 codec, which tests/test_http_http2_codec.py covers)
+        "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER), codec_type="HTTP1")],
         "clusters": [static_cluster(CLUSTER, [backend.server_address[1]])],
     }}
     try:
@@ -971,7 +973,8 @@ def slow_fuzz_proxy(tmp_path: Path) -> Iterator[FuzzProxy]:
     try:
         port = free_port()
         bootstrap = {"static_resources": {
-            "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER))],
+            # codec_type HTTP1: the HTTP/1 codec is what is fuzzed
+            "listeners": [http_listener(STAT_PREFIX, port, simple_route(CLUSTER), codec_type="HTTP1")],
             "clusters": [static_cluster(CLUSTER, [backend_port])],
         }}
         with ProxyProcess(bootstrap, tmp_path, concurrency=CONCURRENCY) as proxy:
