@@ -98,6 +98,25 @@ def measure(bench: Bench, name: str, pid: int, port: int, args: argparse.Namespa
             "rss_mib": rss_kib / 1024}
 
 
+def medians(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per shape and target, the median of each measure over the runs (this VM is noisy run to run)."""
+    return {shape: {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+                    for name, runs in by_target.items()}
+            for shape, by_target in results.items()}
+
+
+def markdown_table(cells: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The docs/benchmarks.md table: each shape's nginx and tulle medians and tulle/nginx ratios."""
+    lines = ["| shape | nginx req/s | tulle req/s | tulle/nginx req/s | nginx CPU µs/req | tulle CPU µs/req "
+             "| tulle/nginx CPU/req | tulle RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for shape, cell in cells.items():
+        nginx, tulle = cell["nginx"], cell["tulle"]
+        lines.append(f"| {shape} | {nginx['req_s']:,.0f} | {tulle['req_s']:,.0f} | {tulle['req_s'] / nginx['req_s']:.2f}× "
+                     f"| {nginx['cpu_us_per_req']:.1f} | {tulle['cpu_us_per_req']:.1f} "
+                     f"| {tulle['cpu_us_per_req'] / nginx['cpu_us_per_req']:.2f}× | {tulle['rss_mib']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     layout = pinned_layout(os.sched_getaffinity(0)) if args.pinned else None
@@ -132,19 +151,9 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_info(REPO_DIR / ".venv" / "bin" / "python"),
               "pinned": layout.describe() if layout else None, "body": args.body, "duration_s": args.duration,
               "cells": results}
+    report["medians"] = medians(results)
     print()
-    print("| shape | nginx req/s | tulle req/s | tulle/nginx req/s | nginx CPU µs/req | tulle CPU µs/req "
-          "| tulle/nginx CPU/req | tulle RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for shape, _, _ in SHAPES:
-        med = {name: {key: statistics.median(run[key] for run in results[shape][name])
-                      for key in ("req_s", "cpu_us_per_req", "rss_mib")} for name in TARGETS}
-        report.setdefault("medians", {})[shape] = med
-        print(f"| {shape} | {med['nginx']['req_s']:,.0f} | {med['tulle']['req_s']:,.0f} "
-              f"| {med['tulle']['req_s'] / med['nginx']['req_s']:.2f}× | {med['nginx']['cpu_us_per_req']:.1f} "
-              f"| {med['tulle']['cpu_us_per_req']:.1f} "
-              f"| {med['tulle']['cpu_us_per_req'] / med['nginx']['cpu_us_per_req']:.2f}× "
-              f"| {med['tulle']['rss_mib']:.1f} |")
+    print(markdown_table(report["medians"]))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     output = args.results_dir / f"http2-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -322,3 +322,24 @@ def frames_of(data: bytes) -> list[frames.Frame]:
         out.append(frame)
         data = data[9 + length:]
     return out
+
+
+def test_close_lets_go_of_the_connection_and_later_calls_do_nothing() -> None:
+    import gc
+    import weakref
+
+    session, recorder = server()
+    conn = client()
+    conn.send_headers(1, GET, end_stream=True)
+    session.receive(conn.data_to_send())
+    owner = weakref.ref(recorder)
+    session.close()
+    del recorder
+    gc.disable()  # freed by reference counting, not found later by the cyclic GC
+    try:
+        assert owner() is None
+    finally:
+        gc.enable()
+    session.submit_headers(1, [(":status", "200")], True)
+    session.receive(b"anything")
+    assert session.take_output() == b"" and not session.wants_io()

@@ -211,6 +211,7 @@ cdef class Http2Session:
     cdef Py_ssize_t invalid_frames
     cdef public bint drained    # some buffered DATA was framed since the connection last looked
 
+    cpdef close(self)
     cpdef receive(self, bytes data)
     cpdef bytes take_output(self)
     cpdef bint wants_io(self)

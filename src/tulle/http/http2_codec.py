@@ -66,6 +66,13 @@ class Http2Settings:
         self.allow_connect = allow_connect
 
 
+class _Closed:
+    """The owner of a closed session: whatever h2 still reports goes nowhere."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
 class _OutStream:
     __slots__ = ("chunks", "buffered", "ended", "trailers")
 
@@ -106,6 +113,7 @@ class Http2Session:
         self.invalid_frame_count = 0
         self._ended: set[int] = set()  # streams whose end was reported to the owner
         self._closed_streams: list[tuple[int, int]] = []  # (stream id, code) reset by us, reported after output
+        self.closed = False
         config = h2.config.H2Configuration(client_side=not server, header_encoding=None,
                                            validate_outbound_headers=False, normalize_inbound_headers=False)
         self.conn = _Connection(config=config)
@@ -123,8 +131,16 @@ class Http2Session:
         if settings.initial_connection_window_size > _DEFAULT_WINDOW:
             self.conn.increment_flow_control_window(settings.initial_connection_window_size - _DEFAULT_WINDOW)
 
+    def close(self) -> None:
+        """Let go of the connection (they refer to each other); the session sends nothing more."""
+        self.owner = _Closed()
+        self.outgoing = {}
+        self.closed = True
+
     # --- input ---------------------------------------------------------
     def receive(self, data: bytes) -> None:
+        if self.closed:
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -174,6 +190,8 @@ class Http2Session:
 
     # --- output --------------------------------------------------------
     def take_output(self) -> bytes:
+        if self.closed:
+            return b""
         for stream_id in list(self.outgoing):
             self._send_pending(stream_id)
         data = self.conn.data_to_send()
@@ -215,15 +233,21 @@ class Http2Session:
             del self.outgoing[stream_id]
 
     def wants_io(self) -> bool:
+        if self.closed:
+            return False
         return self.conn.state_machine.state != h2.connection.ConnectionState.CLOSED
 
     def submit_headers(self, stream_id: int, items: list[tuple[str, str]], end_stream: bool) -> None:
+        if self.closed:
+            return
         informational = bool(items) and items[0][0] == ":status" and items[0][1][:1] == "1"
         self.conn.send_headers(stream_id, _encode(items), end_stream=end_stream and not informational)
         if not end_stream and not informational:
             self.outgoing[stream_id] = _OutStream()
 
     def submit_request(self, items: list[tuple[str, str]], end_stream: bool) -> int:
+        if self.closed:
+            raise Http2Error("the session is closed")
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, _encode(items), end_stream=end_stream)
         if not end_stream:
@@ -231,6 +255,8 @@ class Http2Session:
         return stream_id
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> int:
+        if self.closed:
+            return 0
         out = self.outgoing.get(stream_id)
         if out is None:
             return 0
@@ -252,6 +278,8 @@ class Http2Session:
         return 0 if out is None else out.buffered
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        if self.closed:
+            return
         self.outgoing.pop(stream_id, None)
         try:
             self.conn.reset_stream(stream_id, error_code)
@@ -260,12 +288,16 @@ class Http2Session:
         self._closed_streams.append((stream_id, error_code))
 
     def consume(self, stream_id: int, size: int) -> None:
+        if self.closed:
+            return
         if size > 0:
             self.conn.acknowledge_received_data(size, stream_id)  # a closed stream: the connection's window only
 
     def goaway(self, error_code: int = NO_ERROR) -> None:
         """GOAWAY with the last stream processed. Framed here rather than by h2's close_connection,
         which also closes h2's state machine: the streams already open must still be answered."""
+        if self.closed:
+            return
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.conn.highest_inbound_stream_id
         frame.error_code = error_code

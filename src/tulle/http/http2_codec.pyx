@@ -303,9 +303,20 @@ cdef class Http2Session:
             nghttp2_session_del(self.session)
             self.session = NULL
 
+    cpdef close(self):
+        """Free nghttp2's state now and let go of the connection (they refer to each other: without
+        this a closed connection's session would wait for the cyclic GC). Every call after it is a no-op."""
+        if self.session != NULL:
+            nghttp2_session_del(self.session)
+            self.session = NULL
+        self.owner = None
+        self.outgoing = {}
+
     cpdef receive(self, bytes data):
         """Process what was read. Raises Http2Error when the connection must end (a GOAWAY is
         queued: write ``take_output()``, then close)."""
+        if self.session == NULL:
+            return
         cdef ssize_t done
         done = nghttp2_session_mem_recv(self.session, <const uint8_t*>PyBytes_AS_STRING(data),
                                         PyBytes_GET_SIZE(data))
@@ -321,6 +332,8 @@ cdef class Http2Session:
 
     cpdef bytes take_output(self):
         """Every frame the session has ready, as one bytes (b"" when none)."""
+        if self.session == NULL:
+            return b""
         cdef const uint8_t* data = NULL
         cdef ssize_t length
         cdef list pieces = None
@@ -349,6 +362,8 @@ cdef class Http2Session:
 
     cpdef bint wants_io(self):
         """False once the session is done (GOAWAY both ways, nothing left to send): close."""
+        if self.session == NULL:
+            return False
         return nghttp2_session_want_read(self.session) != 0 or nghttp2_session_want_write(self.session) != 0
 
     cdef _OutStream _data_provider(self, int32_t stream_id, nghttp2_data_provider* provider):
@@ -360,6 +375,8 @@ cdef class Http2Session:
 
     cpdef submit_headers(self, int stream_id, list items, bint end_stream):
         """Response headers (server) for ``stream_id``; informational (1xx) ones keep the stream open."""
+        if self.session == NULL:
+            return
         cdef _HeaderBlock block = _HeaderBlock(items)
         cdef nghttp2_data_provider provider
         cdef int rc
@@ -376,6 +393,8 @@ cdef class Http2Session:
 
     cpdef int submit_request(self, list items, bint end_stream) except -1:
         """A request (client): returns the new stream's id."""
+        if self.session == NULL:
+            raise Http2Error("the session is closed")
         cdef _HeaderBlock block = _HeaderBlock(items)
         cdef nghttp2_data_provider provider
         cdef int32_t stream_id
@@ -395,6 +414,8 @@ cdef class Http2Session:
     cpdef Py_ssize_t send_data(self, int stream_id, bytes data, bint end_stream) except -1:
         """Queue DATA for a stream whose headers went without END_STREAM; returns the bytes it
         holds unsent (the peer's window decides), for the connection's flow control."""
+        if self.session == NULL:
+            return 0
         cdef _OutStream out = self.outgoing.get(stream_id)
         if out is None:
             return 0  # the stream is gone (reset): nothing to send it
@@ -410,6 +431,8 @@ cdef class Http2Session:
 
     cpdef send_trailers(self, int stream_id, list items):
         """End a stream with trailers, after any DATA already queued."""
+        if self.session == NULL:
+            return
         cdef _OutStream out = self.outgoing.get(stream_id)
         if out is None:
             return
@@ -424,16 +447,22 @@ cdef class Http2Session:
         return 0 if out is None else out.buffered
 
     cpdef reset_stream(self, int stream_id, unsigned int error_code):
+        if self.session == NULL:
+            return
         self.outgoing.pop(stream_id, None)
         nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, error_code)
 
     cpdef consume(self, int stream_id, Py_ssize_t size):
         """Return ``size`` bytes of window to the peer (the data was forwarded)."""
+        if self.session == NULL:
+            return
         if size > 0:
             nghttp2_session_consume(self.session, stream_id, size)
 
     cpdef goaway(self, unsigned int error_code=NGHTTP2_NO_ERROR):
         """The final GOAWAY: streams above the last one processed will not be."""
+        if self.session == NULL:
+            return
         nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(self.session),
                               error_code, NULL, 0)
 

@@ -132,6 +132,7 @@ class Http2Connection(HttpConnection):
                 stream.info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
                 stats.downstream_rq_rx_reset.value += 1
                 self._finalize(stream)
+        self.session.close()  # nghttp2's memory goes now, not when the cyclic GC finds the pair
         on_close = self.downstream.on_close
         if on_close is not None:
             on_close()
