@@ -36,14 +36,17 @@ class H2Client:
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 15.0, *,
                  max_inbound_frame_size: int = 16384) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
                                            normalize_outbound_headers=False, validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()
         self.responses: dict[int, H2Response] = {}
-        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.goaway: h2.events.ConnectionTerminated | None = None  # the last GOAWAY
+        self.goaways: list[int] = []  # every GOAWAY's error code, in order
         self.closed = False
         self.pings_acked = 0
+        self.auto_ack = True  # return flow-control window for DATA as it is read
         self.flush()
 
     def __enter__(self) -> H2Client:
@@ -88,6 +91,31 @@ class H2Client:
             self.flush()
             if last:
                 return
+
+    def send_some(self, stream_id: int, body: bytes) -> int:
+        """Send as much of ``body`` as the windows allow now, without waiting; returns the bytes sent."""
+        sent = 0
+        while sent < len(body):
+            window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                # read what the server has sent meanwhile (window updates), without blocking long
+                self.sock.settimeout(1.0)
+                try:
+                    data = self.sock.recv(65536)
+                except TimeoutError:
+                    break
+                finally:
+                    self.sock.settimeout(self.timeout)
+                if not data:
+                    break
+                for event in self.conn.receive_data(data):
+                    self._on_event(event)
+                continue
+            piece = body[sent:sent + window]
+            self.conn.send_data(stream_id, piece)
+            self.flush()
+            sent += len(piece)
+        return sent
 
     def request(self, method: str = "GET", path: str = "/", headers: list[tuple[str, str]] | tuple = (),
                 body: bytes | None = None, authority: str = "example.com") -> H2Response:
@@ -138,7 +166,8 @@ class H2Client:
             pass
         elif isinstance(event, h2.events.DataReceived):
             self.responses[event.stream_id].body += event.data
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if self.auto_ack:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             self.responses[event.stream_id].trailers = list(event.headers)
         elif isinstance(event, h2.events.PingAckReceived):
@@ -150,6 +179,7 @@ class H2Client:
                 self.responses[event.stream_id].reset_code = int(event.error_code)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
+            self.goaways.append(int(event.error_code))
             if event.error_code == 0:
                 # RFC 9113 section 6.8: streams up to last_stream_id still complete after a graceful
                 # GOAWAY; the h2 library closes its state machine at once, so reopen it to read them

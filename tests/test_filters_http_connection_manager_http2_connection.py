@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import h2.errors
+import h2.settings
 import pytest
 
-from backends import Client, RawBackend, echo_backend, http_proxy, never_answer, wait_until
+from backends import Client, RawBackend, SlowReader, echo_backend, http_proxy, never_answer, wait_until
 from h2_client import H2Client, H2Response
 from proxy_harness import simple_route, static_cluster
 from tulle.compiled import is_compiled
@@ -219,3 +221,88 @@ def test_drain_sends_goaway_and_finishes_open_streams(tmp_path: Path, echo_port:
                 assert (response.status, response.body) == (200, b"done")  # nothing in flight is dropped
                 client.read_until_closed()
                 assert client.closed
+
+
+def test_a_slow_http2_reader_back_pressures_the_upstream(tmp_path: Path) -> None:
+    """The client does not open its window: the response waits in the proxy for it, the stream tells
+    the router to stop reading the upstream, and everything arrives once the client reads."""
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB, over the 1 MiB buffer limit
+    sent = threading.Event()
+
+    def big(conn) -> None:  # noqa: ANN001
+        if conn.read_request() is None:
+            return
+        conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+        conn.sock.sendall(body)
+        sent.set()
+
+    with RawBackend(big) as backend:
+        with http_proxy(tmp_path, simple_route("big"), [static_cluster("big", [backend.port])]) as (process, port):
+            with H2Client(port) as client:
+                client.auto_ack = False  # read frames, return no window: a client that stops consuming
+                stream_id = client.send_request("GET", "/big")
+                wait_until(lambda: process.stats().get(
+                    "http.ingress.downstream_flow_control_paused_reading_total", 0) >= 1)
+                assert not client.responses[stream_id].ended
+                client.auto_ack = True
+                client.conn.acknowledge_received_data(len(client.responses[stream_id].body), stream_id)
+                client.flush()
+                response = client.wait(stream_id)
+            assert response.ended and response.body == body
+            assert sent.is_set()
+            assert process.stats()["http.ingress.downstream_flow_control_resumed_reading_total"] >= 1
+
+
+def test_a_slow_upstream_holds_the_clients_request_window(tmp_path: Path) -> None:
+    """The upstream does not read: the proxy stops acknowledging the stream's DATA, so the client
+    stalls at the stream window instead of the proxy buffering the whole upload."""
+    slow = SlowReader()
+    body = b"u" * (8 * 1024 * 1024)
+    with RawBackend(slow) as backend:
+        with http_proxy(tmp_path, simple_route("slow"), [static_cluster("slow", [backend.port])],
+                        http2_protocol_options={"initial_stream_window_size": 65535,
+                                                "initial_connection_window_size": 65535}) as (process, port):
+            with H2Client(port, timeout=30) as client:
+                stream_id = client.send_request("POST", "/upload", end_stream=False)
+                assert slow.head_seen.wait(15)
+                sent = client.send_some(stream_id, body)
+                assert sent < len(body)  # the window closed before the body was out
+                slow.release.set()
+                client.send_body(stream_id, body[sent:], end_stream=True)
+                response = client.wait(stream_id)
+            assert json.loads(response.body)["body_length"] == len(body)
+
+
+def test_stream_idle_timeout_ends_only_that_stream(tmp_path: Path, echo_port: int) -> None:
+    with RawBackend(never_answer) as backend:
+        clusters = [static_cluster("slow", [backend.port]), static_cluster("echo", [echo_port])]
+        route = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/slow"}, "route": {"cluster": "slow"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]}
+        with http_proxy(tmp_path, route, clusters, stream_idle_timeout="0.5s") as (process, port):
+            with H2Client(port) as client:
+                slow = client.send_request("GET", "/slow")
+                fast = client.request("GET", "/fast")
+                timed_out = client.wait(slow)
+                assert fast.status == 200
+                assert timed_out.status == 504
+                assert client.ping()  # the connection is still open
+            assert process.stats()["http.ingress.downstream_rq_idle_timeout"] == 1
+
+
+def test_a_stream_over_max_concurrent_streams_ends_the_connection(tmp_path: Path) -> None:
+    """RFC 9113 section 5.1.2: a peer past the limit it acknowledged is a PROTOCOL_ERROR (nghttp2, like
+    h2, treats it as a connection error); the streams within the limit were forwarded, no more."""
+    with RawBackend(never_answer) as backend:
+        with http_proxy(tmp_path, simple_route("slow"), [static_cluster("slow", [backend.port])],
+                        http2_protocol_options={"max_concurrent_streams": 2}) as (process, port):
+            with H2Client(port) as client:
+                client.pump()  # the server's SETTINGS, acknowledged
+                # a client that ignores the limit (h2 would refuse to open the third stream itself)
+                client.conn.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = deque([100])
+                for i in range(3):
+                    client.send_request("GET", f"/s{i}")
+                client.read_until_closed()
+                assert client.goaways[:1] == [h2.errors.ErrorCodes.PROTOCOL_ERROR], client.goaways
+            assert len(backend.requests) <= 2
+            assert process.stats()["http.ingress.downstream_cx_protocol_error"] == 1

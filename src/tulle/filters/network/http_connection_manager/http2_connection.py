@@ -107,6 +107,11 @@ class Http2Connection(HttpConnection):
             self.receiving = False
             self.uncork()
         if not self.session.wants_io():
+            if not self.close_when_done:
+                # nghttp2 ended the session itself (a GOAWAY for a violation it handles without an
+                # error return: too many streams, the rapid-reset limit, a bad frame on a stream)
+                self.config.stats.downstream_cx_protocol_error.value += 1
+                self.close_when_done = True
             self.close_transport()
 
     def connection_lost(self, exc: Exception | None) -> None:
