@@ -47,6 +47,7 @@ class H2Client:
         self.closed = False
         self.pings_acked = 0
         self.auto_ack = True  # return flow-control window for DATA as it is read
+        self.pings_received = 0
         self.flush()
 
     def __enter__(self) -> H2Client:
@@ -172,6 +173,8 @@ class H2Client:
             self.responses[event.stream_id].trailers = list(event.headers)
         elif isinstance(event, h2.events.PingAckReceived):
             self.pings_acked += 1
+        elif isinstance(event, h2.events.PingReceived):
+            self.pings_received += 1  # h2 answers it (the ACK goes out with the next flush)
         elif isinstance(event, h2.events.StreamEnded):
             self.responses[event.stream_id].ended = True
         elif isinstance(event, h2.events.StreamReset):

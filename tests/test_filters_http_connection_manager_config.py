@@ -196,7 +196,17 @@ def test_http2_protocol_options_become_session_settings() -> None:
     assert (defaults["max_concurrent_streams"], defaults["initial_stream_window_size"]) == (2147483647, 268435456)
 
 
+def test_connection_keepalive_becomes_interval_timeout_and_jitter() -> None:
+    config = build(document(http2_protocol_options={"connection_keepalive": {
+        "interval": "30s", "timeout": "5s", "interval_jitter": {"value": 10}}}))
+    assert config.http2_keepalive == (30.0, 5.0, 0.1)
+    assert build(document()).http2_keepalive == (0.0, 0.0, 0.0)
+    jitter_default = build(document(http2_protocol_options={"connection_keepalive": {"interval": "1s", "timeout": "1s"}}))
+    assert jitter_default.http2_keepalive == (1.0, 1.0, 0.15)  # Envoy's default interval_jitter
+
+
 @pytest.mark.parametrize("options, field", [
+    ({"connection_keepalive": {"interval": "10s"}}, "connection_keepalive.timeout"),
     ({"initial_stream_window_size": 1000}, "initial_stream_window_size"),
     ({"initial_connection_window_size": 2147483648}, "initial_connection_window_size"),
     ({"max_concurrent_streams": 0}, "max_concurrent_streams"),
@@ -216,8 +226,8 @@ def test_out_of_range_http2_options_name_the_field(options: dict[str, Any], fiel
     ({"tracing": {}}, "tracing", f"{HCM_TYPE}.tracing"),
     ({"upgrade_configs": [{"upgrade_type": "websocket"}]}, "upgrade_configs", f"{HCM_TYPE}.upgrade_configs"),
     ({"http2_protocol_options": {"allow_connect": True}}, "http2_protocol_options.allow_connect", "allow_connect"),
-    ({"http2_protocol_options": {"connection_keepalive": {"interval": "10s"}}},
-     "http2_protocol_options.connection_keepalive", "connection_keepalive"),
+    ({"http2_protocol_options": {"connection_keepalive": {"timeout": "1s", "connection_idle_interval": "5s"}}},
+     "http2_protocol_options.connection_keepalive.connection_idle_interval", "connection_idle_interval"),
     ({"internal_address_config": {"unix_sockets": True}}, "internal_address_config", "internal_address_config"),
     ({"http_protocol_options": {"enable_trailers": True}}, "http_protocol_options.enable_trailers",
      "enable_trailers"),

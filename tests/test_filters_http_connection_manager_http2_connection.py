@@ -306,3 +306,20 @@ def test_a_stream_over_max_concurrent_streams_ends_the_connection(tmp_path: Path
                 assert client.goaways[:1] == [h2.errors.ErrorCodes.PROTOCOL_ERROR], client.goaways
             assert len(backend.requests) <= 2
             assert process.stats()["http.ingress.downstream_cx_protocol_error"] == 1
+
+
+def test_connection_keepalive_closes_a_peer_that_stops_answering_pings(tmp_path: Path, echo_port: int) -> None:
+    keepalive = {"connection_keepalive": {"interval": "0.2s", "timeout": "0.3s"}}
+    with http_proxy(tmp_path, simple_route("echo"), [static_cluster("echo", [echo_port])],
+                    http2_protocol_options=keepalive) as (process, port):
+        with H2Client(port) as alive:
+            assert alive.request("GET", "/").status == 200
+            while alive.pings_received < 4:  # a client that reads answers every PING: it stays connected
+                assert alive.pump()
+            assert alive.request("GET", "/").status == 200
+            assert process.stats().get("http2.keepalive_timeout", 0) == 0
+        silent = socket.create_connection(("127.0.0.1", port), timeout=15)
+        silent.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        # never reads, never acks: closed once a PING goes unanswered for the timeout
+        wait_until(lambda: process.stats().get("http2.keepalive_timeout", 0) == 1)
+        silent.close()

@@ -14,6 +14,7 @@ cdef class CodecCallbacks:
     cpdef on_h2_headers_too_large(self, int stream_id)
     cpdef on_h2_data(self, int stream_id, bytes data, bint end_stream)
     cpdef on_h2_stream_close(self, int stream_id, unsigned int error_code)
+    cpdef on_h2_ping_ack(self)
     cpdef on_h2_goaway(self, int last_stream_id, unsigned int error_code)
 
 

@@ -52,6 +52,10 @@ class CodecCallbacks:
         """The stream is closed both ways (``error_code`` 0) or was reset."""
         raise NotImplementedError
 
+    def on_h2_ping_ack(self) -> None:
+        """The peer answered one of our PINGs (connection keepalive)."""
+        raise NotImplementedError
+
     def on_h2_goaway(self, last_stream_id: int, error_code: int) -> None:
         """The peer sent GOAWAY: streams above ``last_stream_id`` were not processed."""
         raise NotImplementedError

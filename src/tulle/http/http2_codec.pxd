@@ -137,6 +137,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_GOAWAY = 7
         NGHTTP2_FLAG_NONE = 0
         NGHTTP2_FLAG_END_STREAM = 1
+        NGHTTP2_FLAG_ACK = 1
         NGHTTP2_NV_FLAG_NONE = 0
         NGHTTP2_NV_FLAG_NO_COPY_NAME = 2
         NGHTTP2_NV_FLAG_NO_COPY_VALUE = 4
@@ -224,3 +225,4 @@ cdef class Http2Session:
     cpdef reset_stream(self, int stream_id, unsigned int error_code)
     cpdef consume(self, int stream_id, Py_ssize_t size)
     cpdef goaway(self, unsigned int error_code=*)
+    cpdef ping(self)

@@ -185,6 +185,8 @@ class Http2Session:
             self.outgoing.pop(event.stream_id, None)
             self._ended.discard(event.stream_id)
             owner.on_h2_stream_close(event.stream_id, int(event.error_code))
+        elif isinstance(event, h2.events.PingAckReceived):
+            owner.on_h2_ping_ack()
         elif isinstance(event, h2.events.ConnectionTerminated):
             owner.on_h2_goaway(event.last_stream_id or 0, int(event.error_code))
 
@@ -302,6 +304,10 @@ class Http2Session:
         frame.last_stream_id = self.conn.highest_inbound_stream_id
         frame.error_code = error_code
         self.conn._prepare_for_sending([frame])
+
+    def ping(self) -> None:
+        if not self.closed:
+            self.conn.ping(b"tulle-ka")
 
 
 def error_name(code: int) -> str:

@@ -122,6 +122,9 @@ cdef int _on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, vo
         elif frame.hd.type == NGHTTP2_DATA:
             if end_stream:
                 self.owner.on_h2_data(stream_id, b"", True)
+        elif frame.hd.type == NGHTTP2_PING:
+            if frame.hd.flags & NGHTTP2_FLAG_ACK:
+                self.owner.on_h2_ping_ack()
         elif frame.hd.type == NGHTTP2_GOAWAY:
             self.owner.on_h2_goaway(frame.goaway.last_stream_id, frame.goaway.error_code)
     except BaseException as exc:
@@ -465,6 +468,12 @@ cdef class Http2Session:
             return
         nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(self.session),
                               error_code, NULL, 0)
+
+    cpdef ping(self):
+        """A PING (connection keepalive); the peer's ACK calls ``on_h2_ping_ack``."""
+        if self.session == NULL:
+            return
+        nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
 
     @property
     def invalid_frame_count(self):

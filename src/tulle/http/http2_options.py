@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.config.errors import ConfigError, join
-from tulle.config.support import check_fields
+from tulle.config.support import check_fields, duration_seconds
 
 SUPPORTED = (
     "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
-    "hpack_table_size", "max_outbound_control_frames",
+    "hpack_table_size", "max_outbound_control_frames", "connection_keepalive",
 )
+DEFAULT_KEEPALIVE_JITTER = 0.15  # Envoy's interval_jitter default: 15 %
 
 # Envoy's defaults (http2_protocol_options in protocol.proto)
 DEFAULT_MAX_CONCURRENT_STREAMS = 2147483647
@@ -62,3 +63,24 @@ def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, ma
             raise ConfigError("must be at least 1", field=join(field, "max_outbound_control_frames"))
         settings["max_outbound_ack"] = value
     return settings
+
+
+def keepalive(options: Any | None, field: str) -> tuple[float, float, float]:
+    """``connection_keepalive`` as (interval, timeout, jitter fraction) in seconds; (0, 0, 0) when off.
+    Envoy's: a PING every ``interval`` (plus up to ``interval_jitter`` of it), and the connection
+    closes when one goes unanswered for ``timeout``."""
+    if options is None or not options.HasField("connection_keepalive"):
+        return 0.0, 0.0, 0.0
+    settings = options.connection_keepalive
+    field = join(field, "connection_keepalive")
+    check_fields(settings, ("interval", "timeout", "interval_jitter"), field)
+    if not settings.HasField("timeout") or duration_seconds(settings.timeout) < 0.001:
+        raise ConfigError("must be at least 1ms", field=join(field, "timeout"))
+    interval = duration_seconds(settings.interval) if settings.HasField("interval") else 0.0
+    if settings.HasField("interval") and interval < 0.001:
+        raise ConfigError("must be at least 1ms", field=join(field, "interval"))
+    jitter = (settings.interval_jitter.value / 100.0 if settings.HasField("interval_jitter")
+              else DEFAULT_KEEPALIVE_JITTER)
+    if not 0.0 <= jitter <= 1.0:
+        raise ConfigError("must be between 0 and 100", field=join(field, "interval_jitter"))
+    return interval, duration_seconds(settings.timeout), jitter

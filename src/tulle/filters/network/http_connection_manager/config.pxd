@@ -17,6 +17,7 @@ cdef class HcmConfig:
     cdef public Py_ssize_t max_request_headers_bytes
     cdef public str codec                       # "auto", "http1" or "http2" (codec_type)
     cdef public dict http2_settings             # http2_codec.Http2Settings' arguments (http2_protocol_options)
+    cdef public tuple http2_keepalive           # connection_keepalive: (interval, timeout, jitter) seconds
     cdef public double stream_idle_timeout
     cdef public double request_timeout
     cdef public double max_stream_duration

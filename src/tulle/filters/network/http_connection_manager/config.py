@@ -20,7 +20,7 @@ from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.extensions import registry
 from tulle.filters.network.http_connection_manager.stats import HcmStats
-from tulle.http.http2_options import http2_settings
+from tulle.http.http2_options import http2_settings, keepalive
 from tulle.runtime import configuring
 from tulle.server.context import DownstreamConnection, FactoryContext
 
@@ -70,7 +70,7 @@ class HcmConfig:
             "always_set_request_id_in_response", "merge_slashes", "strip_envoy_headers", "buffer_limit",
             "connections", "overload", "filter_factories", "strip_port", "listener_port",
             "normalize_host", "route_config_name", "rds_field", "rds_config_source", "route_table",
-            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "__weakref__"
+            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "http2_keepalive", "__weakref__"
         )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
@@ -113,10 +113,12 @@ class HcmConfig:
         self.max_request_headers_bytes = (proto.max_request_headers_kb.value or 60) * 1024
         # AUTO (Envoy's default): HTTP/2 when a connection opens with the HTTP/2 preface, else HTTP/1
         self.codec = {HCM.AUTO: "auto", HCM.HTTP1: "http1", HCM.HTTP2: "http2"}[proto.codec_type]
+        http2_options = proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None
         self.http2_settings = http2_settings(
-            proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None,
-            join(field, "http2_protocol_options"), max_header_bytes=self.max_request_headers_bytes,
+            http2_options, join(field, "http2_protocol_options"), max_header_bytes=self.max_request_headers_bytes,
             max_headers=self.max_headers_count)
+        # connection_keepalive: (interval, timeout, jitter) seconds; interval 0: no pings
+        self.http2_keepalive = keepalive(http2_options, join(field, "http2_protocol_options"))
         self.stream_idle_timeout = (
             duration_seconds(proto.stream_idle_timeout) if proto.HasField("stream_idle_timeout") else 300.0
         )

@@ -11,6 +11,7 @@ from tulle.stream_info cimport StreamInfo
 
 cdef frozenset _CONNECTION_SPECIFIC
 cdef object _monotonic
+cdef object _random
 
 
 cdef class Http2Connection(HttpConnection):
@@ -19,12 +20,15 @@ cdef class Http2Connection(HttpConnection):
     cdef public set write_paused_streams    # stream ids whose unsent DATA is over the buffer limit
     cdef public list resets_after_output    # streams to reset (NO_ERROR) once their response is written
     cdef public bint receiving              # inside session.receive: output waits until it returns
+    cdef public object keepalive_timer      # connection_keepalive: the next PING, or its ACK's deadline
+    cdef public bint ping_outstanding
     cdef public dict held_windows           # read-disabled stream id -> [count, bytes not acknowledged]
 
     cpdef adopt(self, transport, bytes data)
     cdef _start(self, transport)
     cdef _new_stream(self, int stream_id, list fields, bint end_stream)
     cpdef flush(self)
+    cdef _schedule_ping(self)
     cdef _resume_drained_streams(self)
 
 

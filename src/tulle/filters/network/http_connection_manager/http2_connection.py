@@ -16,6 +16,7 @@ until it drains (Envoy's per-stream watermarks).
 
 from __future__ import annotations
 
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 # them; an HTTP/2 response must not.
 _CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 _monotonic = time.monotonic
+_random = random.random
 
 
 class Http2Connection(HttpConnection):
@@ -49,7 +51,7 @@ class Http2Connection(HttpConnection):
 
     if not cython.compiled:
         __slots__ = ("session", "h2_streams", "write_paused_streams", "held_windows", "resets_after_output",
-                     "receiving")
+                     "receiving", "keepalive_timer", "ping_outstanding")
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
         super().__init__(config, downstream)
@@ -61,6 +63,8 @@ class Http2Connection(HttpConnection):
         self.held_windows: dict[int, list[int]] = {}  # read-disabled stream -> [count, bytes not acknowledged]
         self.resets_after_output: list[int] = []  # streams to reset once their response is written
         self.receiving = False  # inside session.receive (nghttp2's callbacks): no output until it returns
+        self.keepalive_timer = None  # connection_keepalive: the next PING, or the deadline for its ACK
+        self.ping_outstanding = False
 
     # --- asyncio.Protocol ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +89,8 @@ class Http2Connection(HttpConnection):
         self.last_activity = self.loop.time()
         self.flush()  # our SETTINGS: the server's half of the connection preface
         self._arm_timer(self._next_deadline())
+        if self.config.http2_keepalive[0]:
+            self._schedule_ping()
 
     def data_received(self, data: bytes) -> None:
         if self.parse_failed:
@@ -137,6 +143,9 @@ class Http2Connection(HttpConnection):
                 stream.info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
                 stats.downstream_rq_rx_reset.value += 1
                 self._finalize(stream)
+        if self.keepalive_timer is not None:
+            self.keepalive_timer.cancel()
+            self.keepalive_timer = None
         self.session.close()  # nghttp2's memory goes now, not when the cyclic GC finds the pair
         on_close = self.downstream.on_close
         if on_close is not None:
@@ -235,6 +244,37 @@ class Http2Connection(HttpConnection):
         stream.info.add_flag(flags.DOWNSTREAM_REMOTE_RESET)
         self.config.stats.downstream_rq_rx_reset.value += 1
         self._finalize(stream)
+
+    def on_h2_ping_ack(self) -> None:
+        if self.ping_outstanding:
+            self.ping_outstanding = False
+            if self.keepalive_timer is not None:
+                self.keepalive_timer.cancel()
+            self._schedule_ping()
+
+    # --- connection_keepalive (Envoy's): a PING every interval; no ACK within timeout closes ---
+    def _schedule_ping(self) -> None:
+        interval, _, jitter = self.config.http2_keepalive
+        self.keepalive_timer = self.loop.call_later(interval * (1.0 + jitter * _random()), self._send_ping)
+
+    def _send_ping(self) -> None:
+        if self.closed:
+            return
+        self.ping_outstanding = True
+        self.session.ping()
+        if not self.corked:
+            self.flush()
+        self.keepalive_timer = self.loop.call_later(self.config.http2_keepalive[1], self._ping_timed_out)
+
+    def _ping_timed_out(self) -> None:
+        self.keepalive_timer = None
+        if self.closed or not self.ping_outstanding:
+            return
+        self.config.stats.http2_keepalive_timeout.value += 1
+        self.close_when_done = True
+        self.session.goaway(NO_ERROR)
+        self.flush()
+        self.transport.abort()  # type: ignore[union-attr] # the peer is gone or stuck: do not wait for it
 
     def on_h2_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.close_when_done = True  # the client is going away: finish what is open, take nothing new

@@ -8,6 +8,7 @@ cdef class HcmStats:
     cdef public Counter downstream_cx_total
     cdef public Counter downstream_cx_http1_total
     cdef public Counter downstream_cx_http2_total
+    cdef public Counter http2_keepalive_timeout   # "http2.keepalive_timeout", at the root as Envoy's codec stats
     cdef public Counter downstream_cx_destroy
     cdef public Counter downstream_cx_destroy_remote
     cdef public Counter downstream_cx_destroy_local

@@ -34,12 +34,14 @@ class HcmStats:
     HISTOGRAMS = ("downstream_rq_time", "downstream_cx_length_ms")
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
-        __slots__ = COUNTERS + GAUGES + HISTOGRAMS + ("rq_by_class",)
+        __slots__ = COUNTERS + GAUGES + HISTOGRAMS + ("rq_by_class", "http2_keepalive_timeout")
 
     def __init__(self, store: Store, prefix: str) -> None:
         base = f"http.{prefix}."
         store.bind(self, base, counters=self.COUNTERS, gauges=self.GAUGES, histograms=self.HISTOGRAMS)
         # index by status // 100 (1..5); index 0 unused
+        # Envoy's HTTP/2 codec stats are rooted at "http2." (not per connection manager)
+        self.http2_keepalive_timeout = store.counter("http2.keepalive_timeout")
         self.rq_by_class = [store.counter(base + "downstream_rq_5xx")] + [
             store.counter(f"{base}downstream_rq_{n}xx") for n in range(1, 6)
         ]
