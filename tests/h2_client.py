@@ -20,6 +20,7 @@ class H2Response:
     trailers: list[tuple[str, str]] = field(default_factory=list)
     ended: bool = False
     reset_code: int | None = None
+    informational: list[list[tuple[str, str]]] = field(default_factory=list)  # 1xx header blocks
 
     @property
     def status(self) -> int:
@@ -164,7 +165,7 @@ class H2Client:
         if isinstance(event, h2.events.ResponseReceived):
             self.responses[event.stream_id].headers = list(event.headers)
         elif isinstance(event, h2.events.InformationalResponseReceived):
-            pass
+            self.responses[event.stream_id].informational.append(list(event.headers))
         elif isinstance(event, h2.events.DataReceived):
             self.responses[event.stream_id].body += event.data
             if self.auto_ack:

@@ -323,3 +323,16 @@ def test_connection_keepalive_closes_a_peer_that_stops_answering_pings(tmp_path:
         # never reads, never acks: closed once a PING goes unanswered for the timeout
         wait_until(lambda: process.stats().get("http2.keepalive_timeout", 0) == 1)
         silent.close()
+
+
+def test_expect_100_continue_is_answered_by_the_proxy(proxy: tuple[object, int]) -> None:
+    _, port = proxy
+    with H2Client(port) as client:
+        stream_id = client.send_request("POST", "/upload", [("expect", "100-continue")], end_stream=False)
+        while not client.responses[stream_id].informational:
+            assert client.pump()
+        assert client.responses[stream_id].informational == [[(":status", "100")]]
+        client.send_body(stream_id, b"after the go-ahead", end_stream=True)
+        request = echoed(client.wait(stream_id))
+    assert request["body_length"] == len(b"after the go-ahead")
+    assert "expect" not in request["headers"]  # answered here, not forwarded

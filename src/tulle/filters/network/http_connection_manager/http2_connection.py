@@ -281,7 +281,8 @@ class Http2Connection(HttpConnection):
 
     # --- a new request stream ------------------------------------------
     @cython.locals(info=StreamInfo, headers=HeaderMap, stream=ActiveStream, items=list, item=tuple, name=str,
-                   request_id_seen=cython.bint, forwarded_proto_seen=cython.bint, envoy_seen=cython.bint)
+                   request_id_seen=cython.bint, forwarded_proto_seen=cython.bint, envoy_seen=cython.bint,
+                   expect=cython.bint)
     def _new_stream(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         """A request's HEADERS: nghttp2 has checked the pseudo-headers (:method, :scheme, :path;
         :authority or Host) and refused connection-specific headers."""
@@ -289,6 +290,7 @@ class Http2Connection(HttpConnection):
         method = path = authority = ""
         scheme = "http"
         cookies = None
+        expect = False
         request_id_seen = forwarded_proto_seen = envoy_seen = False
         items = [None, None, None, None]
         for item in fields:
@@ -306,6 +308,9 @@ class Http2Connection(HttpConnection):
             if name == "host":
                 if not authority:
                     authority = item[1]
+                continue
+            if name == "expect" and item[1].lower() == "100-continue":
+                expect = True  # answered here, as on HTTP/1 (Envoy's HCM: proxy_100_continue off)
                 continue
             if name == "cookie":
                 # HTTP/2 may split the Cookie header into crumbs; HTTP/1 needs them as one (RFC 9113 8.2.3)
@@ -359,6 +364,8 @@ class Http2Connection(HttpConnection):
             config.route_table.normalize_host(headers)
         if error is not None:
             stream.error_reply = (*error, b"")
+        elif expect and not end_stream:
+            self.session.submit_headers(stream_id, [(":status", "100")], False)
         stream.dispatch()
 
     # --- the codec's half of a response --------------------------------
