@@ -343,3 +343,18 @@ def test_close_lets_go_of_the_connection_and_later_calls_do_nothing() -> None:
     session.submit_headers(1, [(":status", "200")], True)
     session.receive(b"anything")
     assert session.take_output() == b"" and not session.wants_io()
+
+
+def test_header_text_goes_out_as_latin_1_bytes() -> None:
+    session, _ = server()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, GET, end_stream=True)
+    session.receive(conn.data_to_send())
+    session.submit_headers(1, [(":status", "200"), ("x-latin-1", "caf\u00e9"), ("x-wide", "\u0100".encode(
+        "utf-8").decode("latin-1"))], True)
+    response = next(e for e in conn.receive_data(session.take_output()) if isinstance(e, h2.events.ResponseReceived))
+    assert (b"x-latin-1", b"caf\xe9") in response.headers  # one byte per character, as on HTTP/1
+    assert (b"x-wide", "\u0100".encode("utf-8")) in response.headers
+    with pytest.raises(UnicodeEncodeError):
+        session.submit_headers(1, [(":status", "200"), ("x-bad", "\u20ac")], True)

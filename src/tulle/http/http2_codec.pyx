@@ -20,7 +20,9 @@ is forwarded, so a slow reader on the other side back-pressures the sender.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.unicode cimport (
+    PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DecodeLatin1, PyUnicode_GET_LENGTH, PyUnicode_KIND,
+)
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -204,30 +206,42 @@ cdef ssize_t _read_data(nghttp2_session* session, int32_t stream_id, uint8_t* bu
 
 
 cdef class _HeaderBlock:
-    """An nghttp2_nv array over a list of (name, value) str pairs, valid while this object lives."""
+    """An nghttp2_nv array over a list of (name, value) str pairs, valid while this object lives.
+
+    A str whose characters are all Latin-1 (every header this proxy makes) is stored one byte per
+    character: the array points into it, nothing is encoded. nghttp2 copies the array when a frame
+    is submitted."""
 
     def __cinit__(self, list items):
         cdef Py_ssize_t index = 0
-        cdef bytes name, value
         self.count = len(items)
-        self.keep = []
+        self.keep = [items]
         self.nva = <nghttp2_nv*>malloc(sizeof(nghttp2_nv) * (self.count or 1))
         if self.nva == NULL:
             raise MemoryError()
         for item in items:
-            name = (<str>item[0]).encode("latin-1")
-            value = (<str>item[1]).encode("latin-1")
-            self.keep.append(name)
-            self.keep.append(value)
-            self.nva[index].name = <uint8_t*>PyBytes_AS_STRING(name)
-            self.nva[index].namelen = PyBytes_GET_SIZE(name)
-            self.nva[index].value = <uint8_t*>PyBytes_AS_STRING(value)
-            self.nva[index].valuelen = PyBytes_GET_SIZE(value)
+            _point_at(item[0], &self.nva[index].name, &self.nva[index].namelen, self.keep)
+            _point_at(item[1], &self.nva[index].value, &self.nva[index].valuelen, self.keep)
             self.nva[index].flags = NGHTTP2_NV_FLAG_NONE
             index += 1
 
     def __dealloc__(self):
         free(self.nva)
+
+
+cdef int _point_at(object text, uint8_t** data, size_t* length, list keep) except -1:
+    """``data``/``length`` over ``text``'s Latin-1 bytes (its own buffer when it is stored one byte
+    per character; else encoded, and the bytes kept alive in ``keep``)."""
+    cdef bytes encoded
+    if PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND:
+        data[0] = <uint8_t*>PyUnicode_1BYTE_DATA(text)
+        length[0] = <size_t>PyUnicode_GET_LENGTH(text)
+        return 0
+    encoded = (<str>text).encode("latin-1")  # UnicodeEncodeError for a character beyond Latin-1
+    keep.append(encoded)
+    data[0] = <uint8_t*>PyBytes_AS_STRING(encoded)
+    length[0] = <size_t>PyBytes_GET_SIZE(encoded)
+    return 0
 
 
 cdef nghttp2_session_callbacks* _CALLBACKS = NULL
