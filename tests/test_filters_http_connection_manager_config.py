@@ -196,6 +196,17 @@ def test_http2_protocol_options_become_session_settings() -> None:
     assert (defaults["max_concurrent_streams"], defaults["initial_stream_window_size"]) == (2147483647, 268435456)
 
 
+def test_add_user_agent_takes_the_nodes_cluster_and_id() -> None:
+    ctx = FactoryContext(stats=Store(), cluster_manager=FakeClusterManager("backend"),  # type: ignore[arg-type]
+                         server=ServerState(node_id="node-1", node_cluster="svc"))
+    on = HttpConnectionManagerFactory(
+        parse_message(document(add_user_agent=True), hcm_pb2.HttpConnectionManager), FIELD, ctx).config
+    off = HttpConnectionManagerFactory(
+        parse_message(document(), hcm_pb2.HttpConnectionManager), FIELD, ctx).config
+    assert (on.user_agent, on.service_node) == ("svc", "node-1")
+    assert (off.user_agent, off.service_node) == ("", "")
+
+
 def test_connection_keepalive_becomes_interval_timeout_and_jitter() -> None:
     config = build(document(http2_protocol_options={"connection_keepalive": {
         "interval": "30s", "timeout": "5s", "interval_jitter": {"value": 10}}}))

@@ -666,3 +666,20 @@ def test_the_loaded_module_is_the_compiled_one_unless_pure_python_is_requested()
 
     assert "tulle.filters.network.http_connection_manager.connection_manager" in compiled.MODULES
     assert compiled.is_compiled("tulle.filters.network.http_connection_manager.connection_manager") == (not compiled.pure_python_requested())
+
+
+def test_add_user_agent_names_this_node_to_the_upstream(tmp_path: Path, echo_port: int) -> None:
+    from proxy_harness import ProxyProcess, free_port, http_listener
+
+    port = free_port()
+    config = {"node": {"id": "sidecar~10.0.0.7~reviews-v1.default", "cluster": "reviews"},
+              "static_resources": {
+                  "listeners": [http_listener("ingress", port, simple_route("echo"), add_user_agent=True)],
+                  "clusters": [static_cluster("echo", [echo_port])]}}
+    with ProxyProcess(config, tmp_path):
+        plain = get(port, "/").json()["headers"]
+        with_agent = get(port, "/", headers=[("user-agent", "curl/8")]).json()["headers"]
+    assert plain["x-envoy-downstream-service-cluster"] == "reviews"
+    assert plain["x-envoy-downstream-service-node"] == "sidecar~10.0.0.7~reviews-v1.default"
+    assert plain["user-agent"] == "reviews"  # set only when the request has none
+    assert with_agent["user-agent"] == "curl/8"

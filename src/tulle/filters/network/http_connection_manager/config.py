@@ -39,7 +39,7 @@ SUPPORTED = (
     "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "common_http_protocol_options",
     "http_protocol_options", "http2_protocol_options", "server_name", "server_header_transformation", "max_request_headers_kb",
     "stream_idle_timeout", "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
-    "use_remote_address", "skip_xff_append", "via", "generate_request_id",
+    "use_remote_address", "skip_xff_append", "via", "add_user_agent", "generate_request_id",
     "preserve_external_request_id", "always_set_request_id_in_response", "merge_slashes",
     "strip_matching_host_port", "strip_any_host_port", "normalize_path",
 )
@@ -70,7 +70,7 @@ class HcmConfig:
             "always_set_request_id_in_response", "merge_slashes", "strip_envoy_headers", "buffer_limit",
             "connections", "overload", "filter_factories", "strip_port", "listener_port",
             "normalize_host", "route_config_name", "rds_field", "rds_config_source", "route_table",
-            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "http2_keepalive", "__weakref__"
+            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "http2_keepalive", "user_agent", "service_node", "__weakref__"
         )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
@@ -145,6 +145,12 @@ class HcmConfig:
         self.use_remote_address = proto.use_remote_address.value
         self.skip_xff_append = proto.skip_xff_append
         self.via = proto.via
+        # add_user_agent: the node's cluster (Envoy's --service-cluster) goes upstream as
+        # x-envoy-downstream-service-cluster (and as user-agent when the request has none), the node's
+        # id as x-envoy-downstream-service-node; a node without a cluster has nothing to add
+        add_user_agent = proto.add_user_agent.value
+        self.user_agent = ctx.server.node_cluster if add_user_agent else ""
+        self.service_node = ctx.server.node_id if add_user_agent and self.user_agent else ""
         self.generate_request_id = (
             proto.generate_request_id.value if proto.HasField("generate_request_id") else True
         )

@@ -790,6 +790,12 @@ class HttpConnection(CodecCallbacks):
         if config.via:
             previous = headers.get("via")
             headers.set("via", f"{previous}, {config.via}" if previous else config.via)
+        if config.user_agent:  # add_user_agent (Envoy's mutateRequestHeaders)
+            headers.set("x-envoy-downstream-service-cluster", config.user_agent)
+            if not headers.get("user-agent"):
+                headers.set("user-agent", config.user_agent)
+            if config.service_node:
+                headers.set("x-envoy-downstream-service-node", config.service_node)
 
     # --- stream lifecycle ----------------------------------------------
     # --- the codec's half of a response (the seam for a second codec: an HTTP/2 connection frames
