@@ -336,3 +336,81 @@ def test_expect_100_continue_is_answered_by_the_proxy(proxy: tuple[object, int])
         request = echoed(client.wait(stream_id))
     assert request["body_length"] == len(b"after the go-ahead")
     assert "expect" not in request["headers"]  # answered here, not forwarded
+
+
+class RecordingTransport:
+    """Just enough of an asyncio transport for a connection driven in-process."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_failure_inside_the_filter_chain_ends_the_connection_with_goaway() -> None:
+    """A bug while handling a request (raised inside nghttp2's callbacks, which makes the session
+    unusable) must close that connection cleanly, not leave it half-broken or reach the event loop."""
+    import asyncio
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
+    from tulle.config.loader import parse_message
+    from tulle.filters.network.http_connection_manager.config import HcmConfig
+    from tulle.filters.network.http_connection_manager.http2_connection import Http2Connection
+    from tulle.server.context import DownstreamConnection, FactoryContext, ServerState
+    from tulle.stats.store import Store
+
+    class Exploding(Http2Connection):
+        def on_h2_headers(self, stream_id, fields, end_stream):  # noqa: ANN001, ANN201
+            raise RuntimeError("a filter's bug")
+
+    class NoClusters:
+        def get(self, name: str) -> None:
+            return None
+
+    hcm = parse_message({"stat_prefix": "ingress", "route_config": {"validate_clusters": False},
+                         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]},
+                        http_connection_manager_pb2.HttpConnectionManager)
+    store = Store()
+
+    async def drive() -> tuple[RecordingTransport, HcmConfig]:
+        ctx = FactoryContext(stats=store, cluster_manager=NoClusters(), server=ServerState(),  # type: ignore[arg-type]
+                             loop=asyncio.get_running_loop())
+        config = HcmConfig(hcm, "hcm", ctx, 0)
+        connection = Exploding(config, DownstreamConnection(("127.0.0.1", 5000), ("127.0.0.1", 10000), "ingress"))
+        transport = RecordingTransport()
+        connection.connection_made(transport)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")],
+                            end_stream=True)
+        connection.data_received(client.data_to_send())  # must not raise
+        events = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        events.initiate_connection()
+        goaways = [e for e in events.receive_data(transport.written) if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaways and goaways[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+        return transport, config
+
+    transport, config = asyncio.run(drive())
+    assert transport.closed
+    assert config.stats.downstream_cx_protocol_error.value == 1

@@ -30,7 +30,7 @@ from tulle.filters.network.http_connection_manager.connection_manager import (
     _check_authority,
 )
 from tulle.http.headers import HeaderMap
-from tulle.http.http2_codec import NO_ERROR, Http2Error, Http2Session, Http2Settings
+from tulle.http.http2_codec import INTERNAL_ERROR, NO_ERROR, Http2Error, Http2Session, Http2Settings
 from tulle.stream_info import StreamInfo
 
 if TYPE_CHECKING:
@@ -108,6 +108,12 @@ class Http2Connection(HttpConnection):
         except CodecError as exc:
             self.receiving = False
             self.protocol_error(exc.status, exc.details)
+            return
+        except Exception:  # noqa: BLE001 - a failure in the filter chain inside nghttp2's callbacks
+            # leaves the session unusable (a callback failure is fatal to nghttp2): close, as HTTP/1 does
+            self.receiving = False
+            self.session.goaway(INTERNAL_ERROR)
+            self.protocol_error(500, "filter_chain_failure")
             return
         finally:
             self.receiving = False
