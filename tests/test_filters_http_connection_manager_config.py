@@ -188,12 +188,12 @@ def test_http2_protocol_options_become_session_settings() -> None:
         "max_concurrent_streams": 50, "initial_stream_window_size": 65535,
         "initial_connection_window_size": 1048576, "hpack_table_size": 0, "max_outbound_control_frames": 20}))
     settings = config.http2_settings
-    assert (settings["max_concurrent_streams"], settings["initial_stream_window_size"],
-            settings["initial_connection_window_size"], settings["hpack_table_size"],
-            settings["max_outbound_ack"]) == (50, 65535, 1048576, 0, 20)
-    assert settings["max_header_bytes"] == 8 * 1024  # max_request_headers_kb applies to HTTP/2 too
+    assert (settings.max_concurrent_streams, settings.initial_stream_window_size,
+            settings.initial_connection_window_size, settings.hpack_table_size,
+            settings.max_outbound_ack) == (50, 65535, 1048576, 0, 20)
+    assert settings.max_header_bytes == 8 * 1024  # max_request_headers_kb applies to HTTP/2 too
     defaults = build(document()).http2_settings
-    assert (defaults["max_concurrent_streams"], defaults["initial_stream_window_size"]) == (2147483647, 268435456)
+    assert (defaults.max_concurrent_streams, defaults.initial_stream_window_size) == (2147483647, 268435456)
 
 
 def test_add_user_agent_takes_the_nodes_cluster_and_id() -> None:

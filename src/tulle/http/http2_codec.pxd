@@ -169,21 +169,6 @@ cdef extern from "nghttp2/nghttp2.h":
 
 
 
-cdef class Http2Settings:
-    cdef public unsigned int max_concurrent_streams
-    cdef public unsigned int initial_stream_window_size
-    cdef public unsigned int initial_connection_window_size
-    cdef public Py_ssize_t max_header_bytes
-    cdef public Py_ssize_t max_headers
-    cdef public Py_ssize_t max_outbound_ack
-    cdef public Py_ssize_t max_settings
-    cdef public Py_ssize_t max_continuations
-    cdef public unsigned long long reset_burst
-    cdef public unsigned long long reset_rate
-    cdef public unsigned int hpack_table_size
-    cdef public bint allow_connect
-
-
 cdef class _OutStream:
     cdef list chunks
     cdef Py_ssize_t offset      # into chunks[0]
@@ -203,7 +188,9 @@ cdef class Http2Session:
     cdef nghttp2_session* session
     cdef CodecCallbacks owner
     cdef readonly bint server
-    cdef readonly Http2Settings settings
+    cdef readonly object settings    # http2_options.Http2Settings
+    cdef Py_ssize_t max_header_bytes # its per-header limits, as C integers
+    cdef Py_ssize_t max_headers
     cdef dict outgoing          # stream id -> _OutStream
     cdef list fields            # the header block being received
     cdef Py_ssize_t header_bytes

@@ -21,6 +21,8 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
+from tulle.http.http2_options import Http2Settings
+
 NO_ERROR = 0
 PROTOCOL_ERROR = 1
 INTERNAL_ERROR = 2
@@ -42,28 +44,6 @@ class Http2Error(Exception):
         super().__init__(details)
         self.details = details
         self.error_code = error_code
-
-
-class Http2Settings:
-    """What a session advertises and enforces (Envoy's http2_protocol_options, resolved)."""
-
-    def __init__(self, *, max_concurrent_streams: int = 2147483647, initial_stream_window_size: int = 268435456,
-                 initial_connection_window_size: int = 268435456, max_header_bytes: int = 60 * 1024,
-                 max_headers: int = 100, max_outbound_ack: int = 1000, max_settings: int = 32,
-                 max_continuations: int = 8, reset_burst: int = 1000, reset_rate: int = 33,
-                 hpack_table_size: int = 4096, allow_connect: bool = False) -> None:
-        self.max_concurrent_streams = max_concurrent_streams
-        self.initial_stream_window_size = initial_stream_window_size
-        self.initial_connection_window_size = initial_connection_window_size
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.max_outbound_ack = max_outbound_ack
-        self.max_settings = max_settings
-        self.max_continuations = max_continuations
-        self.reset_burst = reset_burst
-        self.reset_rate = reset_rate
-        self.hpack_table_size = hpack_table_size
-        self.allow_connect = allow_connect
 
 
 class _Closed:

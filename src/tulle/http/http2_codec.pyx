@@ -26,6 +26,8 @@ from cpython.unicode cimport (
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+from tulle.http.http2_options import Http2Settings  # what a session is made with (built at config time)
+
 
 # HTTP/2 error codes by name (RFC 9113 section 7), for the connection and the tests
 NO_ERROR = NGHTTP2_NO_ERROR
@@ -50,27 +52,6 @@ class Http2Error(Exception):
         self.error_code = error_code
 
 
-cdef class Http2Settings:
-    """What a session advertises and enforces (Envoy's http2_protocol_options, resolved)."""
-
-    def __init__(self, *, max_concurrent_streams=2147483647, initial_stream_window_size=268435456,
-                 initial_connection_window_size=268435456, max_header_bytes=60 * 1024, max_headers=100,
-                 max_outbound_ack=1000, max_settings=32, max_continuations=8, reset_burst=1000,
-                 reset_rate=33, hpack_table_size=4096, allow_connect=False):
-        self.max_concurrent_streams = max_concurrent_streams
-        self.initial_stream_window_size = initial_stream_window_size
-        self.initial_connection_window_size = initial_connection_window_size
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.max_outbound_ack = max_outbound_ack
-        self.max_settings = max_settings
-        self.max_continuations = max_continuations
-        self.reset_burst = reset_burst
-        self.reset_rate = reset_rate
-        self.hpack_table_size = hpack_table_size
-        self.allow_connect = allow_connect
-
-
 cdef class _OutStream:
     """A stream's DATA still to be framed: the peer's flow-control window decides when."""
 
@@ -92,7 +73,7 @@ cdef int _on_header(nghttp2_session* session, const nghttp2_frame* frame, const 
     if self.header_overflow:
         return 0
     self.header_bytes += namelen + valuelen
-    if self.header_bytes > self.settings.max_header_bytes or len(self.fields) >= self.settings.max_headers:
+    if self.header_bytes > self.max_header_bytes or len(self.fields) >= self.max_headers:
         # over max_request_headers_kb / max_headers_count: the stream is reset once its block ends
         self.header_overflow = True
         self.fields = None
@@ -264,7 +245,7 @@ cdef nghttp2_session_callbacks* _callbacks() except NULL:
 cdef class Http2Session:
     """One HTTP/2 connection's framing state (see the module docstring)."""
 
-    def __cinit__(self, CodecCallbacks owner, bint server, Http2Settings settings):
+    def __cinit__(self, CodecCallbacks owner, bint server, settings):
         cdef nghttp2_option* option = NULL
         cdef nghttp2_settings_entry entries[7]
         cdef int rc
@@ -272,6 +253,8 @@ cdef class Http2Session:
         self.owner = owner
         self.server = server
         self.settings = settings
+        self.max_header_bytes = settings.max_header_bytes  # read per header: C copies
+        self.max_headers = settings.max_headers
         self.outgoing = {}
         if nghttp2_option_new(&option) != 0:
             raise MemoryError()

@@ -1,8 +1,9 @@
 """Envoy's ``config.core.v3.Http2ProtocolOptions``, validated once at config time.
 
-The result is a plain dict of the settings an HTTP/2 session takes (``http2_codec.Http2Settings``),
-shared by the connection manager (downstream) and clusters (upstream). Envoy's defaults apply to
-what is unset; fields Tulle does not implement are refused by name, never silently ignored.
+The result is an :class:`Http2Settings`, what an HTTP/2 session (``http2_codec``, compiled or not)
+advertises and enforces; one per connection manager (downstream) or cluster (upstream), shared by
+their connections. Envoy's defaults apply to what is unset; fields Tulle does not implement are
+refused by name, never silently ignored.
 """
 
 from __future__ import annotations
@@ -28,19 +29,36 @@ DEFAULT_MAX_OUTBOUND_CONTROL_FRAMES = 1000
 RESET_BURST, RESET_RATE = 1000, 33
 
 
-def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, max_headers: int) -> dict[str, Any]:
+class Http2Settings:
+    """What a session advertises and enforces (Envoy's http2_protocol_options, resolved)."""
+
+    __slots__ = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+                 "max_header_bytes", "max_headers", "max_outbound_ack", "max_settings", "max_continuations",
+                 "reset_burst", "reset_rate", "hpack_table_size", "allow_connect")
+
+    def __init__(self, *, max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+                 initial_stream_window_size: int = DEFAULT_WINDOW, initial_connection_window_size: int = DEFAULT_WINDOW,
+                 max_header_bytes: int = 60 * 1024, max_headers: int = 100,
+                 max_outbound_ack: int = DEFAULT_MAX_OUTBOUND_CONTROL_FRAMES, max_settings: int = 32,
+                 max_continuations: int = 8, reset_burst: int = RESET_BURST, reset_rate: int = RESET_RATE,
+                 hpack_table_size: int = 4096, allow_connect: bool = False) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.initial_stream_window_size = initial_stream_window_size
+        self.initial_connection_window_size = initial_connection_window_size
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_outbound_ack = max_outbound_ack
+        self.max_settings = max_settings
+        self.max_continuations = max_continuations
+        self.reset_burst = reset_burst
+        self.reset_rate = reset_rate
+        self.hpack_table_size = hpack_table_size
+        self.allow_connect = allow_connect
+
+
+def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, max_headers: int) -> Http2Settings:
     """The session settings for ``options`` (an Http2ProtocolOptions, or None for Envoy's defaults)."""
-    settings: dict[str, Any] = {
-        "max_concurrent_streams": DEFAULT_MAX_CONCURRENT_STREAMS,
-        "initial_stream_window_size": DEFAULT_WINDOW,
-        "initial_connection_window_size": DEFAULT_WINDOW,
-        "max_header_bytes": max_header_bytes,
-        "max_headers": max_headers,
-        "max_outbound_ack": DEFAULT_MAX_OUTBOUND_CONTROL_FRAMES,
-        "reset_burst": RESET_BURST,
-        "reset_rate": RESET_RATE,
-        "hpack_table_size": 4096,
-    }
+    settings = Http2Settings(max_header_bytes=max_header_bytes, max_headers=max_headers)
     if options is None:
         return settings
     check_fields(options, SUPPORTED, field)
@@ -48,20 +66,20 @@ def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, ma
         value = options.max_concurrent_streams.value
         if not 1 <= value <= DEFAULT_MAX_CONCURRENT_STREAMS:
             raise ConfigError("must be between 1 and 2147483647", field=join(field, "max_concurrent_streams"))
-        settings["max_concurrent_streams"] = value
+        settings.max_concurrent_streams = value
     for name in ("initial_stream_window_size", "initial_connection_window_size"):
         if options.HasField(name):
             value = getattr(options, name).value
             if not MIN_WINDOW <= value <= MAX_WINDOW:
                 raise ConfigError(f"must be between {MIN_WINDOW} and {MAX_WINDOW}", field=join(field, name))
-            settings[name] = value
+            setattr(settings, name, value)
     if options.HasField("hpack_table_size"):
-        settings["hpack_table_size"] = options.hpack_table_size.value
+        settings.hpack_table_size = options.hpack_table_size.value
     if options.HasField("max_outbound_control_frames"):
         value = options.max_outbound_control_frames.value
         if value < 1:
             raise ConfigError("must be at least 1", field=join(field, "max_outbound_control_frames"))
-        settings["max_outbound_ack"] = value
+        settings.max_outbound_ack = value
     return settings
 
 

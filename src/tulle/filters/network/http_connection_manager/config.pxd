@@ -16,7 +16,7 @@ cdef class HcmConfig:
     cdef public str default_host_for_http_10
     cdef public Py_ssize_t max_request_headers_bytes
     cdef public str codec                       # "auto", "http1" or "http2" (codec_type)
-    cdef public dict http2_settings             # http2_codec.Http2Settings' arguments (http2_protocol_options)
+    cdef public object http2_settings           # http2_options.Http2Settings (http2_protocol_options)
     cdef public tuple http2_keepalive           # connection_keepalive: (interval, timeout, jitter) seconds
     cdef public double stream_idle_timeout
     cdef public double request_timeout

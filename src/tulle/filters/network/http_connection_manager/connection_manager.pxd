@@ -112,6 +112,7 @@ cdef class HttpConnection(CodecCallbacks):
     cdef public bint http1_counted
 
     cpdef double loop_time(self)
+    cdef _start(self, transport)
     cdef _count_http1(self)
     cpdef data_received(self, data)
     cdef bytes _sniff(self, bytes data)
@@ -140,9 +141,15 @@ cdef class HttpConnection(CodecCallbacks):
     cpdef watch_deadline(self, double deadline)
     cdef _arm_timer(self, double when)
     cdef double _next_deadline(self) except? -1.0
+    cdef list _timed_streams(self)
+    cdef list _take_open_streams(self)
+    cdef _codec_closed(self)
+    cdef _close_idle(self)
     cdef _stream_deadlines(self, ActiveStream stream, list candidates)
     cdef _expire_stream(self, ActiveStream stream, double now)
 
+
+cpdef _tell_filters(ActiveStream stream, str hook)
 
 @cython.locals(started=double)
 cdef _start_stream_at(StreamInfo info, double started)

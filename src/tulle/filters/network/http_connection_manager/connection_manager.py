@@ -480,12 +480,16 @@ class HttpConnection(CodecCallbacks):
 
     # --- asyncio.Protocol ----------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         limit = self.config.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         stats = self.config.stats
         stats.downstream_cx_total.value += 1
         stats.downstream_cx_active.value += 1
+        self._start(transport)
+
+    def _start(self, transport: asyncio.BaseTransport) -> None:
+        """The codec's half of connection_made (HTTP/2 overrides it; AUTO's hand-over calls it)."""
+        self.transport = transport  # type: ignore[assignment]
         if self.sniff is None:
             self._count_http1()
         self.config.connections.add(self)
@@ -560,8 +564,6 @@ class HttpConnection(CodecCallbacks):
         self.closed = True
         stats = self.config.stats
         stats.downstream_cx_active.value -= 1
-        if self.http1_counted:
-            stats.downstream_cx_http1_active.value -= 1
         stats.downstream_cx_destroy.value += 1
         if self.close_when_done:
             stats.downstream_cx_destroy_local.value += 1
@@ -571,13 +573,12 @@ class HttpConnection(CodecCallbacks):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        streams = list(self.streams)
-        self.streams.clear()
-        for stream in streams:
+        for stream in self._take_open_streams():
             if not stream.done:
                 stream.info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
                 stats.downstream_rq_rx_reset.value += 1
                 self._finalize(stream)
+        self._codec_closed()
         on_close = self.downstream.on_close
         if on_close is not None:
             on_close()
@@ -589,20 +590,37 @@ class HttpConnection(CodecCallbacks):
         # The client reads slower than the upstream sends: stop reading the upstream.
         self.write_paused = True
         self.config.stats.downstream_flow_control_paused_reading_total.value += 1
-        if self.streams:
-            for flt in self.streams[0].filters:
-                pause = getattr(flt, "on_downstream_pause_writing", None)
-                if pause is not None:
-                    pause()
+        for stream in self._timed_streams():
+            _tell_filters(stream, "on_downstream_pause_writing")
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.config.stats.downstream_flow_control_resumed_reading_total.value += 1
-        if self.streams:
-            for flt in self.streams[0].filters:
-                resume = getattr(flt, "on_downstream_resume_writing", None)
-                if resume is not None:
-                    resume()
+        for stream in self._timed_streams():
+            _tell_filters(stream, "on_downstream_resume_writing")
+
+    # --- what differs per codec (Http2Connection overrides these) -----
+    def _timed_streams(self) -> list[ActiveStream]:
+        """The streams whose timeouts run and whose filters hear of back-pressure: HTTP/1 answers
+        one request at a time, so the first queued one (the rest wait, unstarted)."""
+        return [self.streams[0]] if self.streams else []
+
+    def _take_open_streams(self) -> list[ActiveStream]:
+        """Every stream still held, removed from the connection (it is closing)."""
+        streams = list(self.streams)
+        self.streams.clear()
+        return streams
+
+    def _codec_closed(self) -> None:
+        """The codec's share of connection_lost, after the streams are finalized."""
+        if self.http1_counted:
+            self.config.stats.downstream_cx_http1_active.value -= 1
+
+    def _close_idle(self) -> None:
+        """The idle timeout ran out with no stream open."""
+        self.config.stats.downstream_cx_idle_timeout.value += 1
+        self.close_when_done = True
+        self.close_transport()
 
     # --- request parser callbacks (tulle.http.http1_parser) ------------
     @cython.locals(head_started=cython.double, chunked=cython.bint, connection_tokens=str, expect=cython.bint,
@@ -1062,12 +1080,14 @@ class HttpConnection(CodecCallbacks):
             self.timer_when = when
             self.timer = self.loop.call_at(when, self._on_timer)
 
-    @cython.locals(candidates=list)
+    @cython.locals(candidates=list, streams=list, stream=ActiveStream)
     def _next_deadline(self) -> float:
         config = self.config
         candidates = []
-        if self.streams:
-            self._stream_deadlines(self.streams[0], candidates)
+        streams = self._timed_streams()
+        if streams:
+            for stream in streams:
+                self._stream_deadlines(stream, candidates)
         elif self.head_started:
             if config.head_timeout:  # a head is arriving: its stream's clocks, not the idle timeout
                 candidates.append(self.head_started - _monotonic() + self.loop.time() + config.head_timeout)
@@ -1088,24 +1108,27 @@ class HttpConnection(CodecCallbacks):
             candidates.append(stream.info.start_monotonic - _monotonic() + self.loop.time()
                               + config.request_timeout)
 
+    @cython.locals(streams=list, stream=ActiveStream)
     def _on_timer(self) -> None:
         self.timer = None
         if self.closed:
             return
         now = self.loop.time()
         config = self.config
-        if self.streams:
-            self._expire_stream(self.streams[0], now)
+        streams = self._timed_streams()
+        if streams:
+            for stream in streams:
+                if not stream.done:  # an earlier one's reply may have ended it (HTTP/2)
+                    self._expire_stream(stream, now)
         elif self.head_started:
             if config.head_timeout and _monotonic() - self.head_started >= config.head_timeout:
                 self._head_timed_out()
                 return
         elif config.idle_timeout and now - self.last_activity >= config.idle_timeout:
-            config.stats.downstream_cx_idle_timeout.value += 1
-            self.close_when_done = True
-            self.close_transport()
+            self._close_idle()
             return
-        self._arm_timer(self._next_deadline())
+        if not self.closed:
+            self._arm_timer(self._next_deadline())
 
     def _expire_stream(self, stream: ActiveStream, now: float) -> None:
         """Whichever of ``stream``'s timeouts has run out fires (the route's first, as in Envoy)."""
@@ -1134,6 +1157,14 @@ class HttpConnection(CodecCallbacks):
             stream.keep_alive = False
             # Envoy: 408 while the request is still arriving, 504 once it is waiting on the upstream
             stream.send_local_reply(flags.STREAM_IDLE_TIMEOUT, status=504 if stream.request_complete else 0)
+
+
+def _tell_filters(stream: ActiveStream, hook: str) -> None:
+    """Call an optional flow-control hook (on_downstream_pause_writing / _resume_) on each filter."""
+    for flt in stream.filters:
+        method = getattr(flt, hook, None)
+        if method is not None:
+            method()
 
 
 def _start_stream_at(info: StreamInfo, started: float) -> None:

@@ -3,10 +3,10 @@
 # ActiveStream's calls reach the HTTP/2 versions); the session calls the on_h2_* methods at C level.
 
 from tulle.filters.network.http_connection_manager.connection_manager cimport (
-    ActiveStream, HttpConnection, _check_authority,
+    ActiveStream, HttpConnection, _check_authority, _tell_filters,
 )
 from tulle.http.headers cimport HeaderMap
-from tulle.http.http2_codec cimport Http2Session, Http2Settings
+from tulle.http.http2_codec cimport Http2Session
 from tulle.stream_info cimport StreamInfo
 
 cdef frozenset _CONNECTION_SPECIFIC
@@ -25,11 +25,8 @@ cdef class Http2Connection(HttpConnection):
     cdef public dict held_windows           # read-disabled stream id -> [count, bytes not acknowledged]
 
     cpdef adopt(self, transport, bytes data)
-    cdef _start(self, transport)
     cdef _new_stream(self, int stream_id, list fields, bint end_stream)
     cpdef flush(self)
     cdef _schedule_ping(self)
     cdef _resume_drained_streams(self)
 
-
-cpdef _tell_filters(ActiveStream stream, str hook)

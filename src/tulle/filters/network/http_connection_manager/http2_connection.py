@@ -28,9 +28,10 @@ from tulle.filters.network.http_connection_manager.connection_manager import (
     CodecError,
     HttpConnection,
     _check_authority,
+    _tell_filters,
 )
 from tulle.http.headers import HeaderMap
-from tulle.http.http2_codec import INTERNAL_ERROR, NO_ERROR, Http2Error, Http2Session, Http2Settings
+from tulle.http.http2_codec import INTERNAL_ERROR, NO_ERROR, Http2Error, Http2Session
 from tulle.stream_info import StreamInfo
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class Http2Connection(HttpConnection):
         super().__init__(config, downstream)
         self.parser = None  # no HTTP/1 parser: the session frames this connection
         self.sniff = None
-        self.session = Http2Session(self, True, Http2Settings(**config.http2_settings))
+        self.session = Http2Session(self, True, config.http2_settings)
         self.h2_streams: dict[int, ActiveStream] = {}
         self.write_paused_streams: set[int] = set()
         self.held_windows: dict[int, list[int]] = {}  # read-disabled stream -> [count, bytes not acknowledged]
@@ -67,14 +68,6 @@ class Http2Connection(HttpConnection):
         self.ping_outstanding = False
 
     # --- asyncio.Protocol ----------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        limit = self.config.buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 2)
-        stats = self.config.stats
-        stats.downstream_cx_total.value += 1
-        stats.downstream_cx_active.value += 1
-        self._start(transport)
-
     def adopt(self, transport: asyncio.BaseTransport, data: bytes) -> None:
         """Take over a connection that codec_type AUTO found to speak HTTP/2 (its first ``data``)."""
         self._start(transport)
@@ -126,36 +119,17 @@ class Http2Connection(HttpConnection):
                 self.close_when_done = True
             self.close_transport()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        stats = self.config.stats
-        stats.downstream_cx_active.value -= 1
-        stats.downstream_cx_http2_active.value -= 1
-        stats.downstream_cx_destroy.value += 1
-        if self.close_when_done:
-            stats.downstream_cx_destroy_local.value += 1
-        else:
-            stats.downstream_cx_destroy_remote.value += 1
-        self.config.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _take_open_streams(self) -> list[ActiveStream]:
         streams = list(self.h2_streams.values())
         self.h2_streams.clear()
-        for stream in streams:
-            if not stream.done:
-                stream.info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
-                stats.downstream_rq_rx_reset.value += 1
-                self._finalize(stream)
+        return streams
+
+    def _codec_closed(self) -> None:
+        self.config.stats.downstream_cx_http2_active.value -= 1
         if self.keepalive_timer is not None:
             self.keepalive_timer.cancel()
             self.keepalive_timer = None
         self.session.close()  # nghttp2's memory goes now, not when the cyclic GC finds the pair
-        on_close = self.downstream.on_close
-        if on_close is not None:
-            on_close()
 
     def pause_writing(self) -> None:
         # The client reads slower than we write: stop the upstreams, and stop reading the client,
@@ -164,14 +138,14 @@ class Http2Connection(HttpConnection):
         self.write_paused = True
         self.config.stats.downstream_flow_control_paused_reading_total.value += 1
         self.read_disable(True)
-        for stream in list(self.h2_streams.values()):
+        for stream in self._timed_streams():
             _tell_filters(stream, "on_downstream_pause_writing")
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.config.stats.downstream_flow_control_resumed_reading_total.value += 1
         self.read_disable(False)
-        for stream in list(self.h2_streams.values()):
+        for stream in self._timed_streams():
             if stream.codec_stream_id not in self.write_paused_streams:
                 _tell_filters(stream, "on_downstream_resume_writing")
 
@@ -489,41 +463,12 @@ class Http2Connection(HttpConnection):
             self.config.stats.downstream_cx_drain_close.value += 1
             self.close_transport()
 
-    # --- timers: every open stream's, not just the first ---------------
-    @cython.locals(candidates=list, stream=ActiveStream)
-    def _next_deadline(self) -> float:
-        candidates = []
-        if self.h2_streams:
-            for stream in self.h2_streams.values():
-                self._stream_deadlines(stream, candidates)
-        elif self.config.idle_timeout:
-            candidates.append(self.last_activity + self.config.idle_timeout)
-        return min(candidates) if candidates else 0.0
+    # --- timers and back-pressure: every open stream's, not just the first ---
+    def _timed_streams(self) -> list[ActiveStream]:
+        return list(self.h2_streams.values())
 
-    @cython.locals(stream=ActiveStream)
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.closed:
-            return
-        now = self.loop.time()
-        config = self.config
-        if self.h2_streams:
-            for stream in list(self.h2_streams.values()):
-                if not stream.done:
-                    self._expire_stream(stream, now)
-        elif config.idle_timeout and now - self.last_activity >= config.idle_timeout:
-            config.stats.downstream_cx_idle_timeout.value += 1
-            self.close_when_done = True
-            self.session.goaway(NO_ERROR)
-            self.close_transport()
-            return
-        if not self.closed:
-            self._arm_timer(self._next_deadline())
-
-
-def _tell_filters(stream: ActiveStream, hook: str) -> None:
-    """Call an optional flow-control hook (on_downstream_pause_writing / _resume_) on each filter."""
-    for flt in stream.filters:
-        method = getattr(flt, hook, None)
-        if method is not None:
-            method()
+    def _close_idle(self) -> None:
+        self.config.stats.downstream_cx_idle_timeout.value += 1
+        self.close_when_done = True
+        self.session.goaway(NO_ERROR)
+        self.close_transport()
