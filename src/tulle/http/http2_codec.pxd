@@ -196,7 +196,6 @@ cdef class Http2Session:
     cdef Py_ssize_t header_bytes
     cdef bint header_overflow
     cdef object failure         # an exception raised in a callback, re-raised by receive/take_output
-    cdef Py_ssize_t invalid_frames
     cdef public bint drained    # some buffered DATA was framed since the connection last looked
 
     cpdef close(self)

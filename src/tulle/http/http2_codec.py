@@ -90,7 +90,6 @@ class Http2Session:
         self.settings = settings
         self.outgoing: dict[int, _OutStream] = {}
         self.drained = False
-        self.invalid_frame_count = 0
         self._ended: set[int] = set()  # streams whose end was reported to the owner
         self._closed_streams: list[tuple[int, int]] = []  # (stream id, code) reset by us, reported after output
         self.closed = False

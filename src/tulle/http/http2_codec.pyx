@@ -139,13 +139,6 @@ cdef int _on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t 
     return 0
 
 
-cdef int _on_invalid_frame(nghttp2_session* session, const nghttp2_frame* frame, int lib_error_code,
-                           void* user_data) noexcept:
-    cdef Http2Session self = <Http2Session>user_data
-    self.invalid_frames += 1
-    return 0
-
-
 cdef ssize_t _read_data(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
                         uint32_t* data_flags, nghttp2_data_source* source, void* user_data) noexcept:
     """nghttp2 asks for up to ``length`` bytes of the stream's DATA (its window allows that much)."""
@@ -238,7 +231,6 @@ cdef nghttp2_session_callbacks* _callbacks() except NULL:
         nghttp2_session_callbacks_set_on_frame_recv_callback(_CALLBACKS, _on_frame_recv)
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(_CALLBACKS, _on_data_chunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(_CALLBACKS, _on_stream_close)
-        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(_CALLBACKS, _on_invalid_frame)
     return _CALLBACKS
 
 
@@ -471,10 +463,6 @@ cdef class Http2Session:
         if self.session == NULL:
             return
         nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
-
-    @property
-    def invalid_frame_count(self):
-        return self.invalid_frames
 
 
 def error_name(unsigned int code):
