@@ -35,6 +35,7 @@ import pytest
 import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from grpc_backend import GrpcBackend, stub
 from proxy_harness import ProxyProcess, free_port
 from scripted_ads import ScriptedAds, assignment, eds_cluster, rds_listener, route_config
 from tulle.samples import echo_server
@@ -79,6 +80,7 @@ class Runs:
     check: Callable[[RunningExample], None]
     tls_upstreams: bool = False  # the upstreams speak TLS (passthrough examples)
     switchable_upstreams: bool = False  # the upstreams answer 503 while their server's ``unhealthy`` is set
+    grpc_upstreams: bool = False  # the upstreams are gRPC servers (tests/grpc_backend.py), not echo servers
     # example-specific rewrites after the loopback ones (paths the sandbox has, moved under the test's tmp dir)
     rewrite: Callable[[dict[str, Any], Path], None] | None = None
 
@@ -149,6 +151,20 @@ def insecure_client_context() -> ssl.SSLContext:
 
 
 # --- checks for the in-scope examples -------------------------------------------------------------
+
+
+def check_grpc_bridge_server(example: RunningExample) -> None:
+    """grpc-bridge/server: gRPC requests (route match grpc: {}) go over HTTP/2 to the gRPC service;
+    anything else has no route."""
+    port = example.listener_ports[0]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply, outcome = stub(channel, "Unary").with_call(b"kv", metadata=(("x-echo-trailer", "t"),), timeout=10)
+    assert reply == example.backend_labels[("grpc-server", 8081)].encode() + b":kv"
+    assert ("x-echo-trailer", "t") in outcome.trailing_metadata()
+    plain, _ = http_get(port, "/kv")
+    assert plain.status == 404  # not a gRPC request: the route does not match
+    example.wait_for_stats({"cluster.backend_grpc_service.upstream_cx_http2_total": 1,
+                            "http.ingress_http.no_route": 1})
 
 
 def check_front_proxy_service(number: int) -> Callable[[RunningExample], None]:
@@ -391,11 +407,6 @@ def http_filter(feature: str, index: int = 0) -> Refused:
     return Refused(feature, f"{HCM}.http_filters[{index}]")
 
 
-def upstream_http2(cluster_index: int) -> Refused:
-    return Refused("http2_protocol_options",
-                   f"static_resources.clusters[{cluster_index}].{HTTP_OPTIONS}.explicit_http_config.http2_protocol_options")
-
-
 EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     # cors filter first in http_filters (the per-route CorsPolicy comes later, in the route table)
     "cors/backend/envoy.yaml": http_filter("envoy.filters.http.cors"),
@@ -422,8 +433,8 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     # its LOGICAL_DNS cluster asks only for HTTP/1.1 and the HCM's add_user_agent is honoured; the
     # grpc_http1_bridge filter is not (yet)
     "grpc-bridge/client/envoy-proxy.yaml": http_filter("envoy.filters.http.grpc_http1_bridge"),
-    # the cluster talks HTTP/2 upstream (route match grpc: {} would come later)
-    "grpc-bridge/server/envoy-proxy.yaml": upstream_http2(0),
+    # gRPC-only route, HTTP/2 upstream cluster to a real gRPC server
+    "grpc-bridge/server/envoy-proxy.yaml": Runs(check_grpc_bridge_server, grpc_upstreams=True),
     "gzip/envoy.yaml": http_filter("envoy.filters.http.compressor"),
     "jaeger-tracing/envoy.yaml": HCM_TRACING,
     # two listeners, each with its own token bucket (2 tokens, 2 more per 5 s)
@@ -432,9 +443,9 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "locality-load-balancing/envoy.yaml": Runs(check_locality_load_balancing, switchable_upstreams=True),
     # the filter has a custom name: the refusal names it by its type
     "lua/envoy.yaml": http_filter("envoy.extensions.filters.http.lua.v3.Lua"),
-    # the third cluster (the OTLP collector) talks HTTP/2, and clusters are built before listeners
-    "opentelemetry/envoy-1.yaml": upstream_http2(2),
-    "opentelemetry/envoy-front-proxy.yaml": upstream_http2(2),
+    # its HTTP/2 cluster to the OTLP collector is accepted; HCM tracing is the telemetry issue's
+    "opentelemetry/envoy-1.yaml": HCM_TRACING,
+    "opentelemetry/envoy-front-proxy.yaml": HCM_TRACING,
     "rbac/envoy.yaml": http_filter("envoy.filters.http.rbac"),
     "redis/envoy.yaml": Refused("envoy.filters.network.redis_proxy",
                                 "static_resources.listeners[0].filter_chains[0].filters[0]"),
@@ -559,7 +570,7 @@ class Backends:
 
 
 def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path,
-                   switchable: bool = False) -> Backends:
+                   switchable: bool = False, grpc_servers: bool = False) -> Backends:
     context = None
     certificate_der = b""
     if tls:
@@ -569,6 +580,12 @@ def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path,
     backends = Backends({}, {}, [], certificate_der)
     for address, port in addresses:
         label = f"{address}:{port}"
+        if grpc_servers:
+            grpc_server = GrpcBackend(label)
+            backends.servers.append(grpc_server)
+            backends.ports[(address, port)] = grpc_server.port
+            backends.labels[(address, port)] = label
+            continue
         server = echo_server.serve(0, label)
         if switchable:
             server.RequestHandlerClass = SwitchableEchoHandler
@@ -630,7 +647,8 @@ def assert_not_a_bootstrap(relative: str, expectation: NotBootstrap) -> None:
 def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
     document = yaml.safe_load((CORPUS / relative).read_text())
     addresses = upstream_addresses(document)
-    backends = start_backends(addresses, expectation.tls_upstreams, tmp_path, expectation.switchable_upstreams)
+    backends = start_backends(addresses, expectation.tls_upstreams, tmp_path, expectation.switchable_upstreams,
+                              grpc_servers=expectation.grpc_upstreams)
     try:
         listener_ports = rewrite_for_loopback(document, backends.ports)
         if expectation.rewrite is not None:

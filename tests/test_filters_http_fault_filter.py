@@ -22,7 +22,7 @@ from proxy_harness import static_cluster
 from tulle.config.loader import parse_message
 from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
 from tulle.filters.http.fault.config import FaultFactory
-from tulle.filters.http.fault.filter import FaultFilter, is_grpc_request
+from tulle.filters.http.fault.filter import FaultFilter
 from tulle.filters.network.http_connection_manager.config import HcmConfig, HttpConnectionManagerFactory
 from tulle.filters.network.http_connection_manager.connection_manager import HttpConnection
 from tulle.http.headers import HeaderMap
@@ -316,14 +316,6 @@ def test_http_abort_of_a_grpc_request_maps_the_status_like_envoy(proxies: Callab
     response = proxy.request("/svc/M", [("content-type", "application/grpc+proto")], body=b"", method="POST")
     assert response is not None and response.status == 200
     assert response.headers["grpc-status"] == "14"  # UNAVAILABLE
-
-
-def test_grpc_content_types() -> None:
-    assert is_grpc_request(HeaderMap([("content-type", "application/grpc")]))
-    assert is_grpc_request(HeaderMap([("content-type", "application/grpc;charset=utf-8")]))
-    assert not is_grpc_request(HeaderMap([("content-type", "application/grpc-web")]))
-    assert not is_grpc_request(HeaderMap([("content-type", "application/json")]))
-    assert not is_grpc_request(HeaderMap([]))
 
 
 # --------------------------------------------------------------------------- delays

@@ -32,6 +32,7 @@ from backends import (
 )
 from proxy_harness import ProxyProcess, free_port, static_cluster
 from tulle.filters.http.router.shadow import ShadowRequest, shadow_host
+from tulle.http.headers import HeaderMap
 from tulle.stats.store import Store
 from tulle.upstream.cluster_stats import ClusterStats
 from tulle.upstream.host import NO_OUTLIER_MONITOR, HostStats
@@ -313,10 +314,10 @@ class HeldPool:
         if self.waiting:
             self.waiting.pop(0).on_pool_ready(conn)
         else:
-            self.release(conn, True)
+            self.release_unused(conn)
 
-    def release(self, conn: Any, keep_alive: bool) -> None:
-        self.released.append((conn, keep_alive))
+    def release_unused(self, conn: Any) -> None:
+        self.released.append((conn, True))
 
 
 @dataclass
@@ -331,6 +332,7 @@ class FakeCluster:
     host: FakeHost
     stats: ClusterStats
     resource_manager: Any = None
+    upstream_protocol: str = "HTTP/1.1"
 
     def choose_host(self, context: Any) -> FakeHost:
         return self.host
@@ -339,8 +341,8 @@ class FakeCluster:
 async def _connecting_shadow(limit: int) -> tuple[ShadowRequest, FakeCluster, Store]:
     store = Store()
     cluster = FakeCluster(FakeHost(HeldPool(), HostStats()), ClusterStats(store, "mirror"))
-    shadow = ShadowRequest(cluster, asyncio.get_running_loop(), b"POST / HTTP/1.1\r\n\r\n", False, True,
-                           False, 15.0, limit, store, "cluster.main.")
+    headers = HeaderMap([(":method", "POST"), (":path", "/"), (":authority", "a")])
+    shadow = ShadowRequest(cluster, asyncio.get_running_loop(), headers, False, 15.0, limit, store, "cluster.main.")
     shadow.start()
     await asyncio.sleep(0)
     return shadow, cluster, store

@@ -8,7 +8,6 @@ from typing import Any
 from tulle.filters.http.router.config import RouterFactory
 from tulle.filters.http.router.filter import RouterFilter
 from tulle.filters.http.router.upstream_request import UpstreamRequest
-from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.stats.store import Store
 from tulle.upstream.cluster_stats import ClusterStats
@@ -24,12 +23,12 @@ class FakeConn(Http1ClientConnection):
         self.aborted = ""
         self.callbacks: Any = None
 
-    def start_request(self, callbacks: Any, head: bytes, is_head: bool) -> None:
+    def encode_headers(self, callbacks: Any, headers: HeaderMap, end_stream: bool) -> None:
         self.callbacks = callbacks
-        self.written.append(head)
+        self.written.append((headers.method, end_stream))
 
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        self.written.append((data, end_stream))
 
     def abort(self, reason: str = "") -> None:
         self.aborted = reason
@@ -47,8 +46,8 @@ class FakePool:
     def acquire(self, callbacks: Any, manager: Any) -> FakeConn | None:
         return self.conn
 
-    def release(self, conn: FakeConn, keep_alive: bool) -> None:
-        self.released.append((conn, keep_alive))
+    def release_unused(self, conn: FakeConn) -> None:
+        self.released.append((conn, True))
 
     def cancel(self, callbacks: Any) -> bool:
         self.cancelled.append(callbacks)
@@ -71,6 +70,8 @@ class FakeDownstream:
 class FakeStream:
     def __init__(self) -> None:
         self.connection = FakeDownstream()
+        self.headers = HeaderMap([(":method", "POST"), (":path", "/")])
+        self.info = SimpleNamespace(protocol="HTTP/1.1")
 
 
 def small_buffer_factory() -> RouterFactory:
@@ -82,12 +83,10 @@ def small_buffer_factory() -> RouterFactory:
 class FakeRouter(RouterFilter):
     """A router (the attempt's callbacks into it are typed) that records what its attempt tells it."""
 
-    def __init__(self, chunked: bool = False, request_ended: bool = True) -> None:
+    def __init__(self, request_ended: bool = True) -> None:
         self.stream = FakeStream()
         self.factory = small_buffer_factory()
-        self.head = b"POST / HTTP/1.1\r\n\r\n"
-        self.is_head = False
-        self.chunked = chunked
+        self.trailers = None
         self.request_ended = request_ended
         self.attempts = None
         self.upstream: Any = None
@@ -118,6 +117,7 @@ class FakeCluster:
     def __init__(self) -> None:
         self.stats = ClusterStats(Store(), "c")
         self.resource_managers = [object(), object()]  # DEFAULT, HIGH
+        self.http2_capable = False  # HTTP/1.1 only: the host's HTTP/1 pool
 
 
 def attempt(conn: FakeConn | None, **router: Any) -> tuple[UpstreamRequest, FakeRouter, FakePool, FakeCluster]:
@@ -133,9 +133,9 @@ def attempt(conn: FakeConn | None, **router: Any) -> tuple[UpstreamRequest, Fake
 
 def test_an_idle_connection_carries_the_request_at_once() -> None:
     conn = FakeConn()
-    upstream, router, _, cluster = attempt(conn, chunked=True)
+    upstream, router, _, cluster = attempt(conn)
     assert conn.callbacks is upstream
-    assert conn.written == [router.head, http1.LAST_CHUNK]
+    assert conn.written == [("POST", True)]  # the whole request: its end goes with the headers
     assert upstream.end_sent and upstream.active
     assert cluster.stats.upstream_rq_active.value == 1 and upstream.host.stats.rq_active == 1
     upstream.on_upstream_headers(200, HeaderMap([(":status", "200")]), False)
@@ -176,7 +176,7 @@ def test_a_body_waits_for_the_connection_and_pauses_the_client_past_the_limit() 
     conn = FakeConn()
     router.request_ended = True
     upstream.on_pool_ready(conn)  # type: ignore[arg-type]
-    assert conn.written == [router.head, b"12345", b"678901"]
+    assert conn.written == [("POST", False), (b"12345", False), (b"678901", True)]
     assert not router.paused and upstream.end_sent
 
 

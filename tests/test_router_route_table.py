@@ -256,6 +256,14 @@ def test_header_matchers_all_must_match_including_pseudo_headers():
     assert first_match(routes, request()) == "fallback"
 
 
+def test_grpc_route_match_takes_only_grpc_requests():
+    routes = [route_to("grpc", prefix="/", grpc={}), route_to("rest", prefix="/")]
+    assert first_match(routes, request(content_type="application/grpc")) == "grpc"
+    assert first_match(routes, request(content_type="application/grpc+proto")) == "grpc"
+    assert first_match(routes, request(content_type="application/grpc-web")) == "rest"
+    assert first_match(routes, request()) == "rest"
+
+
 def test_inverted_header_matcher_in_a_route():
     routes = [route_to("not_beta", prefix="/", headers=[{"name": "x-beta", "present_match": True,
                                                          "invert_match": True}])]
@@ -305,6 +313,27 @@ def test_route_action_options():
 def test_zero_timeout_disables_it():
     compiled = table(one_vhost([{"match": {"prefix": "/"}, "route": {"cluster": "svc", "timeout": "0s"}}]))
     assert compiled.find(request()).timeout is None
+
+
+def grpc_timed_route(**action: str):  # noqa: ANN201 - Route
+    return table(one_vhost([{"match": {"prefix": "/"}, "route": {"cluster": "svc", **action}}])).find(request())
+
+
+def test_max_grpc_timeout_makes_a_grpc_requests_own_deadline_its_route_timeout():
+    grpc = {"content_type": "application/grpc"}
+    route = grpc_timed_route(timeout="9s", max_grpc_timeout="2s")
+    assert route.request_timeout(request(grpc_timeout="500m", **grpc)) == 0.5
+    assert route.request_timeout(request(grpc_timeout="10S", **grpc)) == 2.0  # capped
+    assert route.request_timeout(request(**grpc)) == 2.0  # no header: the cap
+    assert route.request_timeout(request(grpc_timeout="500m")) == 9.0  # not gRPC: the route timeout
+    uncapped = grpc_timed_route(timeout="9s", max_grpc_timeout="0s")
+    assert uncapped.request_timeout(request(grpc_timeout="30S", **grpc)) == 30.0
+    assert uncapped.request_timeout(request(**grpc)) is None  # 0 is infinity, as in Envoy
+    offset = grpc_timed_route(max_grpc_timeout="0s", grpc_timeout_offset="0.1s")
+    assert offset.request_timeout(request(grpc_timeout="500m", **grpc)) == 0.4
+    assert offset.request_timeout(request(grpc_timeout="50m", **grpc)) == 0.05  # never to 0 or below
+    plain = grpc_timed_route(timeout="3s")
+    assert plain.request_timeout(request(grpc_timeout="1S", **grpc)) == 3.0  # without max_grpc_timeout: ignored
 
 
 def test_cluster_header():
@@ -681,7 +710,6 @@ ROUTE = f"{FIELD}.virtual_hosts[0].routes[0]"
 @pytest.mark.parametrize(
     ("route", "path"),
     [
-        ({"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "c"}}, "match.grpc"),
         ({"match": {"connect_matcher": {}}, "route": {"cluster": "c"}}, "match.connect_matcher"),
         ({"match": {"prefix": "/", "tls_context": {"presented": True}}, "route": {"cluster": "c"}},
          "match.tls_context"),
@@ -696,7 +724,6 @@ ROUTE = f"{FIELD}.virtual_hosts[0].routes[0]"
         ({"match": {"prefix": "/"}, "route": {"cluster": "c", "flush_timeout": "1s"}}, "route.flush_timeout"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c", "upgrade_configs": [{"upgrade_type": "websocket"}]}},
          "route.upgrade_configs"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "max_grpc_timeout": "1s"}}, "route.max_grpc_timeout"),
         ({"match": {"prefix": "/"}, "route": {"cluster_specifier_plugin": "p"}}, "route.cluster_specifier_plugin"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "decorator": {"operation": "op"}}, "decorator"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_body_buffer_limit": 10},

@@ -164,7 +164,7 @@ REFUSALS = [
      "circuit_breakers.thresholds[0].max_connection_pools"),
     ({"circuit_breakers": {"per_host_thresholds": [{"max_requests": 1}]}},
      "circuit_breakers.per_host_thresholds[0].max_requests"),
-    ({"http2_protocol_options": {}}, "http2_protocol_options"),
+    ({"http2_protocol_options": {"allow_connect": True}}, "http2_protocol_options.allow_connect"),
     ({"upstream_bind_config": {"source_address": {"address": "0.0.0.0", "port_value": 0}}}, "upstream_bind_config"),
     ({"lb_subset_config": {"fallback_policy": "ANY_ENDPOINT"}}, "lb_subset_config"),
     ({"common_lb_config": {"zone_aware_lb_config": {}}}, "common_lb_config.zone_aware_lb_config"),
@@ -177,11 +177,15 @@ REFUSALS = [
     ({"cluster_type": {"name": "envoy.clusters.aggregate"}}, "cluster_type"),
     ({"upstream_connection_options": {"set_local_interface_name_on_upstream_connections": True}},
      "upstream_connection_options.set_local_interface_name_on_upstream_connections"),
-    ({"protocol_selection": "USE_DOWNSTREAM_PROTOCOL"}, "protocol_selection"),
     ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}},
+        "@type": HTTP_OPTIONS, "explicit_http_config": {"http3_protocol_options": {}}}}},
      "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
-     ".explicit_http_config.http2_protocol_options"),
+     ".explicit_http_config.http3_protocol_options"),
+    ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": HTTP_OPTIONS, "use_downstream_protocol_config": {"http2_protocol_options": {
+            "allow_metadata": True}}}}},
+     "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
+     ".use_downstream_protocol_config.http2_protocol_options.allow_metadata"),
     ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": HTTP_OPTIONS, "auto_config": {}}}},
      "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'].auto_config"),

@@ -27,9 +27,9 @@ from tulle.upstream.http_pool import (
     ConnectError,
     Http1ClientConnection,
     HttpConnectionPool,
-    UpstreamCallbacks,
     pool_for,
 )
+from tulle.upstream.request_encoder import UpstreamCallbacks
 
 ServerScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

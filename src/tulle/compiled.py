@@ -61,6 +61,7 @@ MODULES: tuple[str, ...] = (
     "tulle.upstream.http_pool",
     "tulle.upstream.load_balancer",
     "tulle.upstream.outlier_detection",
+    "tulle.upstream.request_encoder",
     "tulle.upstream.resource_manager",
 )
 

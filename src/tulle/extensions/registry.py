@@ -29,6 +29,7 @@ HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:FaultFactory",
     "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency":
         "tulle.filters.http.adaptive_concurrency.config:AdaptiveConcurrencyFactory",
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "tulle.filters.http.grpc_stats.config:GrpcStatsFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -65,6 +66,7 @@ NAME_TO_TYPE: dict[str, str] = {
     "envoy.filters.http.fault": "envoy.extensions.filters.http.fault.v3.HTTPFault",
     "envoy.filters.http.adaptive_concurrency":
         "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
+    "envoy.filters.http.grpc_stats": "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
 }
 
 

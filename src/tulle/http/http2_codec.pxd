@@ -122,6 +122,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_set_local_window_size(nghttp2_session* session, uint8_t flags, int32_t stream_id,
                                               int32_t window_size)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session* session)
+    uint32_t nghttp2_session_get_remote_settings(nghttp2_session* session, int id)
     int nghttp2_session_terminate_session(nghttp2_session* session, uint32_t error_code)
     int nghttp2_session_consume(nghttp2_session* session, int32_t stream_id, size_t size)
     int nghttp2_session_resume_data(nghttp2_session* session, int32_t stream_id)
@@ -212,3 +213,4 @@ cdef class Http2Session:
     cpdef consume(self, int stream_id, Py_ssize_t size)
     cpdef goaway(self, unsigned int error_code=*)
     cpdef ping(self)
+    cpdef unsigned int remote_max_concurrent_streams(self)

@@ -289,6 +289,13 @@ class Http2Session:
             self.conn.ping(b"tulle-ka")
 
 
+    def remote_max_concurrent_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS arrive)."""
+        if self.closed:
+            return 0
+        return min(int(self.conn.remote_settings.max_concurrent_streams), 0xFFFFFFFF)
+
+
 def error_name(code: int) -> str:
     """RFC 9113's name for an error code (``PROTOCOL_ERROR``)."""
     try:

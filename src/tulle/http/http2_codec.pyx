@@ -465,6 +465,13 @@ cdef class Http2Session:
         nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
 
 
+    cpdef unsigned int remote_max_concurrent_streams(self):
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS arrive)."""
+        if self.session == NULL:
+            return 0
+        return nghttp2_session_get_remote_settings(self.session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+
+
 def error_name(unsigned int code):
     """RFC 9113's name for an error code (``PROTOCOL_ERROR``)."""
     return nghttp2_http2_strerror(code).decode()

@@ -55,6 +55,16 @@ class Http2Settings:
         self.hpack_table_size = hpack_table_size
         self.allow_connect = allow_connect
 
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    # compared by value: a cluster or listener whose config did not change is not rebuilt
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Http2Settings) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
 
 def http2_settings(options: Any | None, field: str, *, max_header_bytes: int, max_headers: int) -> Http2Settings:
     """The session settings for ``options`` (an Http2ProtocolOptions, or None for Envoy's defaults)."""

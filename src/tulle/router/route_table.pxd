@@ -35,6 +35,8 @@ cdef class Route:
     cdef public long cluster_not_found_response_code
     cdef public object timeout                  # float | None
     cdef public str timeout_header_value
+    cdef public object max_grpc_timeout         # float | None
+    cdef public double grpc_timeout_offset
     cdef public bint auto_host_rewrite
     cdef public object hash_policy
     cdef public bint needs_query
@@ -74,6 +76,7 @@ cdef class Route:
     cpdef per_filter_config(self, str filter_name)
     cpdef bint matches(self, str path, HeaderMap headers, dict query) except -1
     cpdef bint matches_beyond_path(self, HeaderMap headers, dict query) except -1
+    cpdef request_timeout(self, HeaderMap headers)
     cpdef tuple select_cluster(self, HeaderMap headers, random_value)
     cpdef cluster_name(self, HeaderMap headers, random_value)
     cdef WeightedClusterEntry _pick_weighted(self, HeaderMap headers, random_value)

@@ -27,6 +27,7 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields
 from tulle.extensions import registry
+from tulle.http.grpc import is_grpc_request
 from tulle.http.headers import HeaderMap
 from tulle.router.hash_policy import HashPolicy
 from tulle.router.header_mutation import HeaderMutation, apply_all
@@ -52,7 +53,7 @@ from tulle.router.retry_policy import (
     VirtualHostRetryOptions,
     retry_policy,
 )
-from tulle.router.stream_timeouts import StreamTimeouts
+from tulle.router.stream_timeouts import StreamTimeouts, grpc_timeout
 from tulle.runtime import Fraction, RuntimeFraction, in_scope, runtime_fractional_percent
 from tulle.stream_info import StreamInfo
 
@@ -94,13 +95,13 @@ _ROUTE_FIELDS = (
 )
 _ROUTE_MATCH_FIELDS = (
     "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters",
-    "runtime_fraction",
+    "runtime_fraction", "grpc",
 )
 _ROUTE_ACTION_FIELDS = (
     "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code", "prefix_rewrite",
     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
     "host_rewrite_path_regex", "timeout", "hash_policy", "request_mirror_policies", "retry_policy",
-    "idle_timeout", "max_stream_duration", "priority",
+    "idle_timeout", "max_stream_duration", "priority", "max_grpc_timeout", "grpc_timeout_offset",
 )
 _CLUSTER_WEIGHT_FIELDS = (
     "name", "cluster_header", "weight", "request_headers_to_add", "request_headers_to_remove",
@@ -350,7 +351,8 @@ class Route:
     if not cython.compiled:
         __slots__ = (
             "name", "virtual_host_name", "kind", "is_redirect", "direct_response",
-            "cluster_not_found_response_code", "timeout", "timeout_header_value", "auto_host_rewrite",
+            "cluster_not_found_response_code", "timeout", "timeout_header_value", "max_grpc_timeout",
+            "grpc_timeout_offset", "auto_host_rewrite",
             "hash_policy", "needs_query", "plain_prefix", "_path_matches", "_header_matchers",
             "_query_matchers", "_matched_prefix_length", "_cluster", "_cluster_header", "_weighted",
             "_total_weight", "_random_value_header", "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite",
@@ -509,6 +511,8 @@ class Route:
         self._header_matchers = tuple(
             compile_header_matcher(header, f"{join(field, 'headers')}[{i}]") for i, header in enumerate(match.headers)
         )
+        if match.HasField("grpc"):  # RouteMatch.grpc: only gRPC requests (by their content-type, as Envoy)
+            self._header_matchers += (is_grpc_request,)
         self._query_matchers: tuple[QueryPredicate, ...] = tuple(
             compile_query_parameter_matcher(param, f"{join(field, 'query_parameters')}[{i}]")
             for i, param in enumerate(match.query_parameters)
@@ -545,6 +549,11 @@ class Route:
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         # x-envoy-expected-rq-timeout-ms, formatted once
         self.timeout_header_value = str(timeout_ms)
+        # max_grpc_timeout (deprecated in Envoy, what Istio sets): a gRPC request's grpc-timeout header,
+        # capped by it (0: uncapped), is its route timeout. None: not set, the route timeout applies.
+        self.max_grpc_timeout = _duration_ms(action.max_grpc_timeout) / 1000 if action.HasField(
+            "max_grpc_timeout") else None
+        self.grpc_timeout_offset = _duration_ms(action.grpc_timeout_offset) / 1000
 
         if action.prefix_rewrite and action.HasField("regex_rewrite"):
             raise ConfigError("Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy", field=field)
@@ -606,6 +615,21 @@ class Route:
             if not parameter_matches(query):
                 return False
         return True
+
+    def request_timeout(self, headers: HeaderMap) -> float | None:
+        """The route timeout of this request (Envoy's FilterUtility::finalTimeout before x-envoy-*
+        overrides): with max_grpc_timeout, a gRPC request's grpc-timeout less grpc_timeout_offset
+        (when that leaves some), capped by max_grpc_timeout unless it is 0; None: no timeout."""
+        if self.max_grpc_timeout is None or not is_grpc_request(headers):
+            return self.timeout
+        timeout = grpc_timeout(headers) or 0.0
+        offset = self.grpc_timeout_offset
+        if offset and offset < timeout:
+            timeout -= offset
+        cap = self.max_grpc_timeout
+        if cap and (not timeout or timeout > cap):
+            timeout = cap
+        return timeout or None
 
     def select_cluster(self, headers: HeaderMap, random_value: int) -> tuple[str | None, WeightedClusterEntry | None]:
         """The upstream cluster name (None: not found) and the weighted entry that chose it."""

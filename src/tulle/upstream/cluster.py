@@ -39,7 +39,7 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.loader import type_name_of, unpack_any
 from tulle.config.support import check_fields, duration_seconds
 from tulle.stats.store import Store
-from tulle.upstream import dns
+from tulle.upstream import dns, upstream_protocol
 from tulle.upstream.cluster_stats import ClusterStats, HealthCheckStats, OutlierDetectionStats
 from tulle.upstream.health_check import HealthCheckConfig, HealthChecker, parse_health_checks
 from tulle.upstream.host import Host, Locality
@@ -60,6 +60,7 @@ from tulle.upstream.resource_manager import (
     parse_circuit_breakers,
 )
 from tulle.upstream.socket_options import TcpKeepalive, parse_upstream_connection_options
+from tulle.upstream.upstream_protocol import UpstreamProtocol, host_pools
 
 log = logging.getLogger("tulle.upstream")
 
@@ -78,7 +79,8 @@ HTTP_PROTOCOL_OPTIONS_TYPE = "envoy.extensions.upstreams.http.v3.HttpProtocolOpt
 _CLUSTER_FIELDS = (
     "name", "alt_stat_name", "type", "connect_timeout", "per_connection_buffer_limit_bytes", "lb_policy",
     "load_assignment", "max_requests_per_connection", "common_http_protocol_options",
-    "http_protocol_options", "typed_extension_protocol_options", "dns_refresh_rate",
+    "http_protocol_options", "http2_protocol_options", "protocol_selection", "typed_extension_protocol_options",
+    "dns_refresh_rate",
     "dns_failure_refresh_rate", "dns_lookup_family", "wait_for_warm_on_init", "round_robin_lb_config",
     "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
     "eds_cluster_config", "health_checks", "outlier_detection", "ignore_health_on_host_removal",
@@ -141,6 +143,7 @@ class ClusterConfig:
     max_connection_duration: float | None = None  # common_http_protocol_options.max_connection_duration
     tcp_keepalive: TcpKeepalive | None = None  # upstream_connection_options.tcp_keepalive
     circuit_breakers: CircuitBreakersConfig = DEFAULT_CIRCUIT_BREAKERS
+    upstream_protocol: UpstreamProtocol = upstream_protocol.DEFAULT  # HTTP/1.1, HTTP/2 or the downstream's
 
 
 # --- parsing ------------------------------------------------------------------
@@ -170,15 +173,10 @@ def _common_http_options(options: protocol_pb2.HttpProtocolOptions, field: str) 
 
 def _typed_http_options(options: http_protocol_options_pb2.HttpProtocolOptions, field: str) -> ConnectionOptions:
     check_fields(
-        options, ("common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"),
+        options,
+        ("common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config", "auto_config"),
         field,
     )
-    # Tulle speaks HTTP/1.1 on both sides, so only HTTP/1.1 protocol selections are honoured.
-    for selection in ("explicit_http_config", "use_downstream_protocol_config"):
-        if options.HasField(selection):
-            chosen = getattr(options, selection)
-            check_fields(chosen, ("http_protocol_options",), join(field, selection))
-            check_fields(chosen.http_protocol_options, (), join(field, f"{selection}.http_protocol_options"))
     if options.HasField("common_http_protocol_options"):
         return _common_http_options(
             options.common_http_protocol_options, join(field, "common_http_protocol_options")
@@ -186,10 +184,11 @@ def _typed_http_options(options: http_protocol_options_pb2.HttpProtocolOptions, 
     return DEFAULT_IDLE_TIMEOUT, None, None, None
 
 
-def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionOptions:
-    """(idle_timeout, max_requests_per_connection, max_stream_duration) from the typed or the
-    deprecated fields."""
+def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> tuple[ConnectionOptions, UpstreamProtocol]:
+    """(idle_timeout, max_requests_per_connection, max_stream_duration, max_connection_duration) and
+    the upstream protocol, from the typed or the deprecated fields."""
     typed: ConnectionOptions | None = None
+    protocol = upstream_protocol.DEFAULT
     for key, value in cluster.typed_extension_protocol_options.items():
         entry_field = join(field, f"typed_extension_protocol_options[{key!r}]")
         if type_name_of(value) != HTTP_PROTOCOL_OPTIONS_TYPE:
@@ -197,9 +196,11 @@ def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionO
         options = unpack_any(value, field=entry_field)
         assert isinstance(options, http_protocol_options_pb2.HttpProtocolOptions)
         typed = _typed_http_options(options, entry_field)
+        protocol = upstream_protocol.from_typed_options(options, entry_field)
 
     deprecated = [
-        name for name in ("common_http_protocol_options", "http_protocol_options", "max_requests_per_connection")
+        name for name in ("common_http_protocol_options", "http_protocol_options", "http2_protocol_options",
+                          "max_requests_per_connection")
         if cluster.HasField(name)
     ]
     if typed is not None:
@@ -209,21 +210,20 @@ def _connection_options(cluster: cluster_pb2.Cluster, field: str) -> ConnectionO
                 f"{HTTP_PROTOCOL_OPTIONS_TYPE}; use only the latter",
                 field=join(field, deprecated[0]),
             )
-        return typed
+        return typed, protocol
 
+    protocol = upstream_protocol.from_deprecated_fields(cluster, field)
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_requests: int | None = None
     max_stream_duration: float | None = None
     max_connection_duration: float | None = None
-    if cluster.HasField("http_protocol_options"):
-        check_fields(cluster.http_protocol_options, (), join(field, "http_protocol_options"))
     if cluster.HasField("common_http_protocol_options"):
         idle_timeout, max_requests, max_stream_duration, max_connection_duration = _common_http_options(
             cluster.common_http_protocol_options, join(field, "common_http_protocol_options")
         )
     if cluster.HasField("max_requests_per_connection"):
         max_requests = cluster.max_requests_per_connection.value or None
-    return idle_timeout, max_requests, max_stream_duration, max_connection_duration
+    return (idle_timeout, max_requests, max_stream_duration, max_connection_duration), protocol
 
 
 def _locality(locality_endpoints: endpoint_components_pb2.LocalityLbEndpoints, field: str) -> Locality:
@@ -360,7 +360,8 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         raise ConfigError("a cluster needs a name", field=join(field, "name"))
 
     lb_settings = lb_settings_from_cluster(cluster, field)
-    idle_timeout, max_requests, max_stream_duration, max_connection_duration = _connection_options(cluster, field)
+    (idle_timeout, max_requests, max_stream_duration, max_connection_duration), protocol = _connection_options(
+        cluster, field)
     tcp_keepalive = None
     if cluster.HasField("upstream_connection_options"):
         tcp_keepalive = parse_upstream_connection_options(
@@ -409,6 +410,7 @@ def parse_cluster(cluster: cluster_pb2.Cluster, field: str) -> ClusterConfig:
         max_stream_duration=max_stream_duration,
         max_connection_duration=max_connection_duration,
         tcp_keepalive=tcp_keepalive,
+        upstream_protocol=protocol,
         endpoints=tuple(endpoints),
         overprovisioning_factor=overprovisioning_factor,
         dns_lookup_family=cluster_pb2.Cluster.DnsLookupFamily.Name(cluster.dns_lookup_family),
@@ -446,6 +448,11 @@ class Cluster:
         self.max_stream_duration = config.max_stream_duration
         self.max_connection_duration = config.max_connection_duration
         self.tcp_keepalive = config.tcp_keepalive
+        protocol = config.upstream_protocol
+        self.upstream_protocol = protocol.kind  # upstream_protocol.HTTP1, HTTP2 or DOWNSTREAM
+        self.http2_capable = protocol.kind != upstream_protocol.HTTP1
+        self.http2_settings = protocol.http2_settings
+        self.http2_keepalive = protocol.http2_keepalive
         self.overprovisioning_factor = config.overprovisioning_factor
         self.wait_for_warm_on_init = config.wait_for_warm_on_init
         self.stats = ClusterStats(store, config.stat_name)
@@ -621,15 +628,16 @@ class Cluster:
             except asyncio.CancelledError:
                 pass
         for host in self.hosts:
-            if host.pool is not None:
-                await host.pool.close()
+            for pool in host_pools(host):
+                await pool.close()
 
     def _retire(self, hosts: Sequence[Host]) -> None:
         """Hosts that left the cluster: let their pools wind down (Envoy drains them)."""
         for host in hosts:
-            drain = getattr(host.pool, "drain", None)
-            if drain is not None:
-                drain()
+            for pool in host_pools(host):
+                drain = getattr(pool, "drain", None)
+                if drain is not None:
+                    drain()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.lb_policy}, hosts={len(self.hosts)})"

@@ -8,6 +8,7 @@ from tulle.stats.store cimport Counter, Gauge, Histogram
 cdef class ClusterStats:
     cdef public Counter upstream_cx_total
     cdef public Counter upstream_cx_http1_total
+    cdef public Counter upstream_cx_http2_total
     cdef public Counter upstream_cx_connect_fail
     cdef public Counter upstream_cx_connect_timeout
     cdef public Counter upstream_cx_destroy

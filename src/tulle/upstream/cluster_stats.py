@@ -12,7 +12,7 @@ import cython
 from tulle.stats.store import Counter, Gauge, Histogram, Store
 
 COUNTERS = (
-    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_cx_connect_fail",
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
     "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq", "upstream_cx_rx_bytes_total",
     "upstream_cx_tx_bytes_total", "upstream_cx_idle_timeout", "upstream_cx_none_healthy",
@@ -43,6 +43,7 @@ class ClusterStats:
 
     upstream_cx_total: Counter
     upstream_cx_http1_total: Counter
+    upstream_cx_http2_total: Counter
     upstream_cx_connect_fail: Counter
     upstream_cx_connect_timeout: Counter
     upstream_cx_destroy: Counter

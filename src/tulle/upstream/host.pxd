@@ -40,6 +40,7 @@ cdef class Host:
     cdef public bint degraded
     cdef public HostStats stats
     cdef public object pool
+    cdef public object http2_pool
     cdef public bint failed_active_hc
     cdef public bint degraded_active_hc
     cdef public bint active_hc_timeout

@@ -117,7 +117,7 @@ class Host:
     if not cython.compiled:
         __slots__ = (
             "ip", "port", "address_str", "hostname", "weight", "priority", "locality", "locality_weight",
-            "health_check_port", "health_status", "health_flags", "healthy", "degraded", "stats", "pool",
+            "health_check_port", "health_status", "health_flags", "healthy", "degraded", "stats", "pool", "http2_pool",
             "failed_active_hc", "degraded_active_hc", "active_hc_timeout", "failed_outlier_check",
             "pending_dynamic_removal", "outlier",
         )
@@ -160,7 +160,8 @@ class Host:
         self.degraded = False
         self.refresh_health()
         self.stats = HostStats()
-        self.pool: Any = None  # the connection pool, owned by upstream.http_pool
+        self.pool: Any = None  # the HTTP/1.1 connection pool (upstream.http_pool), made on first use
+        self.http2_pool: Any = None  # the HTTP/2 one (upstream.http2_pool)
 
     def refresh_health(self) -> None:
         """Recompute ``healthy``, ``degraded`` and ``health_flags`` after any flag changed.

@@ -9,31 +9,25 @@
 
 cimport cython
 
-from tulle.http.codec_callbacks cimport CodecCallbacks
-from tulle.http.headers cimport wire_headers
+from tulle.http cimport http1
+from tulle.http.headers cimport HeaderMap, wire_headers
+from tulle.upstream.request_encoder cimport RequestEncoder, UpstreamCallbacks
 from tulle.upstream.resource_manager cimport Resource, ResourceManager
 
 cdef list _STATUS_TEXT
+cdef frozenset _METHODS_WITH_BODY
+cdef bytes _CONTENT_LENGTH_ZERO
 
 cdef class HttpConnectionPool
 
 
-cdef class UpstreamCallbacks:
-    cpdef on_upstream_headers(self, int status, headers, bint end_stream)
-    cpdef on_upstream_data(self, data, bint end_stream)
-    cpdef on_upstream_reset(self, str flag, str reason)
-    cpdef on_upstream_pause_writing(self)
-    cpdef on_upstream_resume_writing(self)
-    cpdef on_upstream_read_begin(self)
-    cpdef on_upstream_read_end(self)
-
-
-cdef class Http1ClientConnection(CodecCallbacks):
+cdef class Http1ClientConnection(RequestEncoder):
     cdef public HttpConnectionPool pool
     cdef public object transport
     cdef public object parser
     cdef public UpstreamCallbacks callbacks
     cdef public bint is_head
+    cdef public bint chunked
     cdef public int status
     cdef public bint headers_sent
     cdef public bint close_delimited
@@ -54,6 +48,8 @@ cdef class Http1ClientConnection(CodecCallbacks):
     cpdef on_body(self, body)
     cpdef on_message_complete(self, bint keep_alive)
     cpdef _complete(self, bint keep_alive)
+    cpdef encode_headers(self, UpstreamCallbacks callbacks, headers, bint end_stream)
+    cpdef encode_data(self, data, bint end_stream)
     cpdef start_request(self, callbacks, bytes head, bint is_head)
     cpdef write(self, data)
     cpdef pause_reading(self)

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cython
 
 from tulle import stream_info as flags
-from tulle.http.codec_callbacks import CodecCallbacks
+from tulle.http import http1
 from tulle.http.headers import HeaderMap, wire_headers
 from tulle.http.http1_parser import ParserError, ParserUpgrade, ResponseParser
+from tulle.upstream.request_encoder import RequestEncoder, UpstreamCallbacks
 
 if TYPE_CHECKING:
     from tulle.upstream.cluster import Cluster
@@ -46,43 +47,15 @@ MAX_RESPONSE_HEAD_BYTES = 60 * 1024
 _STATUS_TEXT = [str(code) for code in range(600)]  # the :status of a response, made once per code
 # Envoy's reset reason when a circuit breaker refuses a request (Http::StreamResetReason::Overflow)
 OVERFLOW = "overflow"
-
-
-class UpstreamCallbacks:
-    """What a connection reports its response to: the base of the router's upstream request and of
-    a shadow request, which override every method. A base class rather than a Protocol so that,
-    compiled, the connection calls the router's at C level (it is a cdef class; see http_pool.pxd)."""
-
-    if not cython.compiled:
-        __slots__ = ()
-
-    def on_upstream_headers(self, status: int, headers: HeaderMap, end_stream: bool) -> None:
-        raise NotImplementedError
-
-    def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
-        raise NotImplementedError
-
-    def on_upstream_reset(self, flag: str, reason: str) -> None:
-        raise NotImplementedError
-
-    def on_upstream_pause_writing(self) -> None:
-        """The upstream reads the request body slower than it is sent."""
-
-    def on_upstream_resume_writing(self) -> None:
-        """The upstream caught up."""
-
-    def on_upstream_read_begin(self) -> None:
-        """Before the connection delivers what one read brought (cork the downstream)."""
-
-    def on_upstream_read_end(self) -> None:
-        """After it (uncork)."""
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_CONTENT_LENGTH_ZERO = b"content-length: 0\r\n"
 
 
 class PoolCallbacks(Protocol):
     """What :meth:`HttpConnectionPool.acquire` reports to when it cannot answer at once."""
 
-    def on_pool_ready(self, conn: Http1ClientConnection) -> None:
-        """A pending request got its connection (and its ``max_requests`` slot)."""
+    def on_pool_ready(self, conn: RequestEncoder) -> None:
+        """A pending request got its encoder (and its ``max_requests`` slot)."""
 
     def on_pool_failure(self, flag: str, reason: str) -> None:
         """No connection: UO + "overflow" from a circuit breaker, else the connect failure."""
@@ -95,15 +68,16 @@ class ConnectError(Exception):
         self.reason = reason
 
 
-class Http1ClientConnection(CodecCallbacks):
-    """An asyncio.Protocol by its methods (compiled, this is a cdef class, which cannot inherit from
+class Http1ClientConnection(RequestEncoder):
+    """An HTTP/1.1 connection, and the encoder of the one request it carries at a time. An
+    asyncio.Protocol by its methods (compiled, this is a cdef class, which cannot inherit from
     asyncio.Protocol; the event loop only calls the methods)."""
 
     if not cython.compiled:  # compiled, the fields come from http_pool.pxd
         __slots__ = (
             "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
             "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
-            "response_done", "ended", "rq_resource", "cx_resource", "expired", "age_timer",
+            "response_done", "ended", "rq_resource", "cx_resource", "expired", "age_timer", "chunked",
         )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
@@ -112,6 +86,7 @@ class Http1ClientConnection(CodecCallbacks):
         self.parser = ResponseParser(self, MAX_RESPONSE_HEAD_BYTES)
         self.callbacks: UpstreamCallbacks | None = None
         self.is_head = False
+        self.chunked = False  # the current request's body goes out chunked
         self.status = 0
         self.headers_sent = False
         self.close_delimited = False
@@ -221,6 +196,32 @@ class Http1ClientConnection(CodecCallbacks):
         if 100 <= self.status < 200:
             return
         self._complete(keep_alive)
+
+    # --- RequestEncoder --------------------------------------------------
+    @cython.locals(method=str, framing=bytes)
+    def encode_headers(self, callbacks: UpstreamCallbacks, headers: HeaderMap, end_stream: bool) -> None:
+        """The request head, framed as Envoy's HTTP/1 codec does: no body, Content-Length when
+        the request says it, else chunked."""
+        method = headers.get(":method") or ""
+        self.chunked = False
+        if end_stream:
+            framing = _CONTENT_LENGTH_ZERO if method in _METHODS_WITH_BODY else b""
+        else:
+            framing = http1.content_length_framing(headers.get("content-length"))
+            if framing is None:
+                framing = http1.CHUNKED
+                self.chunked = True
+        self.start_request(callbacks, http1.encode_request_head(headers, framing), method == "HEAD")
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.chunked:
+            if data:
+                self.write(http1.chunk(data))
+            if end_stream:
+                self.chunked = False
+                self.write(http1.LAST_CHUNK)
+        elif data:
+            self.write(data)
 
     # --- driving -------------------------------------------------------
     @cython.locals(callbacks="UpstreamCallbacks")

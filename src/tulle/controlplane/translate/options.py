@@ -72,5 +72,5 @@ ISTIO_DEFAULTS = TranslateOptions()
 # (everything must be accepted) and with ISTIO_DEFAULTS (exactly what is gated here must be
 # refused, so a gate the proxy no longer needs fails the test).
 TULLE_PROXY_TODAY = TranslateOptions(
-    proxy_lacks=frozenset({"http2_protocol_options", "max_grpc_timeout", "retry_priority", "slow_start_config"}),
+    proxy_lacks=frozenset({"retry_priority", "slow_start_config"}),
 )

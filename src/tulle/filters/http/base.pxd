@@ -7,6 +7,8 @@ cdef class HttpFilter:
     cdef public object stream
     cpdef int decode_headers(self, headers, bint end_stream) except? -1
     cpdef int decode_data(self, data, bint end_stream) except? -1
+    cpdef int decode_trailers(self, trailers) except? -1
     cpdef int encode_headers(self, headers, bint end_stream) except? -1
     cpdef int encode_data(self, data, bint end_stream) except? -1
+    cpdef int encode_trailers(self, trailers) except? -1
     cpdef on_destroy(self)

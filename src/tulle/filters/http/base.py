@@ -37,10 +37,18 @@ class HttpFilter:
     def decode_data(self, data: bytes, end_stream: bool) -> int:
         return CONTINUE
 
+    def decode_trailers(self, trailers: HeaderMap) -> int:
+        """The request's trailers: they end the request (after the last ``decode_data``)."""
+        return CONTINUE
+
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> int:
         return CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> int:
+        return CONTINUE
+
+    def encode_trailers(self, trailers: HeaderMap) -> int:
+        """The response's trailers: they end the response (gRPC's status travels in them)."""
         return CONTINUE
 
     def on_destroy(self) -> None:

@@ -16,4 +16,5 @@ cdef class FaultFilter(HttpFilter):
     cdef public bint read_paused
     cpdef int decode_headers(self, headers, bint end_stream) except? -1
     cpdef int decode_data(self, data, bint end_stream) except? -1
+    cpdef int decode_trailers(self, trailers) except? -1
     cpdef on_destroy(self)

@@ -51,18 +51,6 @@ DOWNSTREAM_SERVICE_NODE = "x-envoy-downstream-service-node"
 ABORT_BODY = b"fault filter abort"
 ABORT_DETAILS = "fault_filter_abort"
 
-# Envoy's Grpc::Utility::httpToGrpcStatus, for a gRPC request aborted with an HTTP status
-_GRPC_STATUS_BY_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-_GRPC_UNKNOWN = 2
-
-
-def is_grpc_request(headers: HeaderMap) -> bool:
-    """Envoy's Grpc::Common::hasGrpcContentType: application/grpc, optionally +suffix or ;params."""
-    content_type = headers.get("content-type")
-    if content_type is None or not content_type.startswith("application/grpc"):
-        return False
-    return len(content_type) == 16 or content_type[16] in "+;"
-
 
 class FaultFilter(HttpFilter):
     if not cython.compiled:
@@ -127,6 +115,14 @@ class FaultFilter(HttpFilter):
         if self.held_bytes > self.factory.buffer_limit and not self.read_paused:
             self.read_paused = True
             self.stream.read_disable(True)
+        return STOP
+
+    def decode_trailers(self, trailers: HeaderMap) -> int:
+        if self.timer is None:
+            return CONTINUE
+        if self.held is None:
+            self.held = []
+        self.held.append((trailers, True))  # they end the request: replayed after the body
         return STOP
 
     def on_destroy(self) -> None:
@@ -295,17 +291,10 @@ class FaultFilter(HttpFilter):
     def _abort(self, http_status: int, grpc_status: int | None, headers: HeaderMap) -> None:
         self._count(self.factory.stats.aborts_injected, "aborts_injected", headers)
         stream = self.stream
-        if is_grpc_request(headers):
-            # Envoy's local reply to a gRPC request: HTTP 200 with the status in grpc-status
-            if grpc_status is None:
-                grpc_status = _GRPC_STATUS_BY_HTTP.get(http_status, _GRPC_UNKNOWN)
-            stream.send_local_reply(
-                flags.FAULT_INJECTED, status=200, body=b"", details=ABORT_DETAILS,
-                extra_headers=[("content-type", "application/grpc"), ("grpc-status", str(grpc_status)),
-                               ("grpc-message", ABORT_BODY.decode())],
-            )
-        else:
-            stream.send_local_reply(flags.FAULT_INJECTED, status=http_status, body=ABORT_BODY, details=ABORT_DETAILS)
+        # a gRPC request gets the abort as a gRPC error (the connection manager maps it; an explicit
+        # grpc_status in the fault config wins)
+        stream.send_local_reply(flags.FAULT_INJECTED, status=http_status, body=ABORT_BODY, details=ABORT_DETAILS,
+                                grpc_status=grpc_status)
 
     def _on_delay_elapsed(self) -> None:
         self.timer = None
@@ -329,7 +318,11 @@ class FaultFilter(HttpFilter):
             after_me = filters[filters.index(self) + 1:]
             for data, end_stream in held:
                 for flt in after_me:
-                    if flt.decode_data(data, end_stream) != CONTINUE or stream.done:
+                    if isinstance(data, HeaderMap):
+                        result = flt.decode_trailers(data)
+                    else:
+                        result = flt.decode_data(data, end_stream)
+                    if result != CONTINUE or stream.done:
                         break
                 if stream.done:
                     break

@@ -15,6 +15,7 @@ from typing import Any
 
 from tulle.filters.http.router.envoy_headers import EnvoyRequestHeaders, parse_ms
 from tulle.filters.http.router.retry_state import RetryState
+from tulle.http.grpc import is_grpc_request
 from tulle.http.headers import HeaderMap
 
 
@@ -55,7 +56,8 @@ class Attempts:
         self.headers = headers
         self.cluster = cluster
         self.factory = factory
-        if envoy is None and not cluster.max_stream_duration:
+        if envoy is None and not cluster.max_stream_duration and (
+                route.max_grpc_timeout is None or not is_grpc_request(headers)):
             # What the route alone decides is worked out once per route and router config.
             cached = route.attempt_defaults
             if cached is None or cached[0] is not factory:
@@ -84,7 +86,7 @@ class Attempts:
     def _configure(self, route: Any, headers: HeaderMap, envoy: EnvoyRequestHeaders | None, cluster: Any,
                    factory: Any) -> None:
         policy = route.retry_policy
-        global_timeout = route.timeout or 0.0
+        global_timeout = route.request_timeout(headers) or 0.0
         if cluster is not None and cluster.max_stream_duration:
             self.max_duration = cluster.max_stream_duration
         per_try = 0.0

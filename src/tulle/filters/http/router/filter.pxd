@@ -25,9 +25,7 @@ cdef class RouterFilter(HttpFilter):
     cdef public object route
     cdef public object cluster
     cdef public object weighted_entry
-    cdef public bytes head
-    cdef public bint is_head
-    cdef public bint chunked
+    cdef public HeaderMap trailers
     cdef public UpstreamRequest upstream
     cdef public bint paused_downstream
     cdef public bint request_ended
@@ -35,15 +33,16 @@ cdef class RouterFilter(HttpFilter):
     cdef public double timeout_at
     cdef public double per_try_at
     cdef public object attempts     # Attempts | None
-    cdef public bytes framing
     cdef public object shadows      # list[ShadowRequest] | None
 
     cpdef int decode_headers(self, headers, bint end_stream) except? -1
     cpdef int decode_data(self, data, bint end_stream) except? -1
+    cpdef int decode_trailers(self, trailers) except? -1
     cpdef _on_request_complete(self)
     cpdef on_attempt_ready(self, UpstreamRequest upstream)
     cpdef on_attempt_headers(self, UpstreamRequest upstream, int status, headers, bint end_stream)
     cpdef on_attempt_data(self, UpstreamRequest upstream, data, bint end_stream)
+    cpdef on_attempt_trailers(self, UpstreamRequest upstream, trailers)
     cpdef on_attempt_reset(self, UpstreamRequest upstream, str flag, str reason)
     cpdef on_attempt_pool_failure(self, UpstreamRequest upstream, str flag, str reason)
     cpdef _attempt_finished(self, UpstreamRequest upstream, bint success)

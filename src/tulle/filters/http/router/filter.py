@@ -35,6 +35,7 @@ from tulle.filters.http.router.retry_state import (
     NO_OVERFLOW,
     NO_RETRY_LIMIT_EXCEEDED,
     OVERFLOW,
+    REFUSED_STREAM,
     RESET,
     YES,
 )
@@ -45,6 +46,7 @@ from tulle.http.headers import HeaderMap
 from tulle.http.local_reply import BY_FLAG
 from tulle.router.route_table import WEIGHTED_CLUSTER_RANDOM_VALUE
 from tulle.upstream.load_balancer import LoadBalancerContext
+from tulle.upstream.request_encoder import REMOTE_REFUSED
 
 if TYPE_CHECKING:
     from tulle.filters.http.router.config import RouterFactory
@@ -53,6 +55,8 @@ _monotonic = time.monotonic
 _getrandbits = random.getrandbits
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 ATTEMPT_COUNT = "x-envoy-attempt-count"
+# Envoy's local reply for a stream an HTTP/2 upstream refused (its flag, UR, says "remote reset")
+_REFUSED_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: " + REMOTE_REFUSED.encode()
 _RESET_FLAGS = frozenset({
     flags.UPSTREAM_CONNECTION_FAILURE, flags.UPSTREAM_CONNECTION_TERMINATION, flags.UPSTREAM_REMOTE_RESET,
     flags.UPSTREAM_PROTOCOL_ERROR, flags.UPSTREAM_OVERFLOW,
@@ -62,8 +66,8 @@ _RESET_FLAGS = frozenset({
 class RouterFilter(HttpFilter):
     if not cython.compiled:  # compiled, the fields come from filter.pxd
         __slots__ = (
-            "factory", "route", "cluster", "weighted_entry", "head", "is_head", "chunked", "upstream",
-            "paused_downstream", "request_ended", "response_started", "timeout_at", "attempts", "framing",
+            "factory", "route", "cluster", "weighted_entry", "trailers", "upstream",
+            "paused_downstream", "request_ended", "response_started", "timeout_at", "attempts",
             "shadows", "per_try_at",
         )
 
@@ -73,9 +77,7 @@ class RouterFilter(HttpFilter):
         self.route: Any = None
         self.cluster: Any = None
         self.weighted_entry: Any = None
-        self.head = b""
-        self.is_head = False
-        self.chunked = False
+        self.trailers: HeaderMap | None = None  # the request's trailers (kept for a retry)
         self.upstream: UpstreamRequest | None = None  # the current attempt
         self.paused_downstream = False
         self.request_ended = False
@@ -83,7 +85,6 @@ class RouterFilter(HttpFilter):
         self.timeout_at = 0.0  # the route (global) timeout, loop time; 0 = none
         self.per_try_at = 0.0  # the fast path's per-try timeout (route.fast_per_try), loop time
         self.attempts: Attempts | None = None  # retries, per-try timeouts, x-envoy-* overrides
-        self.framing = b""  # the request head's body framing line (a retry re-encodes the head)
         self.shadows: list[Any] | None = None  # mirror requests still waiting for the body
 
     # --- request path --------------------------------------------------
@@ -150,24 +151,15 @@ class RouterFilter(HttpFilter):
                     headers._items.append((EXPECTED_RQ_TIMEOUT_MS, expected))
         else:
             self._attempt_headers(headers, attempts, first=True)
-        method = headers.get(":method") or ""
-        self.is_head = method == "HEAD"
-        if end_stream:
-            framing = b"content-length: 0\r\n" if method in _METHODS_WITH_BODY else b""
-        else:
-            framing = http1.content_length_framing(headers.get("content-length"))
-            if framing is None:
-                framing = http1.CHUNKED
-                self.chunked = True
-        self.head = http1.encode_request_head(headers, framing)
-        self.framing = framing
         self.request_ended = end_stream
         if route.mirror_policies:
-            self.shadows = start_shadows(factory, route, headers, end_stream, cluster, stream.connection.loop)
+            self.shadows = start_shadows(factory, route, headers, end_stream, cluster, stream.connection.loop,
+                                         stream.info.protocol)
         loop = stream.connection.loop
         if attempts is None:
-            if end_stream and route.timeout:
-                self.timeout_at = loop.time() + route.timeout
+            timeout = route.timeout if route.max_grpc_timeout is None else route.request_timeout(headers)
+            if end_stream and timeout:
+                self.timeout_at = loop.time() + timeout
                 stream.set_deadline(self.timeout_at, self._on_deadline)
             upstream = UpstreamRequest(self, host, cluster, loop)
             per_try = route.fast_per_try
@@ -289,13 +281,28 @@ class RouterFilter(HttpFilter):
             self._on_request_complete()
         return STOP
 
+    def decode_trailers(self, trailers: HeaderMap) -> int:
+        """The request's trailers end it: forwarded (an HTTP/1 upstream drops them, as Envoy's
+        codec does) and kept for a retry."""
+        if self.shadows is not None:
+            feed_shadows(self.shadows, b"", True)
+            self.shadows = None
+        self.trailers = trailers
+        self.request_ended = True
+        upstream = self.upstream
+        if upstream is not None and upstream.active:
+            upstream.send_trailers(trailers)
+        self._on_request_complete()
+        return STOP
+
     def _on_request_complete(self) -> None:
         """The whole request arrived: the route timeout (and per-try timers) start now, as in Envoy."""
         stream = self.stream
         now = stream.connection.loop.time()
         attempts = self.attempts
         if attempts is None:
-            timeout = self.route.timeout
+            route = self.route
+            timeout = route.timeout if route.max_grpc_timeout is None else route.request_timeout(stream.headers)
             if timeout:
                 self.timeout_at = now + timeout
                 stream.set_deadline(self.timeout_at, self._on_deadline)
@@ -408,6 +415,16 @@ class RouterFilter(HttpFilter):
             self.attempts.last_rx = stream.connection.loop.time()
         stream.encode_data(data, end_stream)
 
+    def on_attempt_trailers(self, upstream: UpstreamRequest, trailers: HeaderMap) -> None:
+        """The response's trailers end it (gRPC's grpc-status travels here)."""
+        stream = self.stream
+        if stream.done or upstream is not self.upstream:
+            return
+        upstream.finish(self.cluster, success=True)
+        if self.paused_downstream:
+            self.resume_downstream()
+        stream.encode_trailers(trailers)
+
     def on_attempt_reset(self, upstream: UpstreamRequest, flag: str, reason: str) -> None:
         """The connection reset, closed or spoke nonsense before the response ended."""
         stream = self.stream
@@ -422,10 +439,10 @@ class RouterFilter(HttpFilter):
             self.factory.stats.rq_reset_after_downstream_response_started.value += 1
             stream.reset(flag)
             return
-        if self._retry_reset(upstream, RESET):
+        if self._retry_reset(upstream, REFUSED_STREAM if reason == REMOTE_REFUSED else RESET):
             return
         self._charge_abort(upstream, 502 if flag == flags.UPSTREAM_PROTOCOL_ERROR else 503)
-        self._reply(flag)
+        self._reply(flag, body=_REFUSED_BODY if reason == REMOTE_REFUSED else None)
 
     def on_attempt_pool_failure(self, upstream: UpstreamRequest, flag: str, reason: str) -> None:
         """No connection for the attempt: a connect failure, or a circuit breaker said no (UO)."""
@@ -514,7 +531,6 @@ class RouterFilter(HttpFilter):
         self._attempt_headers(headers, attempts, first=False)
         if self.route.auto_host_rewrite and host.hostname:
             headers.set(":authority", host.hostname)
-        self.head = http1.encode_request_head(headers, self.framing)
         # the kept body goes out once the connection is ready
         body = list(attempts.body) if attempts.body else None
         UpstreamRequest(self, host, cluster, stream.connection.loop, body, attempts.body_bytes)
@@ -645,8 +661,8 @@ class RouterFilter(HttpFilter):
                 stream.info.add_flag(attempts.refusal)
             if attempts.count_in_response:
                 extra = [(ATTEMPT_COUNT, str(attempts.count))]
-            if body is None and attempts.count > 1 and flag in _RESET_FLAGS:
-                body = BY_FLAG[flag][1].replace(b"before headers. ", b"before headers. retried and the latest ")
+            if attempts.count > 1 and flag in _RESET_FLAGS:
+                body = (body or BY_FLAG[flag][1]).replace(b"before headers. ", b"before headers. retried and the latest ")
         if flag == flags.UPSTREAM_OVERFLOW and not self.factory.suppress_envoy_headers:
             extra = [*(extra or ()), ("x-envoy-overloaded", "true")]  # a circuit breaker refused it (Envoy)
         stream.send_local_reply(flag, status=status, body=body, details=details, extra_headers=extra)

@@ -29,6 +29,7 @@ from tulle.router.retry_policy import (
     RETRY_ON_GRPC_INTERNAL,
     RETRY_ON_GRPC_RESOURCE_EXHAUSTED,
     RETRY_ON_GRPC_UNAVAILABLE,
+    RETRY_ON_REFUSED_STREAM,
     RETRY_ON_RESET,
     RETRY_ON_RESET_BEFORE_REQUEST,
     RETRY_ON_RETRIABLE_4XX,
@@ -48,6 +49,7 @@ NO_OVERFLOW = 3
 CONNECT_FAILURE = "connect_failure"
 OVERFLOW = "overflow"  # a circuit breaker refused the attempt: never retried
 RESET = "reset"  # remote reset, connection termination, protocol error, local reset (timeouts)
+REFUSED_STREAM = "refused_stream"  # an HTTP/2 upstream refused the stream (RST_STREAM or GOAWAY)
 
 _STATUS_BITS = RETRY_ON_5XX | RETRY_ON_GATEWAY_ERROR | RETRY_ON_RETRIABLE_4XX | RETRY_ON_RETRIABLE_STATUS_CODES
 # conditions that need the response headers, not just the status
@@ -173,9 +175,11 @@ class RetryState:
         retry_on = self.retry_on
         if reason == CONNECT_FAILURE and retry_on & RETRY_ON_CONNECT_FAILURE:
             return True
+        if reason == REFUSED_STREAM and retry_on & RETRY_ON_REFUSED_STREAM:
+            return True
         if retry_on & RETRY_ON_RESET_BEFORE_REQUEST and not request_started:
             return True
-        # 5xx and gateway-error count a reset as the 5xx it turns into; refused-stream is HTTP/2 only
+        # 5xx and gateway-error count a reset (a refused stream too) as the 5xx it turns into
         return bool(retry_on & (RETRY_ON_RESET | RETRY_ON_5XX | RETRY_ON_GATEWAY_ERROR))
 
     # --- the decision ----------------------------------------------------------

@@ -28,10 +28,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tulle import stream_info as flags
-from tulle.http import http1
 from tulle.http.headers import HeaderMap
 from tulle.router.route_table import port_start
-from tulle.upstream.http_pool import Http1ClientConnection, UpstreamCallbacks, pool_for
+from tulle.upstream.request_encoder import RequestEncoder, UpstreamCallbacks
+from tulle.upstream.upstream_protocol import pool_for
 
 if TYPE_CHECKING:
     from tulle.filters.http.router.config import RouterFactory
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 SHADOW_SUFFIX = "-shadow"
 _monotonic = time.monotonic
 _getrandbits = random.getrandbits
-_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
 def shadow_host(host: str) -> str:
@@ -50,18 +49,9 @@ def shadow_host(host: str) -> str:
     return host[:colon] + SHADOW_SUFFIX + host[colon:]
 
 
-def _framing(headers: HeaderMap, method: str, end_stream: bool) -> tuple[bytes, bool]:
-    """The body framing line the router uses for the same request, and whether it is chunked."""
-    if end_stream:
-        return (b"content-length: 0\r\n" if method in _METHODS_WITH_BODY else b""), False
-    length = headers.get("content-length")
-    if length is not None and length.isdigit():
-        return http1.content_length_line(int(length)), False
-    return http1.CHUNKED, True
-
-
 def start_shadows(factory: RouterFactory, route: Any, headers: HeaderMap, end_stream: bool,
-                  main_cluster: Any, loop: asyncio.AbstractEventLoop) -> list[ShadowRequest] | None:
+                  main_cluster: Any, loop: asyncio.AbstractEventLoop,
+                  downstream_protocol: str = "HTTP/1.1") -> list[ShadowRequest] | None:
     """Start the shadows of one request; returns those that still wait for the request body.
 
     ``headers`` is the request as the router sends it upstream.
@@ -72,8 +62,6 @@ def start_shadows(factory: RouterFactory, route: Any, headers: HeaderMap, end_st
     # one draw for every policy of the request, like Envoy's stable random (the stream id)
     random_value = _getrandbits(64)
     hcm = factory.hcm
-    framing: bytes | None = None
-    chunked = False
     waiting: list[ShadowRequest] | None = None
     for policy in route.mirror_policies:
         if not policy.enabled(random_value):
@@ -85,15 +73,13 @@ def start_shadows(factory: RouterFactory, route: Any, headers: HeaderMap, end_st
         if cluster is None:
             hcm.ctx.stats.counter(f"http.{hcm.stat_prefix}.shadow_no_cluster").inc()
             continue
-        if framing is None:
-            framing, chunked = _framing(headers, method, end_stream)
         shadow_headers = headers.copy()
         authority = shadow_headers.get(":authority")
         if policy.append_suffix and authority:
             shadow_headers.set(":authority", shadow_host(authority))
         shadow = ShadowRequest(
-            cluster, loop, http1.encode_request_head(shadow_headers, framing), method == "HEAD", chunked,
-            end_stream, route.timeout, hcm.buffer_limit, hcm.ctx.stats, main_cluster.stats.prefix,
+            cluster, loop, shadow_headers, end_stream, route.timeout, hcm.buffer_limit, hcm.ctx.stats,
+            main_cluster.stats.prefix, downstream_protocol,
         )
         shadow.start()
         if not end_stream and shadow.active:
@@ -118,25 +104,26 @@ class ShadowRequest(UpstreamCallbacks):
     """One mirrored request; implements the callbacks the connection pool expects."""
 
     __slots__ = (
-        "cluster", "loop", "head", "is_head", "chunked", "request_ended", "timeout", "limit", "store",
-        "main_stat_prefix", "host", "conn", "pending", "pending_bytes", "active", "write_paused",
+        "cluster", "loop", "headers", "request_ended", "timeout", "limit", "store", "downstream_protocol",
+        "main_stat_prefix", "host", "pool", "conn", "pending", "pending_bytes", "active", "write_paused",
         "response_started", "upstream_start", "timer",
     )
 
-    def __init__(self, cluster: Any, loop: asyncio.AbstractEventLoop, head: bytes, is_head: bool, chunked: bool,
-                 request_ended: bool, timeout: float | None, limit: int, store: Any, main_stat_prefix: str) -> None:
+    def __init__(self, cluster: Any, loop: asyncio.AbstractEventLoop, headers: HeaderMap, request_ended: bool,
+                 timeout: float | None, limit: int, store: Any, main_stat_prefix: str,
+                 downstream_protocol: str = "HTTP/1.1") -> None:
         self.cluster = cluster
         self.loop = loop
-        self.head = head
-        self.is_head = is_head
-        self.chunked = chunked
+        self.headers = headers
+        self.downstream_protocol = downstream_protocol
         self.request_ended = request_ended
         self.timeout = timeout
         self.limit = limit
         self.store = store
         self.main_stat_prefix = main_stat_prefix
         self.host: Any = None
-        self.conn: Http1ClientConnection | None = None
+        self.pool: Any = None
+        self.conn: RequestEncoder | None = None
         self.pending: list[bytes] | None = None  # body that arrived while connecting
         self.pending_bytes = 0
         self.active = False
@@ -155,7 +142,7 @@ class ShadowRequest(UpstreamCallbacks):
         self.active = True
         if self.request_ended:
             self._arm_timeout()
-        pool = host.pool or pool_for(host, cluster, self.loop)
+        pool = self.pool = pool_for(host, cluster, self.loop, self.downstream_protocol)
         # As in Envoy, a shadow counts in its cluster's circuit breakers; it waits in the pool's
         # queue like any request (on_pool_ready / on_pool_failure), or overflows.
         conn = pool.acquire(self, cluster.resource_manager)
@@ -163,9 +150,9 @@ class ShadowRequest(UpstreamCallbacks):
             self._attach(conn)
 
     # --- the pool's callbacks ------------------------------------------------------------
-    def on_pool_ready(self, conn: Http1ClientConnection) -> None:
+    def on_pool_ready(self, conn: RequestEncoder) -> None:
         if not self.active:
-            conn.pool.release(conn, True)  # cancelled or timed out while waiting: keep the warm connection
+            self.pool.release_unused(conn)  # cancelled or timed out while waiting: keep the warm connection
             return
         self._attach(conn)
 
@@ -176,7 +163,7 @@ class ShadowRequest(UpstreamCallbacks):
             self.host.outlier.put_local_origin_failure()
         self._finish(success=False)
 
-    def _attach(self, conn: Http1ClientConnection) -> None:
+    def _attach(self, conn: RequestEncoder) -> None:
         self.conn = conn
         self.upstream_start = _monotonic()
         # counted once a connection takes it, as Envoy's pool does (not when refused or unconnected)
@@ -187,15 +174,16 @@ class ShadowRequest(UpstreamCallbacks):
         host.stats.rq_total += 1
         host.stats.rq_active += 1
         host.outlier.put_connect_success()
-        conn.start_request(self, self.head, self.is_head)
         pending = self.pending
+        ended = self.request_ended
+        conn.encode_headers(self, self.headers, ended and not pending)
         if pending:
             self.pending = None
             self.pending_bytes = 0
-            for chunk in pending:
-                conn.write(http1.chunk(chunk) if self.chunked else chunk)
-        if self.request_ended and self.chunked and self.conn is conn:
-            conn.write(http1.LAST_CHUNK)
+            last = len(pending) - 1
+            for index, chunk in enumerate(pending):
+                if self.conn is conn:
+                    conn.encode_data(chunk, ended and index == last)
 
     # --- the request body, from the router ---------------------------------------------
     def feed(self, data: bytes, end_stream: bool) -> None:
@@ -211,15 +199,13 @@ class ShadowRequest(UpstreamCallbacks):
                 if self.pending_bytes > self.limit:
                     self._abandon()
                     return
-            elif self.write_paused and conn.transport.get_write_buffer_size() + len(data) > self.limit:  # type: ignore[union-attr]
+            elif self.write_paused:  # the mirror's unsent body is past the buffer limit already
                 self._abandon()
                 return
-            else:
-                conn.write(http1.chunk(data) if self.chunked else data)
+        if conn is not None and (data or end_stream):
+            conn.encode_data(data, end_stream)
         if end_stream:
             self.request_ended = True
-            if conn is not None and self.chunked:
-                conn.write(http1.LAST_CHUNK)
             self._arm_timeout()
 
     def _abandon(self) -> None:
@@ -283,12 +269,9 @@ class ShadowRequest(UpstreamCallbacks):
         conn = self.conn
         self._finish(success=True)
         if conn is not None and not self.request_ended:
-            # Answered before the whole body was sent: the pool took the connection back, but
-            # the rest of this body would be read as the next request. Take it out and close it.
-            idle = conn.pool.idle
-            if conn in idle:
-                idle.remove(conn)
-            conn.close("response before the request body ended")
+            # Answered before the whole body was sent: on HTTP/1 the rest of the body would be read
+            # as the next request, so the connection goes; on HTTP/2 the stream is reset.
+            conn.abort("response before the request body ended")
 
     def _arm_timeout(self) -> None:
         # Envoy gives shadows the route's timeout, from the end of the request
@@ -319,8 +302,8 @@ class ShadowRequest(UpstreamCallbacks):
             self.host.stats.rq_active -= 1
         if success:
             stats.upstream_rq_time.record((_monotonic() - self.upstream_start) * 1000)
-        if self.conn is None and self.host is not None and self.host.pool is not None:
-            self.host.pool.cancel(self)  # still queued for a connection: leave the queue
+        if self.conn is None and self.pool is not None:
+            self.pool.cancel(self)  # still queued for a connection: leave the queue
         self.conn = None
         self.pending = None
         timer = self.timer

@@ -6,7 +6,7 @@
 from tulle.filters.http.router.filter cimport RouterFilter
 from tulle.upstream.cluster_stats cimport ClusterStats
 from tulle.upstream.host cimport Host
-from tulle.upstream.http_pool cimport Http1ClientConnection, UpstreamCallbacks, pool_for
+from tulle.upstream.request_encoder cimport RequestEncoder, UpstreamCallbacks
 
 cdef object _monotonic
 
@@ -15,7 +15,8 @@ cdef class UpstreamRequest(UpstreamCallbacks):
     cdef public RouterFilter router   # None once given up
     cdef public object downstream
     cdef public Host host
-    cdef public Http1ClientConnection conn   # None: not connected (yet), or handed back
+    cdef public object pool                  # the host's pool for the cluster's protocol
+    cdef public RequestEncoder conn          # None: not connected (yet), or handed back
     cdef public list pending
     cdef public Py_ssize_t pending_bytes
     cdef public bint active
@@ -24,11 +25,12 @@ cdef class UpstreamRequest(UpstreamCallbacks):
     cdef public bint draining
     cdef public ClusterStats cluster_stats
 
-    cpdef on_pool_ready(self, Http1ClientConnection conn)
+    cpdef on_pool_ready(self, RequestEncoder conn)
     cpdef on_pool_failure(self, str flag, str reason)
-    cpdef _pool_ready(self, Http1ClientConnection conn)
+    cpdef _pool_ready(self, RequestEncoder conn)
     cpdef send(self, data, bint end_stream, RouterFilter router)
-    cpdef _end(self, Http1ClientConnection conn, RouterFilter router)
+    cpdef send_trailers(self, trailers)
+    cpdef on_upstream_trailers(self, trailers)
     cpdef on_upstream_headers(self, int status, headers, bint end_stream)
     cpdef on_upstream_data(self, data, bint end_stream)
     cpdef on_upstream_reset(self, str flag, str reason)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import cython
 
-from tulle.http import http1
 from tulle.http.headers import HeaderMap
-from tulle.upstream.http_pool import Http1ClientConnection, UpstreamCallbacks, pool_for
+from tulle.upstream.request_encoder import RequestEncoder, UpstreamCallbacks
+from tulle.upstream.upstream_protocol import pool_for
 
 if TYPE_CHECKING:
     from tulle.filters.http.router.filter import RouterFilter
@@ -29,7 +29,7 @@ _monotonic = time.monotonic
 class UpstreamRequest(UpstreamCallbacks):
     if not cython.compiled:  # compiled, the fields come from upstream_request.pxd
         __slots__ = (
-            "router", "downstream", "host", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
+            "router", "downstream", "host", "pool", "conn", "pending", "pending_bytes", "active", "end_sent", "started_at",
             "draining", "cluster_stats",
         )
 
@@ -43,7 +43,7 @@ class UpstreamRequest(UpstreamCallbacks):
         # the downstream connection: cork/uncork must pair even when the stream ends inside a read
         self.downstream = router.stream.connection
         self.host = host
-        self.conn: Http1ClientConnection | None = None
+        self.conn: RequestEncoder | None = None  # the pool's encoder for this request, once it gives one
         self.pending = pending  # body to write once the connection is ready
         self.pending_bytes = pending_bytes
         self.end_sent = False  # the whole request went out
@@ -54,7 +54,11 @@ class UpstreamRequest(UpstreamCallbacks):
         # circuit breaker or failing to connect is not one of them
         self.cluster_stats = cluster.stats
         self.active = True  # not finished yet
-        pool = host.pool or pool_for(host, cluster, loop)
+        # the cluster's upstream protocol (HTTP/1.1, HTTP/2, or the downstream's) picks the host's pool
+        pool = host.pool
+        if pool is None or cluster.http2_capable:
+            pool = pool_for(host, cluster, loop, router.stream.info.protocol)
+        self.pool = pool
         # now, or later through on_pool_ready / on_pool_failure (maybe already called: overflow)
         # the route's priority (DEFAULT, HIGH) picks the circuit breakers the attempt counts in
         conn = pool.acquire(self, cluster.resource_managers[router.route.priority])
@@ -63,9 +67,9 @@ class UpstreamRequest(UpstreamCallbacks):
 
     # --- the pool's PoolCallbacks ------------------------------------------------------
 
-    def on_pool_ready(self, conn: Http1ClientConnection) -> None:
+    def on_pool_ready(self, conn: RequestEncoder) -> None:
         if self.router is None:
-            self.host.pool.release(conn, True)  # given up while waiting: keep the warm connection
+            self.pool.release_unused(conn)  # given up while waiting: keep the warm connection
             return
         self._pool_ready(conn)
 
@@ -74,7 +78,7 @@ class UpstreamRequest(UpstreamCallbacks):
         if router is not None:
             router.on_attempt_pool_failure(self, flag, reason)
 
-    def _pool_ready(self, conn: Http1ClientConnection) -> None:
+    def _pool_ready(self, conn: RequestEncoder) -> None:
         router = self.router
         assert router is not None
         self.conn = conn
@@ -86,18 +90,20 @@ class UpstreamRequest(UpstreamCallbacks):
         host.stats.rq_total += 1
         host.stats.rq_active += 1
         host.outlier.put_connect_success()
-        conn.start_request(self, router.head, router.is_head)
         pending = self.pending
+        ended = router.request_ended
+        conn.encode_headers(self, router.stream.headers, ended and not pending and router.trailers is None)
         if pending:
             self.pending = None
-            for chunk in pending:
-                conn.write(http1.chunk(chunk) if router.chunked else chunk)
+            last = len(pending) - 1
+            for index, chunk in enumerate(pending):
+                conn.encode_data(chunk, ended and index == last and router.trailers is None)
             self.pending_bytes = 0
             router.resume_downstream()
-        if router.request_ended:
+        if ended:
             self.end_sent = True
-            if router.chunked:
-                conn.write(http1.LAST_CHUNK)
+            if router.trailers is not None:
+                conn.encode_trailers(router.trailers)
         if router.attempts is not None:
             router.on_attempt_ready(self)
         if self.downstream.write_paused:
@@ -115,16 +121,17 @@ class UpstreamRequest(UpstreamCallbacks):
                 if self.pending_bytes > router.factory.buffer_limit:
                     router.pause_downstream()  # held until the connection is up: stop reading the client
             return
-        if data:
-            conn.write(http1.chunk(data) if router.chunked else data)
         if end_stream:
-            self._end(conn, router)
-
-    def _end(self, conn: Http1ClientConnection, router: RouterFilter) -> None:
-        if not self.end_sent:
             self.end_sent = True
-            if router.chunked:
-                conn.write(http1.LAST_CHUNK)
+        if data or end_stream:
+            conn.encode_data(data, end_stream)
+
+    def send_trailers(self, trailers: HeaderMap) -> None:
+        """The request's trailers (they end it); held with the body until a connection is ready."""
+        conn = self.conn
+        if conn is not None and not self.end_sent:
+            self.end_sent = True
+            conn.encode_trailers(trailers)
 
     # --- the connection's callbacks (UpstreamCallbacks) ------------------------------
     def on_upstream_headers(self, status: int, headers: HeaderMap, end_stream: bool) -> None:
@@ -145,6 +152,14 @@ class UpstreamRequest(UpstreamCallbacks):
         elif self.draining and end_stream:
             self.draining = False
             self.conn = None  # complete: the pool took the connection back
+
+    def on_upstream_trailers(self, trailers: HeaderMap) -> None:
+        router = self.router
+        if router is not None:
+            router.on_attempt_trailers(self, trailers)
+        elif self.draining:
+            self.draining = False
+            self.conn = None  # complete: the pool took the stream back
 
     def on_upstream_reset(self, flag: str, reason: str) -> None:
         self.conn = None
@@ -192,7 +207,7 @@ class UpstreamRequest(UpstreamCallbacks):
         conn = self.conn
         self.conn = None
         if conn is None and self.active:
-            self.host.pool.cancel(self)
+            self.pool.cancel(self)
         self.finish(cluster, success=False)
         if conn is not None:
             conn.abort(reason)

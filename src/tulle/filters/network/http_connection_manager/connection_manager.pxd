@@ -77,8 +77,10 @@ cdef class ActiveStream:
     cpdef dispatch(self)
     cdef _decode_headers_from(self, Py_ssize_t start)
     cpdef decode_data(self, data, bint end_stream)
+    cpdef decode_trailers(self, trailers)
     cpdef encode_headers(self, HeaderMap headers, bint end_stream)
     cpdef encode_data(self, data, bint end_stream)
+    cpdef encode_trailers(self, trailers)
     cdef _response_done(self)
     cpdef reset(self, str flag)
     cpdef destroy(self)
@@ -124,6 +126,7 @@ cdef class HttpConnection(CodecCallbacks):
                           bint forwarded_proto_seen)
     cpdef bint encode_response_head(self, ActiveStream stream, long status, HeaderMap headers, bint end_stream) except -1
     cpdef encode_response_body(self, ActiveStream stream, data, bint end_stream)
+    cpdef encode_response_trailers(self, ActiveStream stream, trailers)
     cpdef bint should_close_after(self, ActiveStream stream)
     cpdef stream_finished(self, ActiveStream stream, bint reset=*)
     cdef _finalize(self, ActiveStream stream)

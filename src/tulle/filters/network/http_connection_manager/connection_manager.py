@@ -28,6 +28,7 @@ from tulle.filters.http.base import CONTINUE, HttpFilter
 from tulle.filters.network.http_connection_manager.stats import HcmStats
 from tulle.http import http1
 from tulle.http.codec_callbacks import CodecCallbacks
+from tulle.http.grpc import is_grpc_request, local_reply_headers
 from tulle.http.headers import HeaderMap
 from tulle.http.http1_parser import ParserError, ParserUpgrade, RequestParser
 from tulle.http.local_reply import BY_FLAG
@@ -324,6 +325,13 @@ class ActiveStream:
             if flt.decode_data(data, end_stream) != CONTINUE or self.done:
                 return
 
+    @cython.locals(flt=HttpFilter)
+    def decode_trailers(self, trailers: HeaderMap) -> None:
+        """The request's trailers (HTTP/2): they end the request, after its last DATA."""
+        for flt in self.filters:
+            if flt.decode_trailers(trailers) != CONTINUE or self.done:
+                return
+
     # --- response path -------------------------------------------------
     @cython.locals(flt=HttpFilter, info=StreamInfo, status=cython.long, counter=Counter,
                    transformation=cython.long)
@@ -371,9 +379,25 @@ class ActiveStream:
         if end_stream:
             self._response_done()
 
+    @cython.locals(flt=HttpFilter)
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        """The response's trailers end it: framed by HTTP/2, dropped by HTTP/1 (as Envoy does unless
+        ``enable_trailers``), which ends the body instead."""
+        if self.done:
+            return
+        if self.config.encoder_filters:
+            for flt in reversed(self.filters):
+                if flt.encode_trailers(trailers) != CONTINUE:
+                    return
+        self.connection.encode_response_trailers(self, trailers)
+        self._response_done()
+
     def send_local_reply(self, flag: str, *, status: int = 0, body: bytes | None = None,
-                         details: str = "", extra_headers: list[tuple[str, str]] | None = None) -> None:
-        """Answer the request ourselves, in Envoy's words; reset if a response already started."""
+                         details: str = "", extra_headers: list[tuple[str, str]] | None = None,
+                         grpc_status: int | None = None) -> None:
+        """Answer the request ourselves, in Envoy's words; reset if a response already started.
+        A gRPC request gets a gRPC error instead (HTTP 200, grpc-status mapped from ``status`` unless
+        ``grpc_status`` is given, the text as grpc-message), as Envoy's sendLocalReply does."""
         if flag:
             self.info.add_flag(flag)
         default_status, default_body, default_details = BY_FLAG.get(flag, (500, b"", "local_reply"))
@@ -383,9 +407,14 @@ class ActiveStream:
         if self.response_started:
             self.reset(flag or flags.LOCAL_RESET)
             return
-        items = [(":status", str(status))]
-        if body:
-            items.append(("content-type", "text/plain"))
+        headers = self.headers
+        if headers is not None and is_grpc_request(headers):
+            items = local_reply_headers(status, body.decode("latin-1"), grpc_status)
+            body = b""
+        else:
+            items = [(":status", str(status))]
+            if body:
+                items.append(("content-type", "text/plain"))
         items.append(("content-length", str(len(body))))
         if extra_headers:
             items.extend(extra_headers)
@@ -854,6 +883,9 @@ class HttpConnection(CodecCallbacks):
                 self.write(http1.LAST_CHUNK)
         elif data:
             self.write(data)
+
+    def encode_response_trailers(self, stream: ActiveStream, trailers: HeaderMap) -> None:
+        self.encode_response_body(stream, b"", True)
 
     def should_close_after(self, stream: ActiveStream) -> bool:
         if self.close_when_done or not stream.keep_alive:

@@ -173,10 +173,15 @@ class Http2Connection(HttpConnection):
     def on_h2_headers(self, stream_id: int, fields: list[tuple[str, str]], end_stream: bool) -> None:
         stream = self.h2_streams.get(stream_id)
         if stream is not None:
-            # trailers: nghttp2 only delivers them with END_STREAM. Forwarded as the end of the body
-            # (an HTTP/1 upstream would need them chunked; the request's trailers are not kept).
-            if end_stream:
-                self.on_h2_data(stream_id, b"", True)
+            # trailers: nghttp2 delivers them only with END_STREAM; they end the request
+            stream.request_complete = True
+            stream.info.last_downstream_rx_monotonic = _monotonic()
+            if stream.done:
+                return
+            if stream.response_complete:
+                self.stream_finished(stream)
+            else:
+                stream.decode_trailers(HeaderMap.of([item for item in fields if item[0][0] != ":"]))
             return
         if self.close_when_done:
             self.session.reset_stream(stream_id, 7)  # REFUSED_STREAM: past our GOAWAY
@@ -375,6 +380,18 @@ class Http2Connection(HttpConnection):
             self.write_paused_streams.add(stream.codec_stream_id)
             self.config.stats.downstream_flow_control_paused_reading_total.value += 1
             _tell_filters(stream, "on_downstream_pause_writing")
+        if not self.corked:
+            self.flush()
+
+    @cython.locals(items=list, item=tuple)
+    def encode_response_trailers(self, stream: ActiveStream, trailers: HeaderMap) -> None:
+        if stream.is_head or self.closed:
+            return
+        items = [item for item in trailers._items if item[0][0] != ":" and item[0] not in _CONNECTION_SPECIFIC]
+        if items:
+            self.session.send_trailers(stream.codec_stream_id, items)
+        else:
+            self.session.send_data(stream.codec_stream_id, b"", True)  # empty trailers: END_STREAM on DATA
         if not self.corked:
             self.flush()
 
