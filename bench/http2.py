@@ -70,8 +70,13 @@ def start_nginx_h2(bench: Bench, port: int, cpus: tuple[int, ...] | None) -> obj
 
 
 def measure(bench: Bench, name: str, pid: int, port: int, args: argparse.Namespace, clients: int,
-            streams: int, cpus: tuple[int, ...] | None) -> dict[str, float]:
-    argv = h2load_argv(port, args.body, clients, streams, args.duration, args.warmup)
+            streams: int, cpus: tuple[int, ...] | None, argv: list[str] | None = None,
+            allowed_failure_ratio: float = 0.0) -> dict[str, float]:
+    """One h2load run against ``port`` (``argv``: its command, by default the HTTP/2 GET of the body);
+    ``pid``'s process tree is the one whose CPU and RSS are read. Failed requests abort the run unless
+    they stay within ``allowed_failure_ratio`` of the requests (then they are reported)."""
+    if argv is None:
+        argv = h2load_argv(port, args.body, clients, streams, args.duration, args.warmup)
     # CPU is read around the whole h2load run; the warm-up's requests are not in h2load's count, so
     # the snapshot is taken after the warm-up instead
     before: list[CpuSnapshot] = []
@@ -88,14 +93,18 @@ def measure(bench: Bench, name: str, pid: int, port: int, args: argparse.Namespa
     after = CpuSnapshot.of_tree(pid)
     timer.join()
     summary = parse_summary(output)
-    if summary.non_2xx or summary.failed or summary.errored:
+    failures = summary.non_2xx + summary.failed + summary.errored
+    if failures > allowed_failure_ratio * max(summary.requests_per_s * args.duration, 1):
         raise BenchError(f"{name}: h2load saw failures: {output.strip()[-400:]}")
     measured_s = max(finished_at - started_at - args.warmup - 0.5, 0.001)
     cpu_s = cpu_seconds_between(before[0], after)
     requests_in_window = summary.requests_per_s * measured_s
     rss_kib, _ = read_memory_kib(process_tree(pid))
-    return {"req_s": summary.requests_per_s, "cpu_us_per_req": cpu_s / requests_in_window * 1e6,
+    cell = {"req_s": summary.requests_per_s, "cpu_us_per_req": cpu_s / requests_in_window * 1e6,
             "rss_mib": rss_kib / 1024}
+    if allowed_failure_ratio:
+        cell["failures"] = float(failures)
+    return cell
 
 
 def medians(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -85,7 +85,7 @@ def test_haproxy_configs_pass_haproxy_c(mode: str, tmp_path: Path) -> None:
 def test_every_template_placeholder_is_known() -> None:
     values = {"TMP": "/tmp/x", "ORIGIN_WORKERS": 1, **PORTS}
     templates = sorted(CONFIG_DIR.glob("*.tmpl"))
-    assert len(templates) == 8
+    assert len(templates) == 11
     for template in templates:
         assert "{{" not in render_template(template.read_text(), values), template.name
 
