@@ -158,7 +158,7 @@ def test_typed_and_deprecated_protocol_options_cannot_be_mixed():
 REFUSALS = [
     ({"transport_socket": {"name": "envoy.transport_sockets.tls"}}, "transport_socket"),
     ({"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
-                         "grpc_health_check": {}}]}, "health_checks[0].grpc_health_check"),
+                         "custom_health_check": {"name": "x"}}]}, "health_checks[0].custom_health_check"),
     ({"outlier_detection": {"monitors": [{"name": "custom"}]}}, "outlier_detection.monitors"),
     ({"circuit_breakers": {"thresholds": [{"max_connection_pools": 1}]}},
      "circuit_breakers.thresholds[0].max_connection_pools"),

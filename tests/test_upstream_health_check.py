@@ -7,13 +7,16 @@ import asyncio
 import random
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 from envoy.config.core.v3.health_check_pb2 import HealthCheck
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from backends import BackendConnection, RawBackend, echo_backend, encode_response, get, http_proxy, wait_until
 from proxy_harness import ProxyProcess, free_port, simple_route, static_cluster
@@ -108,12 +111,14 @@ def test_invalid_settings_name_their_field(data, field, message):
 def test_a_checker_is_required():
     data = check()
     data.pop("http_health_check")
-    with pytest.raises(ConfigError, match="http_health_check or tcp_health_check"):
+    with pytest.raises(ConfigError, match="http_health_check, tcp_health_check or grpc_health_check"):
         parse(data)
 
 
 @pytest.mark.parametrize(("fields", "path"), [
-    ({"grpc_health_check": {}}, "grpc_health_check"),
+    ({"http_health_check": None, "grpc_health_check": {"initial_metadata": [
+        {"header": {"key": "x", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}},
+     "grpc_health_check.initial_metadata[0].append_action"),
     ({"http_health_check": None, "custom_health_check": {"name": "x"}}, "custom_health_check"),
     ({"tls_options": {"alpn_protocols": ["h2"]}}, "tls_options"),
     ({"event_log_path": "/tmp/hc.log"}, "event_log_path"),
@@ -403,6 +408,103 @@ def test_tcp_connect_only_and_closed_ports():
         server.close()
 
     asyncio.run(scenario())
+
+
+class GrpcHealthServer:
+    """A real grpc.health.v1 service (grpcio-health-checking's servicer) on a grpcio server."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  interceptors=[MetadataRecorder(self.metadata)])
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def set(self, service: str, status: int) -> None:
+        self.health.set(service, status)
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+class MetadataRecorder(grpc.ServerInterceptor):
+    """Records each call's method and metadata."""
+
+    def __init__(self, seen: list[dict[str, str]]) -> None:
+        self.seen = seen
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        self.seen.append({":method": handler_call_details.method, **dict(handler_call_details.invocation_metadata)})
+        return continuation(handler_call_details)
+
+
+def test_grpc_health_check_follows_the_serving_status():
+    async def scenario() -> None:
+        server = GrpcHealthServer()
+        server.set("pkg.Svc", health_pb2.HealthCheckResponse.SERVING)
+        store = Store()
+        cluster = build([server.port], check(grpc_health_check={"service_name": "pkg.Svc"}, healthy_threshold=1,
+                                             unhealthy_threshold=1), store)
+        try:
+            await asyncio.wait_for(cluster.initialize(), 10)
+            assert cluster.hosts[0].health_flags == "healthy"
+            server.set("pkg.Svc", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await until(lambda: cluster.hosts[0].health_flags == FAILED_ACTIVE_HC)
+            server.set("pkg.Svc", health_pb2.HealthCheckResponse.SERVING)
+            await until(lambda: cluster.hosts[0].health_flags == "healthy")
+            assert store.counters[PREFIX + "failure"].value >= 1
+            assert store.counters.get(PREFIX + "network_failure") is None or \
+                store.counters[PREFIX + "network_failure"].value == 0  # NOT_SERVING is an answer, not the network
+        finally:
+            await cluster.close()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_grpc_health_check_of_an_unknown_service_or_a_closed_port_fails():
+    async def scenario() -> None:
+        server = GrpcHealthServer()
+        store = Store()
+        closed = free_port()
+        cluster = build([server.port, closed], check(grpc_health_check={"service_name": "nobody"}), store)
+        try:
+            await asyncio.wait_for(cluster.initialize(), 10)
+            # the servicer answers NOT_FOUND for an unknown service: failed at once; the closed port: network
+            assert [host.health_flags for host in cluster.hosts] == [FAILED_ACTIVE_HC, FAILED_ACTIVE_HC]
+            await until(lambda: PREFIX + "network_failure" in store.counters)
+        finally:
+            await cluster.close()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_grpc_health_check_sends_authority_and_initial_metadata():
+    async def scenario() -> None:
+        server = GrpcHealthServer()
+        server.set("", health_pb2.HealthCheckResponse.SERVING)
+        cluster = build([server.port], check(grpc_health_check={
+            "authority": "health.example", "initial_metadata": [{"header": {"key": "x-probe", "value": "yes"}}]}))
+        try:
+            await asyncio.wait_for(cluster.initialize(), 10)
+            assert cluster.hosts[0].health_flags == "healthy"  # service "" is the server as a whole
+            call = server.metadata[0]
+            assert call[":method"] == "/grpc.health.v1.Health/Check" and call["x-probe"] == "yes"
+        finally:
+            await cluster.close()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_grpc_metadata_keys_are_checked():
+    with pytest.raises(ConfigError) as caught:
+        parse(check(http_health_check=None, grpc_health_check={"initial_metadata": [
+            {"header": {"key": ":authority", "value": "x"}}]}))
+    assert caught.value.field.endswith("grpc_health_check.initial_metadata[0].header.key")
 
 
 def test_tcp_payload_exchange_on_a_reused_connection():

@@ -30,6 +30,7 @@ HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency":
         "tulle.filters.http.adaptive_concurrency.config:AdaptiveConcurrencyFactory",
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "tulle.filters.http.grpc_stats.config:GrpcStatsFactory",
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "tulle.filters.http.grpc_web.config:GrpcWebFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -67,6 +68,7 @@ NAME_TO_TYPE: dict[str, str] = {
     "envoy.filters.http.adaptive_concurrency":
         "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
     "envoy.filters.http.grpc_stats": "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+    "envoy.filters.http.grpc_web": "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
 }
 
 

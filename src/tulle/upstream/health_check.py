@@ -1,4 +1,4 @@
-"""Active health checking (Envoy's ``envoy.config.core.v3.HealthCheck``): HTTP and TCP checkers.
+"""Active health checking (Envoy's ``envoy.config.core.v3.HealthCheck``): HTTP, TCP and gRPC checkers.
 
 Every host of a cluster with ``health_checks`` gets a session: a task on the worker's
 loop that checks the host on its own connection (never a request pool's), reusing it
@@ -15,6 +15,9 @@ between checks unless ``reuse_connection`` is false. As in Envoy:
   is pending, ``healthy_edge_interval`` / ``unhealthy_edge_interval``, plus
   ``interval_jitter`` and ``interval_jitter_percent``; ``initial_jitter`` delays the first.
 * An HTTP response with ``x-envoy-degraded`` marks the host ``/degraded_active_hc``.
+* A gRPC check calls ``grpc.health.v1.Health/Check`` (``service_name``, ``authority``,
+  ``initial_metadata``) over HTTP/2 with grpcio: ``SERVING`` passes; any other status, or a gRPC
+  error from the host, fails it at once; a host that cannot be reached counts as a network failure.
 
 Approximation: Envoy uses ``no_traffic_interval`` (and ``no_traffic_healthy_interval``)
 until the cluster has seen its first connection; Tulle accepts and validates them but
@@ -32,9 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import grpc
+import grpc.aio
 import httptools
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from google.protobuf import message
+from grpc_health.v1 import health_pb2
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields, duration_seconds
@@ -57,7 +63,7 @@ READ_SIZE = 64 * 1024
 
 _HEALTH_CHECK_FIELDS = (
     "timeout", "interval", "initial_jitter", "interval_jitter", "interval_jitter_percent", "unhealthy_threshold",
-    "healthy_threshold", "alt_port", "reuse_connection", "http_health_check", "tcp_health_check",
+    "healthy_threshold", "alt_port", "reuse_connection", "http_health_check", "tcp_health_check", "grpc_health_check",
     "no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
     "healthy_edge_interval",
 )
@@ -103,6 +109,13 @@ class TcpCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcCheck:
+    service_name: str
+    authority: str  # the :authority; empty means the cluster's name
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheckConfig:
     timeout: float
     interval_ms: int
@@ -118,6 +131,7 @@ class HealthCheckConfig:
     alt_port: int | None
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
+    grpc: GrpcCheck | None = None
 
 
 # --- parsing ------------------------------------------------------------------------
@@ -190,6 +204,22 @@ def _http_check(msg: health_check_pb2.HealthCheck.HttpHealthCheck, field: str) -
     )
 
 
+def _grpc_check(msg: health_check_pb2.HealthCheck.GrpcHealthCheck, field: str) -> GrpcCheck:
+    check_fields(msg, ("service_name", "authority", "initial_metadata"), field)
+    require_header_safe(msg.authority, join(field, "authority"))
+    metadata = []
+    for index, option in enumerate(msg.initial_metadata):
+        entry_field = f"{join(field, 'initial_metadata')}[{index}]"
+        check_fields(option, ("header",), entry_field)
+        name = option.header.key.lower()
+        if not name or name.startswith(":") or name.startswith("grpc-"):
+            raise ConfigError("a metadata key must be set and must not be a pseudo-header or grpc-*",
+                              field=join(entry_field, "header.key"))
+        require_header_safe(option.header.value, join(entry_field, "header.value"))
+        metadata.append((name, option.header.value))
+    return GrpcCheck(service_name=msg.service_name, authority=msg.authority, metadata=tuple(metadata))
+
+
 def _payload(payload: health_check_pb2.HealthCheck.Payload, field: str) -> bytes:
     check_fields(payload, ("text", "binary"), field)
     kind = payload.WhichOneof("payload")
@@ -223,13 +253,16 @@ def parse_health_check(msg: health_check_pb2.HealthCheck, field: str) -> HealthC
         if not 0 < alt_port <= 65535:
             raise ConfigError("must be between 1 and 65535", field=join(field, "alt_port.value"))
     kind = msg.WhichOneof("health_checker")
-    http = tcp = None
+    http = tcp = grpc_check = None
     if kind == "http_health_check":
         http = _http_check(msg.http_health_check, join(field, "http_health_check"))
     elif kind == "tcp_health_check":
         tcp = _tcp_check(msg.tcp_health_check, join(field, "tcp_health_check"))
+    elif kind == "grpc_health_check":
+        grpc_check = _grpc_check(msg.grpc_health_check, join(field, "grpc_health_check"))
     else:
-        raise ConfigError("one of http_health_check or tcp_health_check is required", field=field)
+        raise ConfigError("one of http_health_check, tcp_health_check or grpc_health_check is required",
+                          field=field)
     return HealthCheckConfig(
         timeout=_milliseconds(msg, "timeout", field, default=None) / 1000,
         interval_ms=interval,
@@ -245,6 +278,7 @@ def parse_health_check(msg: health_check_pb2.HealthCheck, field: str) -> HealthC
         alt_port=alt_port,
         http=http,
         tcp=tcp,
+        grpc=grpc_check,
     )
 
 
@@ -394,6 +428,47 @@ class _TcpProbe:
         return SUCCESS
 
 
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+class _GrpcProbe:
+    """Envoy's gRPC health checker, on the session's grpcio channel (HTTP/2, kept between checks
+    unless ``reuse_connection`` is false)."""
+
+    def __init__(self, check: GrpcCheck, cluster_name: str, reuse_connection: bool) -> None:
+        self.check = check
+        self.reuse_connection = reuse_connection
+        self.authority = check.authority or cluster_name
+        self.request = health_pb2.HealthCheckRequest(service=check.service_name).SerializeToString()
+
+    async def run(self, session: _Session) -> str:
+        channel = session.channel
+        if channel is None:
+            port = session.checker.config.alt_port or session.host.health_check_port or session.host.port
+            options = [("grpc.default_authority", self.authority), ("grpc.enable_retries", 0),
+                       ("grpc.initial_reconnect_backoff_ms", 100)]
+            channel = session.channel = grpc.aio.insecure_channel(f"{session.host.ip}:{port}", options=options)
+        call = channel.unary_unary(HEALTH_CHECK_METHOD, request_serializer=_raw, response_deserializer=_raw)
+        try:
+            reply = await call(self.request, metadata=self.check.metadata or None)
+        except grpc.aio.AioRpcError as exc:
+            session.close_connection()
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return NETWORK  # not reached, or no answer: counted towards unhealthy_threshold
+            return FAILED  # the host answered with an error (UNIMPLEMENTED, NOT_FOUND, ...): failed at once
+        if not self.reuse_connection:
+            session.close_connection()
+        try:
+            status = health_pb2.HealthCheckResponse.FromString(reply).status
+        except message.DecodeError:
+            return FAILED
+        return SUCCESS if status == health_pb2.HealthCheckResponse.SERVING else FAILED
+
+
 # --- sessions and the checker --------------------------------------------------------
 
 
@@ -401,7 +476,7 @@ class _Session:
     """One host's checks: its schedule, its counters towards the thresholds and its connection."""
 
     __slots__ = ("checker", "host", "first_check", "num_healthy", "num_unhealthy", "task", "reader", "writer",
-                 "received")
+                 "received", "channel")
 
     def __init__(self, checker: HealthChecker, host: Host) -> None:
         self.checker = checker
@@ -413,6 +488,7 @@ class _Session:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.received = b""
+        self.channel: grpc.aio.Channel | None = None  # the gRPC checker's
 
     def start(self) -> None:
         if self.task is None:
@@ -442,6 +518,12 @@ class _Session:
             self.writer.transport.abort()
         self.reader = self.writer = None
         self.received = b""
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            try:
+                asyncio.get_running_loop().create_task(channel.close())
+            except RuntimeError:  # no loop any more (shutdown): the channel goes with the process
+                pass
 
     async def _run(self) -> None:
         checker = self.checker
@@ -493,9 +575,11 @@ class HealthChecker:
     ) -> None:
         self.config = config
         self.stats = stats
-        self.probe: _HttpProbe | _TcpProbe
+        self.probe: _HttpProbe | _TcpProbe | _GrpcProbe
         if config.http is not None:
             self.probe = _HttpProbe(config.http, cluster_name, config.reuse_connection)
+        elif config.grpc is not None:
+            self.probe = _GrpcProbe(config.grpc, cluster_name, config.reuse_connection)
         else:
             assert config.tcp is not None
             self.probe = _TcpProbe(config.tcp, config.reuse_connection)

@@ -379,6 +379,21 @@ class ActiveStream:
         if end_stream:
             self._response_done()
 
+    def encode_data_after(self, source: HttpFilter, data: bytes, end_stream: bool) -> None:
+        """Body that encoder filter ``source`` produces itself (Envoy's addEncodedData / injectEncodedData):
+        the filters that encode after it see it, then the codec."""
+        if self.done:
+            return
+        filters = self.filters
+        for flt in reversed(filters[:filters.index(source)]):
+            if flt.encode_data(data, end_stream) != CONTINUE:
+                return
+        if data:
+            self.info.bytes_sent += len(data)
+        self.connection.encode_response_body(self, data, end_stream)
+        if end_stream:
+            self._response_done()
+
     @cython.locals(flt=HttpFilter)
     def encode_trailers(self, trailers: HeaderMap) -> None:
         """The response's trailers end it: framed by HTTP/2, dropped by HTTP/1 (as Envoy does unless
