@@ -34,6 +34,8 @@ import grpc
 import pytest
 import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from grpc_backend import GrpcBackend, stub
 from proxy_harness import ProxyProcess, free_port
@@ -41,6 +43,7 @@ from scripted_ads import ScriptedAds, assignment, eds_cluster, rds_listener, rou
 from tulle.samples import echo_server
 from tulle.samples.echo_server import start_in_thread
 from tulle.xds_client.apply import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from ws_backend import EchoServer
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +84,7 @@ class Runs:
     tls_upstreams: bool = False  # the upstreams speak TLS (passthrough examples)
     switchable_upstreams: bool = False  # the upstreams answer 503 while their server's ``unhealthy`` is set
     grpc_upstreams: bool = False  # the upstreams are gRPC servers (tests/grpc_backend.py), not echo servers
+    websocket_upstreams: bool = False  # the upstreams are WebSocket echo servers (tests/ws_backend.py)
     # example-specific rewrites after the loopback ones (paths the sandbox has, moved under the test's tmp dir)
     rewrite: Callable[[dict[str, Any], Path], None] | None = None
 
@@ -151,6 +155,31 @@ def insecure_client_context() -> ssl.SSLContext:
 
 
 # --- checks for the in-scope examples -------------------------------------------------------------
+
+
+def check_websocket(path: str, *, refused_elsewhere: bool = False) -> Callable[[RunningExample], None]:
+    """websocket/envoy-ws*.yaml: a WebSocket client reaches the echo server through the upgrade; with
+    the upgrade enabled on one route only, another path's upgrade is refused (Envoy's 403)."""
+
+    def check(example: RunningExample) -> None:
+        port = example.listener_ports[0]
+        label = example.backend_labels[("service-ws", 80)]
+
+        async def scenario() -> None:
+            async with ws_connect(f"ws://127.0.0.1:{port}{path}") as socket:
+                await socket.send("hello")
+                assert await socket.recv() == f"{label}:HELLO"
+            if refused_elsewhere:
+                with pytest.raises(InvalidStatus) as caught:
+                    await ws_connect(f"ws://127.0.0.1:{port}/other")
+                assert caught.value.response.status_code == 403
+
+        asyncio.run(scenario())
+        if refused_elsewhere:
+            plain, _ = http_get(port, "/other")
+            assert plain.status == 200 and plain.body == b"NotWebSocket\n"  # the direct response
+
+    return check
 
 
 def check_grpc_bridge_server(example: RunningExample) -> None:
@@ -467,9 +496,9 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     # thing is then the second cluster's upstream_http_protocol_options (before its http2 and wasm filter)
     "wasm-cc/envoy.yaml": Refused(
         "upstream_http_protocol_options", f"static_resources.clusters[1].{HTTP_OPTIONS}.upstream_http_protocol_options"),
-    "websocket/envoy-ws-route.yaml": Refused(
-        "upgrade_configs", f"{HCM}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs"),
-    "websocket/envoy-ws.yaml": Refused("upgrade_configs", f"{HCM}.upgrade_configs"),
+    # the route alone enables the upgrade (the connection manager lists none), as Envoy allows
+    "websocket/envoy-ws-route.yaml": Runs(check_websocket("/ws", refused_elsewhere=True), websocket_upstreams=True),
+    "websocket/envoy-ws.yaml": Runs(check_websocket("/"), websocket_upstreams=True),
     "websocket/envoy-wss-passthrough.yaml": Runs(
         check_tls_passthrough(("service-wss", 443), "wss_passthrough", "service_wss_passthrough", websocket=True),
         tls_upstreams=True),
@@ -570,7 +599,7 @@ class Backends:
 
 
 def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path,
-                   switchable: bool = False, grpc_servers: bool = False) -> Backends:
+                   switchable: bool = False, grpc_servers: bool = False, websocket_servers: bool = False) -> Backends:
     context = None
     certificate_der = b""
     if tls:
@@ -580,10 +609,10 @@ def start_backends(addresses: list[tuple[str, int]], tls: bool, tmp_path: Path,
     backends = Backends({}, {}, [], certificate_der)
     for address, port in addresses:
         label = f"{address}:{port}"
-        if grpc_servers:
-            grpc_server = GrpcBackend(label)
-            backends.servers.append(grpc_server)
-            backends.ports[(address, port)] = grpc_server.port
+        if grpc_servers or websocket_servers:
+            other = GrpcBackend(label) if grpc_servers else EchoServer(label)
+            backends.servers.append(other)
+            backends.ports[(address, port)] = other.port
             backends.labels[(address, port)] = label
             continue
         server = echo_server.serve(0, label)
@@ -648,7 +677,8 @@ def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
     document = yaml.safe_load((CORPUS / relative).read_text())
     addresses = upstream_addresses(document)
     backends = start_backends(addresses, expectation.tls_upstreams, tmp_path, expectation.switchable_upstreams,
-                              grpc_servers=expectation.grpc_upstreams)
+                              grpc_servers=expectation.grpc_upstreams,
+                              websocket_servers=expectation.websocket_upstreams)
     try:
         listener_ports = rewrite_for_loopback(document, backends.ports)
         if expectation.rewrite is not None:

@@ -722,8 +722,8 @@ ROUTE = f"{FIELD}.virtual_hosts[0].routes[0]"
         ({"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {"hedge_on_per_try_timeout": True}}},
          "route.hedge_policy"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c", "flush_timeout": "1s"}}, "route.flush_timeout"),
-        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "upgrade_configs": [{"upgrade_type": "websocket"}]}},
-         "route.upgrade_configs"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "c", "upgrade_configs": [
+            {"upgrade_type": "CONNECT", "connect_config": {}}]}}, "route.upgrade_configs[0].connect_config"),
         ({"match": {"prefix": "/"}, "route": {"cluster_specifier_plugin": "p"}}, "route.cluster_specifier_plugin"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "decorator": {"operation": "op"}}, "decorator"),
         ({"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_body_buffer_limit": 10},

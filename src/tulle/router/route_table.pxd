@@ -37,6 +37,7 @@ cdef class Route:
     cdef public str timeout_header_value
     cdef public object max_grpc_timeout         # float | None
     cdef public double grpc_timeout_offset
+    cdef public dict upgrade_overrides          # upgrade type -> enabled here; None: the HCM's defaults
     cdef public bint auto_host_rewrite
     cdef public object hash_policy
     cdef public bint needs_query
@@ -77,6 +78,7 @@ cdef class Route:
     cpdef bint matches(self, str path, HeaderMap headers, dict query) except -1
     cpdef bint matches_beyond_path(self, HeaderMap headers, dict query) except -1
     cpdef request_timeout(self, HeaderMap headers)
+    cpdef bint upgrade_allowed(self, str upgrade_type, bint default) except -1
     cpdef tuple select_cluster(self, HeaderMap headers, random_value)
     cpdef cluster_name(self, HeaderMap headers, random_value)
     cdef WeightedClusterEntry _pick_weighted(self, HeaderMap headers, random_value)

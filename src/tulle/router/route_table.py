@@ -101,7 +101,7 @@ _ROUTE_ACTION_FIELDS = (
     "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code", "prefix_rewrite",
     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
     "host_rewrite_path_regex", "timeout", "hash_policy", "request_mirror_policies", "retry_policy",
-    "idle_timeout", "max_stream_duration", "priority", "max_grpc_timeout", "grpc_timeout_offset",
+    "idle_timeout", "max_stream_duration", "priority", "max_grpc_timeout", "grpc_timeout_offset", "upgrade_configs",
 )
 _CLUSTER_WEIGHT_FIELDS = (
     "name", "cluster_header", "weight", "request_headers_to_add", "request_headers_to_remove",
@@ -352,7 +352,7 @@ class Route:
         __slots__ = (
             "name", "virtual_host_name", "kind", "is_redirect", "direct_response",
             "cluster_not_found_response_code", "timeout", "timeout_header_value", "max_grpc_timeout",
-            "grpc_timeout_offset", "auto_host_rewrite",
+            "grpc_timeout_offset", "upgrade_overrides", "auto_host_rewrite",
             "hash_policy", "needs_query", "plain_prefix", "_path_matches", "_header_matchers",
             "_query_matchers", "_matched_prefix_length", "_cluster", "_cluster_header", "_weighted",
             "_total_weight", "_random_value_header", "_weighted_by_name", "_prefix_rewrite", "_regex_rewrite",
@@ -554,6 +554,15 @@ class Route:
         self.max_grpc_timeout = _duration_ms(action.max_grpc_timeout) / 1000 if action.HasField(
             "max_grpc_timeout") else None
         self.grpc_timeout_offset = _duration_ms(action.grpc_timeout_offset) / 1000
+        # upgrade_configs: upgrade type -> enabled on this route, over the connection manager's default
+        self.upgrade_overrides: dict[str, bool] | None = None
+        for index, upgrade in enumerate(action.upgrade_configs):
+            entry = f"{join(field, 'upgrade_configs')}[{index}]"
+            check_fields(upgrade, ("upgrade_type", "enabled"), entry)
+            if self.upgrade_overrides is None:
+                self.upgrade_overrides = {}
+            enabled = upgrade.enabled.value if upgrade.HasField("enabled") else True
+            self.upgrade_overrides[upgrade.upgrade_type.strip().lower()] = enabled
 
         if action.prefix_rewrite and action.HasField("regex_rewrite"):
             raise ConfigError("Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy", field=field)
@@ -615,6 +624,15 @@ class Route:
             if not parameter_matches(query):
                 return False
         return True
+
+    def upgrade_allowed(self, upgrade_type: str, default: bool) -> bool:
+        """Whether this route takes an upgrade (Envoy's createUpgradeFilterChain): the route's
+        ``upgrade_configs`` entry for the type when it has one (it can enable a type the connection
+        manager does not list, or disable one it does), else ``default``, the connection manager's."""
+        overrides = self.upgrade_overrides
+        if overrides is None:
+            return default
+        return overrides.get(upgrade_type, default)
 
     def request_timeout(self, headers: HeaderMap) -> float | None:
         """The route timeout of this request (Envoy's FilterUtility::finalTimeout before x-envoy-*

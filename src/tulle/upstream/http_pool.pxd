@@ -28,6 +28,8 @@ cdef class Http1ClientConnection(RequestEncoder):
     cdef public UpstreamCallbacks callbacks
     cdef public bint is_head
     cdef public bint chunked
+    cdef public bint upgrading
+    cdef public bint tunnel
     cdef public int status
     cdef public bint headers_sent
     cdef public bint close_delimited

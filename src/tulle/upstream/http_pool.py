@@ -78,6 +78,7 @@ class Http1ClientConnection(RequestEncoder):
             "pool", "transport", "parser", "callbacks", "is_head", "status", "headers_sent",
             "close_delimited", "requests", "closed", "idle_since", "created", "local_reason",
             "response_done", "ended", "rq_resource", "cx_resource", "expired", "age_timer", "chunked",
+            "upgrading", "tunnel",
         )
 
     def __init__(self, pool: HttpConnectionPool) -> None:
@@ -87,6 +88,8 @@ class Http1ClientConnection(RequestEncoder):
         self.callbacks: UpstreamCallbacks | None = None
         self.is_head = False
         self.chunked = False  # the current request's body goes out chunked
+        self.upgrading = False  # the current request asks for an upgrade (websocket)
+        self.tunnel = False  # the upstream said 101: the bytes are the upgraded protocol's, both ways
         self.status = 0
         self.headers_sent = False
         self.close_delimited = False
@@ -123,11 +126,19 @@ class Http1ClientConnection(RequestEncoder):
         callbacks = self.callbacks
         callbacks.on_upstream_read_begin()
         try:
-            self.parser.feed_data(data)
+            if self.tunnel:
+                callbacks.on_upstream_data(data, False)
+            else:
+                self.parser.feed_data(data)
         except ParserError as exc:  # not HTTP/1.1, or a head over MAX_RESPONSE_HEAD_BYTES
             self._protocol_error(f"protocol error: {exc}")
-        except ParserUpgrade:  # a 101 (we never ask for an upgrade): what follows is not HTTP
-            self._protocol_error("protocol error: unexpected upgrade")
+        except ParserUpgrade as exc:
+            if self.tunnel:  # the 101 we asked for: what follows it is the upgraded protocol's
+                rest = data[exc.offset:]
+                if rest and self.callbacks is not None:
+                    self.callbacks.on_upstream_data(rest, False)
+            else:  # a 101 we never asked for: what follows is not HTTP
+                self._protocol_error("protocol error: unexpected upgrade")
         except Exception as exc:  # raised by our callbacks: the exchange is lost, as a codec error
             self._protocol_error(f"protocol error: callback failed: {exc!r}")
         finally:
@@ -170,7 +181,13 @@ class Http1ClientConnection(RequestEncoder):
                          transfer_encoding: str | None, keep_alive: bool) -> None:
         self.status = status
         if 100 <= status < 200:
-            return  # interim response (we answered Expect ourselves): swallow it
+            if status == 101 and self.upgrading:
+                # the upgrade is accepted: the connection becomes a tunnel for this stream, never pooled
+                self.tunnel = True
+                self.headers_sent = True
+                self.close_delimited = True  # its end is the connection's close
+                self.callbacks.on_upstream_headers(101, wire_headers([(":status", "101")], block, {}), False)  # type: ignore[union-attr]
+            return  # else an interim response (we answered Expect ourselves): swallowed
         headers = wire_headers(
             [(":status", _STATUS_TEXT[status] if 200 <= status < 600 else str(status))], block,
             {"content-length": content_length, "transfer-encoding": transfer_encoding},
@@ -204,8 +221,13 @@ class Http1ClientConnection(RequestEncoder):
         the request says it, else chunked."""
         method = headers.get(":method") or ""
         self.chunked = False
+        self.upgrading = False
         if end_stream:
             framing = _CONTENT_LENGTH_ZERO if method in _METHODS_WITH_BODY else b""
+            upgrade = headers.get("upgrade")
+            if upgrade is not None:  # an upgrade the connection manager allowed: its headers go along
+                self.upgrading = True
+                framing += b"connection: upgrade\r\nupgrade: " + upgrade.encode("latin-1") + b"\r\n"
         else:
             framing = http1.content_length_framing(headers.get("content-length"))
             if framing is None:

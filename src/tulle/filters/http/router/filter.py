@@ -101,6 +101,10 @@ class RouterFilter(HttpFilter):
             stream.send_local_reply(flags.NO_ROUTE_FOUND)
             return STOP
         self.route = route
+        if stream.upgrade_type is not None and not route.upgrade_allowed(
+                stream.upgrade_type, stream.config.upgrade_types.get(stream.upgrade_type, False)):
+            stream.send_local_reply("", status=403, body=b"", details="upgrade_failed")  # Envoy's answer
+            return STOP
         kind = route.kind
         if kind != "cluster":
             self._answer_locally(route, headers, kind)

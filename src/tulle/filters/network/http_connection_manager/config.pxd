@@ -32,6 +32,7 @@ cdef class HcmConfig:
     cdef public str via
     cdef public str user_agent                  # add_user_agent: the node's cluster ("" when off)
     cdef public str service_node                # add_user_agent: the node's id ("" when off)
+    cdef public dict upgrade_types              # upgrade_configs: type (lower case) -> enabled by default
     cdef public bint generate_request_id
     cdef public bint preserve_external_request_id
     cdef public bint always_set_request_id_in_response

@@ -41,7 +41,7 @@ SUPPORTED = (
     "stream_idle_timeout", "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "use_remote_address", "skip_xff_append", "via", "add_user_agent", "generate_request_id",
     "preserve_external_request_id", "always_set_request_id_in_response", "merge_slashes",
-    "strip_matching_host_port", "strip_any_host_port", "normalize_path",
+    "strip_matching_host_port", "strip_any_host_port", "normalize_path", "upgrade_configs",
 )
 
 # x-envoy-* request headers that change how the proxy treats a request; an external
@@ -53,6 +53,25 @@ ENVOY_CONTROL_HEADERS = (
     "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-upstream-stream-duration-ms",
     "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-hedge-on-per-try-timeout",
 )
+
+
+def parse_upgrade_configs(configs: Any, field: str) -> dict[str, bool]:
+    """HCM ``upgrade_configs``: upgrade type (lower case, as Envoy compares them) -> enabled by default
+    (a route's ``upgrade_configs`` may turn it on or off). Custom upgrade filter chains are refused."""
+    types: dict[str, bool] = {}
+    for index, config in enumerate(configs):
+        entry = f"{field}[{index}]"
+        check_fields(config, ("upgrade_type", "enabled"), entry)
+        upgrade_type = config.upgrade_type.strip().lower()
+        if not upgrade_type:
+            raise ConfigError("upgrade_type must be set", field=join(entry, "upgrade_type"))
+        if upgrade_type == "connect" or upgrade_type == "h2c":
+            raise UnsupportedFeature(f"upgrade_type {config.upgrade_type!r} (CONNECT tunnels and h2c upgrades)",
+                                     field=join(entry, "upgrade_type"))
+        if upgrade_type in types:
+            raise ConfigError(f"upgrade_type {config.upgrade_type!r} is configured twice", field=join(entry, "upgrade_type"))
+        types[upgrade_type] = config.enabled.value if config.HasField("enabled") else True
+    return types
 
 
 class HcmConfig:
@@ -70,7 +89,8 @@ class HcmConfig:
             "always_set_request_id_in_response", "merge_slashes", "strip_envoy_headers", "buffer_limit",
             "connections", "overload", "filter_factories", "strip_port", "listener_port",
             "normalize_host", "route_config_name", "rds_field", "rds_config_source", "route_table",
-            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "http2_keepalive", "user_agent", "service_node", "__weakref__"
+            "encoder_filters", "skippable_filters", "access_loggers", "codec", "http2_settings", "http2_keepalive", "user_agent", "service_node",
+            "upgrade_types", "__weakref__",
         )
 
     def __init__(self, proto: Any, field: str, ctx: FactoryContext, listener_port: int) -> None:
@@ -150,6 +170,7 @@ class HcmConfig:
         # id as x-envoy-downstream-service-node; a node without a cluster has nothing to add
         add_user_agent = proto.add_user_agent.value
         self.user_agent = ctx.server.node_cluster if add_user_agent else ""
+        self.upgrade_types = parse_upgrade_configs(proto.upgrade_configs, join(field, "upgrade_configs"))
         self.service_node = ctx.server.node_id if add_user_agent and self.user_agent else ""
         self.generate_request_id = (
             proto.generate_request_id.value if proto.HasField("generate_request_id") else True

@@ -67,6 +67,7 @@ cdef class ActiveStream:
     cdef public double idle_timeout
     cdef public double duration_deadline
     cdef public int codec_stream_id
+    cdef public str upgrade_type
 
     cpdef get_route(self)
     cpdef _apply_route_timeouts(self, timeouts)
@@ -112,6 +113,7 @@ cdef class HttpConnection(CodecCallbacks):
     cdef public list out
     cdef public bytes sniff
     cdef public bint http1_counted
+    cdef public ActiveStream tunnel
 
     cpdef double loop_time(self)
     cdef _start(self, transport)

@@ -186,6 +186,7 @@ class ActiveStream:
             "http10", "chunked_response", "close_delimited", "pending_body", "route", "route_resolved",
             "last_activity", "deadline", "deadline_callback", "done", "expect_continue", "upgrade_h2c",
             "has_envoy_headers", "error_reply", "idle_timeout", "duration_deadline", "codec_stream_id",
+            "upgrade_type",
         )
 
     def __init__(self, connection: HttpConnection, headers: HeaderMap, info: StreamInfo) -> None:
@@ -219,6 +220,7 @@ class ActiveStream:
         self.idle_timeout = self.config.stream_idle_timeout
         self.duration_deadline = 0.0  # max_stream_duration (HCM or route), loop time; 0 = none
         self.codec_stream_id = 0  # the HTTP/2 stream's id (0 on HTTP/1)
+        self.upgrade_type: str | None = None  # an upgrade upgrade_configs allows (websocket): tunnelled once 101
 
     # --- for filters ---------------------------------------------------
     def get_route(self):  # noqa: ANN201 - Route | None
@@ -482,7 +484,7 @@ class HttpConnection(CodecCallbacks):
             "read_disabled", "close_when_done", "closed",
             "last_activity", "timer", "timer_when", "stats_rx", "stats_tx", "stats_rq_by_class",
             "remote_str", "local_str", "write_paused", "corked", "out", "parse_failed", "head_started",
-            "sniff", "http1_counted",
+            "sniff", "http1_counted", "tunnel",
         )
 
     def __init__(self, config: HcmConfig, downstream: DownstreamConnection) -> None:
@@ -518,6 +520,8 @@ class HttpConnection(CodecCallbacks):
         # codec_type AUTO: the first bytes read so far, until they tell HTTP/2 from HTTP/1 (None: decided)
         self.sniff: bytes | None = b"" if config.codec == "auto" else None
         self.http1_counted = False  # downstream_cx_http1_* count this connection
+        # the upgraded stream (websocket) whose bytes now flow raw both ways; None: HTTP/1 as usual
+        self.tunnel: ActiveStream | None = None
 
     def loop_time(self) -> float:
         return self.loop.time()
@@ -555,6 +559,9 @@ class HttpConnection(CodecCallbacks):
             return  # after a malformed request nothing more is parsed; the connection is closing
         self.stats_rx.value += len(data)
         self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            self._tunnel_data(data)
+            return
         parser = self.parser
         try:
             parser.feed_data(data)
@@ -659,6 +666,8 @@ class HttpConnection(CodecCallbacks):
         """The codec's share of connection_lost, after the streams are finalized."""
         if self.http1_counted:
             self.config.stats.downstream_cx_http1_active.value -= 1
+        if self.tunnel is not None and self.tunnel.info.response_code == 101:
+            self.config.stats.downstream_cx_upgrades_active.value -= 1
 
     def _close_idle(self) -> None:
         """The idle timeout ran out with no stream open."""
@@ -762,13 +771,17 @@ class HttpConnection(CodecCallbacks):
             else:
                 error = (400, "missing_host_header")
         if upgrade is not None and error is None:
-            if upgrade == "h2c":
+            if upgrade != "h2c" and "upgrade" in connection_tokens:
+                # an upgrade request: the route and upgrade_configs decide (the router answers 403
+                # upgrade_failed when they do not allow it); a 101 from the upstream makes it a tunnel
+                stream.upgrade_type = upgrade
+                stream.keep_alive = False
+            elif upgrade == "h2c":
                 # Downgrade an h2c upgrade offer to plain HTTP/1.1, as Envoy does.
                 headers.remove("upgrade")
                 headers.remove("http2-settings")
                 stream.upgrade_h2c = True
-            else:
-                error = (403, "upgrade_failed")
+            # an Upgrade header without the Connection token is no upgrade: the header is hop-by-hop
         stream.has_envoy_headers = envoy_seen
         self._prepare_request(stream, headers, request_id_seen, forwarded_proto_seen)
         if config.normalize_host:
@@ -866,6 +879,17 @@ class HttpConnection(CodecCallbacks):
     def encode_response_head(self, stream: ActiveStream, status: int, headers: HeaderMap, end_stream: bool) -> bool:
         """Frame and write the response head; True when the response ends with it (HEAD, 204, 304, 1xx
         or end_stream). Picks content-length, chunked or close-delimited framing for the body."""
+        if status == 101 and stream.upgrade_type is not None:
+            # the upstream accepted the upgrade: the head keeps its Upgrade/Connection, and both ways
+            # the stream's bytes now go raw until one side closes
+            upgrade = (headers.get("upgrade") or stream.upgrade_type).encode("latin-1")
+            stats = self.config.stats
+            stats.downstream_cx_upgrades_total.value += 1
+            stats.downstream_cx_upgrades_active.value += 1
+            self.close_when_done = True
+            framing = b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n"
+            self.write(http1.encode_response_head(status, headers, framing, False))
+            return False
         close = self.should_close_after(stream)
         if close:
             stream.keep_alive = False
@@ -1057,10 +1081,26 @@ class HttpConnection(CodecCallbacks):
             if rest:
                 self.data_received(rest)
             return
+        if stream is not None and stream.upgrade_type is not None and not stream.done and not self.closed:
+            # an allowed upgrade (websocket): what follows the head is the protocol's, not HTTP
+            self.tunnel = stream
+            rest = data[offset:]
+            if rest:
+                self._tunnel_data(rest)
+            return
         # Any other upgrade was answered 403 in on_headers_complete; the bytes after it are not HTTP.
         self.close_when_done = True
         if not self.streams:
             self.close_transport()
+
+    def _tunnel_data(self, data: bytes) -> None:
+        """Bytes of an upgraded stream, from the client: straight to its filters (the router)."""
+        stream = self.tunnel
+        if stream is None or stream.done:
+            return
+        stream.last_activity = self.last_activity
+        stream.info.bytes_received += len(data)
+        stream.decode_data(data, False)
 
     # --- I/O helpers ---------------------------------------------------
     def write(self, data: bytes) -> None:

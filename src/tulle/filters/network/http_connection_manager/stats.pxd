@@ -8,6 +8,7 @@ cdef class HcmStats:
     cdef public Counter downstream_cx_total
     cdef public Counter downstream_cx_http1_total
     cdef public Counter downstream_cx_http2_total
+    cdef public Counter downstream_cx_upgrades_total
     cdef public Counter http2_keepalive_timeout   # "http2.keepalive_timeout", at the root as Envoy's codec stats
     cdef public Counter downstream_cx_destroy
     cdef public Counter downstream_cx_destroy_remote
@@ -42,6 +43,7 @@ cdef class HcmStats:
     cdef public Gauge downstream_cx_active
     cdef public Gauge downstream_cx_http1_active
     cdef public Gauge downstream_cx_http2_active
+    cdef public Gauge downstream_cx_upgrades_active
     cdef public Gauge downstream_rq_active
     cdef public Histogram downstream_rq_time
     cdef public Histogram downstream_cx_length_ms

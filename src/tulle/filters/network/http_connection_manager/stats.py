@@ -27,10 +27,10 @@ class HcmStats:
         "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
         "rq_reset_after_downstream_response_started", "access_log_errors",
         "downstream_rq_overload_close", "downstream_cx_overload_disable_keepalive",
-        "downstream_rq_max_duration_reached",
+        "downstream_rq_max_duration_reached", "downstream_cx_upgrades_total",
     )
     GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
-              "downstream_rq_active")
+              "downstream_rq_active", "downstream_cx_upgrades_active")
     HISTOGRAMS = ("downstream_rq_time", "downstream_cx_length_ms")
 
     if not cython.compiled:  # compiled, a cdef class whose fields are declared in the .pxd
