@@ -288,12 +288,12 @@ def test_http_filters_must_end_with_the_router() -> None:
 
 
 def test_unsupported_http_filter_is_named() -> None:
-    cors = {"name": "envoy.filters.http.cors",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
-    error = refused(document(http_filters=[cors, ROUTER]))
+    csrf = {"name": "envoy.filters.http.csrf",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy"}}
+    error = refused(document(http_filters=[csrf, ROUTER]))
     assert isinstance(error, UnsupportedFeature)
     assert error.field == f"{FIELD}.http_filters[0]"
-    assert "envoy.extensions.filters.http.cors.v3.Cors" in str(error)
+    assert "envoy.extensions.filters.http.csrf.v3.CsrfPolicy" in str(error)
 
 
 def test_unknown_http_filter_name_without_config_is_refused() -> None:

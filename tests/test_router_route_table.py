@@ -809,7 +809,7 @@ def test_route_matches_api_and_non_ascii_config_paths():
 # --- typed_per_filter_config ---------------------------------------------------------
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+CSRF_TYPE = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy"
 FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 FAULT = "envoy.filters.http.fault"
 
@@ -866,10 +866,10 @@ def test_per_filter_config_keys_are_filter_names_and_the_type_picks_the_parser()
 @pytest.mark.parametrize(
     ("config", "path"),
     [
-        ({"name": "rc", "typed_per_filter_config": {"cors": {"@type": CORS_TYPE}}}, "typed_per_filter_config"),
-        (one_vhost([route_to("c")], typed_per_filter_config={"cors": {"@type": CORS_TYPE}}),
+        ({"name": "rc", "typed_per_filter_config": {"csrf": {"@type": CSRF_TYPE}}}, "typed_per_filter_config"),
+        (one_vhost([route_to("c")], typed_per_filter_config={"csrf": {"@type": CSRF_TYPE}}),
          "virtual_hosts[0].typed_per_filter_config"),
-        (one_vhost([{**route_to("c"), "typed_per_filter_config": {"cors": {"@type": CORS_TYPE}}}]),
+        (one_vhost([{**route_to("c"), "typed_per_filter_config": {"csrf": {"@type": CSRF_TYPE}}}]),
          "virtual_hosts[0].routes[0].typed_per_filter_config"),
     ],
 )
@@ -877,7 +877,7 @@ def test_per_filter_config_of_an_unsupported_filter_is_refused_naming_it(config,
     with pytest.raises(UnsupportedFeature) as info:
         table(config)
     assert info.value.field == f"{FIELD}.{path}"
-    assert "cors (envoy.filters.http.cors, type envoy.extensions.filters.http.cors.v3.CorsPolicy)" in info.value.feature
+    assert "csrf (envoy.filters.http.csrf, type envoy.extensions.filters.http.csrf.v3.CsrfPolicy)" in info.value.feature
 
 
 def test_errors_inside_a_per_filter_config_name_the_entry():
@@ -893,12 +893,12 @@ def test_filter_config_wrapper():
 
 
 def test_an_optional_entry_of_an_unsupported_filter_is_skipped():
-    optional = {"@type": FILTER_CONFIG_TYPE, "is_optional": True, "config": {"@type": CORS_TYPE}}
+    optional = {"@type": FILTER_CONFIG_TYPE, "is_optional": True, "config": {"@type": CSRF_TYPE}}
     compiled = table(one_vhost([{**route_to("c"), "typed_per_filter_config": {FAULT: optional}}],
                                typed_per_filter_config={FAULT: fault_abort(502)}))
     # nothing at the route level: the virtual host's entry applies
     assert abort_status(compiled.virtual_hosts[0].routes[0].per_filter_config(FAULT)) == 502
-    mandatory = {"@type": FILTER_CONFIG_TYPE, "config": {"@type": CORS_TYPE}}
+    mandatory = {"@type": FILTER_CONFIG_TYPE, "config": {"@type": CSRF_TYPE}}
     with pytest.raises(UnsupportedFeature) as info:
         table(one_vhost([{**route_to("c"), "typed_per_filter_config": {"cors": mandatory}}]))
     assert info.value.field == f"{ROUTE}.typed_per_filter_config"

@@ -31,6 +31,7 @@ HTTP_FILTERS: dict[str, str] = {
         "tulle.filters.http.adaptive_concurrency.config:AdaptiveConcurrencyFactory",
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "tulle.filters.http.grpc_stats.config:GrpcStatsFactory",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "tulle.filters.http.grpc_web.config:GrpcWebFactory",
+    "envoy.extensions.filters.http.cors.v3.Cors": "tulle.filters.http.cors.config:CorsFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -40,6 +41,7 @@ PER_ROUTE_FILTER_CONFIGS: dict[str, str] = {
     "envoy.extensions.filters.http.fault.v3.HTTPFault": "tulle.filters.http.fault.config:parse_per_route_config",
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
         "tulle.filters.http.local_ratelimit.config:parse_per_route_config",
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy": "tulle.filters.http.cors.config:parse_per_route_config",
 }
 
 # Bootstrap overload_manager resource monitors: type name -> "module:attribute" of a
@@ -69,6 +71,7 @@ NAME_TO_TYPE: dict[str, str] = {
         "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
     "envoy.filters.http.grpc_stats": "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     "envoy.filters.http.grpc_web": "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+    "envoy.filters.http.cors": "envoy.extensions.filters.http.cors.v3.Cors",
 }
 
 

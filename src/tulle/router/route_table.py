@@ -246,7 +246,9 @@ def _filter_config(name: str, value: any_pb2.Any, field: str) -> object | None:
 def _per_filter_configs(msg: message.Message, field: str, inherited: Mapping[str, object]) -> Mapping[str, object]:
     """This level's typed_per_filter_config over the less specific levels' (Envoy: the most specific wins).
 
-    Each entry is parsed once here; a level without entries shares its parent's mapping.
+    Each entry is parsed once here; a level without entries shares its parent's mapping. A parsed
+    config with ``chain_over(parent)`` keeps the less specific level's behind it instead of replacing
+    it (CORS reads each setting from the most specific policy that sets it).
     """
     entries = msg.typed_per_filter_config  # type: ignore[attr-defined]
     if not entries:
@@ -256,7 +258,8 @@ def _per_filter_configs(msg: message.Message, field: str, inherited: Mapping[str
     for name in sorted(entries):  # map order is arbitrary: refuse the same entry every time
         parsed = _filter_config(name, entries[name], map_field)
         if parsed is not None:  # a skipped optional entry leaves the less specific level's config
-            merged[name] = parsed
+            chain_over = getattr(parsed, "chain_over", None)
+            merged[name] = parsed if chain_over is None else chain_over(inherited.get(name))
     return merged
 
 
