@@ -32,6 +32,8 @@ HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "tulle.filters.http.grpc_stats.config:GrpcStatsFactory",
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "tulle.filters.http.grpc_web.config:GrpcWebFactory",
     "envoy.extensions.filters.http.cors.v3.Cors": "tulle.filters.http.cors.config:CorsFactory",
+    "envoy.extensions.filters.http.compressor.v3.Compressor":
+        "tulle.filters.http.compressor.config:CompressorFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -72,6 +74,7 @@ NAME_TO_TYPE: dict[str, str] = {
     "envoy.filters.http.grpc_stats": "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     "envoy.filters.http.grpc_web": "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.filters.http.cors": "envoy.extensions.filters.http.cors.v3.Cors",
+    "envoy.filters.http.compressor": "envoy.extensions.filters.http.compressor.v3.Compressor",
 }
 
 
