@@ -34,6 +34,8 @@ HTTP_FILTERS: dict[str, str] = {
     "envoy.extensions.filters.http.cors.v3.Cors": "tulle.filters.http.cors.config:CorsFactory",
     "envoy.extensions.filters.http.compressor.v3.Compressor":
         "tulle.filters.http.compressor.config:CompressorFactory",
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor":
+        "tulle.filters.http.decompressor.config:DecompressorFactory",
 }
 
 # typed_per_filter_config (route, virtual host, route configuration): type name -> "module:attribute"
@@ -75,6 +77,7 @@ NAME_TO_TYPE: dict[str, str] = {
     "envoy.filters.http.grpc_web": "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.filters.http.cors": "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.filters.http.compressor": "envoy.extensions.filters.http.compressor.v3.Compressor",
+    "envoy.filters.http.decompressor": "envoy.extensions.filters.http.decompressor.v3.Decompressor",
 }
 
 
