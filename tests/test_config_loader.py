@@ -76,6 +76,15 @@ def test_enum_names_are_case_insensitive_like_envoy() -> None:
     assert err.value.field == "type"
 
 
+def test_a_single_value_for_a_repeated_field_is_a_one_element_list_like_envoy() -> None:
+    cluster = parse_message({"name": "c", "health_checks": {"timeout": "1s", "interval": "1s",
+                                                            "tcp_health_check": {}}}, Cluster)
+    assert len(cluster.health_checks) == 1 and cluster.health_checks[0].timeout.seconds == 1
+    with pytest.raises(ConfigError) as err:  # a scalar where messages belong is still an error
+        parse_message({"name": "c", "health_checks": 5}, Cluster)
+    assert "health_checks" in err.value.field + err.value.reason
+
+
 def test_read_document_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         read_document(str(tmp_path / "missing.yaml"))

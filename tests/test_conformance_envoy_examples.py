@@ -360,6 +360,54 @@ def check_local_ratelimit(example: RunningExample) -> None:
                             "http.ingress_http.downstream_rq_4xx": 6})
 
 
+def config_files_under_tmp(document: dict[str, Any], tmp: Path) -> None:
+    """dynamic-config-fs: the example's lds.yaml / cds.yaml copied under ``tmp`` (the sandbox's
+    /var/lib/envoy), the listener on a free loopback port (written to ``tmp/lds-port``), the cluster
+    at a port where nothing listens until the check moves a new cds.yaml into place."""
+    configs = CORPUS / "dynamic-config-fs" / "configs"
+    lds = yaml.safe_load((configs / "lds.yaml").read_text())
+    port = free_port()
+    lds["resources"][0]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    (tmp / "lds-port").write_text(str(port))
+    cds = yaml.safe_load((configs / "cds.yaml").read_text())
+    cds["resources"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"] = {"address": "127.0.0.1", "port_value": free_port()}
+    (tmp / "lds.yaml").write_text(yaml.safe_dump(lds))
+    (tmp / "cds.yaml").write_text(yaml.safe_dump(cds))
+    dynamic = document["dynamic_resources"]
+    dynamic["lds_config"]["path_config_source"]["path"] = str(tmp / "lds.yaml")
+    dynamic["cds_config"]["path_config_source"]["path"] = str(tmp / "cds.yaml")
+
+
+def check_dynamic_config_fs(example: RunningExample) -> None:
+    """The sandbox's walk-through: a request through listener_0, then the cluster's address changed
+    with ``sed`` into a copy and ``mv`` over cds.yaml; the proxy follows the file."""
+    assert example.workdir is not None
+    port = int((example.workdir / "lds-port").read_text())
+    down, _ = http_get(port, "/")
+    assert down.status == 503  # the cluster's first address has nothing listening
+    backend = start_in_thread("service1")
+    try:
+        cds_path = example.workdir / "cds.yaml"
+        cds = yaml.safe_load(cds_path.read_text())
+        cds["resources"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"]["port_value"] = backend.server_address[1]
+        staged = example.workdir / "cds.yaml.new"
+        staged.write_text(yaml.safe_dump(cds))
+        staged.replace(cds_path)
+        deadline = time.monotonic() + 10
+        while True:
+            reply, _ = http_get(port, "/")
+            if reply.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert reply.status == 200 and reply.headers.get("x-served-by") == "service1"
+        example.wait_for_stats({"cluster_manager.cds.update_success": 2, "listener_manager.lds.update_success": 1})
+    finally:
+        backend.shutdown()
+        backend.server_close()
+
+
 def runtime_root_under_tmp(document: dict[str, Any], tmp: Path) -> None:
     """The disk layers' symlink_root (the sandbox's /srv/runtime/current) moves under ``tmp``; its parent
     directory exists, as in the sandbox's image, and the symlink does not until a script swaps it in."""
@@ -489,7 +537,6 @@ TRANSPORT_SOCKET = "transport_socket"
 TLS_CLUSTER = Refused(TRANSPORT_SOCKET, "static_resources.clusters[0].transport_socket")
 LISTENER_FILTERS = Refused("listener_filters", "static_resources.listeners[0].listener_filters")
 HCM_TRACING = Refused("tracing", f"{HCM}.tracing")
-PATH_CONFIG_SOURCE = Refused("path_config_source", "dynamic_resources.lds_config.path_config_source")
 NOT_A_BOOTSTRAP = NotBootstrap("resources")
 
 
@@ -511,8 +558,8 @@ EXPECTATIONS: dict[str, Refused | NotBootstrap | Runs] = {
     "dynamic-config-cp/envoy.yaml": RunsWithAds(),
     "dynamic-config-fs/configs/cds.yaml": NOT_A_BOOTSTRAP,
     "dynamic-config-fs/configs/lds.yaml": NOT_A_BOOTSTRAP,
-    # file-based LDS/CDS: Tulle takes dynamic config over ADS only
-    "dynamic-config-fs/envoy.yaml": PATH_CONFIG_SOURCE,
+    # file-based LDS/CDS, and the cluster's address changed by moving a new file into place
+    "dynamic-config-fs/envoy.yaml": Runs(check_dynamic_config_fs, rewrite=config_files_under_tmp),
     # faults at 0% switched on and off through the runtime's disk layer, as the sandbox's scripts do
     "fault-injection/envoy.yaml": Runs(check_fault_injection, rewrite=runtime_root_under_tmp),
     # its static runtime layer is accepted; the second listener terminates TLS
@@ -613,12 +660,12 @@ def upstream_addresses(document: dict[str, Any]) -> list[tuple[str, int]]:
 def rewrite_for_loopback(document: dict[str, Any], backend_ports: dict[tuple[str, int], int]) -> list[int]:
     """Point listeners, admin and endpoints at loopback (in place); returns the new listener ports."""
     listener_ports = []
-    for listener in document["static_resources"].get("listeners", []):
+    for listener in document.get("static_resources", {}).get("listeners", []):
         socket_address = listener["address"]["socket_address"]
         socket_address["address"] = "127.0.0.1"
         socket_address["port_value"] = free_port()
         listener_ports.append(socket_address["port_value"])
-    for cluster in document["static_resources"].get("clusters", []):
+    for cluster in document.get("static_resources", {}).get("clusters", []):
         for locality in cluster.get("load_assignment", {}).get("endpoints", []):
             for lb_endpoint in locality.get("lb_endpoints", []):
                 endpoint = lb_endpoint["endpoint"]
@@ -757,7 +804,7 @@ def run_in_scope(relative: str, expectation: Runs, tmp_path: Path) -> None:
             # Every endpoint resolves to one address: wait for DNS to land them all.
             example.wait_for_stats({
                 f"cluster.{cluster['name']}.membership_total": len(list(_endpoint_socket_addresses(cluster)))
-                for cluster in document["static_resources"]["clusters"]
+                for cluster in document.get("static_resources", {}).get("clusters", [])
             })
             expectation.check(example)
             assert proxy.process is not None and proxy.process.poll() is None, proxy.output()

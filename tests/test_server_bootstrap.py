@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
-from tulle.config.errors import UnsupportedFeature
+from tulle.config.errors import ConfigError, UnsupportedFeature
 from tulle.config.loader import parse_message
-from tulle.server.bootstrap import check_bootstrap, initial_fetch_timeout, xds_settings
+from tulle.server.bootstrap import check_bootstrap, file_sources, initial_fetch_timeout, xds_settings
 
 
 @pytest.mark.parametrize(("document", "field", "words"), [
-    ({"dynamic_resources": {"lds_config": {"path_config_source": {"path": "/lds.yaml"}}}},
-     "dynamic_resources.lds_config.path_config_source", "path_config_source"),
+    ({"dynamic_resources": {"lds_config": {"api_config_source": {"api_type": "REST"}}}},
+     "dynamic_resources.lds_config.api_config_source", "api_config_source"),
     ({"dynamic_resources": {"ads_config": {"api_type": "REST"}}}, "dynamic_resources.ads_config.api_type", "REST"),
-    ({"dynamic_resources": {"cds_config": {"ads": {}}}}, "dynamic_resources", "without ads_config"),
     ({"tracing": {}}, "tracing", "tracing"),
     ({"stats_sinks": [{"name": "s"}]}, "stats_sinks", "prometheus"),
     ({"static_resources": {"secrets": [{"name": "s"}]}}, "static_resources.secrets", "secrets"),
@@ -26,6 +25,18 @@ def test_unsupported_top_level_parts_are_refused(document: dict, field: str, wor
         check_bootstrap(parse_message(document, Bootstrap))
     assert err.value.field == field
     assert words in str(err.value)
+
+
+def test_an_ads_source_needs_ads_config_and_files_do_not() -> None:
+    with pytest.raises(ConfigError, match="ADS must be configured"):
+        check_bootstrap(parse_message({"dynamic_resources": {"cds_config": {"ads": {}}}}, Bootstrap))
+    files = parse_message({"dynamic_resources": {"lds_config": {"path_config_source": {"path": "/lds.yaml"}},
+                                                 "cds_config": {"path_config_source": {"path": "/cds.yaml"}}}},
+                          Bootstrap)
+    check_bootstrap(files)
+    assert xds_settings(files) is None  # no ADS stream: both come from files
+    assert file_sources(files) == {"type.googleapis.com/envoy.config.listener.v3.Listener": "/lds.yaml",
+                                   "type.googleapis.com/envoy.config.cluster.v3.Cluster": "/cds.yaml"}
 
 
 def test_supported_top_level_parts_pass() -> None:

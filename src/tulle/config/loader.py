@@ -139,6 +139,33 @@ def _uppercase_enum_at(data: Any, path: str) -> bool:
     return False
 
 
+_LONE_REPEATED = re.compile(r"repeated field (\w+) must be in \[\]")
+
+
+def _wrap_lone_value_at(data: Any, path: str, name: str) -> bool:
+    """Envoy's JSON parser takes a single value for a repeated field as a one-element list (its own
+    dynamic-config-fs example writes ``filters:`` as one object); json_format does not."""
+    node = data
+    for key, position in re.findall(r"([A-Za-z0-9_@]+)|\[(\d+)\]", path):
+        if position:
+            if not isinstance(node, list) or int(position) >= len(node):
+                return False
+            node = node[int(position)]
+            continue
+        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+        if not isinstance(node, dict) or (key not in node and camel not in node):
+            return False
+        node = node[key if key in node else camel]
+    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    if not isinstance(node, dict):
+        return False
+    key = name if name in node else camel if camel in node else None
+    if key is None or isinstance(node[key], list):
+        return False
+    node[key] = [node[key]]
+    return True
+
+
 def parse_message(data: dict[str, Any], msg_class: type[M], *, source: str = "") -> M:
     """Strictly parse a dict into ``msg_class``, importing Any payload types on demand."""
     for _ in range(256):  # each retry makes one more type known or fixes one enum's case
@@ -153,6 +180,9 @@ def parse_message(data: dict[str, Any], msg_class: type[M], *, source: str = "")
                 continue
             path, reason = _clean_parse_error(text)
             if _BAD_ENUM.search(reason) and _uppercase_enum_at(data, path):
+                continue
+            lone = _LONE_REPEATED.search(reason)
+            if lone and _wrap_lone_value_at(data, path, lone.group(1)):
                 continue
             if missing:
                 reason = f"unknown type {missing.group(1)!r} (not an Envoy v3 API type)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tulle.config.errors import UnsupportedFeature
+from tulle.config.errors import ConfigError, UnsupportedFeature
 from tulle.config.support import check_fields, duration_seconds
 
 BOOTSTRAP_FIELDS = ("node", "static_resources", "admin", "dynamic_resources", "overload_manager",
@@ -56,14 +56,22 @@ def xds_settings(bootstrap: Any) -> XdsSettings | None:
         return None
     dynamic = bootstrap.dynamic_resources
     check_fields(dynamic, ("ads_config", "lds_config", "cds_config"), "dynamic_resources")
+    over_ads = False
     for name in ("lds_config", "cds_config"):
         if dynamic.HasField(name):
             source = getattr(dynamic, name)
-            check_fields(source, ("ads", "resource_api_version", "initial_fetch_timeout"), f"dynamic_resources.{name}")
+            field = f"dynamic_resources.{name}"
+            check_fields(source, ("ads", "path_config_source", "resource_api_version", "initial_fetch_timeout"),
+                         field)
+            if source.HasField("path_config_source"):
+                continue  # file-based: see file_sources
             if not source.HasField("ads"):
-                raise UnsupportedFeature(f"{name} from sources other than ads", field=f"dynamic_resources.{name}")
+                raise UnsupportedFeature(f"{name} from sources other than ads or path_config_source", field=field)
+            over_ads = True
     if not dynamic.HasField("ads_config"):
-        raise UnsupportedFeature("dynamic_resources without ads_config", field="dynamic_resources")
+        if over_ads:
+            raise ConfigError("ADS must be configured to support an ADS config source", field="dynamic_resources")
+        return None  # listeners and clusters from files only (or nothing dynamic)
     ads = dynamic.ads_config
     field = "dynamic_resources.ads_config"
     check_fields(ads, ("api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"),
@@ -82,10 +90,31 @@ def xds_settings(bootstrap: Any) -> XdsSettings | None:
     check_fields(envoy_grpc, ("cluster_name", "max_receive_message_length"), f"{field}.grpc_services[0].envoy_grpc")
     return XdsSettings(
         cluster=envoy_grpc.cluster_name, delta=api_type == "DELTA_GRPC",
-        lds_config=dynamic.lds_config if dynamic.HasField("lds_config") else None,
-        cds_config=dynamic.cds_config if dynamic.HasField("cds_config") else None,
+        lds_config=dynamic.lds_config if dynamic.HasField("lds_config") and dynamic.lds_config.HasField("ads")
+        else None,
+        cds_config=dynamic.cds_config if dynamic.HasField("cds_config") and dynamic.cds_config.HasField("ads")
+        else None,
         max_receive_message_length=envoy_grpc.max_receive_message_length.value,
     )
+
+
+def file_sources(bootstrap: Any) -> dict[str, str]:
+    """``dynamic_resources.{lds,cds}_config.path_config_source``: type URL -> the file's path
+    (``watched_directory`` is accepted: the file itself is watched, which sees a move into place too)."""
+    if not bootstrap.HasField("dynamic_resources"):
+        return {}
+    dynamic = bootstrap.dynamic_resources
+    sources = {}
+    for name, type_url in (("lds_config", "type.googleapis.com/envoy.config.listener.v3.Listener"),
+                           ("cds_config", "type.googleapis.com/envoy.config.cluster.v3.Cluster")):
+        if dynamic.HasField(name) and getattr(dynamic, name).HasField("path_config_source"):
+            path_source = getattr(dynamic, name).path_config_source
+            field = f"dynamic_resources.{name}.path_config_source"
+            check_fields(path_source, ("path", "watched_directory"), field)
+            if not path_source.path:
+                raise ConfigError("path is required", field=f"{field}.path")
+            sources[type_url] = path_source.path
+    return sources
 
 
 def check_bootstrap(bootstrap: Any) -> None:

@@ -179,6 +179,7 @@ class ProxyServer:
         self.worker.runtime.on_change = self.forward_runtime
         await self.worker.start(sockets)
         self._start_xds_client()
+        await self._start_file_sources()
         if admin_socket is not None:
             from tulle.admin.server import AdminServer
 
@@ -217,6 +218,28 @@ class ProxyServer:
         task = asyncio.get_running_loop().create_task(self.ads.run())
         self.background.add(task)
         log.info("xDS: ADS (%s) to %s", "delta" if settings.delta else "state of the world", self.worker.xds_target())
+
+    async def _start_file_sources(self) -> None:
+        """path_config_source for LDS/CDS: each file is applied now, then again whenever it changes."""
+        sources = self.worker.file_sources
+        if not sources:
+            return
+        from tulle.xds_client.apply import CLUSTER_TYPE, XdsApplier
+        from tulle.xds_client.files import FileSubscription
+        from tulle.xds_client.stats import CDS_PREFIX, LDS_PREFIX, SubscriptionStats
+
+        if self.applier is None:
+            self.applier = XdsApplier(self.worker)
+        loop = asyncio.get_running_loop()
+        # clusters first, as Envoy's init order: the listeners' routes name them
+        for type_url in sorted(sources, key=lambda url: url != CLUSTER_TYPE):
+            stats = SubscriptionStats(self.worker.stats, CDS_PREFIX if type_url == CLUSTER_TYPE else LDS_PREFIX)
+            subscription = FileSubscription(sources[type_url], type_url, self.applier, stats,
+                                            on_applied=self._forward_update)
+            await subscription.check()
+            task = loop.create_task(subscription.run())
+            self.background.add(task)
+            log.info("xDS: %s from the file %s", type_url.rsplit(".", 1)[-1], sources[type_url])
 
     def _forward_update(self, type_url: str, resources: dict[str, Any], removed: set[str], sotw: bool) -> None:
         if not self.children:

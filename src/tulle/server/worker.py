@@ -15,7 +15,7 @@ from typing import Any
 from tulle.config.errors import ConfigError, join
 from tulle.listener.listener import Listener
 from tulle.runtime import Runtime
-from tulle.server.bootstrap import check_bootstrap, xds_settings
+from tulle.server.bootstrap import check_bootstrap, file_sources, xds_settings
 from tulle.server.context import FactoryContext, ServerState
 from tulle.stats.store import Store
 from tulle.upstream.cluster_manager import ClusterManager
@@ -41,6 +41,7 @@ class Worker:
         # built first, as in Envoy: every factory below may read it
         self.runtime = Runtime.from_bootstrap(bootstrap)
         self.xds = xds_settings(bootstrap)
+        self.file_sources = file_sources(bootstrap)  # path_config_source: type URL -> file
         clusters = list(bootstrap.static_resources.clusters)
         if self.xds is not None:
             clusters = [_as_grpc_server_cluster(c) if c.name == self.xds.cluster else c for c in clusters]
