@@ -129,6 +129,24 @@ def test_environment_is_read_at_config_time(monkeypatch: pytest.MonkeyPatch) -> 
     assert formatter.format(make_info()) == "abc -"
 
 
+def test_grpc_status_and_trailers() -> None:
+    field = "access_log[0].typed_config.log_format"
+    info = make_info()
+    info.response_code = 200
+    info.response_headers = HeaderMap([(":status", "200"), ("content-type", "application/grpc")])
+    info.response_trailers = HeaderMap([("grpc-status", "4"), ("grpc-message", "too slow")])
+    line = "%GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)% %GRPC_STATUS_NUMBER% %TRAILER(grpc-message)%"
+    assert compile_format(line, field).format(info) == "DeadlineExceeded DEADLINE_EXCEEDED 4 4 too slow"
+    info.response_trailers = None  # trailers-only: the status is in the headers
+    info.response_headers = HeaderMap([(":status", "200"), ("grpc-status", "1")])
+    assert compile_format("%GRPC_STATUS%", field).format(info) == "Canceled"
+    info.response_headers = HeaderMap([(":status", "503")])  # no gRPC status at all: from the HTTP one
+    info.response_code = 503
+    assert compile_format("%GRPC_STATUS%|%TRAILER(x)%", field).format(info) == "Unavailable|-"
+    with pytest.raises(ConfigError):
+        compile_format("%GRPC_STATUS(LOUD)%", field)
+
+
 def test_unknown_command_is_refused_by_name() -> None:
     with pytest.raises(UnsupportedFeature) as refused:
         compile_format("%DYNAMIC_METADATA(ns:key)%", "access_log[0].typed_config.log_format")

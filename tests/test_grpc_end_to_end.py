@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from backends import bootstrap, wait_until
+from backends import bootstrap, file_access_log, read_lines, wait_until
 from grpc_backend import GrpcBackend, grpc_backend, stub
 from proxy_harness import ProxyProcess, free_port, http_listener, simple_route, static_cluster
 
@@ -128,6 +128,20 @@ def test_max_grpc_timeout_caps_the_callers_deadline(tmp_path: Path, backend: Grp
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert caught.value.details() == "upstream request timeout"
         assert proxy.stats()["cluster.grpc.upstream_rq_timeout"] == 1
+
+
+def test_access_logs_carry_the_grpc_status(tmp_path: Path, backend: GrpcBackend) -> None:
+    port = free_port()
+    log_path = tmp_path / "access.log"
+    listener = http_listener("ingress", port, simple_route("grpc"),
+                             access_log=file_access_log(log_path, "%GRPC_STATUS% %TRAILER(x-echo-trailer)%\n"))
+    config = bootstrap([listener], [grpc_cluster("grpc", backend.port)])
+    with ProxyProcess(config, tmp_path), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub(channel, "Unary")(b"ok", metadata=(("x-echo-trailer", "t9"),), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub(channel, "Unary")(b"fail:14", timeout=10)
+        lines = read_lines(log_path, 2)
+    assert lines == ["Ok t9", "Unavailable -"]
 
 
 def test_a_local_reply_is_a_grpc_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ cdef class StreamInfo:
     cdef public str protocol
     cdef public object request_headers              # HeaderMap | None
     cdef public object response_headers             # HeaderMap | None
+    cdef public object response_trailers            # HeaderMap | None
     cdef public long response_code
     cdef public str response_code_details
     cdef public list response_flags

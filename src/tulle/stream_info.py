@@ -44,7 +44,8 @@ class StreamInfo:
     if not cython.compiled:
         __slots__ = (
             "start_time", "start_monotonic", "end_monotonic", "first_upstream_rx_monotonic",
-            "protocol", "request_headers", "response_headers", "response_code", "response_code_details",
+            "protocol", "request_headers", "response_headers", "response_trailers", "response_code",
+            "response_code_details",
             "response_flags", "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
             "upstream_local_address", "downstream_remote_address", "downstream_local_address",
             "route_name", "request_id", "connection_termination_details", "filter_state",
@@ -66,6 +67,7 @@ class StreamInfo:
         self.protocol = "HTTP/1.1"
         self.request_headers: Any = None  # HeaderMap
         self.response_headers: Any = None  # HeaderMap
+        self.response_trailers: Any = None  # HeaderMap, when the response ended with trailers (gRPC)
         self.response_code = 0
         self.response_code_details = ""
         self.response_flags: list[str] = []

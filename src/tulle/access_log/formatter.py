@@ -27,6 +27,7 @@ from google.protobuf import json_format
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields
+from tulle.http.grpc import status_for_http
 from tulle.stream_info import StreamInfo
 
 Getter = Callable[[StreamInfo], Any]
@@ -123,6 +124,42 @@ def _header_getter(attribute: str, arg: str | None, max_length: int | None, comm
         if value is None or max_length is None:
             return value
         return value[:max_length]
+
+    return get
+
+
+# gRPC status codes: number -> SNAKE_STRING (the protocol's names); CAMEL_STRING derives from them
+_GRPC_STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)
+
+
+def _grpc_status_getter(style: str) -> Getter:
+    """Envoy's %GRPC_STATUS%: grpc-status from the trailers, else the headers (trailers-only), else the
+    HTTP status mapped as for a local reply; nothing for a request that got no response."""
+
+    def get(info: StreamInfo) -> str | int | None:
+        code = None
+        for headers in (info.response_trailers, info.response_headers):
+            if headers is not None:
+                value = headers.get("grpc-status")
+                if value is not None and value.strip().isdigit():
+                    code = int(value.strip())
+                    break
+        if code is None:
+            if not info.response_code:
+                return None
+            code = status_for_http(info.response_code)  # 200 without a status: UNKNOWN, as Envoy infers
+        if style == "NUMBER":
+            return code
+        if code >= len(_GRPC_STATUS_NAMES):
+            return str(code)  # a status outside the standard ones: its number
+        snake = _GRPC_STATUS_NAMES[code]
+        if style == "SNAKE_STRING":
+            return snake
+        return "Canceled" if code == 1 else "".join(part.capitalize() for part in snake.split("_"))  # Envoy's
 
     return get
 
@@ -235,9 +272,17 @@ def _truncating(getter: Getter, max_length: int) -> Getter:
 
 def compile_command(name: str, arg: str | None, max_length: int | None, field: str) -> Getter:
     """One ``%NAME(arg):max_length%`` command -> its getter."""
-    if name in ("REQ", "RESP"):
-        attribute = "request_headers" if name == "REQ" else "response_headers"
+    if name in ("REQ", "RESP", "TRAILER"):
+        attribute = {"REQ": "request_headers", "RESP": "response_headers", "TRAILER": "response_trailers"}[name]
         return _header_getter(attribute, arg, max_length, name, field)
+    if name in ("GRPC_STATUS", "GRPC_STATUS_NUMBER"):
+        style = "NUMBER" if name == "GRPC_STATUS_NUMBER" else (arg or "CAMEL_STRING")
+        if name == "GRPC_STATUS_NUMBER" and arg is not None:
+            raise ConfigError(f"%{name}% takes no argument, got ({arg})", field=field)
+        if style not in ("CAMEL_STRING", "SNAKE_STRING", "NUMBER"):
+            raise ConfigError(f"GRPC_STATUS format {arg!r}: CAMEL_STRING, SNAKE_STRING or NUMBER", field=field)
+        getter = _grpc_status_getter(style)
+        return _truncating(getter, max_length) if max_length is not None else getter
     if name == "START_TIME":
         getter = _start_time_getter(arg)
     elif name == "HOSTNAME":

@@ -406,6 +406,7 @@ class ActiveStream:
             for flt in reversed(self.filters):
                 if flt.encode_trailers(trailers) != CONTINUE:
                     return
+        self.info.response_trailers = trailers
         self.connection.encode_response_trailers(self, trailers)
         self._response_done()
 
