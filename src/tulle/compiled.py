@@ -58,6 +58,7 @@ MODULES: tuple[str, ...] = (
     "tulle.upstream.cluster_manager",
     "tulle.upstream.cluster_stats",
     "tulle.upstream.host",
+    "tulle.upstream.http2_pool",
     "tulle.upstream.http_pool",
     "tulle.upstream.load_balancer",
     "tulle.upstream.outlier_detection",

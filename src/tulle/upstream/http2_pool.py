@@ -26,6 +26,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import cython
+
 from tulle import stream_info as flags
 from tulle.http.codec_callbacks import CodecCallbacks
 from tulle.http.headers import HeaderMap
@@ -90,8 +92,9 @@ def response_headers(fields: list[tuple[str, str]]) -> tuple[int, HeaderMap]:
 class Http2ClientStream(RequestEncoder):
     """One request on an HTTP/2 connection (the router's encoder for it)."""
 
-    __slots__ = ("connection", "stream_id", "callbacks", "rq_resource", "headers_received", "local_ended",
-                 "read_paused", "held", "write_paused", "in_read")
+    if not cython.compiled:  # compiled, the fields come from http2_pool.pxd
+        __slots__ = ("connection", "stream_id", "callbacks", "rq_resource", "headers_received", "local_ended",
+                     "read_paused", "held", "write_paused", "in_read")
 
     def __init__(self, connection: Http2ClientConnection, rq_resource: Resource | None) -> None:
         self.connection = connection
@@ -174,12 +177,14 @@ class Http2ClientStream(RequestEncoder):
 class Http2ClientConnection(CodecCallbacks):
     """An HTTP/2 connection to one host: an asyncio.Protocol by its methods, and the session's owner."""
 
-    __slots__ = ("pool", "transport", "session", "streams", "active", "total", "closed", "retired", "created",
-                 "idle_since", "cx_resource", "local_reason", "age_timer", "receiving", "flush_scheduled",
-                 "touched", "keepalive_timer", "ping_outstanding", "write_paused")
+    if not cython.compiled:  # compiled, the fields come from http2_pool.pxd
+        __slots__ = ("pool", "loop", "transport", "session", "streams", "active", "total", "closed", "retired",
+                     "created", "idle_since", "cx_resource", "local_reason", "age_timer", "receiving",
+                     "flush_scheduled", "touched", "keepalive_timer", "ping_outstanding", "write_paused")
 
     def __init__(self, pool: Http2ConnectionPool) -> None:
         self.pool = pool
+        self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.session = Http2Session(self, False, pool.cluster.http2_settings)
         self.streams: dict[int, Http2ClientStream] = {}  # by stream id, once submitted
@@ -198,10 +203,6 @@ class Http2ClientConnection(CodecCallbacks):
         self.keepalive_timer: asyncio.TimerHandle | None = None
         self.ping_outstanding = False
         self.write_paused = False
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.pool.loop
 
     def room(self) -> int:
         """How many more streams this connection takes now."""
@@ -479,6 +480,10 @@ class Http2ClientConnection(CodecCallbacks):
 
 class Http2ConnectionPool:
     """HTTP/2 connections to one host: those with room take streams; requests without room wait (FIFO)."""
+
+    if not cython.compiled:  # compiled, the fields come from http2_pool.pxd
+        __slots__ = ("cluster", "host", "loop", "ready", "all", "connecting", "pending", "closing",
+                     "_serve_scheduled", "_idle_timer", "stats_rx", "stats_tx")
 
     def __init__(self, cluster: Cluster, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.cluster = cluster
