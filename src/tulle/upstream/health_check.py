@@ -33,14 +33,11 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import grpc
-import grpc.aio
 import httptools
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from google.protobuf import message
-from grpc_health.v1 import health_pb2
 
 from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields, duration_seconds
@@ -437,15 +434,24 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 class _GrpcProbe:
     """Envoy's gRPC health checker, on the session's grpcio channel (HTTP/2, kept between checks
-    unless ``reuse_connection`` is false)."""
+    unless ``reuse_connection`` is false). grpcio is imported only by a cluster that has one: a proxy
+    without gRPC health checks (or ADS) does not carry it in memory."""
 
     def __init__(self, check: GrpcCheck, cluster_name: str, reuse_connection: bool) -> None:
+        import grpc.aio  # noqa: F401 - loaded now, not at the first check
+        from grpc_health.v1 import health_pb2
+
+        self.health_pb2 = health_pb2
         self.check = check
         self.reuse_connection = reuse_connection
         self.authority = check.authority or cluster_name
         self.request = health_pb2.HealthCheckRequest(service=check.service_name).SerializeToString()
 
     async def run(self, session: _Session) -> str:
+        import grpc
+        import grpc.aio
+
+        health_pb2 = self.health_pb2
         channel = session.channel
         if channel is None:
             port = session.checker.config.alt_port or session.host.health_check_port or session.host.port
@@ -488,7 +494,7 @@ class _Session:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.received = b""
-        self.channel: grpc.aio.Channel | None = None  # the gRPC checker's
+        self.channel: Any = None  # the gRPC checker's grpc.aio.Channel
 
     def start(self) -> None:
         if self.task is None:
