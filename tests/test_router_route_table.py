@@ -336,6 +336,13 @@ def test_max_grpc_timeout_makes_a_grpc_requests_own_deadline_its_route_timeout()
     assert plain.request_timeout(request(grpc_timeout="1S", **grpc)) == 3.0  # without max_grpc_timeout: ignored
 
 
+def test_routes_without_an_action_answer_the_action_questions():
+    compiled = table(one_vhost([{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]))
+    route = compiled.find(request())
+    assert route.upgrade_allowed("websocket", False) is False and route.upgrade_allowed("websocket", True) is True
+    assert route.max_grpc_timeout is None and route.request_timeout(request()) is None
+
+
 def test_cluster_header():
     compiled = table(one_vhost([{"match": {"prefix": "/"}, "route": {"cluster_header": "X-Cluster"}}]))
     route = compiled.find(request())

@@ -398,6 +398,10 @@ class Route:
         self.cluster_not_found_response_code = 503
         self.timeout: float | None = None
         self.timeout_header_value = ""
+        # set by a route action; redirects and direct responses have none of these
+        self.max_grpc_timeout: float | None = None
+        self.grpc_timeout_offset = 0.0
+        self.upgrade_overrides: dict[str, bool] | None = None
         self.auto_host_rewrite = False
         self.hash_policy: HashPolicy | None = None
         self._cluster = ""
