@@ -103,39 +103,55 @@ def _clean_parse_error(text: str) -> tuple[str, str]:
     return path, reason
 
 
-def _uppercase_enum_at(data: Any, path: str) -> bool:
-    """Envoy parses enum names case-insensitively ("auto" is AUTO); json_format does not."""
+_MISSING = object()
+
+
+def _json_key(node: dict[str, Any], name: str) -> str | None:
+    """The key a proto field ``name`` has in a JSON/YAML mapping: as written, or in lowerCamelCase."""
+    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    return name if name in node else camel if camel in node else None
+
+
+def _node_at(data: Any, segments: list[tuple[str, str]]) -> Any:
+    """The value at a parse error's path (``a.b[2].c`` as findall segments), or _MISSING."""
     node = data
-    segments = re.findall(r"([A-Za-z0-9_@]+)|\[(\d+)\]", path)
-    for index, (name, position) in enumerate(segments):
-        last = index == len(segments) - 1
+    for name, position in segments:
         if position:
             if not isinstance(node, list) or int(position) >= len(node):
-                return False
-            if last:
-                return False
+                return _MISSING
             node = node[int(position)]
             continue
-        if not isinstance(node, dict):
-            return False
-        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
-        key = name if name in node else camel if camel in node else None
+        key = _json_key(node, name) if isinstance(node, dict) else None
         if key is None:
-            return False
-        if last:
-            value = node[key]
-            if isinstance(value, str) and value != value.upper():
-                node[key] = value.upper()
-                return True
-            if isinstance(value, list):
-                changed = False
-                for i, item in enumerate(value):
-                    if isinstance(item, str) and item != item.upper():
-                        value[i] = item.upper()
-                        changed = True
-                return changed
-            return False
+            return _MISSING
         node = node[key]
+    return node
+
+
+def _path_segments(path: str) -> list[tuple[str, str]]:
+    return re.findall(r"([A-Za-z0-9_@]+)|\[(\d+)\]", path)
+
+
+def _uppercase_enum_at(data: Any, path: str) -> bool:
+    """Envoy parses enum names case-insensitively ("auto" is AUTO); json_format does not."""
+    segments = _path_segments(path)
+    if not segments or segments[-1][1]:
+        return False
+    parent = _node_at(data, segments[:-1])
+    key = _json_key(parent, segments[-1][0]) if isinstance(parent, dict) else None
+    if key is None:
+        return False
+    value = parent[key]
+    if isinstance(value, str) and value != value.upper():
+        parent[key] = value.upper()
+        return True
+    if isinstance(value, list):
+        changed = False
+        for i, item in enumerate(value):
+            if isinstance(item, str) and item != item.upper():
+                value[i] = item.upper()
+                changed = True
+        return changed
     return False
 
 
@@ -145,24 +161,11 @@ _LONE_REPEATED = re.compile(r"repeated field (\w+) must be in \[\]")
 def _wrap_lone_value_at(data: Any, path: str, name: str) -> bool:
     """Envoy's JSON parser takes a single value for a repeated field as a one-element list (its own
     dynamic-config-fs example writes ``filters:`` as one object); json_format does not."""
-    node = data
-    for key, position in re.findall(r"([A-Za-z0-9_@]+)|\[(\d+)\]", path):
-        if position:
-            if not isinstance(node, list) or int(position) >= len(node):
-                return False
-            node = node[int(position)]
-            continue
-        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
-        if not isinstance(node, dict) or (key not in node and camel not in node):
-            return False
-        node = node[key if key in node else camel]
-    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
-    if not isinstance(node, dict):
+    parent = _node_at(data, _path_segments(path))
+    key = _json_key(parent, name) if isinstance(parent, dict) else None
+    if key is None or isinstance(parent[key], list):
         return False
-    key = name if name in node else camel if camel in node else None
-    if key is None or isinstance(node[key], list):
-        return False
-    node[key] = [node[key]]
+    parent[key] = [parent[key]]
     return True
 
 
