@@ -121,11 +121,7 @@ class DecompressorFilter(HttpFilter):
             return STOP
         stats.total_compressed_bytes.value += len(data)
         stats.total_uncompressed_bytes.value += len(out)
-        stream = self.stream
-        filters = stream.filters
-        for flt in filters[filters.index(self) + 1:]:
-            if flt.decode_data(out, end_stream) != CONTINUE or stream.done:
-                break
+        self.stream.decode_data_after(self, out, end_stream)
         return STOP
 
     # --- response ----------------------------------------------------------

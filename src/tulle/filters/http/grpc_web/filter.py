@@ -83,16 +83,8 @@ class GrpcWebFilter(HttpFilter):
             self.stream.send_local_reply("", status=400, body=b"Bad gRPC-web request, invalid base64 data.",
                                          details="grpc_base64_decode_failed")
             return STOP
-        # continue with the decoded bytes: the filters after this one see them instead
-        self._decode_after(decoded, end_stream)
+        self.stream.decode_data_after(self, decoded, end_stream)  # the filters after this one see them instead
         return STOP
-
-    def _decode_after(self, data: bytes, end_stream: bool) -> None:
-        stream = self.stream
-        filters = stream.filters
-        for flt in filters[filters.index(self) + 1:]:
-            if flt.decode_data(data, end_stream) != CONTINUE or stream.done:
-                return
 
     # --- response ----------------------------------------------------------
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> int:

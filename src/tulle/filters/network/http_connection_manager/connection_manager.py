@@ -327,6 +327,14 @@ class ActiveStream:
             if flt.decode_data(data, end_stream) != CONTINUE or self.done:
                 return
 
+    def decode_data_after(self, source: HttpFilter, data: bytes, end_stream: bool) -> None:
+        """Body that decoder filter ``source`` produces itself, in place of what it was given (Envoy's
+        addDecodedData / injectDecodedDataToFilterChain): the filters after it see it."""
+        filters = self.filters
+        for flt in filters[filters.index(source) + 1:]:
+            if flt.decode_data(data, end_stream) != CONTINUE or self.done:
+                return
+
     @cython.locals(flt=HttpFilter)
     def decode_trailers(self, trailers: HeaderMap) -> None:
         """The request's trailers (HTTP/2): they end the request, after its last DATA."""
