@@ -45,3 +45,18 @@ def test_two_clusters_do_not_share_stats():
     assert second.upstream_rq_total.value == 0
     assert store.counters["cluster.a.upstream_rq_200"].value == 1
     assert "cluster.b.upstream_rq_200" not in store.counters
+
+
+def test_connection_lifecycle_counters_shared_by_both_pools():
+    import time
+
+    stats = ClusterStats(Store(), "backend")
+    stats.connect_failed(True)
+    stats.connect_failed(False)
+    assert (stats.upstream_cx_connect_fail.value, stats.upstream_cx_connect_timeout.value) == (2, 1)
+    stats.upstream_cx_active.value = 2
+    stats.connection_destroyed(True, False, time.monotonic())
+    stats.connection_destroyed(False, True, time.monotonic())
+    assert stats.upstream_cx_active.value == 0 and stats.upstream_cx_destroy.value == 2
+    assert (stats.upstream_cx_destroy_remote.value, stats.upstream_cx_destroy_local.value) == (1, 1)
+    assert stats.upstream_cx_destroy_with_active_rq.value == 1

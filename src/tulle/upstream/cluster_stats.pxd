@@ -63,5 +63,7 @@ cdef class ClusterStats:
     cdef public object _store
     cdef public dict _by_code
     cdef public dict _by_class
+    cpdef connect_failed(self, bint timed_out)
+    cpdef connection_destroyed(self, bint remote, bint with_requests, double created)
     cpdef rq_completed(self, long status)
     cpdef tuple _counters_for(self, long status)

@@ -7,6 +7,8 @@ and then cached by code.
 
 from __future__ import annotations
 
+import time
+
 import cython
 
 from tulle.stats.store import Counter, Gauge, Histogram, Store
@@ -106,6 +108,25 @@ class ClusterStats:
         # status code -> (upstream_rq_<Nxx>, upstream_rq_<code>)
         self._by_code: dict[int, tuple[Counter, Counter]] = {}
         self._by_class: dict[int, Counter] = {}
+
+    def connect_failed(self, timed_out: bool) -> None:
+        """An upstream connect failed (either pool's): upstream_cx_connect_fail, and _timeout if it was one."""
+        if timed_out:
+            self.upstream_cx_connect_timeout.value += 1
+        self.upstream_cx_connect_fail.value += 1
+
+    def connection_destroyed(self, remote: bool, with_requests: bool, created: float) -> None:
+        """A pooled upstream connection closed (either pool's): Envoy's upstream_cx_destroy* and
+        upstream_cx_length_ms (``created``: its time.monotonic() at creation)."""
+        self.upstream_cx_active.value -= 1
+        self.upstream_cx_destroy.value += 1
+        if remote:
+            self.upstream_cx_destroy_remote.value += 1
+        else:
+            self.upstream_cx_destroy_local.value += 1
+        if with_requests:
+            self.upstream_cx_destroy_with_active_rq.value += 1
+        self.upstream_cx_length_ms.record((time.monotonic() - created) * 1000)
 
     def rq_completed(self, status: int) -> None:
         """A response with ``status`` came back: upstream_rq_completed, _<N>xx and _<code>."""

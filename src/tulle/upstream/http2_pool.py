@@ -32,7 +32,7 @@ from tulle import stream_info as flags
 from tulle.http.codec_callbacks import CodecCallbacks
 from tulle.http.headers import HeaderMap
 from tulle.http.http2_codec import CANCEL, NO_ERROR, REFUSED_STREAM, Http2Error, Http2Session
-from tulle.upstream.http_pool import OVERFLOW, ConnectError
+from tulle.upstream.http_pool import OVERFLOW, ConnectError, cancel_pending, fail_pending, queue_pending
 from tulle.upstream.request_encoder import REMOTE_REFUSED, RequestEncoder, UpstreamCallbacks
 
 if TYPE_CHECKING:
@@ -513,15 +513,8 @@ class Http2ConnectionPool:
                 self.cluster.stats.upstream_rq_active_overflow.value += 1
                 callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
                 return None
-        stats = self.cluster.stats
-        if not manager.pending_requests.try_acquire():
-            stats.upstream_rq_pending_overflow.value += 1
-            callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
-            return None
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        self.pending.append((callbacks, manager))
-        self._create_connections(manager)
+        if queue_pending(self.pending, callbacks, manager, self.cluster.stats):
+            self._create_connections(manager)
         return None
 
     def _with_room(self) -> Http2ClientConnection | None:
@@ -531,15 +524,7 @@ class Http2ConnectionPool:
         return None
 
     def cancel(self, callbacks: Any) -> bool:
-        for entry in self.pending:
-            if entry[0] is callbacks:
-                self.pending.remove(entry)
-                entry[1].pending_requests.dec()
-                stats = self.cluster.stats
-                stats.upstream_rq_pending_active.value -= 1
-                stats.upstream_rq_cancelled.value += 1
-                return True
-        return False
+        return cancel_pending(self.pending, callbacks, self.cluster.stats)
 
     def release_unused(self, stream: Http2ClientStream) -> None:
         """A stream given to a request that was gone by then: its room comes back."""
@@ -573,13 +558,7 @@ class Http2ConnectionPool:
         if not pending:
             return
         self.pending = deque()
-        stats = self.cluster.stats
-        for _, manager in pending:
-            manager.pending_requests.dec()
-            stats.upstream_rq_pending_active.value -= 1
-            stats.upstream_rq_pending_failure_eject.value += 1
-        for callbacks, _ in pending:
-            callbacks.on_pool_failure(flag, reason)
+        fail_pending(pending, self.cluster.stats, flag, reason)
 
     # --- connections ---------------------------------------------------
     def _create_connections(self, manager: ResourceManager) -> None:
@@ -613,12 +592,9 @@ class Http2ConnectionPool:
             self.connecting -= 1
             resource.dec()
             conn.session.close()
-            if isinstance(exc, TimeoutError):
-                stats.upstream_cx_connect_timeout.value += 1
-                reason = "connection timeout"
-            else:
-                reason = exc.strerror or str(exc)
-            stats.upstream_cx_connect_fail.value += 1
+            timed_out = isinstance(exc, TimeoutError)
+            reason = "connection timeout" if timed_out else exc.strerror or str(exc)
+            stats.connect_failed(timed_out)
             host.stats.cx_connect_fail += 1
             self._purge_pending(flags.UPSTREAM_CONNECTION_FAILURE, reason)
             return
@@ -701,17 +677,8 @@ class Http2ConnectionPool:
         if resource is not None:
             conn.cx_resource = None
             resource.dec()
-        stats = self.cluster.stats
-        stats.upstream_cx_active.value -= 1
+        self.cluster.stats.connection_destroyed(remote, with_streams, conn.created)
         self.host.stats.cx_active -= 1
-        stats.upstream_cx_destroy.value += 1
-        if remote:
-            stats.upstream_cx_destroy_remote.value += 1
-        else:
-            stats.upstream_cx_destroy_local.value += 1
-        if with_streams:
-            stats.upstream_cx_destroy_with_active_rq.value += 1
-        stats.upstream_cx_length_ms.record((time.monotonic() - conn.created) * 1000)
         if self.pending and not self.closing:
             self._create_connections(self.pending[0][1])
 

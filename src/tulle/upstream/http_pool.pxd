@@ -20,6 +20,10 @@ cdef bytes _CONTENT_LENGTH_ZERO
 
 cdef class HttpConnectionPool
 
+cpdef bint queue_pending(pending, callbacks, ResourceManager manager, stats) except -1
+cpdef bint cancel_pending(pending, callbacks, stats) except -1
+cpdef fail_pending(pending, stats, str flag, str reason)
+
 
 cdef class Http1ClientConnection(RequestEncoder):
     cdef public HttpConnectionPool pool

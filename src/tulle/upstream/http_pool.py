@@ -61,6 +61,44 @@ class PoolCallbacks(Protocol):
         """No connection: UO + "overflow" from a circuit breaker, else the connect failure."""
 
 
+# --- the queue of requests waiting for a connection (Envoy's pending requests), shared by both pools ---
+def queue_pending(pending: deque[tuple[PoolCallbacks, ResourceManager]], callbacks: PoolCallbacks,
+                  manager: ResourceManager, stats: Any) -> bool:
+    """Queue a request as ``max_pending_requests`` allows; False when it overflowed (told already, UO)."""
+    if not manager.pending_requests.try_acquire():
+        stats.upstream_rq_pending_overflow.value += 1
+        callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
+        return False
+    stats.upstream_rq_pending_total.value += 1
+    stats.upstream_rq_pending_active.value += 1
+    pending.append((callbacks, manager))
+    return True
+
+
+def cancel_pending(pending: deque[tuple[PoolCallbacks, ResourceManager]], callbacks: PoolCallbacks,
+                   stats: Any) -> bool:
+    """A pending request gave up (client gone, timeout): it leaves the queue."""
+    for entry in pending:
+        if entry[0] is callbacks:
+            pending.remove(entry)
+            entry[1].pending_requests.dec()
+            stats.upstream_rq_pending_active.value -= 1
+            stats.upstream_rq_cancelled.value += 1
+            return True
+    return False
+
+
+def fail_pending(pending: deque[tuple[PoolCallbacks, ResourceManager]], stats: Any, flag: str, reason: str) -> None:
+    """Fail every request of a queue the pool has let go of (Envoy does so on a connect failure: the
+    host is suspect; the pool starts a new queue first, so a retry that comes back in queues afresh)."""
+    for _, manager in pending:
+        manager.pending_requests.dec()
+        stats.upstream_rq_pending_active.value -= 1
+        stats.upstream_rq_pending_failure_eject.value += 1
+    for callbacks, _ in pending:
+        callbacks.on_pool_failure(flag, reason)
+
+
 class ConnectError(Exception):
     def __init__(self, flag: str, reason: str) -> None:
         super().__init__(reason)
@@ -366,29 +404,13 @@ class HttpConnectionPool:
         return self._enqueue(callbacks, manager)
 
     def _enqueue(self, callbacks: PoolCallbacks, manager: ResourceManager) -> None:
-        stats = self.cluster.stats
-        if not manager.pending_requests.try_acquire():
-            stats.upstream_rq_pending_overflow.value += 1
-            callbacks.on_pool_failure(flags.UPSTREAM_OVERFLOW, OVERFLOW)
-            return None
-        stats.upstream_rq_pending_total.value += 1
-        stats.upstream_rq_pending_active.value += 1
-        self.pending.append((callbacks, manager))
-        self._create_connections(manager)
+        if queue_pending(self.pending, callbacks, manager, self.cluster.stats):
+            self._create_connections(manager)
         return None
 
     def cancel(self, callbacks: PoolCallbacks) -> bool:
         """A pending request gave up (client gone, timeout): it leaves the queue."""
-        pending = self.pending
-        for entry in pending:
-            if entry[0] is callbacks:
-                pending.remove(entry)
-                entry[1].pending_requests.dec()
-                stats = self.cluster.stats
-                stats.upstream_rq_pending_active.value -= 1
-                stats.upstream_rq_cancelled.value += 1
-                return True
-        return False
+        return cancel_pending(self.pending, callbacks, self.cluster.stats)
 
     @cython.locals(manager="ResourceManager", requests="Resource")
     def _attach_oldest(self, conn: Http1ClientConnection) -> bool:
@@ -432,13 +454,7 @@ class HttpConnectionPool:
         if not pending:
             return
         self.pending = deque()  # a retry that comes back in while we call out queues afresh
-        stats = self.cluster.stats
-        for _, manager in pending:
-            manager.pending_requests.dec()
-            stats.upstream_rq_pending_active.value -= 1
-            stats.upstream_rq_pending_failure_eject.value += 1
-        for callbacks, _ in pending:
-            callbacks.on_pool_failure(flag, reason)
+        fail_pending(pending, self.cluster.stats, flag, reason)
 
     # --- connections ---------------------------------------------------
     def _create_connections(self, manager: ResourceManager) -> None:
@@ -498,14 +514,13 @@ class HttpConnectionPool:
         except TimeoutError:
             if resource is not None:
                 resource.dec()
-            stats.upstream_cx_connect_timeout.value += 1
-            stats.upstream_cx_connect_fail.value += 1
+            stats.connect_failed(True)
             host.stats.cx_connect_fail += 1
             raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, "connection timeout") from None
         except OSError as exc:
             if resource is not None:
                 resource.dec()
-            stats.upstream_cx_connect_fail.value += 1
+            stats.connect_failed(False)
             host.stats.cx_connect_fail += 1
             raise ConnectError(flags.UPSTREAM_CONNECTION_FAILURE, exc.strerror or str(exc)) from None
         except BaseException:  # cancelled (shutdown)
@@ -585,17 +600,8 @@ class HttpConnectionPool:
         if resource is not None:
             conn.cx_resource = None
             resource.dec()
-        stats = self.cluster.stats
-        stats.upstream_cx_active.value -= 1
+        self.cluster.stats.connection_destroyed(remote, conn.callbacks is not None, conn.created)
         self.host.stats.cx_active -= 1
-        stats.upstream_cx_destroy.value += 1
-        if remote:
-            stats.upstream_cx_destroy_remote.value += 1
-        else:
-            stats.upstream_cx_destroy_local.value += 1
-        if conn.callbacks is not None:
-            stats.upstream_cx_destroy_with_active_rq.value += 1
-        stats.upstream_cx_length_ms.record((time.monotonic() - conn.created) * 1000)
         if self.pending and not self.closing:
             self._create_connections(self.pending[0][1])  # a connection slot just came free
 
