@@ -13,7 +13,7 @@ import pytest
 from backends import bootstrap
 from grpc_backend import GrpcBackend, grpc_backend, stub
 from proxy_harness import ProxyProcess, free_port, http_listener, simple_route, static_cluster
-from tulle.filters.http.grpc_stats.filter import GrpcStatsObject, MessageCounter, service_and_method
+from tulle.filters.http.grpc_stats.filter import GrpcStatsObject, MessageCounter
 
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
@@ -30,13 +30,6 @@ def test_messages_are_counted_however_the_stream_is_cut() -> None:
         for offset in range(0, len(stream), piece):
             counter.feed(stream[offset:offset + piece])
         assert counter.count == 4, piece
-
-
-def test_service_and_method_come_from_the_path() -> None:
-    assert service_and_method("/pkg.Svc/Call") == ("pkg.Svc", "Call")
-    assert service_and_method("/pkg.Svc/Call/extra") is None
-    assert service_and_method("/pkg.Svc/") is None
-    assert service_and_method("pkg.Svc/Call") is None
 
 
 def test_filter_state_reads_as_envoy_prints_it() -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tulle.http.grpc import encode_message, is_grpc_request, local_reply_headers, status_for_http
+from tulle.http.grpc import (
+    encode_message,
+    is_grpc_request,
+    local_reply_headers,
+    service_and_method,
+    status_for_http,
+)
 from tulle.http.headers import HeaderMap
 
 
@@ -31,3 +37,10 @@ def test_a_local_reply_becomes_a_trailers_only_grpc_error() -> None:
 def test_grpc_message_is_percent_encoded() -> None:
     assert encode_message("100% done\nnow") == "100%25 done%0Anow"
     assert encode_message("caf\u00e9") == "caf%C3%A9"
+
+
+def test_service_and_method_come_from_the_path() -> None:
+    assert service_and_method("/pkg.Svc/Call") == ("pkg.Svc", "Call")
+    assert service_and_method("/pkg.Svc/Call/extra") is None
+    assert service_and_method("/pkg.Svc/") is None
+    assert service_and_method("pkg.Svc/Call") is None

@@ -3,6 +3,7 @@ reply becomes a gRPC error (Envoy's Grpc::Common and Grpc::Utility)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from tulle.http.headers import HeaderMap
@@ -19,6 +20,34 @@ def is_grpc_request(headers: HeaderMap) -> bool:
     if content_type is None or not content_type.startswith(CONTENT_TYPE):
         return False
     return len(content_type) == 16 or content_type[16] in "+;"
+
+
+def service_and_method(path: str) -> tuple[str, str] | None:
+    """Envoy's Grpc::Common::resolveServiceAndMethod: ``/<service>/<method>``, both non-empty."""
+    if not path.startswith("/"):
+        return None
+    parts = path[1:].split("/")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        return None
+    return parts[0], parts[1]
+
+
+def stats_prefix(cluster_manager: Any, cluster_name: str, protocol: str, names: tuple[str, str] | None) -> str | None:
+    """Where a call's stats go (Envoy's Grpc::Context): ``cluster.<name>.<protocol>.`` and, when the call
+    is named, ``<service>.<method>.``; None when the call reached no cluster."""
+    cluster = cluster_manager.get(cluster_name) if cluster_name else None
+    if cluster is None:
+        return None
+    base = f"{cluster.stats.prefix}{protocol}."
+    return base if names is None else f"{base}{names[0]}.{names[1]}."
+
+
+def charge_status(store: Any, prefix: str, status: str) -> None:
+    """Envoy's chargeStat: the call's grpc-status counter, success or failure, and total."""
+    status = status.strip()
+    store.counter(prefix + status).inc()
+    store.counter(prefix + ("success" if status == "0" else "failure")).inc()
+    store.counter(prefix + "total").inc()
 
 
 def status_for_http(http_status: int) -> int:

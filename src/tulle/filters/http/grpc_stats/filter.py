@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.filters.http.base import CONTINUE, HttpFilter
-from tulle.http.grpc import is_grpc_request
+from tulle.http.grpc import charge_status, is_grpc_request, service_and_method, stats_prefix
 from tulle.http.headers import HeaderMap
 
 FILTER_STATE_KEY = "envoy.filters.http.grpc_stats"
@@ -62,16 +62,6 @@ class GrpcStatsObject:
 
     def __str__(self) -> str:
         return f"{self.request_message_count},{self.response_message_count}"
-
-
-def service_and_method(path: str) -> tuple[str, str] | None:
-    """Envoy's Grpc::Common::resolveServiceAndMethod: ``/<service>/<method>``, both non-empty."""
-    if not path.startswith("/"):
-        return None
-    parts = path[1:].split("/")
-    if len(parts) != 2 or not parts[0] or not parts[1]:
-        return None
-    return parts[0], parts[1]
 
 
 class GrpcStatsFilter(HttpFilter):
@@ -132,15 +122,7 @@ class GrpcStatsFilter(HttpFilter):
 
     # --- stats -------------------------------------------------------------
     def _prefix(self) -> str | None:
-        cluster_name = self.stream.info.upstream_cluster
-        if not cluster_name:
-            return None
-        cluster = self.factory.cluster_manager.get(cluster_name)
-        if cluster is None:
-            return None
-        names = self.names
-        base = cluster.stats.prefix + "grpc."
-        return base if names is None else f"{base}{names[0]}.{names[1]}."
+        return stats_prefix(self.factory.cluster_manager, self.stream.info.upstream_cluster, "grpc", self.names)
 
     def _add(self, suffix: str, amount: int) -> None:
         prefix = self._prefix()
@@ -152,10 +134,5 @@ class GrpcStatsFilter(HttpFilter):
             return
         self.charged = True
         prefix = self._prefix()
-        if prefix is None:
-            return
-        store = self.factory.store
-        status = status.strip()
-        store.counter(prefix + status).inc()
-        store.counter(prefix + ("success" if status == "0" else "failure")).inc()
-        store.counter(prefix + "total").inc()
+        if prefix is not None:
+            charge_status(self.factory.store, prefix, status)

@@ -16,7 +16,7 @@ import binascii
 from typing import Any
 
 from tulle.filters.http.base import CONTINUE, STOP, HttpFilter
-from tulle.filters.http.grpc_stats.filter import service_and_method
+from tulle.http.grpc import charge_status, service_and_method, stats_prefix
 from tulle.http.headers import HeaderMap
 
 GRPC_WEB = "application/grpc-web"
@@ -123,13 +123,6 @@ class GrpcWebFilter(HttpFilter):
         if self.charged or status is None or self.names is None:
             return
         self.charged = True
-        cluster_name = self.stream.info.upstream_cluster
-        cluster = self.factory.cluster_manager.get(cluster_name) if cluster_name else None
-        if cluster is None:
-            return
-        prefix = f"{cluster.stats.prefix}grpc-web.{self.names[0]}.{self.names[1]}."
-        store = self.factory.store
-        status = status.strip()
-        store.counter(prefix + status).inc()
-        store.counter(prefix + ("success" if status == "0" else "failure")).inc()
-        store.counter(prefix + "total").inc()
+        prefix = stats_prefix(self.factory.cluster_manager, self.stream.info.upstream_cluster, "grpc-web", self.names)
+        if prefix is not None:
+            charge_status(self.factory.store, prefix, status)
