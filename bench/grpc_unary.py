@@ -13,12 +13,9 @@ tulle >= 0.7x direct's rate. Run through bench/run_grpc.sh.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from harness import (
@@ -32,8 +29,8 @@ from harness import (
     render_config,
     wait_for_port,
 )
-from http2 import measure
-from targets import TULLE_BINARY, Bench, _nginx_argv, validate_tulle_config
+from http2 import measure, start_nginx, write_report
+from targets import TULLE_BINARY, Bench, validate_tulle_config
 
 SHAPES = (("1 call x 32 conns", 32, 1), ("100 calls x 4 conns", 4, 100))
 TARGETS = ("direct", "nginx", "tulle")
@@ -60,14 +57,6 @@ def h2load_grpc_argv(port: int, request_file: Path, clients: int, streams: int, 
             f"http://127.0.0.1:{port}{PATH}"]
 
 
-def start_nginx(bench: Bench, template: str, name: str, port: int, cpus: tuple[int, ...] | None) -> object:
-    config = render_config(template, bench.work_dir / f"{name}.conf",
-                           {"TMP": bench.work_dir, "PORT": port, "ORIGIN_PORT": bench.origin_port})
-    process = bench.supervisor.start(name, _nginx_argv(bench.work_dir, config), cpus=cpus)
-    wait_for_port(port, process)
-    return process
-
-
 def start_tulle(bench: Bench, port: int, admin_port: int, cpus: tuple[int, ...] | None) -> object:
     config = render_config("tulle_grpc.yaml.tmpl", bench.work_dir / "tulle-grpc.yaml",
                            {"PORT": port, "ADMIN_PORT": admin_port, "ORIGIN_PORT": bench.origin_port})
@@ -76,12 +65,6 @@ def start_tulle(bench: Bench, port: int, admin_port: int, cpus: tuple[int, ...] 
                                                     "--concurrency", "1"], cpus=cpus)
     wait_for_port(port, process, timeout_seconds=30.0)
     return process
-
-
-def medians(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, float]]]:
-    return {shape: {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-                    for name, runs in by_target.items()}
-            for shape, by_target in results.items()}
 
 
 def markdown_table(cells: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -141,13 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": "bash bench/run_grpc.sh" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
               "machine": machine_info(REPO_DIR / ".venv" / "bin" / "python"),
               "pinned": layout.describe() if layout else None, "duration_s": args.duration, "cells": results}
-    report["medians"] = medians(results)
-    print()
-    print(markdown_table(report["medians"]))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    output = args.results_dir / f"grpc-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"\nJSON: {output}")
+    write_report(report, results, markdown_table, args.results_dir, "grpc")
     return 0
 
 

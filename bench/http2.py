@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from h2load import parse_summary
@@ -61,12 +62,17 @@ def h2load_argv(port: int, body: str, clients: int, streams: int, duration: floa
             f"http://127.0.0.1:{port}/{body}"]
 
 
-def start_nginx_h2(bench: Bench, port: int, cpus: tuple[int, ...] | None) -> object:
-    config = render_config("nginx_proxy_h2.conf.tmpl", bench.work_dir / "nginx-proxy-h2.conf",
+def start_nginx(bench: Bench, template: str, name: str, port: int, cpus: tuple[int, ...] | None) -> object:
+    """An nginx from one of bench/configs' templates, listening on ``port`` (the origin's port filled in)."""
+    config = render_config(template, bench.work_dir / f"{name}.conf",
                            {"TMP": bench.work_dir, "PORT": port, "ORIGIN_PORT": bench.origin_port})
-    process = bench.supervisor.start("nginx_h2", _nginx_argv(bench.work_dir, config), cpus=cpus)
+    process = bench.supervisor.start(name, _nginx_argv(bench.work_dir, config), cpus=cpus)
     wait_for_port(port, process)
     return process
+
+
+def start_nginx_h2(bench: Bench, port: int, cpus: tuple[int, ...] | None) -> object:
+    return start_nginx(bench, "nginx_proxy_h2.conf.tmpl", "nginx_h2", port, cpus)
 
 
 def measure(bench: Bench, name: str, pid: int, port: int, args: argparse.Namespace, clients: int,
@@ -160,14 +166,19 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_info(REPO_DIR / ".venv" / "bin" / "python"),
               "pinned": layout.describe() if layout else None, "body": args.body, "duration_s": args.duration,
               "cells": results}
+    write_report(report, results, markdown_table, args.results_dir, "http2")
+    return 0
+
+
+def write_report(report: dict, results: dict, table: Callable[[dict], str], results_dir: Path, kind: str) -> None:
+    """Add the medians to ``report``, print their table and save it all as bench/results/<kind>-<time>.json."""
     report["medians"] = medians(results)
     print()
-    print(markdown_table(report["medians"]))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    output = args.results_dir / f"http2-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    print(table(report["medians"]))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    output = results_dir / f"{kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"\nJSON: {output}")
-    return 0
 
 
 if __name__ == "__main__":
