@@ -24,7 +24,7 @@ from tulle.config.errors import ConfigError, UnsupportedFeature, join
 from tulle.config.support import check_fields
 from tulle.http.http2_options import Http2Settings, http2_settings, keepalive
 from tulle.upstream.http2_pool import Http2ConnectionPool
-from tulle.upstream.http_pool import HttpConnectionPool
+from tulle.upstream.http_pool import pool_for as http1_pool_for
 
 HTTP1 = "HTTP/1.1"
 HTTP2 = "HTTP/2"
@@ -111,10 +111,7 @@ def pool_for(host: Any, cluster: Any, loop: asyncio.AbstractEventLoop, downstrea
         if pool is None:
             pool = host.http2_pool = Http2ConnectionPool(cluster, host, loop)
         return pool
-    pool = host.pool
-    if pool is None:
-        pool = host.pool = HttpConnectionPool(cluster, host, loop)
-    return pool
+    return http1_pool_for(host, cluster, loop)
 
 
 def host_pools(host: Any) -> list[Any]:
