@@ -20,18 +20,18 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from tulle.config.errors import ConfigError, UnsupportedFeature, join
+from tulle.config.errors import UnsupportedFeature, join
 from tulle.config.support import check_fields
 from tulle.http.http2_options import Http2Settings, http2_settings, keepalive
 from tulle.upstream.http2_pool import Http2ConnectionPool
+from tulle.upstream.http_pool import MAX_RESPONSE_HEAD_BYTES
 from tulle.upstream.http_pool import pool_for as http1_pool_for
 
 HTTP1 = "HTTP/1.1"
 HTTP2 = "HTTP/2"
 DOWNSTREAM = "downstream"  # use_downstream_protocol_config with HTTP/2 allowed
 
-# Envoy's defaults for what an upstream may send: max_response_headers_kb, max_response_headers_count
-MAX_RESPONSE_HEAD_BYTES = 60 * 1024
+# Envoy's default max_response_headers_count (max_response_headers_kb: http_pool's, shared by HTTP/1)
 MAX_RESPONSE_HEADERS = 100
 
 
@@ -94,13 +94,6 @@ def from_deprecated_fields(cluster: Any, field: str) -> UpstreamProtocol:
         return DEFAULT
     settings, ping = _http2(cluster.http2_protocol_options, join(field, "http2_protocol_options"))
     return UpstreamProtocol(DOWNSTREAM if downstream else HTTP2, settings, ping)
-
-
-def check_no_deprecated(cluster: Any, field: str, typed_name: str) -> None:
-    for name in ("http2_protocol_options",):
-        if cluster.HasField(name):
-            raise ConfigError(f"{name} cannot be combined with typed_extension_protocol_options {typed_name}; "
-                              "use only the latter", field=join(field, name))
 
 
 def pool_for(host: Any, cluster: Any, loop: asyncio.AbstractEventLoop, downstream_protocol: str = HTTP1) -> Any:

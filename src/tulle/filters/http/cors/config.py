@@ -67,7 +67,8 @@ class CorsPolicy:
         return self.shadow_enabled is not None and self.shadow_enabled.hit()
 
 
-def parse_policy(proto: Any, field: str) -> CorsPolicy:
+def parse_per_route_config(proto: Any, field: str) -> CorsPolicy:
+    """One level's ``CorsPolicy`` (registered for typed_per_filter_config)."""
     check_fields(proto, _POLICY_FIELDS, field)
     policy = CorsPolicy()
     policy.allow_origins = tuple(
@@ -89,10 +90,6 @@ def parse_policy(proto: Any, field: str) -> CorsPolicy:
         policy.shadow_enabled = runtime_fractional_percent(in_scope(), proto.shadow_enabled,
                                                            join(field, "shadow_enabled"))
     return policy
-
-
-def parse_per_route_config(proto: Any, field: str) -> CorsPolicy:
-    return parse_policy(proto, field)
 
 
 class CorsFactory:
